@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: GPL-2.0
+/* nsgroup's kernel side: notice every task that enters a new namespace set.
+ *
+ *   tp_btf/sched_process_fork   a child whose set differs from its parent's
+ *                               (clone/clone3 with CLONE_NEW*, the first fork
+ *                               after unshare(CLONE_NEWPID/NEWTIME)), or any
+ *                               child of a task still waiting to be placed
+ *   syscalls:sys_{enter,exit}_unshare, _setns
+ *                               a caller whose set changed
+ *   tp_btf/sched_process_exec   a pending task settled (ends setns coalescing)
+ *   tp_btf/sched_process_exit   a task living in a node exited (cleanup)
+ *
+ * Only tasks whose cgroup in the tracked hierarchy lies below the tracked root
+ * are reported; kernel threads never are.
+ */
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "nsgroup.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by the loader before the programs are loaded. */
+const volatile __u32 hierarchy_id = 0;   /* 0 is cgroup2 */
+const volatile __u64 root_cgroup_id = 0; /* the tracked subtree's root */
+const volatile __u32 root_level = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20); /* the loader overrides this */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NSG_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Tasks that entered a set and that the daemon has not placed yet (tid -> 1).
+ * Their children are reported too, whatever their set: the fork-mid-move race. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} pending SEC(".maps");
+
+/* Tasks living in a node (tid -> 1): their exits are reported. Children of
+ * tracked tasks are tracked. LRU: a lost entry costs a delayed cleanup only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, __u8);
+} tracked SEC(".maps");
+
+struct nsset { __u32 ns[NSG_NS_COUNT]; };
+
+/* The set a task had when it entered unshare()/setns(), by tid. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct nsset);
+} syscall_entry SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline struct pid_namespace *active_pid_ns(struct task_struct *t)
+{
+	struct pid *pid = BPF_CORE_READ(t, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+	struct pid_namespace *ns = NULL;
+	bpf_core_read(&ns, sizeof(ns), &pid->numbers[level].ns);
+	return ns;
+}
+
+static __always_inline void read_set(struct task_struct *t, struct nsset *s)
+{
+	struct nsproxy *p = BPF_CORE_READ(t, nsproxy);
+	if (!p) { /* exiting task: its namespaces are gone */
+		__builtin_memset(s, 0, sizeof(*s));
+		return;
+	}
+	s->ns[NSG_NS_CGROUP] = BPF_CORE_READ(p, cgroup_ns, ns.inum);
+	s->ns[NSG_NS_IPC] = BPF_CORE_READ(p, ipc_ns, ns.inum);
+	s->ns[NSG_NS_MNT] = BPF_CORE_READ(p, mnt_ns, ns.inum);
+	s->ns[NSG_NS_NET] = BPF_CORE_READ(p, net_ns, ns.inum);
+	s->ns[NSG_NS_PID] = BPF_CORE_READ(active_pid_ns(t), ns.inum);
+	s->ns[NSG_NS_PID_FOR_CHILDREN] = BPF_CORE_READ(p, pid_ns_for_children, ns.inum);
+	s->ns[NSG_NS_TIME] = BPF_CORE_READ(p, time_ns, ns.inum);
+	s->ns[NSG_NS_TIME_FOR_CHILDREN] = BPF_CORE_READ(p, time_ns_for_children, ns.inum);
+	s->ns[NSG_NS_USER] = BPF_CORE_READ(t, real_cred, user_ns, ns.inum);
+	s->ns[NSG_NS_UTS] = BPF_CORE_READ(p, uts_ns, ns.inum);
+}
+
+static __always_inline bool same_set(const struct nsset *a, const struct nsset *b)
+{
+	for (int i = 0; i < NSG_NS_COUNT; i++)
+		if (a->ns[i] != b->ns[i])
+			return false;
+	return true;
+}
+
+/* The task's cgroup in the tracked hierarchy, if it lies below the tracked
+ * root; 0 otherwise. Walks the css_set's links (one per mounted hierarchy). */
+static __always_inline __u64 scoped_cgroup(struct task_struct *t)
+{
+	struct css_set *cset = BPF_CORE_READ(t, cgroups);
+	struct list_head *head = (struct list_head *)((char *)cset +
+		bpf_core_field_offset(struct css_set, cgrp_links));
+	struct list_head *pos = BPF_CORE_READ(cset, cgrp_links.next);
+	__u64 link_off = bpf_core_field_offset(struct cgrp_cset_link, cgrp_link);
+
+	for (int i = 0; i < 32 && pos && pos != head; i++) {
+		struct cgrp_cset_link *link = (void *)((char *)pos - link_off);
+		struct cgroup *cg = BPF_CORE_READ(link, cgrp);
+		if (BPF_CORE_READ(cg, root, hierarchy_id) == (int)hierarchy_id) {
+			int level = BPF_CORE_READ(cg, level);
+			if (level < (int)root_level)
+				return 0;
+			struct cgroup *anc = NULL;
+			bpf_core_read(&anc, sizeof(anc), &cg->ancestors[root_level]);
+			if (BPF_CORE_READ(anc, kn, id) != root_cgroup_id)
+				return 0;
+			return BPF_CORE_READ(cg, kn, id);
+		}
+		pos = BPF_CORE_READ(pos, next);
+	}
+	return 0;
+}
+
+static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup_id,
+				 __u32 ptid, const struct nsset *now, const struct nsset *prev)
+{
+	struct nsg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(NSG_STAT_DROPPED);
+		return;
+	}
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->start_ns = BPF_CORE_READ(t, start_time);
+	e->cgroup_id = cgroup_id;
+	e->kind = kind;
+	e->tid = BPF_CORE_READ(t, pid);
+	e->tgid = BPF_CORE_READ(t, tgid);
+	e->ptid = ptid;
+	__builtin_memcpy(e->ns, now->ns, sizeof(e->ns));
+	__builtin_memcpy(e->prev_ns, prev->ns, sizeof(e->prev_ns));
+	BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
+	bpf_ringbuf_submit(e, 0);
+	count(NSG_STAT_EMITTED);
+}
+
+static const __u8 one = 1;
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptid = BPF_CORE_READ(parent, pid);
+	__u32 ctid = BPF_CORE_READ(child, pid);
+	bool parent_pending = bpf_map_lookup_elem(&pending, &ptid) != NULL;
+
+	/* Cheap test first: same nsproxy, user namespace and pid namespace
+	 * means the same set (the fork storm without namespaces stops here). */
+	if (!parent_pending &&
+	    BPF_CORE_READ(parent, nsproxy) == BPF_CORE_READ(child, nsproxy) &&
+	    BPF_CORE_READ(parent, real_cred, user_ns) == BPF_CORE_READ(child, real_cred, user_ns) &&
+	    active_pid_ns(parent) == active_pid_ns(child)) {
+		if (bpf_map_lookup_elem(&tracked, &ptid))
+			bpf_map_update_elem(&tracked, &ctid, &one, BPF_ANY);
+		return 0;
+	}
+	if (BPF_CORE_READ(child, flags) & PF_KTHREAD)
+		return 0;
+	__u64 cg = scoped_cgroup(child);
+	if (!cg)
+		return 0;
+
+	struct nsset p, c;
+	read_set(parent, &p);
+	read_set(child, &c);
+	if (!parent_pending && same_set(&p, &c)) {
+		if (bpf_map_lookup_elem(&tracked, &ptid))
+			bpf_map_update_elem(&tracked, &ctid, &one, BPF_ANY);
+		return 0;
+	}
+	bpf_map_update_elem(&pending, &ctid, &one, BPF_ANY);
+	bpf_map_update_elem(&tracked, &ctid, &one, BPF_ANY);
+	emit(NSG_EV_FORK, child, cg, ptid, &c, &p);
+	return 0;
+}
+
+static __always_inline int on_syscall_enter(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	__u32 tid = BPF_CORE_READ(t, pid);
+	struct nsset s;
+	read_set(t, &s);
+	bpf_map_update_elem(&syscall_entry, &tid, &s, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int on_syscall_exit(__u32 kind, long ret)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	__u32 tid = BPF_CORE_READ(t, pid);
+	struct nsset *before = bpf_map_lookup_elem(&syscall_entry, &tid);
+	if (!before)
+		return 0;
+	struct nsset prev = *before;
+	bpf_map_delete_elem(&syscall_entry, &tid);
+	if (ret != 0)
+		return 0;
+	struct nsset now;
+	read_set(t, &now);
+	if (same_set(&prev, &now))
+		return 0;
+	__u64 cg = scoped_cgroup(t);
+	if (!cg)
+		return 0;
+	bpf_map_update_elem(&pending, &tid, &one, BPF_ANY);
+	bpf_map_update_elem(&tracked, &tid, &one, BPF_ANY);
+	emit(kind, t, cg, 0, &now, &prev);
+	return 0;
+}
+
+/* The layout of the syscalls:sys_exit_* tracepoint records. */
+struct sys_exit_args {
+	__u64 common;
+	long id;
+	long ret;
+};
+
+SEC("tracepoint/syscalls/sys_enter_unshare")
+int on_unshare_enter(void *ctx) { return on_syscall_enter(); }
+
+SEC("tracepoint/syscalls/sys_exit_unshare")
+int on_unshare_exit(struct sys_exit_args *ctx) { return on_syscall_exit(NSG_EV_UNSHARE, ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_enter_setns")
+int on_setns_enter(void *ctx) { return on_syscall_enter(); }
+
+SEC("tracepoint/syscalls/sys_exit_setns")
+int on_setns_exit(struct sys_exit_args *ctx) { return on_syscall_exit(NSG_EV_SETNS, ctx->ret); }
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *t, int old_pid, void *bprm)
+{
+	__u32 tid = BPF_CORE_READ(t, pid);
+	if (!bpf_map_lookup_elem(&pending, &tid))
+		return 0;
+	__u64 cg = scoped_cgroup(t);
+	if (!cg)
+		return 0;
+	struct nsset now;
+	read_set(t, &now);
+	emit(NSG_EV_EXEC, t, cg, 0, &now, &now);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *t)
+{
+	__u32 tid = BPF_CORE_READ(t, pid);
+	if (!bpf_map_lookup_elem(&tracked, &tid))
+		return 0;
+	bpf_map_delete_elem(&tracked, &tid);
+	bpf_map_delete_elem(&pending, &tid);
+	struct nsset none = {};
+	emit(NSG_EV_EXIT, t, scoped_cgroup(t), 0, &none, &none);
+	return 0;
+}

@@ -1,0 +1,154 @@
+//! The events the BPF programs send, decoded. Mirrors `bpf/nsgroup.h`.
+
+use crate::core::nsset::NsSet;
+
+/// Size in bytes of `struct nsg_event`.
+pub const EVENT_SIZE: usize = 8 * 3 + 4 * 4 + 4 * 10 * 2 + 16;
+
+/// What happened to the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A new task whose set differs from its parent's, or whose parent was pending.
+    Fork { ptid: u32 },
+    Unshare,
+    Setns,
+    /// A pending task called execve(): its set is settled.
+    Exec,
+    /// A task living in a node exited.
+    Exit,
+}
+
+/// One decoded `struct nsg_event`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// CLOCK_MONOTONIC nanoseconds when the kernel emitted it.
+    pub ktime_ns: u64,
+    /// The task's start time (nanoseconds after boot): a reused tid has another.
+    pub start_ns: u64,
+    /// The task's cgroup in the tracked hierarchy (0 if unknown).
+    pub cgroup: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub set: NsSet,
+    pub prev: NsSet,
+    /// The command name, lossily made UTF-8.
+    pub comm: String,
+}
+
+/// Why bytes from the ring buffer are not an event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {0} bytes, expected {EVENT_SIZE}")]
+    Size(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, tail) = self.0.split_at(N);
+        self.0 = tail;
+        head.try_into().expect("split_at gave N bytes")
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_ne_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_ne_bytes(self.take())
+    }
+    fn set(&mut self) -> NsSet {
+        NsSet::new(std::array::from_fn(|_| u64::from(self.u32())))
+    }
+}
+
+impl Event {
+    /// Decodes one ring-buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        if bytes.len() != EVENT_SIZE {
+            return Err(DecodeError::Size(bytes.len()));
+        }
+        let mut r = Reader(bytes);
+        let ktime_ns = r.u64();
+        let start_ns = r.u64();
+        let cgroup = r.u64();
+        let kind = r.u32();
+        let tid = r.u32();
+        let tgid = r.u32();
+        let ptid = r.u32();
+        let set = r.set();
+        let prev = r.set();
+        let comm_bytes: [u8; 16] = r.take();
+        let len = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
+        let kind = match kind {
+            1 => EventKind::Fork { ptid },
+            2 => EventKind::Unshare,
+            3 => EventKind::Setns,
+            4 => EventKind::Exec,
+            5 => EventKind::Exit,
+            k => return Err(DecodeError::Kind(k)),
+        };
+        let comm = String::from_utf8_lossy(&comm_bytes[..len]).into_owned();
+        Ok(Event { kind, ktime_ns, start_ns, cgroup, tid, tgid, set, prev, comm })
+    }
+
+    /// Encodes an event as the kernel would (tests, fuzzing, benchmarks).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(EVENT_SIZE);
+        let (kind, ptid) = match self.kind {
+            EventKind::Fork { ptid } => (1u32, ptid),
+            EventKind::Unshare => (2, 0),
+            EventKind::Setns => (3, 0),
+            EventKind::Exec => (4, 0),
+            EventKind::Exit => (5, 0),
+        };
+        for v in [self.ktime_ns, self.start_ns, self.cgroup] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [kind, self.tid, self.tgid, ptid] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        for s in [self.set, self.prev] {
+            for k in crate::core::nsset::NsKind::ALL {
+                out.extend_from_slice(&(s.get(k) as u32).to_ne_bytes());
+            }
+        }
+        let mut comm = [0u8; 16];
+        let b = self.comm.as_bytes();
+        comm[..b.len().min(15)].copy_from_slice(&b[..b.len().min(15)]);
+        out.extend_from_slice(&comm);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_bad_records() {
+        let e = Event {
+            kind: EventKind::Fork { ptid: 9 },
+            ktime_ns: 1,
+            start_ns: 2,
+            cgroup: 3,
+            tid: 10,
+            tgid: 10,
+            set: NsSet::new([5; 10]),
+            prev: NsSet::new([4; 10]),
+            comm: "sleep".into(),
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes.len(), EVENT_SIZE);
+        assert_eq!(Event::decode(&bytes), Ok(e));
+        assert_eq!(Event::decode(&bytes[1..]), Err(DecodeError::Size(EVENT_SIZE - 1)));
+        let mut bad = bytes.clone();
+        bad[24] = 77;
+        assert_eq!(Event::decode(&bad), Err(DecodeError::Kind(77)));
+        let mut odd = bytes;
+        odd[120..136].copy_from_slice(b"a\nb\xff\xfe\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(Event::decode(&odd).unwrap().comm, "a\nb\u{fffd}\u{fffd}");
+    }
+}

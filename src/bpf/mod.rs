@@ -1,0 +1,164 @@
+//! The kernel side: loads `bpf/nsgroup.bpf.c` (compiled by build.rs) with aya,
+//! attaches its hooks and hands out decoded events.
+
+pub mod event;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+
+pub use event::{Event, EventKind};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nsgroup.bpf.o"));
+
+/// Where the BPF programs look.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope {
+    /// The tracked hierarchy's id (0: cgroup2).
+    pub hierarchy_id: u32,
+    /// The tracked subtree's root cgroup id and depth.
+    pub root_cgroup_id: u64,
+    pub root_level: u32,
+    /// The ring buffer's size: a power of two, at least the page size.
+    pub ring_buffer_bytes: u32,
+}
+
+/// Why the BPF side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading the BPF object failed (needs root or CAP_BPF+CAP_PERFMON, and a kernel with BTF): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("reading kernel BTF from /sys/kernel/btf/vmlinux: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("the BPF program {name} did not load or attach: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("BPF map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("ring_buffer_bytes must be a power of two of at least 4096, got {0}")]
+    RingSize(u32),
+}
+
+/// The BTF tracepoints, by program name and tracepoint.
+const BTF_HOOKS: [(&str, &str); 3] = [
+    ("on_fork", "sched_process_fork"),
+    ("on_exec", "sched_process_exec"),
+    ("on_exit", "sched_process_exit"),
+];
+/// The syscall tracepoints, by program name and event.
+const SYSCALL_HOOKS: [(&str, &str); 4] = [
+    ("on_unshare_enter", "sys_enter_unshare"),
+    ("on_unshare_exit", "sys_exit_unshare"),
+    ("on_setns_enter", "sys_enter_setns"),
+    ("on_setns_exit", "sys_exit_setns"),
+];
+
+/// The loaded, attached programs and their maps.
+pub struct Probe {
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    stats: Array<MapData, u64>,
+    pending: BpfHashMap<MapData, u32, u8>,
+    tracked: BpfHashMap<MapData, u32, u8>,
+    hooks: Vec<String>,
+}
+
+impl Probe {
+    /// Loads and attaches every hook.
+    pub fn load(scope: Scope) -> Result<Probe, BpfError> {
+        let size = scope.ring_buffer_bytes;
+        if !size.is_power_of_two() || size < 4096 {
+            return Err(BpfError::RingSize(size));
+        }
+        let btf = Btf::from_sys_fs()?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("hierarchy_id", &scope.hierarchy_id, true)
+            .override_global("root_cgroup_id", &scope.root_cgroup_id, true)
+            .override_global("root_level", &scope.root_level, true)
+            .map_max_entries("events", size)
+            .load(OBJECT)?;
+        let mut hooks = Vec::new();
+        for (name, tp) in BTF_HOOKS {
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            prog.load(tp, &btf).map_err(|source| BpfError::Program { name, source })?;
+            prog.attach().map_err(|source| BpfError::Program { name, source })?;
+            hooks.push(format!("tp_btf/{tp}"));
+        }
+        for (name, tp) in SYSCALL_HOOKS {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| BpfError::Program { name, source })?;
+            prog.attach("syscalls", tp).map_err(|source| BpfError::Program { name, source })?;
+            hooks.push(format!("tracepoint/syscalls/{tp}"));
+        }
+        let map = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(BpfError::Map(name, aya::maps::MapError::InvalidName { name: name.into() }))
+        };
+        let ring = RingBuf::try_from(map(&mut ebpf, "events")?).map_err(|e| BpfError::Map("events", e))?;
+        let stats = Array::try_from(map(&mut ebpf, "stats")?).map_err(|e| BpfError::Map("stats", e))?;
+        let pending = BpfHashMap::try_from(map(&mut ebpf, "pending")?).map_err(|e| BpfError::Map("pending", e))?;
+        let tracked = BpfHashMap::try_from(map(&mut ebpf, "tracked")?).map_err(|e| BpfError::Map("tracked", e))?;
+        Ok(Probe { _ebpf: ebpf, ring, stats, pending, tracked, hooks })
+    }
+
+    /// The attached hooks, for the start-up log.
+    pub fn hooks(&self) -> &[String] {
+        &self.hooks
+    }
+
+    /// The ring buffer's fd, readable when events wait.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+
+    /// The raw fd number, for epoll registration.
+    pub fn raw_fd(&self) -> i32 {
+        self.ring.as_raw_fd()
+    }
+
+    /// Takes up to `max` waiting events; undecodable records are counted in
+    /// the second result, never fatal.
+    pub fn drain(&mut self, max: usize, out: &mut Vec<Event>) -> usize {
+        let mut bad = 0;
+        for _ in 0..max {
+            let Some(item) = self.ring.next() else { break };
+            match Event::decode(&item) {
+                Ok(e) => out.push(e),
+                Err(_) => bad += 1,
+            }
+        }
+        bad
+    }
+
+    /// Events the kernel could not queue (ring buffer full) since load.
+    pub fn dropped(&self) -> u64 {
+        self.stats.get(&0, 0).unwrap_or(0)
+    }
+
+    /// Events the kernel queued since load.
+    pub fn emitted(&self) -> u64 {
+        self.stats.get(&1, 0).unwrap_or(0)
+    }
+
+    /// The daemon placed `tid`: its children are no longer reported for its sake.
+    pub fn settled(&mut self, tid: u32) {
+        let _ = self.pending.remove(&tid);
+    }
+
+    /// Report `tid`'s exit (it lives in a node).
+    pub fn track(&mut self, tid: u32) {
+        let _ = self.tracked.insert(tid, 1, 0);
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(BpfError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    prog.try_into().map_err(|source| BpfError::Program { name, source })
+}

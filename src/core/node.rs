@@ -1,0 +1,77 @@
+//! What nsgroup knows about one node, and its record stored on the node itself.
+
+use serde::{Deserialize, Serialize};
+
+use super::nsset::NsSet;
+
+/// A cgroup, identified by its directory inode (the kernel's cgroup id).
+pub type CgroupId = u64;
+
+/// A node: the cgroup of one namespace set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub id: CgroupId,
+    /// The cgroup it was created in.
+    pub parent: CgroupId,
+    pub name: String,
+    pub record: NodeRecord,
+}
+
+/// The node's identity and history, kept in the node's `trusted.nsgroup`
+/// xattr so that it survives a restart of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The set whose tasks live here (with ignored slots masked to 0).
+    #[serde(with = "as_text")]
+    pub set: NsSet,
+    /// The set its creator came from; a task returning to it goes back to `parent`.
+    #[serde(with = "as_text")]
+    pub parent_set: NsSet,
+    pub creator_pid: u32,
+    pub creator_comm: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+}
+
+mod as_text {
+    use super::NsSet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(set: &NsSet, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(set)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NsSet, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl NodeRecord {
+    /// The xattr value.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record always serializes")
+    }
+
+    /// Parses an xattr value; `None` for anything that is not a record.
+    pub fn from_bytes(bytes: &[u8]) -> Option<NodeRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_through_bytes() {
+        let r = NodeRecord {
+            set: NsSet::new([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+            parent_set: NsSet::new([1; 10]),
+            creator_pid: 77,
+            creator_comm: "odd\nname\u{fffd}".into(),
+            created_unix: 1_800_000_000,
+        };
+        assert_eq!(NodeRecord::from_bytes(&r.to_bytes()), Some(r));
+        assert_eq!(NodeRecord::from_bytes(b"garbage"), None);
+    }
+}

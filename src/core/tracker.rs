@@ -1,0 +1,302 @@
+//! The tracker: turns "task T is now in set S, in cgroup C" into a decision.
+//! Pure: it owns the map of nodes and never touches the system.
+
+use std::collections::HashMap;
+
+use super::naming;
+use super::node::{CgroupId, Node};
+use super::nsset::NsSet;
+
+/// A task that entered (or may have entered) a set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub tid: u32,
+    pub tgid: u32,
+    /// The cgroup the task is in now.
+    pub cgroup: CgroupId,
+    /// Its set now, masked.
+    pub set: NsSet,
+    /// The set it was in before (for a new child, its parent's), masked.
+    pub prev: NsSet,
+}
+
+/// What to do with a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Leave it where it is.
+    Stay,
+    /// Move it into an existing cgroup (its set's node, or the cgroup its lineage came from).
+    Move(CgroupId),
+    /// Create a node for a new set under `parent`, then move the task there.
+    Create(NewNode),
+    /// Leave it where it is, and say why.
+    Refused(Refusal),
+}
+
+/// A node to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewNode {
+    pub parent: CgroupId,
+    /// The first candidate name; see [`naming`] for the rest.
+    pub creator_pid: u32,
+    pub set: NsSet,
+    pub parent_set: NsSet,
+}
+
+impl NewNode {
+    /// The `attempt`-th name to try.
+    pub fn name(&self, attempt: u32) -> String {
+        naming::candidate(self.creator_pid, attempt)
+    }
+}
+
+/// Why a task that entered a new set was left where it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the node would be {depth} levels deep, beyond max_depth")]
+    TooDeep { depth: u32 },
+    #[error("{count} nodes exist already, the max_nodes limit")]
+    TooMany { count: usize },
+    #[error("a thread other than the leader changed set; cgroup2 places whole processes, so it stays with its leader")]
+    SplitThread,
+}
+
+/// Whether the hierarchy places threads (cgroup v1 `tasks`) or whole processes (cgroup2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    Thread,
+    Process,
+}
+
+/// Limits on node creation: the "out of control" creation the kernel's subsystem had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Nodes nested deeper than this are not created.
+    pub max_depth: u32,
+    /// At most this many nodes exist at once.
+    pub max_nodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_depth: 32, max_nodes: 100_000 }
+    }
+}
+
+/// The set of known nodes and the rules that place tasks among them.
+#[derive(Debug)]
+pub struct Tracker {
+    nodes: HashMap<CgroupId, Node>,
+    by_set: HashMap<NsSet, CgroupId>,
+    /// The set of cgroups that are not nodes (the daemon's own, masked).
+    base_set: NsSet,
+    granularity: Granularity,
+    limits: Limits,
+}
+
+impl Tracker {
+    /// A tracker with no nodes yet.
+    pub fn new(base_set: NsSet, granularity: Granularity, limits: Limits) -> Tracker {
+        Tracker { nodes: HashMap::new(), by_set: HashMap::new(), base_set, granularity, limits }
+    }
+
+    /// Decides where a task that reports `entry` belongs.
+    pub fn place(&self, entry: &Entry) -> Placement {
+        if self.granularity == Granularity::Process && entry.tid != entry.tgid {
+            return if entry.set == entry.prev { Placement::Stay } else { Placement::Refused(Refusal::SplitThread) };
+        }
+        if let Some(&node) = self.by_set.get(&entry.set) {
+            return if node == entry.cgroup { Placement::Stay } else { Placement::Move(node) };
+        }
+        if entry.set == entry.prev || entry.set.is_empty() {
+            return Placement::Stay;
+        }
+        // Back to a set of its own lineage: back to the cgroup that set lives in.
+        let mut depth = 0;
+        for node in self.lineage(entry.cgroup) {
+            if node.record.parent_set == entry.set {
+                return Placement::Move(node.parent);
+            }
+            depth += 1;
+        }
+        if depth + 1 > self.limits.max_depth {
+            return Placement::Refused(Refusal::TooDeep { depth: depth + 1 });
+        }
+        if self.nodes.len() >= self.limits.max_nodes {
+            return Placement::Refused(Refusal::TooMany { count: self.nodes.len() });
+        }
+        Placement::Create(NewNode {
+            parent: entry.cgroup,
+            creator_pid: entry.tid,
+            set: entry.set,
+            parent_set: entry.prev,
+        })
+    }
+
+    /// The set a task in `cgroup` is expected to have: the node's set, or the base set.
+    pub fn home_set(&self, cgroup: CgroupId) -> NsSet {
+        self.nodes.get(&cgroup).map_or(self.base_set, |n| n.record.set)
+    }
+
+    /// Whether a move from `from` to `to` follows a node lineage (down into a
+    /// node below, or back up to where a node came from). Reconcile moves
+    /// only such tasks in hierarchies shared with other writers.
+    pub fn on_lineage(&self, from: CgroupId, to: CgroupId) -> bool {
+        let below = |a: CgroupId, b: CgroupId| a == b || self.lineage(a).any(|n| n.parent == b);
+        below(to, from) || below(from, to)
+    }
+
+    /// Records a node (created, or adopted at start). A second node for a
+    /// set already known is rejected: the first one wins.
+    pub fn add_node(&mut self, node: Node) -> Result<(), &Node> {
+        if let Some(existing) = self.by_set.get(&node.record.set) {
+            if *existing != node.id {
+                return Err(&self.nodes[existing]);
+            }
+        }
+        self.by_set.insert(node.record.set, node.id);
+        self.nodes.insert(node.id, node);
+        Ok(())
+    }
+
+    /// Forgets a removed node.
+    pub fn remove_node(&mut self, id: CgroupId) -> Option<Node> {
+        let node = self.nodes.remove(&id)?;
+        if self.by_set.get(&node.record.set) == Some(&id) {
+            self.by_set.remove(&node.record.set);
+        }
+        Some(node)
+    }
+
+    /// A known node.
+    pub fn node(&self, id: CgroupId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    /// The node of a set.
+    pub fn node_of_set(&self, set: &NsSet) -> Option<&Node> {
+        self.by_set.get(set).map(|id| &self.nodes[id])
+    }
+
+    /// Every known node.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// The node `cgroup` and the nodes above it, innermost first.
+    pub fn lineage(&self, cgroup: CgroupId) -> impl Iterator<Item = &Node> {
+        std::iter::successors(self.nodes.get(&cgroup), |n| self.nodes.get(&n.parent))
+    }
+
+    /// The nodes without child nodes among `cgroup`'s lineage that a task's
+    /// exit may have emptied, innermost first.
+    pub fn cleanup_candidates(&self, cgroup: CgroupId) -> Vec<CgroupId> {
+        self.lineage(cgroup).map(|n| n.id).collect()
+    }
+
+    /// Whether a node has child nodes.
+    pub fn has_child_nodes(&self, id: CgroupId) -> bool {
+        self.nodes.values().any(|n| n.parent == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::node::NodeRecord;
+
+    const CG: CgroupId = 1000;
+
+    fn set(n: u64) -> NsSet {
+        NsSet::new([n; 10])
+    }
+
+    fn tracker() -> Tracker {
+        Tracker::new(set(1), Granularity::Thread, Limits::default())
+    }
+
+    fn entry(tid: u32, cgroup: CgroupId, set: NsSet, prev: NsSet) -> Entry {
+        Entry { tid, tgid: tid, cgroup, set, prev }
+    }
+
+    fn node(id: CgroupId, parent: CgroupId, s: NsSet, parent_set: NsSet) -> Node {
+        Node {
+            id,
+            parent,
+            name: format!("node_{id}"),
+            record: NodeRecord { set: s, parent_set, creator_pid: id as u32, creator_comm: "x".into(), created_unix: 0 },
+        }
+    }
+
+    #[test]
+    fn new_set_creates_a_node_named_after_the_task_under_its_cgroup() {
+        let t = tracker();
+        let p = t.place(&entry(10, CG, set(2), set(1)));
+        let Placement::Create(new) = p else { panic!("{p:?}") };
+        assert_eq!((new.parent, new.name(0), new.set, new.parent_set), (CG, "node_10".into(), set(2), set(1)));
+    }
+
+    #[test]
+    fn unchanged_set_stays() {
+        assert_eq!(tracker().place(&entry(10, CG, set(1), set(1))), Placement::Stay);
+    }
+
+    #[test]
+    fn later_tasks_of_a_set_join_its_node_and_members_stay() {
+        let mut t = tracker();
+        t.add_node(node(2000, CG, set(2), set(1))).unwrap();
+        assert_eq!(t.place(&entry(11, 555, set(2), set(1))), Placement::Move(2000));
+        assert_eq!(t.place(&entry(11, 2000, set(2), set(1))), Placement::Stay);
+        // A forked child of a pending parent (same set as its parent) follows it.
+        assert_eq!(t.place(&entry(12, CG, set(2), set(2))), Placement::Move(2000));
+    }
+
+    #[test]
+    fn nested_entry_nests_and_setns_back_returns_along_the_lineage() {
+        let mut t = tracker();
+        t.add_node(node(2000, CG, set(2), set(1))).unwrap();
+        let Placement::Create(new) = t.place(&entry(10, 2000, set(3), set(2))) else { panic!() };
+        assert_eq!(new.parent, 2000);
+        t.add_node(node(3000, 2000, set(3), set(2))).unwrap();
+        // From the inner node back to the original set: the cgroup the lineage came from.
+        assert_eq!(t.place(&entry(10, 3000, set(1), set(3))), Placement::Move(CG));
+        assert_eq!(t.place(&entry(10, 3000, set(2), set(3))), Placement::Move(2000));
+    }
+
+    #[test]
+    fn limits_refuse_with_a_reason() {
+        let mut t = Tracker::new(set(1), Granularity::Thread, Limits { max_depth: 1, max_nodes: 1 });
+        t.add_node(node(2000, CG, set(2), set(1))).unwrap();
+        assert_eq!(t.place(&entry(10, 2000, set(3), set(2))), Placement::Refused(Refusal::TooDeep { depth: 2 }));
+        assert_eq!(t.place(&entry(10, CG, set(4), set(1))), Placement::Refused(Refusal::TooMany { count: 1 }));
+    }
+
+    #[test]
+    fn cgroup2_places_processes_by_their_leader() {
+        let t = Tracker::new(set(1), Granularity::Process, Limits::default());
+        let thread = Entry { tid: 11, tgid: 10, cgroup: CG, set: set(2), prev: set(1) };
+        assert_eq!(t.place(&thread), Placement::Refused(Refusal::SplitThread));
+        assert!(matches!(t.place(&Entry { tid: 10, ..thread }), Placement::Create(_)));
+    }
+
+    #[test]
+    fn one_node_per_set() {
+        let mut t = tracker();
+        t.add_node(node(2000, CG, set(2), set(1))).unwrap();
+        assert!(t.add_node(node(2001, CG, set(2), set(1))).is_err());
+        assert!(t.add_node(node(2000, CG, set(2), set(1))).is_ok());
+        assert_eq!(t.remove_node(2000).map(|n| n.id), Some(2000));
+        assert!(t.node_of_set(&set(2)).is_none());
+    }
+
+    #[test]
+    fn lineage_and_home_sets() {
+        let mut t = tracker();
+        t.add_node(node(2000, CG, set(2), set(1))).unwrap();
+        t.add_node(node(3000, 2000, set(3), set(2))).unwrap();
+        assert_eq!(t.cleanup_candidates(3000), vec![3000, 2000]);
+        assert!(t.on_lineage(CG, 3000) && t.on_lineage(3000, CG) && !t.on_lineage(4242, 3000));
+        assert_eq!((t.home_set(3000), t.home_set(CG)), (set(3), set(1)));
+        assert!(t.has_child_nodes(2000) && !t.has_child_nodes(3000));
+    }
+}

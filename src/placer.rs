@@ -1,0 +1,300 @@
+//! Carries out the tracker's decisions through a cgroup backend: creates
+//! nodes (never failing on a name), moves tasks, removes empty nodes.
+
+use std::collections::HashMap;
+
+use crate::core::node::{CgroupId, Node, NodeRecord};
+use crate::core::tracker::{Entry, NewNode, Placement, Refusal, Tracker};
+use crate::sys::cgroupfs::{Attached, CgroupBackend, Created, Removed};
+use crate::sys::error::IoError;
+
+/// How many names a node may try before creation gives up (never reached in
+/// practice: each taken name is a live node of an earlier task).
+const MAX_NAME_ATTEMPTS: u32 = 10_000;
+
+/// What happened to a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It is where it belongs already.
+    Stayed,
+    /// Moved into `to`; `created` when the node was made for it.
+    Moved { to: CgroupId, created: bool },
+    /// Left where it is, for a reason worth a warning.
+    Refused(Refusal),
+    /// The task or its destination went away meanwhile.
+    Vanished,
+}
+
+/// A node removed by cleanup, with what was known of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub node: Node,
+    pub path: String,
+    pub usage: Vec<(String, u64)>,
+}
+
+/// The tracker and the backend, together.
+pub struct Placer<B> {
+    tracker: Tracker,
+    backend: B,
+    /// Creation time of each node, for the removal log.
+    clock: fn() -> u64,
+    /// Set by the caller: the command of the task that triggered a creation.
+    comms: HashMap<u32, String>,
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl<B: CgroupBackend> Placer<B> {
+    pub fn new(tracker: Tracker, backend: B, clock: fn() -> u64) -> Placer<B> {
+        Placer { tracker, backend, clock, comms: HashMap::new() }
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+    pub fn tracker_mut(&mut self) -> &mut Tracker {
+        &mut self.tracker
+    }
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Places a task that reports `entry`; `comm` names it in node records.
+    pub fn enter(&mut self, entry: &Entry, comm: &str) -> Result<Outcome, IoError> {
+        let placement = self.tracker.place(entry);
+        self.carry_out(placement, entry, comm)
+    }
+
+    /// Carries out a placement decided elsewhere (reconcile adjusts some).
+    pub fn carry_out(&mut self, placement: Placement, entry: &Entry, comm: &str) -> Result<Outcome, IoError> {
+        match placement {
+            Placement::Stay => Ok(Outcome::Stayed),
+            Placement::Refused(r) => Ok(Outcome::Refused(r)),
+            Placement::Move(to) => self.attach(to, entry, false),
+            Placement::Create(new) => {
+                self.comms.insert(entry.tid, comm.to_string());
+                let Some(id) = self.create(&new, comm)? else { return Ok(Outcome::Vanished) };
+                self.attach(id, entry, true)
+            }
+        }
+    }
+
+    fn attach(&mut self, to: CgroupId, entry: &Entry, created: bool) -> Result<Outcome, IoError> {
+        Ok(match self.backend.attach(to, entry.tid, entry.tgid)? {
+            Attached::Moved => Outcome::Moved { to, created },
+            Attached::Vanished => Outcome::Vanished,
+        })
+    }
+
+    /// Creates the node, trying names until one is free (or an empty
+    /// leftover that is no live node). `None` when the parent vanished.
+    fn create(&mut self, new: &NewNode, comm: &str) -> Result<Option<CgroupId>, IoError> {
+        for attempt in 0..MAX_NAME_ATTEMPTS {
+            let name = new.name(attempt);
+            let id = match self.backend.create(new.parent, &name) {
+                Ok(Created::New(id)) => id,
+                Ok(Created::EmptyLeftover(id)) if self.tracker.node(id).is_none() => id,
+                Ok(_) => continue,
+                Err(e) if e.is_vanished() => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let record = NodeRecord {
+                set: new.set,
+                parent_set: new.parent_set,
+                creator_pid: new.creator_pid,
+                creator_comm: comm.to_string(),
+                created_unix: (self.clock)(),
+            };
+            self.backend.store_record(id, &record)?;
+            let node = Node { id, parent: new.parent, name, record };
+            self.tracker.add_node(node).map_err(|other| {
+                IoError::new("record node", &other.name, std::io::Error::other("a node for this set exists already"))
+            })?;
+            return Ok(Some(id));
+        }
+        Err(IoError::new("mkdir", format!("node_{}*", new.creator_pid), std::io::Error::other("no free name")))
+    }
+
+    /// Tries to remove `id` if it is a node with no child nodes. Returns the
+    /// removal, or `None` when it is busy, not a node, or gone already.
+    pub fn try_remove(&mut self, id: CgroupId) -> Result<Option<Removal>, IoError> {
+        if self.tracker.node(id).is_none() || self.tracker.has_child_nodes(id) {
+            return Ok(None);
+        }
+        let path = self.backend.path_of(id)?.unwrap_or_default();
+        let usage = self.backend.usage(id);
+        match self.backend.remove(id)? {
+            Removed::Busy => Ok(None),
+            Removed::Removed | Removed::Vanished => {
+                let node = self.tracker.remove_node(id).expect("checked above");
+                Ok(Some(Removal { node, path, usage }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A backend that records what it was asked to do.
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// An in-memory hierarchy: cgroups by id, members, and a log of calls.
+    #[derive(Default, Debug)]
+    pub struct FakeBackend {
+        pub paths: BTreeMap<CgroupId, String>,
+        pub members: BTreeMap<CgroupId, BTreeSet<u32>>,
+        pub records: BTreeMap<CgroupId, NodeRecord>,
+        pub log: Vec<String>,
+        pub vanished_tids: BTreeSet<u32>,
+        next_id: CgroupId,
+    }
+
+    impl FakeBackend {
+        pub fn with_root(id: CgroupId, path: &str) -> FakeBackend {
+            let mut b = FakeBackend { next_id: 10_000, ..Default::default() };
+            b.paths.insert(id, path.to_string());
+            b
+        }
+        pub fn id_of(&self, path: &str) -> Option<CgroupId> {
+            self.paths.iter().find(|(_, p)| p.as_str() == path).map(|(id, _)| *id)
+        }
+        fn where_is(&self, tid: u32) -> Option<CgroupId> {
+            self.members.iter().find(|(_, m)| m.contains(&tid)).map(|(id, _)| *id)
+        }
+        pub fn path_of_task(&self, tid: u32) -> Option<&str> {
+            self.where_is(tid).map(|id| self.paths[&id].as_str())
+        }
+    }
+
+    impl CgroupBackend for FakeBackend {
+        fn path_of(&mut self, id: CgroupId) -> Result<Option<String>, IoError> {
+            Ok(self.paths.get(&id).cloned())
+        }
+        fn create(&mut self, parent: CgroupId, name: &str) -> Result<Created, IoError> {
+            let path = crate::sys::cgroupfs::join(&self.paths[&parent], name);
+            self.log.push(format!("mkdir {path}"));
+            if let Some(id) = self.id_of(&path) {
+                let empty = self.members.get(&id).is_none_or(|m| m.is_empty())
+                    && !self.paths.values().any(|p| p.starts_with(&format!("{path}/")));
+                return Ok(if empty { Created::EmptyLeftover(id) } else { Created::Taken });
+            }
+            self.next_id += 1;
+            self.paths.insert(self.next_id, path);
+            Ok(Created::New(self.next_id))
+        }
+        fn store_record(&mut self, id: CgroupId, record: &NodeRecord) -> Result<bool, IoError> {
+            self.records.insert(id, record.clone());
+            Ok(true)
+        }
+        fn attach(&mut self, id: CgroupId, tid: u32, _tgid: u32) -> Result<Attached, IoError> {
+            if self.vanished_tids.contains(&tid) {
+                return Ok(Attached::Vanished);
+            }
+            for m in self.members.values_mut() {
+                m.remove(&tid);
+            }
+            self.members.entry(id).or_default().insert(tid);
+            self.log.push(format!("move {tid} {}", self.paths[&id]));
+            Ok(Attached::Moved)
+        }
+        fn remove(&mut self, id: CgroupId) -> Result<Removed, IoError> {
+            let Some(path) = self.paths.get(&id).cloned() else { return Ok(Removed::Vanished) };
+            let busy = self.members.get(&id).is_some_and(|m| !m.is_empty())
+                || self.paths.values().any(|p| p.starts_with(&format!("{path}/")));
+            if busy {
+                return Ok(Removed::Busy);
+            }
+            self.paths.remove(&id);
+            self.log.push(format!("rmdir {path}"));
+            Ok(Removed::Removed)
+        }
+        fn usage(&mut self, _id: CgroupId) -> Vec<(String, u64)> {
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeBackend;
+    use super::*;
+    use crate::core::nsset::NsSet;
+    use crate::core::tracker::{Granularity, Limits};
+
+    const ROOT: CgroupId = 1;
+
+    fn set(n: u64) -> NsSet {
+        NsSet::new([n; 10])
+    }
+
+    fn placer() -> Placer<FakeBackend> {
+        let tracker = Tracker::new(set(1), Granularity::Thread, Limits::default());
+        Placer::new(tracker, FakeBackend::with_root(ROOT, "/t"), || 42)
+    }
+
+    fn entry(tid: u32, cgroup: CgroupId, s: u64, prev: u64) -> Entry {
+        Entry { tid, tgid: tid, cgroup, set: set(s), prev: set(prev) }
+    }
+
+    #[test]
+    fn unshare_with_fork_nests_child_under_parent_node() {
+        let mut p = placer();
+        // unshare --fork --pid: P's set changes (pid_for_children), then its child's.
+        let Outcome::Moved { to: node_p, created: true } = p.enter(&entry(100, ROOT, 2, 1), "unshare").unwrap() else {
+            panic!()
+        };
+        let Outcome::Moved { to: _, created: true } = p.enter(&entry(101, node_p, 3, 2), "unshare").unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.backend().path_of_task(100), Some("/t/node_100"));
+        assert_eq!(p.backend().path_of_task(101), Some("/t/node_100/node_101"));
+        assert_eq!(p.backend().records[&node_p].creator_comm, "unshare");
+        assert_eq!(p.backend().records[&node_p].created_unix, 42);
+        // nsenter joins both (the nsenter process sits in /t, its child too).
+        assert_eq!(p.enter(&entry(200, ROOT, 2, 1), "nsenter").unwrap(), Outcome::Moved { to: node_p, created: false });
+        assert!(matches!(p.enter(&entry(201, ROOT, 3, 1), "sleep").unwrap(), Outcome::Moved { created: false, .. }));
+        assert_eq!(p.backend().path_of_task(201), Some("/t/node_100/node_101"));
+    }
+
+    #[test]
+    fn names_never_fail_on_pid_reuse() {
+        let mut p = placer();
+        p.enter(&entry(100, ROOT, 2, 1), "a").unwrap();
+        // pid 100 reused by a task entering another set: the name is taken by a live node.
+        p.enter(&entry(100, ROOT, 3, 1), "b").unwrap();
+        assert_eq!(p.backend().path_of_task(100), Some("/t/node_100~2"));
+        // An empty leftover that is no live node is reused.
+        let mut q = placer();
+        q.backend().paths.insert(5, "/t/node_300".into());
+        q.enter(&entry(300, ROOT, 4, 1), "c").unwrap();
+        assert_eq!(q.backend().path_of_task(300), Some("/t/node_300"));
+        assert!(!q.backend().log.iter().any(|l| l.contains('~')));
+    }
+
+    #[test]
+    fn vanished_tasks_are_a_normal_outcome() {
+        let mut p = placer();
+        p.backend().vanished_tids.insert(100);
+        assert_eq!(p.enter(&entry(100, ROOT, 2, 1), "x").unwrap(), Outcome::Vanished);
+    }
+
+    #[test]
+    fn removal_is_bottom_up_and_only_when_empty() {
+        let mut p = placer();
+        let Outcome::Moved { to: outer, .. } = p.enter(&entry(100, ROOT, 2, 1), "a").unwrap() else { panic!() };
+        let Outcome::Moved { to: inner, .. } = p.enter(&entry(101, outer, 3, 2), "a").unwrap() else { panic!() };
+        assert_eq!(p.try_remove(outer).unwrap(), None, "has a child node");
+        assert_eq!(p.try_remove(inner).unwrap(), None, "populated");
+        p.backend().members.clear();
+        let removed = p.try_remove(inner).unwrap().unwrap();
+        assert_eq!((removed.path.as_str(), removed.node.record.creator_pid), ("/t/node_100/node_101", 101));
+        assert!(p.try_remove(outer).unwrap().is_some());
+        assert!(p.tracker().node_of_set(&set(2)).is_none());
+        assert_eq!(p.try_remove(ROOT).unwrap(), None, "never removes a non-node");
+    }
+}

@@ -1,0 +1,416 @@
+//! One cgroup hierarchy, rooted at its mount point: reading its tree and
+//! members, and the writer that creates nodes, moves tasks and removes nodes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, XattrFlags};
+use rustix::io::Errno;
+
+use super::error::{or_vanished, IoError};
+use super::mounts::Mount;
+use super::procfs::{cgroup_path_in, HierarchyKey};
+use crate::core::node::{CgroupId, NodeRecord};
+use crate::core::tracker::Granularity;
+
+/// The xattr holding a node's [`NodeRecord`].
+pub const RECORD_XATTR: &str = "trusted.nsgroup";
+
+/// cgroup v1 or cgroup2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Why a path cannot be used as a hierarchy.
+#[derive(Debug, thiserror::Error)]
+pub enum HierarchyError {
+    #[error("{} is not the mount point of a cgroup hierarchy (see /proc/self/mountinfo; mount one, or pass --hierarchy with a cgroup mount)", .0.display())]
+    NotACgroupMount(PathBuf),
+    #[error("{} is a bind mount of {root} inside its hierarchy; pass the hierarchy's own mount point", .path.display())]
+    BindMount { path: PathBuf, root: String },
+    #[error("cannot tell which line of /proc/self/cgroup belongs to {}", .0.display())]
+    UnknownHierarchyId(PathBuf),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// A mounted cgroup hierarchy.
+#[derive(Clone, Debug)]
+pub struct Hierarchy {
+    mount: PathBuf,
+    version: Version,
+    key: HierarchyKey,
+}
+
+/// A cgroup's path inside its hierarchy, `/` for the root, `/a/b` below.
+pub fn join(parent: &str, name: &str) -> String {
+    if parent == "/" { format!("/{name}") } else { format!("{parent}/{name}") }
+}
+
+impl Hierarchy {
+    /// The hierarchy mounted at `mount_point`; `self_cgroup` is the text of
+    /// `/proc/self/cgroup`, which tells a v1 hierarchy's id.
+    pub fn at(mount_point: &Path, mounts: &[Mount], self_cgroup: &str) -> Result<Hierarchy, HierarchyError> {
+        let wanted = fs::canonicalize(mount_point).unwrap_or_else(|_| mount_point.to_path_buf());
+        let m = mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == wanted)
+            .filter(|m| m.is_cgroup())
+            .ok_or_else(|| HierarchyError::NotACgroupMount(mount_point.to_path_buf()))?;
+        if m.root != "/" {
+            return Err(HierarchyError::BindMount { path: wanted, root: m.root.clone() });
+        }
+        let (version, key) = if m.fstype == "cgroup2" {
+            (Version::V2, HierarchyKey::Unified)
+        } else {
+            let id = v1_hierarchy_id(m, self_cgroup).ok_or_else(|| HierarchyError::UnknownHierarchyId(wanted.clone()))?;
+            (Version::V1, HierarchyKey::V1(id))
+        };
+        Ok(Hierarchy { mount: wanted, version, key })
+    }
+
+    /// A hierarchy with everything known, for fixtures.
+    pub fn new(mount: PathBuf, version: Version, key: HierarchyKey) -> Hierarchy {
+        Hierarchy { mount, version, key }
+    }
+
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+    pub fn version(&self) -> Version {
+        self.version
+    }
+    pub fn key(&self) -> &HierarchyKey {
+        &self.key
+    }
+
+    /// The v1 hierarchy id (0 for cgroup2), as the BPF side matches it.
+    pub fn hierarchy_id(&self) -> u32 {
+        match self.key {
+            HierarchyKey::Unified => 0,
+            HierarchyKey::V1(id) => id,
+        }
+    }
+
+    /// Threads (v1) or whole processes (cgroup2).
+    pub fn granularity(&self) -> Granularity {
+        match self.version {
+            Version::V1 => Granularity::Thread,
+            Version::V2 => Granularity::Process,
+        }
+    }
+
+    /// The directory of a cgroup path.
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        self.mount.join(rel.trim_start_matches('/'))
+    }
+
+    /// The directory inode of a cgroup: its id.
+    pub fn id(&self, rel: &str) -> Result<CgroupId, IoError> {
+        let d = self.dir(rel);
+        Ok(fs::metadata(&d).map_err(|e| IoError::new("stat", &d, e))?.ino())
+    }
+
+    /// The task ids in a cgroup (threads); empty when it is gone.
+    pub fn members(&self, rel: &str) -> Result<Vec<u32>, IoError> {
+        let file = match self.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.threads",
+        };
+        let path = self.dir(rel).join(file);
+        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        Ok(text.unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// The names of a cgroup's child cgroups, sorted; empty when it is gone.
+    pub fn children(&self, rel: &str) -> Result<Vec<String>, IoError> {
+        let d = self.dir(rel);
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if super::error::vanished(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(IoError::new("list", &d, e)),
+        };
+        let mut out: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every cgroup at and below `rel`, parents before children, with ids.
+    pub fn walk(&self, rel: &str) -> Result<Vec<(String, CgroupId)>, IoError> {
+        let mut out = Vec::new();
+        let mut stack = vec![rel.to_string()];
+        while let Some(cg) = stack.pop() {
+            let Some(id) = or_vanished(self.id(&cg))? else { continue };
+            for child in self.children(&cg)?.into_iter().rev() {
+                stack.push(join(&cg, &child));
+            }
+            out.push((cg, id));
+        }
+        Ok(out)
+    }
+
+    /// The node record stored on a cgroup, if any.
+    pub fn record(&self, rel: &str) -> Option<NodeRecord> {
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::getxattr(self.dir(rel), RECORD_XATTR, &mut buf).ok()?;
+        NodeRecord::from_bytes(&buf[..n])
+    }
+
+    /// Usage figures the hierarchy itself keeps for a cgroup (cgroup2 files
+    /// of enabled controllers); missing files are left out.
+    pub fn usage(&self, rel: &str) -> Vec<(String, u64)> {
+        let dir = self.dir(rel);
+        let mut out = Vec::new();
+        if let Ok(text) = fs::read_to_string(dir.join("cpu.stat")) {
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok()) {
+                out.push(("cpu_usec".to_string(), v));
+            }
+        }
+        for (file, name) in [("memory.current", "memory_bytes"), ("pids.current", "pids")] {
+            if let Some(v) = fs::read_to_string(dir.join(file)).ok().and_then(|t| t.trim().parse().ok()) {
+                out.push((name.to_string(), v));
+            }
+        }
+        out
+    }
+
+    /// A task's cgroup path in this hierarchy, from `/proc/<pid>/cgroup` text.
+    pub fn path_in(&self, proc_cgroup: &str) -> Option<String> {
+        cgroup_path_in(proc_cgroup, &self.key)
+    }
+}
+
+/// The hierarchy id of a v1 mount: the `/proc/self/cgroup` line whose
+/// controller list matches the mount's options.
+fn v1_hierarchy_id(m: &Mount, self_cgroup: &str) -> Option<u32> {
+    self_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let id: u32 = parts.next()?.parse().ok()?;
+        let controllers = parts.next()?;
+        (id != 0 && !controllers.is_empty() && controllers.split(',').all(|c| m.super_opts.iter().any(|o| o == c)))
+            .then_some(id)
+    })
+}
+
+/// What creating a node's directory found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// A new, empty cgroup.
+    New(CgroupId),
+    /// A cgroup of that name already existed, with no tasks and no children.
+    EmptyLeftover(CgroupId),
+    /// A cgroup of that name exists and is in use.
+    Taken,
+}
+
+/// What a move found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    Moved,
+    /// The task (or the destination) is gone.
+    Vanished,
+}
+
+/// What a removal found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removed {
+    Removed,
+    /// Still populated (tasks, children, or exiting tasks not yet released).
+    Busy,
+    Vanished,
+}
+
+/// The narrow set of writes nsgroup makes to a hierarchy. The real one is
+/// [`CgroupWriter`]; tests use a recording fake.
+pub trait CgroupBackend {
+    /// The path of a cgroup the backend knows (or can find) by id.
+    fn path_of(&mut self, id: CgroupId) -> Result<Option<String>, IoError>;
+    /// Creates `parent/name`.
+    fn create(&mut self, parent: CgroupId, name: &str) -> Result<Created, IoError>;
+    /// Stores a node's record on it; `false` where the hierarchy has no xattrs.
+    fn store_record(&mut self, id: CgroupId, record: &NodeRecord) -> Result<bool, IoError>;
+    /// Moves a task (v1: the thread `tid`; cgroup2: the process `tgid`).
+    fn attach(&mut self, id: CgroupId, tid: u32, tgid: u32) -> Result<Attached, IoError>;
+    /// Removes an empty cgroup.
+    fn remove(&mut self, id: CgroupId) -> Result<Removed, IoError>;
+    /// The usage figures the hierarchy keeps for a cgroup (see [`Hierarchy::usage`]).
+    fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)>;
+}
+
+/// The real backend: keeps each cgroup's path and an open fd of its
+/// membership file, so a move is one write(2).
+pub struct CgroupWriter {
+    hierarchy: Hierarchy,
+    root: String,
+    paths: HashMap<CgroupId, String>,
+    attach_fds: HashMap<CgroupId, fs::File>,
+}
+
+impl CgroupWriter {
+    /// A writer for the subtree `root` of `hierarchy`.
+    pub fn new(hierarchy: Hierarchy, root: &str) -> Result<CgroupWriter, IoError> {
+        let mut w = CgroupWriter { hierarchy, root: root.to_string(), paths: HashMap::new(), attach_fds: HashMap::new() };
+        w.rescan()?;
+        Ok(w)
+    }
+
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
+    /// Learns every cgroup of the subtree again.
+    pub fn rescan(&mut self) -> Result<(), IoError> {
+        self.paths = self.hierarchy.walk(&self.root)?.into_iter().map(|(p, id)| (id, p)).collect();
+        Ok(())
+    }
+
+    /// Remembers a path found elsewhere.
+    pub fn learn(&mut self, id: CgroupId, path: String) {
+        self.paths.insert(id, path);
+    }
+
+    fn attach_file(&mut self, id: CgroupId) -> Result<Option<&mut fs::File>, IoError> {
+        if !self.attach_fds.contains_key(&id) {
+            let Some(rel) = self.path_of(id)? else { return Ok(None) };
+            let name = match self.hierarchy.version {
+                Version::V1 => "tasks",
+                Version::V2 => "cgroup.procs",
+            };
+            let path = self.hierarchy.dir(&rel).join(name);
+            let f = match fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if super::error::vanished(&e) => return Ok(None),
+                Err(e) => return Err(IoError::new("open", &path, e)),
+            };
+            self.attach_fds.insert(id, f);
+        }
+        Ok(self.attach_fds.get_mut(&id))
+    }
+
+    fn is_empty(&self, rel: &str) -> Result<bool, IoError> {
+        Ok(self.hierarchy.members(rel)?.is_empty() && self.hierarchy.children(rel)?.is_empty())
+    }
+}
+
+impl CgroupBackend for CgroupWriter {
+    fn path_of(&mut self, id: CgroupId) -> Result<Option<String>, IoError> {
+        if let Some(p) = self.paths.get(&id) {
+            return Ok(Some(p.clone()));
+        }
+        self.rescan()?;
+        Ok(self.paths.get(&id).cloned())
+    }
+
+    fn create(&mut self, parent: CgroupId, name: &str) -> Result<Created, IoError> {
+        let Some(parent_rel) = self.path_of(parent)? else {
+            return Err(IoError::new("mkdir in", format!("cgroup id {parent}"), Errno::NOENT));
+        };
+        let rel = join(&parent_rel, name);
+        let dir = self.hierarchy.dir(&rel);
+        let existed = match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o755)) {
+            Ok(()) => false,
+            Err(Errno::EXIST) => true,
+            Err(e) => return Err(IoError::new("mkdir", &dir, e)),
+        };
+        let id = self.hierarchy.id(&rel)?;
+        self.paths.insert(id, rel.clone());
+        if !existed {
+            return Ok(Created::New(id));
+        }
+        Ok(if self.is_empty(&rel)? { Created::EmptyLeftover(id) } else { Created::Taken })
+    }
+
+    fn store_record(&mut self, id: CgroupId, record: &NodeRecord) -> Result<bool, IoError> {
+        let Some(rel) = self.path_of(id)? else { return Ok(false) };
+        let dir = self.hierarchy.dir(&rel);
+        let fd: OwnedFd = rustix::fs::open(&dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| IoError::new("open", &dir, e))?;
+        match rustix::fs::fsetxattr(&fd, RECORD_XATTR, &record.to_bytes(), XattrFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(Errno::OPNOTSUPP) | Err(Errno::PERM) => Ok(false),
+            Err(e) => Err(IoError::new("setxattr trusted.nsgroup", &dir, e)),
+        }
+    }
+
+    fn attach(&mut self, id: CgroupId, tid: u32, tgid: u32) -> Result<Attached, IoError> {
+        let who = match self.hierarchy.version {
+            Version::V1 => tid,
+            Version::V2 => tgid,
+        };
+        let Some(f) = self.attach_file(id)? else { return Ok(Attached::Vanished) };
+        match f.write_all(format!("{who}\n").as_bytes()) {
+            Ok(()) => Ok(Attached::Moved),
+            Err(e) if super::error::vanished(&e) => Ok(Attached::Vanished),
+            Err(e) => {
+                let path = self.paths.get(&id).cloned().unwrap_or_default();
+                Err(IoError::new("move task into", self.hierarchy.dir(&path), e))
+            }
+        }
+    }
+
+    fn remove(&mut self, id: CgroupId) -> Result<Removed, IoError> {
+        let Some(rel) = self.path_of(id)? else { return Ok(Removed::Vanished) };
+        let dir = self.hierarchy.dir(&rel);
+        match rustix::fs::rmdir(&dir) {
+            Ok(()) | Err(Errno::NOENT) => {
+                self.paths.remove(&id);
+                self.attach_fds.remove(&id);
+                Ok(Removed::Removed)
+            }
+            Err(Errno::BUSY) | Err(Errno::NOTEMPTY) => Ok(Removed::Busy),
+            Err(e) => Err(IoError::new("rmdir", &dir, e)),
+        }
+    }
+
+    fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)> {
+        self.paths.get(&id).map(|rel| self.hierarchy.usage(rel)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::mounts::parse_mountinfo;
+
+    #[test]
+    fn finds_v1_hierarchy_id_by_options() {
+        let mounts = parse_mountinfo(
+            "1 0 0:1 / /cg/cpu rw - cgroup cgroup rw,cpu,cpuacct\n2 0 0:2 / /cg/mine rw - cgroup cgroup rw,xattr,name=mine\n3 0 0:3 / /cg/u rw - cgroup2 cgroup2 rw\n",
+        );
+        let self_cg = "12:name=mine:/\n3:cpu,cpuacct:/\n0::/\n";
+        let h = Hierarchy::at(Path::new("/cg/mine"), &mounts, self_cg).unwrap();
+        assert_eq!((h.version(), h.hierarchy_id()), (Version::V1, 12));
+        let h = Hierarchy::at(Path::new("/cg/cpu"), &mounts, self_cg).unwrap();
+        assert_eq!(h.hierarchy_id(), 3);
+        let h = Hierarchy::at(Path::new("/cg/u"), &mounts, self_cg).unwrap();
+        assert_eq!((h.version(), h.granularity()), (Version::V2, Granularity::Process));
+        assert!(matches!(Hierarchy::at(Path::new("/nope"), &mounts, self_cg), Err(HierarchyError::NotACgroupMount(_))));
+    }
+
+    #[test]
+    fn reads_a_tree_fixture() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = Hierarchy::new(tmp.path().to_path_buf(), Version::V1, HierarchyKey::V1(5));
+        fs::create_dir_all(tmp.path().join("t/node_1/node_2")).unwrap();
+        fs::write(tmp.path().join("t/node_1/tasks"), "10\n11\n").unwrap();
+        let walked: Vec<String> = h.walk("/t").unwrap().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(walked, ["/t", "/t/node_1", "/t/node_1/node_2"]);
+        assert_eq!(h.members("/t/node_1").unwrap(), vec![10, 11]);
+        assert_eq!(h.members("/gone").unwrap(), Vec::<u32>::new());
+        assert_eq!(h.children("/t").unwrap(), vec!["node_1"]);
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/a", "b"), "/a/b");
+    }
+}

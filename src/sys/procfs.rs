@@ -1,0 +1,247 @@
+//! Reading tasks from procfs, rooted at a path (`/proc`, or a fixture).
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{or_vanished, IoError};
+use crate::core::nsset::{NsKind, NsSet};
+
+/// A procfs mount.
+#[derive(Clone, Debug)]
+pub struct ProcFs {
+    root: PathBuf,
+}
+
+/// The fields of `/proc/<pid>/task/<tid>/stat` nsgroup uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskStat {
+    /// The command, as the kernel has it (any bytes, made printable lossily).
+    pub comm: String,
+    pub ppid: u32,
+    /// PF_* flags; [`TaskStat::is_kernel_thread`].
+    pub flags: u64,
+    /// User + system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Start time after boot, in clock ticks.
+    pub start_ticks: u64,
+    /// Resident set size, in pages.
+    pub rss_pages: u64,
+}
+
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl TaskStat {
+    /// Kernel threads are never moved.
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// Parses a stat line; the command may hold spaces and parentheses.
+    pub fn parse(line: &[u8]) -> Option<TaskStat> {
+        let open = line.iter().position(|&b| b == b'(')?;
+        let close = line.iter().rposition(|&b| b == b')')?;
+        let comm = String::from_utf8_lossy(line.get(open + 1..close)?).into_owned();
+        let rest = std::str::from_utf8(line.get(close + 1..)?).ok()?;
+        // Field 3 (state) is rest[0]; field n is rest[n - 3].
+        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+        let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        Some(TaskStat {
+            comm,
+            ppid: num(4)? as u32,
+            flags: num(9)?,
+            cpu_ticks: num(14)? + num(15)?,
+            start_ticks: num(22)?,
+            rss_pages: num(24)?,
+        })
+    }
+}
+
+/// Which line of `/proc/<pid>/cgroup` belongs to a hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HierarchyKey {
+    /// The cgroup2 line, `0::<path>`.
+    Unified,
+    /// A v1 hierarchy by its id, the first field.
+    V1(u32),
+}
+
+/// Finds a task's cgroup path in one hierarchy in a `/proc/<pid>/cgroup` text.
+pub fn cgroup_path_in(text: &str, key: &HierarchyKey) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let id: u32 = parts.next()?.parse().ok()?;
+        let controllers = parts.next()?;
+        let path = parts.next()?;
+        let hit = match key {
+            HierarchyKey::Unified => id == 0 && controllers.is_empty(),
+            HierarchyKey::V1(want) => id == *want,
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+impl ProcFs {
+    /// Procfs at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> ProcFs {
+        ProcFs { root: root.into() }
+    }
+
+    /// The procfs root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
+        self.root.join(format!("{pid}/task/{tid}"))
+    }
+
+    fn numeric_entries(dir: &Path) -> Result<Vec<u32>, IoError> {
+        let mut out: Vec<u32> = fs::read_dir(dir)
+            .map_err(|e| IoError::new("list", dir, e))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Every process id.
+    pub fn pids(&self) -> Result<Vec<u32>, IoError> {
+        Self::numeric_entries(&self.root)
+    }
+
+    /// The threads of a process; empty when it is gone.
+    pub fn tids(&self, pid: u32) -> Result<Vec<u32>, IoError> {
+        Ok(or_vanished(Self::numeric_entries(&self.root.join(format!("{pid}/task"))))?.unwrap_or_default())
+    }
+
+    /// A thread's namespace set; `None` when it is gone (or already exiting).
+    /// A namespace the kernel lacks reads 0.
+    pub fn ns_set(&self, pid: u32, tid: u32) -> Result<Option<NsSet>, IoError> {
+        let dir = self.task_dir(pid, tid).join("ns");
+        let mut inodes = [0u64; 10];
+        for (slot, kind) in inodes.iter_mut().zip(NsKind::ALL) {
+            let path = dir.join(kind.proc_name());
+            match fs::metadata(&path) {
+                Ok(m) => *slot = m.ino(),
+                Err(e) if super::error::vanished(&e) => {
+                    if !dir.exists() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(IoError::new("stat", &path, e)),
+            }
+        }
+        Ok((inodes != [0; 10]).then(|| NsSet::new(inodes)))
+    }
+
+    /// A thread's stat fields; `None` when it is gone.
+    pub fn stat(&self, pid: u32, tid: u32) -> Result<Option<TaskStat>, IoError> {
+        let path = self.task_dir(pid, tid).join("stat");
+        let bytes = or_vanished(fs::read(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        Ok(bytes.and_then(|b| TaskStat::parse(&b)))
+    }
+
+    /// A thread's cgroup path in one hierarchy; `None` when it is gone.
+    pub fn cgroup_path(&self, pid: u32, tid: u32, key: &HierarchyKey) -> Result<Option<String>, IoError> {
+        let path = self.task_dir(pid, tid).join("cgroup");
+        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        Ok(text.and_then(|t| cgroup_path_in(&t, key)))
+    }
+
+    /// The children a thread forked; empty when it is gone.
+    pub fn children(&self, pid: u32, tid: u32) -> Result<Vec<u32>, IoError> {
+        let path = self.task_dir(pid, tid).join("children");
+        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        Ok(text.unwrap_or_default().split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
+    }
+
+    /// The thread-group id of a task id, from its status file.
+    pub fn tgid(&self, tid: u32) -> Result<Option<u32>, IoError> {
+        let path = self.root.join(format!("{tid}/status"));
+        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        Ok(text.and_then(|t| t.lines().find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())))
+    }
+}
+
+#[cfg(test)]
+pub mod fixture {
+    //! A fake procfs in a tempdir.
+    use super::*;
+
+    /// Writes one task: its stat line, cgroup file and namespace files whose
+    /// inode numbers stand for the set (regular files: their inodes differ
+    /// by set as real ones do).
+    pub fn write_task(root: &Path, pid: u32, tid: u32, comm: &str, ppid: u32, cgroup: &str, ns_dir: &Path) {
+        let dir = root.join(format!("{pid}/task/{tid}"));
+        fs::create_dir_all(&dir).unwrap();
+        let stat = format!("{tid} ({comm}) S {ppid} 1 1 0 -1 4194560 0 0 0 0 3 4 0 0 20 0 1 0 1234 1000 56 0\n");
+        fs::write(dir.join("stat"), stat).unwrap();
+        fs::write(dir.join("cgroup"), format!("10:name=x:{cgroup}\n0::/\n")).unwrap();
+        fs::write(dir.join("children"), "").unwrap();
+        if dir.join("ns").exists() {
+            fs::remove_file(dir.join("ns")).unwrap();
+        }
+        std::os::unix::fs::symlink(ns_dir, dir.join("ns")).unwrap();
+        if pid == tid {
+            fs::write(root.join(format!("{pid}/status")), format!("Name:\t{comm}\nTgid:\t{pid}\n")).unwrap();
+        }
+    }
+
+    /// A directory of ten namespace files standing for one set.
+    pub fn ns_dir(root: &Path, name: &str) -> PathBuf {
+        let dir = root.join("ns-sets").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        for k in NsKind::ALL {
+            fs::write(dir.join(k.proc_name()), "").unwrap();
+        }
+        dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::*;
+    use super::*;
+
+    #[test]
+    fn stat_parses_odd_command_names() {
+        let line = b"42 (a) b) c\n\xff) S 7 1 1 0 -1 2097152 0 0 0 0 10 5 0 0 20 0 1 0 999 1000 12 0";
+        let s = TaskStat::parse(line).unwrap();
+        assert_eq!(s.comm, "a) b) c\n\u{fffd}");
+        assert_eq!((s.ppid, s.cpu_ticks, s.start_ticks, s.rss_pages), (7, 15, 999, 12));
+        assert!(s.is_kernel_thread());
+        assert_eq!(TaskStat::parse(b"garbage"), None);
+    }
+
+    #[test]
+    fn cgroup_lines_by_hierarchy() {
+        let text = "10:name=nsgroup:/a/node_1\n4:memory:/m\n0::/u\n";
+        assert_eq!(cgroup_path_in(text, &HierarchyKey::V1(10)).as_deref(), Some("/a/node_1"));
+        assert_eq!(cgroup_path_in(text, &HierarchyKey::Unified).as_deref(), Some("/u"));
+        assert_eq!(cgroup_path_in(text, &HierarchyKey::V1(3)), None);
+    }
+
+    #[test]
+    fn reads_tasks_from_a_fixture_and_vanished_is_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("proc");
+        let a = ns_dir(tmp.path(), "a");
+        let b = ns_dir(tmp.path(), "b");
+        write_task(&root, 10, 10, "sh", 1, "/t", &a);
+        write_task(&root, 10, 11, "worker", 1, "/t", &b);
+        let proc = ProcFs::new(&root);
+        assert_eq!(proc.pids().unwrap(), vec![10]);
+        assert_eq!(proc.tids(10).unwrap(), vec![10, 11]);
+        let sa = proc.ns_set(10, 10).unwrap().unwrap();
+        let sb = proc.ns_set(10, 11).unwrap().unwrap();
+        assert_ne!(sa, sb);
+        assert_eq!(proc.stat(10, 11).unwrap().unwrap().comm, "worker");
+        assert_eq!(proc.cgroup_path(10, 10, &HierarchyKey::V1(10)).unwrap().as_deref(), Some("/t"));
+        assert_eq!(proc.tgid(10).unwrap(), Some(10));
+        assert_eq!(proc.ns_set(99, 99).unwrap(), None);
+        assert_eq!(proc.stat(99, 99).unwrap(), None);
+        assert_eq!(proc.tids(99).unwrap(), Vec::<u32>::new());
+        assert_eq!(proc.children(99, 99).unwrap(), Vec::<u32>::new());
+    }
+}
