@@ -10,3 +10,8 @@ pub mod bpf;
 pub mod core;
 pub mod sys;
 pub mod placer;
+pub mod config;
+pub mod reconcile;
+pub mod daemon;
+pub mod model;
+pub mod render;

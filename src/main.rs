@@ -1,1 +1,188 @@
-fn main() {}
+//! The `nsgroup` command: `run` the daemon, show the `tree`.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use nsgroup::config::{Config, Source};
+use nsgroup::daemon::{self, Setup};
+use nsgroup::model::{self, Units};
+use nsgroup::sys::locate::locate;
+use nsgroup::sys::procfs::ProcFs;
+
+/// Gives every set of Linux namespaces its own cgroup, automatically.
+///
+/// Every task that enters a new namespace set (clone/clone3 with CLONE_NEW*,
+/// unshare, setns, the first fork after unshare(CLONE_NEWPID)) is moved into
+/// a cgroup named node_<pid> under the cgroup it was in, as the kernel's
+/// 2007 ns cgroup subsystem did, without its flaws.
+#[derive(Parser, Debug)]
+#[command(name = "nsgroup", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Which hierarchy and subtree.
+#[derive(clap::Args, Debug)]
+struct Where {
+    /// Mount point of the cgroup hierarchy (cgroup2, v1 with controllers, or a
+    /// named v1 one). Default: cgroup2 on a pure cgroup2 host, else nsgroup's
+    /// own name=nsgroup hierarchy at /sys/fs/cgroup/nsgroup.
+    #[arg(long, value_name = "PATH")]
+    hierarchy: Option<PathBuf>,
+    /// The subtree whose tasks are tracked and moved (a cgroup path inside
+    /// the hierarchy). Nothing outside it is touched. Default: /.
+    #[arg(long, value_name = "CGROUP")]
+    root: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: track tasks entering namespace sets and place them.
+    ///
+    /// Needs root. Stops on SIGTERM or SIGINT; nodes stay. Sends READY=1 to
+    /// NOTIFY_SOCKET once tracking.
+    Run {
+        #[command(flatten)]
+        place: Where,
+        /// Configuration file (TOML). Default: /etc/nsgroup/nsgroup.toml if present.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Size of the BPF ring buffer in bytes (power of two, >= 4096).
+        #[arg(long, value_name = "BYTES")]
+        ring_buffer_bytes: Option<u32>,
+        /// Where events come from.
+        #[arg(long, value_enum)]
+        source: Option<Source>,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Show the nodes nested, with the namespaces each differs in, its tasks
+    /// and usage. Reads cgroupfs: works whether the daemon runs or not.
+    Tree {
+        #[command(flatten)]
+        place: Where,
+        /// Shorthand for -O json.
+        #[arg(long, conflicts_with = "output")]
+        json: bool,
+        /// Output format.
+        #[arg(short = 'O', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Show every cgroup and task of the subtree, not only nodes.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+    Openmetrics,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)) => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nsgroup: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { place, config, ring_buffer_bytes, source, log_format } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(h) = place.hierarchy {
+                config.hierarchy = Some(h);
+            }
+            if let Some(r) = place.root {
+                config.root = r;
+            }
+            if let Some(rb) = ring_buffer_bytes {
+                config.ring_buffer_bytes = rb;
+            }
+            if let Some(s) = source {
+                config.source = s;
+            }
+            config.check().map_err(|(key, why)| anyhow::anyhow!("--{}: {why}", key.replace('_', "-")))?;
+            init_logging(log_format);
+            run(config)
+        }
+        Command::Tree { place, json, output, all } => {
+            let output = if json { Output::Json } else { output };
+            tree(place, output, all)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NSGROUP_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("nsgroup run needs root: it creates cgroups, moves other users' tasks and loads BPF programs");
+    }
+    if config.source == Source::Proc {
+        bail!("--source proc is not available in this build; use --source bpf");
+    }
+    let located = locate(config.hierarchy.as_deref(), true).context("finding the cgroup hierarchy")?;
+    if let Some(favordynmods) = located.mounted {
+        tracing::info!(
+            mount = %located.hierarchy.mount().display(),
+            favordynmods,
+            "mounted nsgroup's own hierarchy (favordynmods stays on until reboot)"
+        );
+    }
+    let setup = Setup { config, hierarchy: located.hierarchy, own_hierarchy: located.own, proc: ProcFs::new("/proc") };
+    daemon::run(setup)?;
+    Ok(())
+}
+
+fn tree(place: Where, output: Output, all: bool) -> anyhow::Result<()> {
+    let located = locate(place.hierarchy.as_deref(), false)?;
+    let root = place.root.unwrap_or_else(|| "/".into());
+    let proc = ProcFs::new("/proc");
+    let Some(sample) = model::sample::sample(&located.hierarchy, &root, &proc)? else {
+        bail!("cgroup {root} does not exist in {}", located.hierarchy.mount().display());
+    };
+    let me = std::process::id();
+    let base = proc.ns_set(me, me)?.unwrap_or_default();
+    let units = Units {
+        clock_ticks: rustix::param::clock_ticks_per_second(),
+        page_size: rustix::param::page_size() as u64,
+    };
+    let tree = model::build(&sample, &base, units, all).expect("the top is always kept");
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    match output {
+        Output::Text => nsgroup::render::text::write(&mut out, &tree)?,
+        Output::Json => nsgroup::render::json::write(&mut out, &tree)?,
+        Output::Openmetrics => nsgroup::render::metrics::write(&mut out, &tree)?,
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -38,6 +38,20 @@ pub enum BpfError {
     Map(&'static str, aya::maps::MapError),
     #[error("ring_buffer_bytes must be a power of two of at least 4096, got {0}")]
     RingSize(u32),
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
+    Tracefs(rustix::io::Errno),
+}
+
+/// Where syscall tracepoints are found.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs where the kernel documents it, if nothing is mounted there.
+fn ensure_tracefs() -> Result<(), BpfError> {
+    let path = std::path::Path::new(TRACEFS);
+    if path.join("events").exists() || std::path::Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    rustix::mount::mount("nodev", path, "tracefs", rustix::mount::MountFlags::empty(), None).map_err(BpfError::Tracefs)
 }
 
 /// The BTF tracepoints, by program name and tracepoint.
@@ -86,6 +100,7 @@ impl Probe {
             prog.attach().map_err(|source| BpfError::Program { name, source })?;
             hooks.push(format!("tp_btf/{tp}"));
         }
+        ensure_tracefs()?;
         for (name, tp) in SYSCALL_HOOKS {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| BpfError::Program { name, source })?;

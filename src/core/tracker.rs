@@ -133,6 +133,11 @@ impl Tracker {
         })
     }
 
+    /// Threads or processes.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
     /// The set a task in `cgroup` is expected to have: the node's set, or the base set.
     pub fn home_set(&self, cgroup: CgroupId) -> NsSet {
         self.nodes.get(&cgroup).map_or(self.base_set, |n| n.record.set)

@@ -266,10 +266,6 @@ impl CgroupWriter {
         Ok(w)
     }
 
-    pub fn hierarchy(&self) -> &Hierarchy {
-        &self.hierarchy
-    }
-
     /// Learns every cgroup of the subtree again.
     pub fn rescan(&mut self) -> Result<(), IoError> {
         self.paths = self.hierarchy.walk(&self.root)?.into_iter().map(|(p, id)| (id, p)).collect();

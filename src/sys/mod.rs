@@ -1,6 +1,8 @@
 //! The system edge: procfs, cgroupfs, mounts, service notification.
 pub mod cgroupfs;
 pub mod error;
+pub mod locate;
 pub mod mounts;
 pub mod notify;
 pub mod procfs;
+pub mod scan;

@@ -156,11 +156,21 @@ impl ProcFs {
         Ok(text.unwrap_or_default().split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
     }
 
+    /// The real user id of a task, from its status file.
+    pub fn uid(&self, tid: u32) -> Result<Option<u32>, IoError> {
+        self.status_field(tid, "Uid:")
+    }
+
     /// The thread-group id of a task id, from its status file.
     pub fn tgid(&self, tid: u32) -> Result<Option<u32>, IoError> {
+        self.status_field(tid, "Tgid:")
+    }
+
+    fn status_field(&self, tid: u32, field: &str) -> Result<Option<u32>, IoError> {
         let path = self.root.join(format!("{tid}/status"));
         let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
-        Ok(text.and_then(|t| t.lines().find_map(|l| l.strip_prefix("Tgid:")?.trim().parse().ok())))
+        let first = |l: &str| l.strip_prefix(field)?.split_ascii_whitespace().next()?.parse().ok();
+        Ok(text.and_then(|t| t.lines().find_map(first)))
     }
 }
 

@@ -1,0 +1,486 @@
+//! The daemon: events in, placements out, empty nodes removed, and a
+//! reconcile whenever events may have been lost.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use tracing::{debug, info, warn};
+
+use crate::bpf::{Event, EventKind, Probe, Scope};
+use crate::config::{Cleanup, Config, Subject};
+use crate::core::histogram::Histogram;
+use crate::core::naming;
+use crate::core::node::{CgroupId, Node, NodeRecord};
+use crate::core::nsset::{NsMask, NsSet};
+use crate::core::tracker::{Entry, Limits, Tracker};
+use crate::placer::{unix_now, Outcome, Placer};
+use crate::reconcile::{reconcile, Report};
+use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter, Hierarchy};
+use crate::sys::error::IoError;
+use crate::sys::procfs::ProcFs;
+use crate::sys::scan::{scan, TaskSample};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("the tracked root {root} does not exist in {mount} (create it, or pass another --root)")]
+    NoRoot { root: String, mount: String },
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(transparent)]
+    Bpf(#[from] crate::bpf::BpfError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Everything the daemon needs, resolved by the command line.
+pub struct Setup {
+    pub config: Config,
+    pub hierarchy: Hierarchy,
+    /// nsgroup's own named hierarchy: nobody else writes there, so reconcile
+    /// always converges; elsewhere it leaves tasks other writers placed.
+    pub own_hierarchy: bool,
+    pub proc: ProcFs,
+}
+
+enum Timer {
+    /// A setns caller's set has settled.
+    Settle(u32),
+    /// See whether a node emptied; the attempt number backs off.
+    Cleanup(CgroupId, u32),
+}
+
+/// A setns caller waiting for its last setns.
+struct Deferred {
+    first_prev: NsSet,
+    last: Event,
+}
+
+/// Counters and the event-to-moved latency, logged at exit.
+#[derive(Default)]
+struct Stats {
+    events: u64,
+    moved: u64,
+    created: u64,
+    removed: u64,
+    reconciles: u64,
+    latency: Histogram,
+}
+
+/// Back-off of the emptiness checks after an exit: an exiting task stays in
+/// its cgroup for a moment after its exit event.
+const CLEANUP_BACKOFF_MS: [u64; 6] = [2, 20, 100, 300, 600, 1000];
+
+struct Daemon {
+    placer: Placer<CgroupWriter>,
+    hierarchy: Hierarchy,
+    root: String,
+    config: Config,
+    mask: NsMask,
+    own_hierarchy: bool,
+    proc: ProcFs,
+    probe: Probe,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_jobs: HashMap<u64, Timer>,
+    next_timer: u64,
+    deferred: HashMap<u32, Deferred>,
+    seen_drops: u64,
+    stats: Stats,
+}
+
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Runs until SIGTERM or SIGINT. Nodes stay when it stops.
+pub fn run(setup: Setup) -> Result<(), DaemonError> {
+    let Setup { config, hierarchy, own_hierarchy, proc } = setup;
+    let mask = config.mask().map_err(DaemonError::Config)?;
+    let root = config.root.clone();
+    let root_id = match crate::sys::error::or_vanished(hierarchy.id(&root))? {
+        Some(id) => id,
+        None => return Err(DaemonError::NoRoot { root, mount: hierarchy.mount().display().to_string() }),
+    };
+    let own_pid = std::process::id();
+    let base_set = proc.ns_set(own_pid, own_pid)?.unwrap_or_default().masked(mask);
+    let limits = Limits { max_depth: config.max_depth, max_nodes: config.max_nodes };
+    let tracker = Tracker::new(base_set, hierarchy.granularity(), limits);
+    let writer = CgroupWriter::new(hierarchy.clone(), &root)?;
+    let mut placer = Placer::new(tracker, writer, unix_now);
+    let adopted = adopt(&mut placer, &hierarchy, &root, &proc, mask)?;
+
+    // Attach before the snapshot: what happens meanwhile queues up and is
+    // applied after it (placements are idempotent).
+    let root_level = root.split('/').filter(|c| !c.is_empty()).count() as u32;
+    let probe = Probe::load(Scope {
+        hierarchy_id: hierarchy.hierarchy_id(),
+        root_cgroup_id: root_id,
+        root_level,
+        ring_buffer_bytes: config.ring_buffer_bytes,
+    })?;
+    let (sig_read, sig_write) = UnixStream::pair().map_err(DaemonError::Signals)?;
+    sig_read.set_nonblocking(true).map_err(DaemonError::Signals)?;
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::low_level::pipe::register(sig, sig_write.try_clone().map_err(DaemonError::Signals)?)
+            .map_err(DaemonError::Signals)?;
+    }
+
+    let mut d = Daemon {
+        placer,
+        hierarchy,
+        root,
+        config,
+        mask,
+        own_hierarchy,
+        proc,
+        probe,
+        timers: BinaryHeap::new(),
+        timer_jobs: HashMap::new(),
+        next_timer: 0,
+        deferred: HashMap::new(),
+        seen_drops: 0,
+        stats: Stats::default(),
+    };
+    let started = Instant::now();
+    let report = d.reconcile("start")?;
+    d.sweep_empty_nodes();
+    info!(
+        hierarchy = %d.hierarchy.mount().display(),
+        version = ?d.hierarchy.version(),
+        root = %d.root,
+        adopted,
+        moved = report.moved,
+        created = report.created,
+        hooks = %d.probe.hooks().join(" "),
+        reconcile_ms = started.elapsed().as_millis() as u64,
+        "nsgroup is tracking"
+    );
+    if let Err(e) = crate::sys::notify::sd_notify("READY=1") {
+        warn!("could not notify the service manager: {e}");
+    }
+    d.event_loop(&sig_read)?;
+    d.log_stats();
+    Ok(())
+}
+
+/// Learns the nodes an earlier run left: from their records, or for a
+/// `node_*` cgroup without one (no xattrs), from the set its tasks share.
+fn adopt(
+    placer: &mut Placer<CgroupWriter>,
+    hierarchy: &Hierarchy,
+    root: &str,
+    proc: &ProcFs,
+    mask: NsMask,
+) -> Result<usize, IoError> {
+    let mut ids: HashMap<String, CgroupId> = HashMap::new();
+    let mut adopted = 0;
+    for (rel, id) in hierarchy.walk(root)? {
+        ids.insert(rel.clone(), id);
+        if rel == root {
+            continue;
+        }
+        let (parent_rel, name) = rel.rsplit_once('/').expect("below the root");
+        let parent_rel = if parent_rel.is_empty() { "/" } else { parent_rel };
+        let Some(&parent) = ids.get(parent_rel) else { continue };
+        let record = match hierarchy.record(&rel) {
+            Some(r) => Some(r),
+            None => naming::creator_pid(name).and_then(|creator_pid| {
+                let members = hierarchy.members(&rel).ok()?;
+                let sets: Vec<NsSet> =
+                    members.iter().filter_map(|&t| proc.ns_set(t, t).ok().flatten()).map(|s| s.masked(mask)).collect();
+                let set = *sets.first()?;
+                sets.iter().all(|s| *s == set).then(|| NodeRecord {
+                    set,
+                    parent_set: placer.tracker().home_set(parent),
+                    creator_pid,
+                    creator_comm: String::new(),
+                    created_unix: 0,
+                })
+            }),
+        };
+        let Some(record) = record else { continue };
+        let node = Node { id, parent, name: name.to_string(), record };
+        match placer.tracker_mut().add_node(node) {
+            Ok(()) => adopted += 1,
+            Err(first) => warn!(path = %rel, first = %first.name, "a second cgroup claims the set of an adopted node; left alone"),
+        }
+    }
+    Ok(adopted)
+}
+
+impl Daemon {
+    fn event_loop(&mut self, signals: &UnixStream) -> Result<(), DaemonError> {
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            let timeout = self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
+            let signalled = {
+                let ring = self.probe.fd();
+                let mut fds = [PollFd::new(&ring, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+                match poll(&mut fds, ts.as_ref()) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(IoError::new("poll", "the ring buffer", e).into()),
+                }
+                fds[1].revents().contains(PollFlags::IN)
+            };
+            if signalled {
+                let mut buf = [0u8; 16];
+                let _ = (&*signals).read(&mut buf);
+                info!("stopping on signal; nodes stay");
+                return Ok(());
+            }
+            loop {
+                batch.clear();
+                let bad = self.probe.drain(1024, &mut batch);
+                if bad > 0 {
+                    warn!(records = bad, "undecodable ring buffer records skipped");
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                for ev in batch.drain(..) {
+                    self.handle(ev);
+                }
+            }
+            let dropped = self.probe.dropped();
+            if dropped > self.seen_drops {
+                warn!(lost = dropped - self.seen_drops, "the ring buffer overflowed; reconciling from /proc");
+                self.seen_drops = dropped;
+                if let Err(e) = self.reconcile("overflow") {
+                    warn!("reconcile after overflow failed: {e}");
+                }
+            }
+            self.run_timers();
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, job: Timer) {
+        self.next_timer += 1;
+        self.timers.push(Reverse((Instant::now() + after, self.next_timer)));
+        self.timer_jobs.insert(self.next_timer, job);
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match self.timer_jobs.remove(&key) {
+                Some(Timer::Settle(tid)) => {
+                    if let Some(d) = self.deferred.remove(&tid) {
+                        self.place_event(&d.last, d.first_prev);
+                    }
+                }
+                Some(Timer::Cleanup(node, attempt)) => self.cleanup(node, attempt),
+                None => {}
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        self.stats.events += 1;
+        match ev.kind {
+            EventKind::Setns => {
+                let first_prev = self.deferred.get(&ev.tid).map_or(ev.prev, |d| d.first_prev);
+                let fresh = !self.deferred.contains_key(&ev.tid);
+                self.deferred.insert(ev.tid, Deferred { first_prev, last: ev.clone() });
+                if fresh {
+                    self.schedule(Duration::from_micros(self.config.setns_settle_us), Timer::Settle(ev.tid));
+                }
+            }
+            EventKind::Exec => {
+                let prev = self.deferred.remove(&ev.tid).map_or(ev.prev, |d| d.first_prev);
+                self.place_event(&ev, prev);
+            }
+            EventKind::Fork { ptid } => {
+                if let Some(d) = self.deferred.remove(&ptid) {
+                    self.place_event(&d.last, d.first_prev);
+                }
+                self.place_event(&ev, ev.prev);
+            }
+            EventKind::Unshare => self.place_event(&ev, ev.prev),
+            EventKind::Exit => {
+                self.deferred.remove(&ev.tid);
+                if let Some(&node) = self.placer.tracker().cleanup_candidates(ev.cgroup).first() {
+                    self.schedule_cleanup(node, 0);
+                }
+            }
+        }
+    }
+
+    fn admits(&self, comm: &str, tid: u32, cgroup: CgroupId, path: Option<&str>) -> bool {
+        let uid = if self.config.include.needs_uid() || self.config.exclude.needs_uid() {
+            self.proc.uid(tid).ok().flatten()
+        } else {
+            None
+        };
+        let _ = cgroup;
+        self.config.admits(Subject { comm, uid, cgroup: path.unwrap_or("") })
+    }
+
+    fn place_event(&mut self, ev: &Event, prev: NsSet) {
+        let path = self.placer.backend().path_of(ev.cgroup).ok().flatten();
+        if !self.admits(&ev.comm, ev.tid, ev.cgroup, path.as_deref()) {
+            self.probe.settled(ev.tid);
+            return;
+        }
+        let entry = Entry { tid: ev.tid, tgid: ev.tgid, cgroup: ev.cgroup, set: ev.set.masked(self.mask), prev: prev.masked(self.mask) };
+        let outcome = self.placer.enter(&entry, &ev.comm);
+        self.probe.settled(ev.tid);
+        match outcome {
+            Ok(Outcome::Moved { to, created }) => {
+                let latency_us = monotonic_ns().saturating_sub(ev.ktime_ns) / 1000;
+                self.stats.latency.record(latency_us);
+                self.stats.moved += 1;
+                self.stats.created += u64::from(created);
+                if created {
+                    let path = self.placer.backend().path_of(to).ok().flatten().unwrap_or_default();
+                    info!(event = "node_created", path = %path, creator_pid = ev.tid, creator_comm = %ev.comm, "node created");
+                }
+                debug!(tid = ev.tid, kind = ?ev.kind, to, latency_us, "placed");
+                self.follow_children(&entry);
+            }
+            Ok(Outcome::Refused(why)) => warn!(tid = ev.tid, comm = %ev.comm, "left in place: {why}"),
+            Ok(Outcome::Stayed) | Ok(Outcome::Vanished) => {}
+            Err(e) => warn!(tid = ev.tid, "placing failed: {e}"),
+        }
+    }
+
+    /// Children forked before their parent was moved, still in its old
+    /// cgroup with its new set, follow it (the fork-mid-move race).
+    fn follow_children(&mut self, parent: &Entry) {
+        let Ok(children) = self.proc.children(parent.tgid, parent.tid) else { return };
+        for child in children {
+            let Ok(Some(path)) = self.proc.cgroup_path(child, child, self.hierarchy.key()) else { continue };
+            let Ok(cgroup) = self.hierarchy.id(&path) else { continue };
+            let Ok(Some(set)) = self.proc.ns_set(child, child) else { continue };
+            if cgroup != parent.cgroup || set.masked(self.mask) != parent.set {
+                continue;
+            }
+            let entry = Entry { tid: child, tgid: child, cgroup, set: parent.set, prev: parent.set };
+            if let Ok(Outcome::Moved { .. }) = self.placer.enter(&entry, "") {
+                self.probe.track(child);
+                self.follow_children(&entry);
+            }
+        }
+    }
+
+    fn schedule_cleanup(&mut self, node: CgroupId, attempt: u32) {
+        let delay = match self.config.cleanup {
+            Cleanup::Keep => return,
+            Cleanup::Remove => CLEANUP_BACKOFF_MS.get(attempt as usize).copied(),
+            Cleanup::Linger if attempt == 0 => Some(self.config.linger_seconds * 1000),
+            Cleanup::Linger => CLEANUP_BACKOFF_MS.get(attempt as usize).copied(),
+        };
+        if let Some(ms) = delay {
+            self.schedule(Duration::from_millis(ms), Timer::Cleanup(node, attempt));
+        }
+    }
+
+    /// Removes `node` if empty, then its emptied parents; retries while the
+    /// last task is still on its way out.
+    fn cleanup(&mut self, node: CgroupId, attempt: u32) {
+        let mut current = Some(node);
+        while let Some(id) = current {
+            let parent = self.placer.tracker().node(id).map(|n| n.parent);
+            match self.placer.try_remove(id) {
+                Ok(Some(removal)) => {
+                    self.stats.removed += 1;
+                    let r = &removal.node.record;
+                    let usage: Vec<String> = removal.usage.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    info!(
+                        event = "node_removed",
+                        path = %removal.path,
+                        creator_pid = r.creator_pid,
+                        creator_comm = %r.creator_comm,
+                        lifetime_s = unix_now().saturating_sub(r.created_unix),
+                        usage = %usage.join(" "),
+                        "node removed"
+                    );
+                    current = parent.filter(|p| self.placer.tracker().node(*p).is_some());
+                }
+                Ok(None) => {
+                    let path = self.placer.backend().path_of(id).ok().flatten();
+                    let has_tasks = path.is_some_and(|p| self.hierarchy.members(&p).map_or(true, |m| !m.is_empty()));
+                    if id == node && !self.placer.tracker().has_child_nodes(id) && !has_tasks {
+                        self.schedule_cleanup(id, attempt + 1);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!("removing node {id}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes (per policy) every node that is empty now.
+    fn sweep_empty_nodes(&mut self) {
+        if self.config.cleanup == Cleanup::Keep {
+            return;
+        }
+        let leaves: Vec<CgroupId> = self
+            .placer
+            .tracker()
+            .nodes()
+            .filter(|n| !self.placer.tracker().has_child_nodes(n.id))
+            .map(|n| n.id)
+            .collect();
+        for id in leaves {
+            if self.config.cleanup == Cleanup::Remove {
+                self.cleanup(id, CLEANUP_BACKOFF_MS.len() as u32);
+            } else {
+                self.schedule_cleanup(id, 0);
+            }
+        }
+    }
+
+    fn reconcile(&mut self, why: &'static str) -> Result<Report, DaemonError> {
+        let started = Instant::now();
+        self.placer.backend().rescan()?;
+        let tasks = scan(&self.proc, &self.hierarchy, &self.root)?;
+        let paths: HashMap<u32, String> = tasks.iter().map(|t| (t.tid, t.cgroup_path.clone())).collect();
+        let config = &self.config;
+        let proc = &self.proc;
+        let admits = |t: &TaskSample| {
+            let uid = if config.include.needs_uid() || config.exclude.needs_uid() { proc.uid(t.tid).ok().flatten() } else { None };
+            config.admits(Subject { comm: &t.comm, uid, cgroup: &paths[&t.tid] })
+        };
+        let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admits)?;
+        for p in placed {
+            if self.placer.tracker().node(p.cgroup).is_some() {
+                self.probe.track(p.tid);
+            }
+        }
+        self.stats.reconciles += 1;
+        info!(why, elapsed_ms = started.elapsed().as_millis() as u64, ?report, "reconciled");
+        Ok(report)
+    }
+
+    fn log_stats(&self) {
+        let s = &self.stats;
+        info!(
+            events = s.events,
+            moved = s.moved,
+            created = s.created,
+            removed = s.removed,
+            reconciles = s.reconciles,
+            ring_dropped = self.probe.dropped(),
+            ring_emitted = self.probe.emitted(),
+            latency_p50_us = s.latency.quantile(0.5),
+            latency_p99_us = s.latency.quantile(0.99),
+            latency_max_us = s.latency.max(),
+            "stats"
+        );
+    }
+}

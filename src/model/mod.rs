@@ -1,0 +1,210 @@
+//! The tree model: samples turned into nodes with the namespaces that
+//! differ from their parent's, their tasks and their usage.
+
+pub mod sample;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::core::naming;
+use crate::core::node::CgroupId;
+use crate::core::nsset::NsSet;
+use sample::CgroupSample;
+
+/// One cgroup in the tree (the JSON schema is in docs/semantics.md).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TreeNode {
+    pub path: String,
+    pub name: String,
+    pub cgroup_id: CgroupId,
+    /// Whether this cgroup is a node (the cgroup of a namespace set).
+    pub node: bool,
+    /// The namespaces in which this node's set differs from its parent's.
+    pub namespaces: Vec<NsEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creator: Option<Creator>,
+    pub tasks: Vec<TaskView>,
+    /// This cgroup's own tasks.
+    pub usage: Usage,
+    /// This cgroup and everything below it.
+    pub subtree_usage: Usage,
+    pub children: Vec<TreeNode>,
+}
+
+/// A namespace and its inode number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NsEntry {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub inode: u64,
+}
+
+/// Who created a node, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Creator {
+    pub pid: u32,
+    pub comm: String,
+    pub created_unix: u64,
+}
+
+/// A task of a cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TaskView {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// Set when the task's set is not its cgroup's (a split thread, or one that moved on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differs: Vec<NsEntry>,
+}
+
+/// Usage figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub tasks: u64,
+    pub processes: u64,
+    /// User + system CPU time of the live tasks, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory of the live processes, in bytes.
+    pub rss_bytes: u64,
+    /// What the hierarchy itself keeps (cgroup2 `cpu.stat` usage_usec, `memory.current`, `pids.current`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cgroup: BTreeMap<String, u64>,
+}
+
+impl Usage {
+    fn add(&mut self, other: &Usage) {
+        self.tasks += other.tasks;
+        self.processes += other.processes;
+        self.cpu_seconds += other.cpu_seconds;
+        self.rss_bytes += other.rss_bytes;
+    }
+}
+
+/// Units of /proc figures.
+#[derive(Clone, Copy, Debug)]
+pub struct Units {
+    pub clock_ticks: u64,
+    pub page_size: u64,
+}
+
+fn entries(set: &NsSet, parent: &NsSet) -> Vec<NsEntry> {
+    set.differing(parent).filter(|(_, ino)| *ino != 0).map(|(k, inode)| NsEntry { kind: k.proc_name(), inode }).collect()
+}
+
+/// Builds the tree. `base` is the set of a cgroup that is no node (the
+/// reader's own, masked as the records are); `all` keeps every cgroup and
+/// every task, else only nodes, their tasks and the cgroups leading to them.
+pub fn build(s: &CgroupSample, base: &NsSet, units: Units, all: bool) -> Option<TreeNode> {
+    build_at(s, base, units, all, true)
+}
+
+fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: bool) -> Option<TreeNode> {
+    let name = s.path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("/").to_string();
+    let member_set = s.tasks.first().map(|t| t.set);
+    let node_set = s.record.as_ref().map(|r| r.set).or_else(|| member_set.filter(|_| naming::creator_pid(&name).is_some()));
+    let is_node = node_set.is_some() && (s.record.is_some() || naming::creator_pid(&name).is_some());
+    let own_set = if is_node { node_set.unwrap_or(*parent_set) } else { *parent_set };
+    let diff_from = s.record.as_ref().map_or(*parent_set, |r| if top { r.parent_set } else { *parent_set });
+    let children: Vec<TreeNode> =
+        s.children.iter().filter_map(|c| build_at(c, &own_set, units, all, false)).collect();
+    if !(all || top || is_node || !children.is_empty()) {
+        return None;
+    }
+    let show_tasks = all || is_node;
+    let mask_like = |t: &NsSet| {
+        // Records keep masked sets: compare only the slots the record counts.
+        NsSet::new(std::array::from_fn(|i| {
+            let k = crate::core::nsset::NsKind::ALL[i];
+            if own_set.get(k) == 0 { 0 } else { t.get(k) }
+        }))
+    };
+    let tasks: Vec<TaskView> = if show_tasks {
+        s.tasks
+            .iter()
+            .map(|t| TaskView {
+                pid: t.tgid,
+                tid: t.tid,
+                comm: t.comm.clone(),
+                differs: if is_node { entries(&mask_like(&t.set), &own_set) } else { Vec::new() },
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let processes: BTreeSet<u32> = s.tasks.iter().map(|t| t.tgid).collect();
+    let mut rss_seen = BTreeSet::new();
+    let usage = Usage {
+        tasks: s.tasks.len() as u64,
+        processes: processes.len() as u64,
+        cpu_seconds: s.tasks.iter().map(|t| t.cpu_ticks).sum::<u64>() as f64 / units.clock_ticks as f64,
+        rss_bytes: s.tasks.iter().filter(|t| rss_seen.insert(t.tgid)).map(|t| t.rss_pages * units.page_size).sum(),
+        cgroup: s.usage.iter().cloned().collect(),
+    };
+    let mut subtree_usage = Usage { cgroup: BTreeMap::new(), ..usage.clone() };
+    for c in &children {
+        subtree_usage.add(&c.subtree_usage);
+    }
+    Some(TreeNode {
+        path: s.path.clone(),
+        name,
+        cgroup_id: s.id,
+        node: is_node,
+        namespaces: if is_node { entries(&own_set, &diff_from) } else { Vec::new() },
+        creator: s.record.as_ref().map(|r| Creator { pid: r.creator_pid, comm: r.creator_comm.clone(), created_unix: r.created_unix }),
+        tasks,
+        usage,
+        subtree_usage,
+        children,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample::TaskSample;
+    use super::*;
+    use crate::core::node::NodeRecord;
+
+    fn set(n: u64) -> NsSet {
+        NsSet::new([n; 10])
+    }
+
+    fn cg(path: &str, record: Option<NodeRecord>, tasks: Vec<TaskSample>, children: Vec<CgroupSample>) -> CgroupSample {
+        CgroupSample { path: path.into(), id: path.len() as u64, record, tasks, usage: vec![], children }
+    }
+
+    fn task(tid: u32, s: NsSet) -> TaskSample {
+        TaskSample { tid, tgid: tid, comm: format!("c{tid}"), set: s, cpu_ticks: 100, rss_pages: 2 }
+    }
+
+    fn rec(s: u64, parent: u64) -> Option<NodeRecord> {
+        Some(NodeRecord { set: set(s), parent_set: set(parent), creator_pid: 5, creator_comm: "unshare".into(), created_unix: 9 })
+    }
+
+    #[test]
+    fn nodes_nest_with_differing_namespaces_tasks_and_usage() {
+        let mut inner_set = set(2);
+        inner_set = NsSet::new(std::array::from_fn(|i| if i == 4 { 3 } else { inner_set.get(crate::core::nsset::NsKind::ALL[i]) }));
+        let inner = cg("/t/node_5/node_6", Some(NodeRecord { set: inner_set, ..rec(0, 2).unwrap() }), vec![task(6, inner_set)], vec![]);
+        let outer = cg("/t/node_5", rec(2, 1), vec![task(5, set(2))], vec![inner]);
+        let plain = cg("/t/other", None, vec![task(9, set(1))], vec![]);
+        let root = cg("/t", None, vec![task(1, set(1))], vec![outer, plain]);
+        let units = Units { clock_ticks: 100, page_size: 4096 };
+        let tree = build(&root, &set(1), units, false).unwrap();
+        assert!(tree.tasks.is_empty(), "only nodes list tasks by default");
+        assert_eq!(tree.children.len(), 1, "a plain cgroup without nodes is left out");
+        let outer = &tree.children[0];
+        assert!(outer.node);
+        assert_eq!(outer.namespaces.len(), 10);
+        assert_eq!(outer.creator.as_ref().unwrap().comm, "unshare");
+        let inner = &outer.children[0];
+        assert_eq!(inner.namespaces, vec![NsEntry { kind: "pid", inode: 3 }]);
+        assert_eq!(inner.tasks[0].pid, 6);
+        assert_eq!(outer.subtree_usage.tasks, 2);
+        assert_eq!(tree.subtree_usage.cpu_seconds, 3.0);
+        assert_eq!(tree.subtree_usage.rss_bytes, 3 * 8192);
+        let all = build(&root, &set(1), units, true).unwrap();
+        assert_eq!((all.children.len(), all.tasks.len()), (2, 1));
+    }
+}

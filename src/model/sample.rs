@@ -1,0 +1,57 @@
+//! Samples of a hierarchy's subtree: its cgroups, their records, tasks and usage.
+
+use super::super::core::node::{CgroupId, NodeRecord};
+use crate::core::nsset::NsSet;
+use crate::sys::cgroupfs::{join, Hierarchy};
+use crate::sys::error::{or_vanished, IoError};
+use crate::sys::procfs::ProcFs;
+
+/// One task in a cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSample {
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub set: NsSet,
+    pub cpu_ticks: u64,
+    pub rss_pages: u64,
+}
+
+/// One cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupSample {
+    pub path: String,
+    pub id: CgroupId,
+    pub record: Option<NodeRecord>,
+    pub tasks: Vec<TaskSample>,
+    /// Figures the hierarchy keeps itself (cgroup2 controllers).
+    pub usage: Vec<(String, u64)>,
+    pub children: Vec<CgroupSample>,
+}
+
+/// Samples `root` and everything below it; cgroups and tasks that vanish
+/// while being read are left out. `None` when `root` itself is gone.
+pub fn sample(hierarchy: &Hierarchy, root: &str, proc: &ProcFs) -> Result<Option<CgroupSample>, IoError> {
+    let Some(id) = or_vanished(hierarchy.id(root))? else { return Ok(None) };
+    let mut tasks = Vec::new();
+    for tid in hierarchy.members(root)? {
+        let Some(tgid) = proc.tgid(tid)? else { continue };
+        let (Some(stat), Some(set)) = (proc.stat(tgid, tid)?, proc.ns_set(tgid, tid)?) else { continue };
+        tasks.push(TaskSample { tid, tgid, comm: stat.comm, set, cpu_ticks: stat.cpu_ticks, rss_pages: stat.rss_pages });
+    }
+    tasks.sort_by_key(|t| (t.tgid, t.tid));
+    let mut children = Vec::new();
+    for name in hierarchy.children(root)? {
+        if let Some(child) = sample(hierarchy, &join(root, &name), proc)? {
+            children.push(child);
+        }
+    }
+    Ok(Some(CgroupSample {
+        path: root.to_string(),
+        id,
+        record: hierarchy.record(root),
+        tasks,
+        usage: hierarchy.usage(root),
+        children,
+    }))
+}

@@ -1,0 +1,4 @@
+//! Renderers of the tree model: text (like systemd-cgls), JSON, OpenMetrics.
+pub mod json;
+pub mod metrics;
+pub mod text;
