@@ -13,5 +13,6 @@ pub mod placer;
 pub mod config;
 pub mod reconcile;
 pub mod daemon;
+pub mod ffi;
 pub mod model;
 pub mod render;

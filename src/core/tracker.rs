@@ -111,9 +111,15 @@ impl Tracker {
         if entry.set == entry.prev || entry.set.is_empty() {
             return Placement::Stay;
         }
+        // A task not yet moved into the node of the set it came from (a child
+        // forked before its parent was moved) counts as being there already.
+        let cgroup = match self.by_set.get(&entry.prev) {
+            Some(&node) if self.below(node, entry.cgroup) => node,
+            _ => entry.cgroup,
+        };
         // Back to a set of its own lineage: back to the cgroup that set lives in.
         let mut depth = 0;
-        for node in self.lineage(entry.cgroup) {
+        for node in self.lineage(cgroup) {
             if node.record.parent_set == entry.set {
                 return Placement::Move(node.parent);
             }
@@ -126,7 +132,7 @@ impl Tracker {
             return Placement::Refused(Refusal::TooMany { count: self.nodes.len() });
         }
         Placement::Create(NewNode {
-            parent: entry.cgroup,
+            parent: cgroup,
             creator_pid: entry.tid,
             set: entry.set,
             parent_set: entry.prev,
@@ -147,8 +153,12 @@ impl Tracker {
     /// node below, or back up to where a node came from). Reconcile moves
     /// only such tasks in hierarchies shared with other writers.
     pub fn on_lineage(&self, from: CgroupId, to: CgroupId) -> bool {
-        let below = |a: CgroupId, b: CgroupId| a == b || self.lineage(a).any(|n| n.parent == b);
-        below(to, from) || below(from, to)
+        self.below(to, from) || self.below(from, to)
+    }
+
+    /// Whether `a` is `b` or lies below it through nodes.
+    fn below(&self, a: CgroupId, b: CgroupId) -> bool {
+        a == b || self.lineage(a).any(|n| n.parent == b)
     }
 
     /// Records a node (created, or adopted at start). A second node for a
@@ -254,6 +264,9 @@ mod tests {
         assert_eq!(t.place(&entry(11, 2000, set(2), set(1))), Placement::Stay);
         // A forked child of a pending parent (same set as its parent) follows it.
         assert_eq!(t.place(&entry(12, CG, set(2), set(2))), Placement::Move(2000));
+        // A child forked into a new set before its parent was moved nests below the parent's node.
+        let Placement::Create(new) = t.place(&entry(13, CG, set(3), set(2))) else { panic!() };
+        assert_eq!(new.parent, 2000);
     }
 
     #[test]

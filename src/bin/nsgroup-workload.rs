@@ -1,0 +1,115 @@
+//! Workloads that enter namespaces in ways the util-linux tools do not, for
+//! nsgroup's end-to-end tests and benchmarks. Prints one JSON line of pids
+//! when set up, then waits (reads stdin: a line means "go on", EOF means exit).
+
+use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+
+use nsgroup::ffi::{clone3, fork, unshare_namespaces, Forked};
+
+#[derive(Parser)]
+#[command(name = "nsgroup-workload")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// unshare(NEWNET|NEWUTS); on the first stdin line, setns() back to the
+    /// original net and uts namespaces.
+    SetnsBack,
+    /// unshare(NEWUTS), then fork CHILDREN at once (before any daemon can react).
+    UnshareFork {
+        #[arg(long, default_value_t = 8)]
+        children: u32,
+    },
+    /// A thread unshares NEWUTS; the leader does not.
+    ThreadUnshare,
+    /// clone3(CLONE_NEWUTS|CLONE_NEWIPC); with --pid, the child gets that pid.
+    Clone3 {
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+}
+
+fn say(value: serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Waits for a stdin line; false on EOF.
+fn wait_line() -> bool {
+    let mut line = String::new();
+    matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0)
+}
+
+/// A child that lives until its parent dies.
+fn linger_child() -> ! {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn spawn_child() -> Result<u32> {
+    match fork()? {
+        Forked::Child => linger_child(),
+        Forked::Parent { child } => Ok(child),
+    }
+}
+
+fn main() -> Result<()> {
+    let me = std::process::id();
+    match Cli::parse().command {
+        Cmd::SetnsBack => {
+            let net = std::fs::File::open("/proc/self/ns/net").context("open /proc/self/ns/net")?;
+            let uts = std::fs::File::open("/proc/self/ns/uts").context("open /proc/self/ns/uts")?;
+            unshare_namespaces(UnshareFlags::NEWNET | UnshareFlags::NEWUTS)?;
+            say(serde_json::json!({ "pid": me, "state": "entered" }))?;
+            if wait_line() {
+                rustix::thread::move_into_link_name_space(net.as_fd(), Some(LinkNameSpaceType::Network))?;
+                rustix::thread::move_into_link_name_space(uts.as_fd(), Some(LinkNameSpaceType::HostNameAndNISDomainName))?;
+                say(serde_json::json!({ "pid": me, "state": "back" }))?;
+                wait_line();
+            }
+        }
+        Cmd::UnshareFork { children } => {
+            unshare_namespaces(UnshareFlags::NEWUTS)?;
+            let pids: Result<Vec<u32>> = (0..children).map(|_| spawn_child()).collect();
+            say(serde_json::json!({ "pid": me, "children": pids? }))?;
+            wait_line();
+        }
+        Cmd::ThreadUnshare => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let r = unshare_namespaces(UnshareFlags::NEWUTS).map(|()| rustix::thread::gettid().as_raw_nonzero().get());
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            });
+            let tid = rx.recv()?.map_err(anyhow::Error::msg)?;
+            say(serde_json::json!({ "pid": me, "thread": tid }))?;
+            wait_line();
+        }
+        Cmd::Clone3 { pid } => match clone3((libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64, pid)? {
+            Forked::Child => linger_child(),
+            Forked::Parent { child } => {
+                if pid.is_some_and(|p| p != child) {
+                    bail!("asked for pid {pid:?}, got {child}");
+                }
+                say(serde_json::json!({ "pid": me, "child": child }))?;
+                wait_line();
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The crate's only `unsafe` code: process creation for the workload
+//! generator (`nsgroup-workload`), which drives tests and benchmarks.
+#![allow(unsafe_code)]
+
+use std::io;
+
+use rustix::thread::UnshareFlags;
+
+/// Who we are after a fork.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forked {
+    Parent { child: u32 },
+    Child,
+}
+
+fn single_threaded() -> io::Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("refusing to fork a process with {threads} threads")))
+    }
+}
+
+/// Enters new namespaces (`CLONE_NEW*` flags only).
+pub fn unshare_namespaces(flags: UnshareFlags) -> io::Result<()> {
+    if flags.intersects(UnshareFlags::FILES | UnshareFlags::FS | UnshareFlags::SYSVSEM) {
+        return Err(io::Error::other("only namespace flags may be unshared here"));
+    }
+    // SAFETY: the only hazard of unshare(2) is CLONE_FILES (threads observing
+    // fds of another table), excluded above.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
+}
+
+/// fork(2), refused unless the caller is single-threaded.
+pub fn fork() -> io::Result<Forked> {
+    single_threaded()?;
+    // SAFETY: with one thread, the child is an exact copy with no lock held
+    // by another thread, so any code may run in it.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent { child: pid as u32 }),
+    }
+}
+
+/// `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
+
+/// clone3(2) without CLONE_VM (a fork) with extra `CLONE_NEW*` flags; with
+/// `pid`, the child gets that host pid (needs CAP_SYS_ADMIN). Refused unless
+/// the caller is single-threaded.
+pub fn clone3(ns_flags: u64, pid: Option<u32>) -> io::Result<Forked> {
+    single_threaded()?;
+    const NS_FLAGS: u64 = (libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWCGROUP) as u64;
+    if ns_flags & !NS_FLAGS != 0 {
+        return Err(io::Error::other("only CLONE_NEW* flags are accepted"));
+    }
+    let set_tid = pid.map(|p| p as libc::pid_t);
+    let args = CloneArgs {
+        flags: ns_flags,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ref().map_or(0, |p| p as *const libc::pid_t as u64),
+        set_tid_size: u64::from(set_tid.is_some()),
+        ..CloneArgs::default()
+    };
+    // SAFETY: without CLONE_VM, clone3 forks: the child gets a copy of the
+    // address space, so (single-threaded, as checked) it may run any code;
+    // `args` and `set_tid` outlive the call and `args` has the size passed.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent { child: pid as u32 }),
+    }
+}

@@ -1,0 +1,354 @@
+//! End-to-end harness: a private cgroup hierarchy (or cgroup2 subtree) per
+//! test, the real daemon binary, and processes the test starts itself.
+//! Everything created is removed in Drop, also when the test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NSGROUP: &str = env!("CARGO_BIN_EXE_nsgroup");
+pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_nsgroup-workload");
+
+/// Whether the end-to-end tests can run here (root); they say so when skipped.
+pub fn privileged() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: end-to-end tests need root (real cgroups, namespaces and BPF)");
+    }
+    root
+}
+
+fn random_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{:x}-{n}-{nanos:x}", std::process::id())
+}
+
+/// Polls `cond` every 10 ms for up to 10 s; the deadline only bounds a hang.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A private named v1 hierarchy `name=nsgroup-test-<random>`.
+    V1,
+    /// A fresh subtree of /sys/fs/cgroup/unified.
+    V2,
+}
+
+/// A private hierarchy or subtree, with the test's processes in it.
+pub struct Hier {
+    pub kind: Kind,
+    pub mount: PathBuf,
+    /// The v1 hierarchy's name.
+    pub name: String,
+    /// The tracked subtree, e.g. `/t`.
+    pub root: String,
+    children: Vec<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Hier {
+    pub fn new(kind: Kind) -> Hier {
+        let name = format!("nsgroup-test-{}", random_suffix());
+        match kind {
+            Kind::V1 => {
+                let tmp = tempfile::Builder::new().prefix("nsgroup-test-").tempdir().unwrap();
+                let opts = format!("none,name={name},xattr");
+                let ok = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(tmp.path()).status().unwrap();
+                assert!(ok.success(), "mounting a private v1 hierarchy");
+                std::fs::create_dir(tmp.path().join("t")).unwrap();
+                Hier { kind, mount: tmp.path().to_path_buf(), name, root: "/t".into(), children: vec![], _tmp: Some(tmp) }
+            }
+            Kind::V2 => {
+                let mount = PathBuf::from("/sys/fs/cgroup/unified");
+                let root = format!("/{name}");
+                std::fs::create_dir(mount.join(&name)).unwrap();
+                Hier { kind, mount, name, root, children: vec![], _tmp: None }
+            }
+        }
+    }
+
+    /// A cgroup's directory.
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        self.mount.join(rel.trim_start_matches('/'))
+    }
+
+    /// `root` joined with a relative path like `node_5/node_6`.
+    pub fn path(&self, below: &str) -> String {
+        if below.is_empty() { self.root.clone() } else { format!("{}/{below}", self.root) }
+    }
+
+    /// Starts `args` inside the tracked root (the shell moves itself there
+    /// first, then execs), with stdin and stdout piped.
+    pub fn spawn(&mut self, args: &[&str]) -> Proc {
+        self.spawn_in(&self.root.clone(), args)
+    }
+
+    /// Starts `args` inside cgroup `rel`.
+    pub fn spawn_in(&mut self, rel: &str, args: &[&str]) -> Proc {
+        let procs = self.dir(rel).join("cgroup.procs");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(&procs)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().map(BufReader::new);
+        self.children.push(child);
+        // Wait until the shell is in place (its exec follows at once).
+        wait_for("the spawned shell to join its cgroup", || self.cgroup_of(pid).is_some_and(|c| c.starts_with(rel)));
+        Proc { pid, stdin, stdout }
+    }
+
+    /// A task's cgroup path in this hierarchy.
+    pub fn cgroup_of(&self, tid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{tid}/task/{tid}/cgroup"))
+            .or_else(|_| std::fs::read_to_string(format!("/proc/{tid}/cgroup")))
+            .ok()?;
+        text.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_id, ctrl, path) = (p.next()?, p.next()?, p.next()?);
+            match self.kind {
+                Kind::V1 => (ctrl == format!("name={}", self.name)).then(|| path.to_string()),
+                Kind::V2 => (ctrl.is_empty()).then(|| path.to_string()),
+            }
+        })
+    }
+
+    /// Waits until a task is in `rel`.
+    pub fn expect_in(&self, tid: u32, rel: &str) {
+        wait_for(&format!("task {tid} in {rel}"), || self.cgroup_of(tid).as_deref() == Some(rel));
+    }
+
+    /// Every cgroup of the subtree, parents first.
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        let mut stack = vec![self.dir(&self.root)];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            out.push(d);
+        }
+        out
+    }
+
+    /// The names of the cgroups below the root, as paths relative to the root.
+    pub fn node_paths(&self) -> Vec<String> {
+        let base = self.dir(&self.root);
+        let mut v: Vec<String> = self
+            .cgroups()
+            .iter()
+            .filter(|p| **p != base)
+            .map(|p| p.strip_prefix(&base).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Process ids of every process in the subtree (only ever the test's own).
+    pub fn processes(&self) -> Vec<u32> {
+        self.cgroups()
+            .iter()
+            .flat_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect::<Vec<u32>>())
+            .collect()
+    }
+
+    /// Kills every process of the subtree (all started by this test).
+    pub fn kill_all(&mut self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.processes();
+            if pids.is_empty() || Instant::now() > end {
+                break;
+            }
+            for pid in pids {
+                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::KILL);
+            }
+            for c in &mut self.children {
+                let _ = c.try_wait();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Hier {
+    fn drop(&mut self) {
+        self.kill_all();
+        let mut dirs = self.cgroups();
+        dirs.reverse();
+        for d in dirs {
+            for _ in 0..200 {
+                if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if self.kind == Kind::V1 {
+            let _ = Command::new("umount").arg(&self.mount).status();
+        }
+    }
+}
+
+/// A process the test started.
+pub struct Proc {
+    pub pid: u32,
+    stdin: Option<ChildStdin>,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    /// Reads one JSON line the process printed.
+    pub fn read_json(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.stdout.as_mut().unwrap().read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// Sends one line to the process.
+    pub fn poke(&mut self) {
+        let s = self.stdin.as_mut().unwrap();
+        s.write_all(b"\n").unwrap();
+        s.flush().unwrap();
+    }
+
+    /// The pids of a process's children.
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.pid)
+    }
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The real daemon, started with `--hierarchy` and `--root` of a test hierarchy.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits for its READY=1.
+    pub fn start(h: &Hier, extra: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock_path = tmp.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let log = tmp.path().join("daemon.log");
+        let mut child = Command::new(NSGROUP)
+            .args(["run", "--hierarchy"])
+            .arg(&h.mount)
+            .args(["--root", &h.root])
+            .args(extra)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("NSGROUP_LOG", "nsgroup=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 256];
+        loop {
+            if let Ok(n) = sock.recv(&mut buf) {
+                if buf[..n].windows(7).any(|w| w == b"READY=1") {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("daemon exited before READY ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            assert!(Instant::now() < end, "daemon not ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        Daemon { child: Some(child), log, _tmp: tmp }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL: a crash.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+/// Runs `nsgroup tree` on the test hierarchy.
+pub fn tree(h: &Hier, extra: &[&str]) -> String {
+    let out = Command::new(NSGROUP)
+        .args(["tree", "--hierarchy"])
+        .arg(&h.mount)
+        .args(["--root", &h.root])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A namespace inode of a task.
+pub fn ns_inode(tid: u32, kind: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{tid}/task/{tid}/ns/{kind}")).unwrap().ino()
+}

@@ -1,0 +1,214 @@
+//! The placement contract (docs/semantics.md), end to end against the real
+//! kernel: every example in "Semantics", on a private v1 hierarchy and on a
+//! cgroup2 subtree.
+
+mod common;
+use common::*;
+
+fn only_child(p: &Proc) -> u32 {
+    let mut kids = vec![];
+    wait_for("the forked child", || {
+        kids = p.children();
+        !kids.is_empty()
+    });
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    kids[0]
+}
+
+fn unshare_fork_pid_nests(kind: Kind) {
+    let mut h = Hier::new(kind);
+    let _d = Daemon::start(&h, &[]);
+    let p = h.spawn(&["unshare", "--fork", "--pid", "--mount-proc", "--net", "--uts", "--kill-child", "sleep", "60"]);
+    let c = only_child(&p);
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    h.expect_in(c, &h.path(&format!("node_{}/node_{c}", p.pid)));
+    // nsenter joins both: nsenter into node_P, its child into node_P/node_C.
+    let n = h.spawn(&["nsenter", "-t", &c.to_string(), "-a", "sleep", "60"]);
+    let s = only_child(&n);
+    h.expect_in(n.pid, &h.path(&format!("node_{}", p.pid)));
+    h.expect_in(s, &h.path(&format!("node_{}/node_{c}", p.pid)));
+    assert_eq!(h.node_paths(), [format!("node_{}", p.pid), format!("node_{}/node_{c}", p.pid)]);
+}
+
+#[test]
+fn unshare_fork_pid_nests_v1() {
+    if privileged() {
+        unshare_fork_pid_nests(Kind::V1);
+    }
+}
+
+#[test]
+fn unshare_fork_pid_nests_v2() {
+    if privileged() {
+        unshare_fork_pid_nests(Kind::V2);
+    }
+}
+
+#[test]
+fn unshare_without_fork_makes_one_node() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let p = h.spawn(&["unshare", "--net", "--uts", "sleep", "60"]);
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    assert_eq!(h.node_paths(), [format!("node_{}", p.pid)]);
+}
+
+#[test]
+fn a_second_unshare_nests_one_level_deeper() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    // One process, two unshares (unshare execs unshare execs sleep).
+    let p = h.spawn(&["unshare", "--net", "unshare", "--uts", "sleep", "60"]);
+    h.expect_in(p.pid, &h.path(&format!("node_{0}/node_{0}", p.pid)));
+}
+
+#[test]
+fn setns_back_returns_to_the_original_cgroup() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let mut p = h.spawn(&[WORKLOAD, "setns-back"]);
+    assert_eq!(p.read_json()["state"], "entered");
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    p.poke();
+    assert_eq!(p.read_json()["state"], "back");
+    h.expect_in(p.pid, &h.root);
+}
+
+#[test]
+fn tasks_that_never_enter_a_set_are_never_moved() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let plain = h.spawn(&["sh", "-c", "sleep 60 & sleep 60 & wait"]);
+    let marker = h.spawn(&["unshare", "--uts", "sleep", "60"]);
+    h.expect_in(marker.pid, &h.path(&format!("node_{}", marker.pid)));
+    // Events are handled in order: by now the plain processes would have moved.
+    assert_eq!(h.cgroup_of(plain.pid).as_deref(), Some(h.root.as_str()));
+    for c in plain.children() {
+        assert_eq!(h.cgroup_of(c).as_deref(), Some(h.root.as_str()));
+    }
+}
+
+#[test]
+fn children_forked_before_the_move_follow_their_parent() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let mut p = h.spawn(&[WORKLOAD, "unshare-fork", "--children", "16"]);
+    let info = p.read_json();
+    let node = h.path(&format!("node_{}", p.pid));
+    h.expect_in(p.pid, &node);
+    for c in info["children"].as_array().unwrap() {
+        h.expect_in(c.as_u64().unwrap() as u32, &node);
+    }
+    assert_eq!(h.node_paths(), [format!("node_{}", p.pid)]);
+}
+
+#[test]
+fn clone3_with_new_namespaces_gets_a_node() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let mut p = h.spawn(&[WORKLOAD, "clone3"]);
+    let child = p.read_json()["child"].as_u64().unwrap() as u32;
+    h.expect_in(child, &h.path(&format!("node_{child}")));
+    assert_eq!(h.cgroup_of(p.pid).as_deref(), Some(h.root.as_str()));
+}
+
+#[test]
+fn split_threads_are_placed_per_thread_on_v1() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let mut p = h.spawn(&[WORKLOAD, "thread-unshare"]);
+    let tid = p.read_json()["thread"].as_u64().unwrap() as u32;
+    h.expect_in(tid, &h.path(&format!("node_{tid}")));
+    assert_eq!(h.cgroup_of(p.pid).as_deref(), Some(h.root.as_str()));
+}
+
+#[test]
+fn split_threads_are_reported_on_cgroup2() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V2);
+    let d = Daemon::start(&h, &[]);
+    let mut p = h.spawn(&[WORKLOAD, "thread-unshare"]);
+    let tid = p.read_json()["thread"].as_u64().unwrap();
+    wait_for("the split-thread warning", || d.log_text().contains("cgroup2 places whole processes"));
+    assert!(d.log_text().contains(&format!("tid={tid}")));
+    assert_eq!(h.cgroup_of(p.pid).as_deref(), Some(h.root.as_str()));
+    assert!(h.node_paths().is_empty());
+}
+
+#[test]
+fn start_up_reconciles_and_adopts_without_duplicates() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    // Entered before any daemon ran.
+    let p = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
+    let c = only_child(&p);
+    let mut d = Daemon::start(&h, &[]);
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    h.expect_in(c, &h.path(&format!("node_{}/node_{c}", p.pid)));
+    assert!(d.stop().success());
+    assert!(d.log_text().contains("stopping on signal; nodes stay"));
+    let nodes = h.node_paths();
+    // A second run adopts the nodes; nothing is created or moved.
+    let mut d = Daemon::start(&h, &[]);
+    assert!(d.log_text().contains("adopted=2"), "{}", d.log_text());
+    assert!(d.log_text().contains("moved=0"), "{}", d.log_text());
+    assert_eq!(h.node_paths(), nodes);
+    d.stop();
+}
+
+#[test]
+fn tree_shows_nodes_namespaces_and_tasks() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let p = h.spawn(&["unshare", "--fork", "--pid", "--mount-proc", "--net", "--uts", "--kill-child", "sleep", "60"]);
+    let c = only_child(&p);
+    h.expect_in(c, &h.path(&format!("node_{}/node_{c}", p.pid)));
+    let text = tree(&h, &[]);
+    let net = ns_inode(p.pid, "net");
+    assert!(text.contains(&format!("node_{}", p.pid)), "{text}");
+    assert!(text.contains(&format!("net:[{net}]")), "{text}");
+    assert!(text.contains(&format!("{} unshare", p.pid)), "{text}");
+    assert!(text.contains(&format!("{c} sleep")), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&tree(&h, &["--json"])).unwrap();
+    assert_eq!(json["path"], h.root);
+    let outer = &json["children"][0];
+    assert_eq!(outer["node"], true);
+    assert_eq!(outer["name"], format!("node_{}", p.pid));
+    assert_eq!(outer["creator"]["comm"], "unshare");
+    assert!(outer["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "net" && n["inode"] == net));
+    let inner = &outer["children"][0];
+    assert_eq!(inner["namespaces"], serde_json::json!([{ "type": "pid", "inode": ns_inode(c, "pid") }]));
+    assert_eq!(inner["tasks"][0]["pid"], c);
+    assert_eq!(outer["subtree_usage"]["tasks"], 2);
+    let metrics = tree(&h, &["-O", "openmetrics"]);
+    assert!(metrics.contains("nsgroup_nodes 2"), "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+}
