@@ -109,8 +109,11 @@ static __always_inline bool same_set(const struct nsset *a, const struct nsset *
 	return true;
 }
 
+/* The most hierarchies (mounted or not) the link walk looks through. */
+#define MAX_HIERARCHIES 1024
+
 /* The task's cgroup in the tracked hierarchy, if it lies below the tracked
- * root; 0 otherwise. Walks the css_set's links (one per mounted hierarchy). */
+ * root; 0 otherwise. Walks the css_set's links (one per hierarchy). */
 static __always_inline __u64 scoped_cgroup(struct task_struct *t)
 {
 	struct css_set *cset = BPF_CORE_READ(t, cgroups);
@@ -118,23 +121,28 @@ static __always_inline __u64 scoped_cgroup(struct task_struct *t)
 		bpf_core_field_offset(struct css_set, cgrp_links));
 	struct list_head *pos = BPF_CORE_READ(cset, cgrp_links.next);
 	__u64 link_off = bpf_core_field_offset(struct cgrp_cset_link, cgrp_link);
+	struct cgroup *cg = NULL;
 
-	for (int i = 0; i < 32 && pos && pos != head; i++) {
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < MAX_HIERARCHIES && pos && pos != head; i++) {
 		struct cgrp_cset_link *link = (void *)((char *)pos - link_off);
-		struct cgroup *cg = BPF_CORE_READ(link, cgrp);
-		if (BPF_CORE_READ(cg, root, hierarchy_id) == (int)hierarchy_id) {
-			int level = BPF_CORE_READ(cg, level);
-			if (level < (int)root_level)
-				return 0;
-			struct cgroup *anc = NULL;
-			bpf_core_read(&anc, sizeof(anc), &cg->ancestors[root_level]);
-			if (BPF_CORE_READ(anc, kn, id) != root_cgroup_id)
-				return 0;
-			return BPF_CORE_READ(cg, kn, id);
+		struct cgroup *c = BPF_CORE_READ(link, cgrp);
+		if (BPF_CORE_READ(c, root, hierarchy_id) == (int)hierarchy_id) {
+			cg = c;
+			break;
 		}
 		pos = BPF_CORE_READ(pos, next);
 	}
-	return 0;
+	if (!cg)
+		return 0;
+	int level = BPF_CORE_READ(cg, level);
+	if (level < (int)root_level)
+		return 0;
+	struct cgroup *anc = NULL;
+	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[root_level]);
+	if (BPF_CORE_READ(anc, kn, id) != root_cgroup_id)
+		return 0;
+	return BPF_CORE_READ(cg, kn, id);
 }
 
 static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup_id,

@@ -213,7 +213,23 @@ impl Drop for Hier {
             }
         }
         if self.kind == Kind::V1 {
+            // A v1 hierarchy dies at umount only if no (even dying) child is
+            // left; remount and umount again until it is gone.
+            let alive = |name: &str| {
+                std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().contains(&format!(":name={name}:"))
+            };
             let _ = Command::new("umount").arg(&self.mount).status();
+            for _ in 0..100 {
+                if !alive(&self.name) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                let opts = format!("none,name={}", self.name);
+                let mounted = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(&self.mount).status();
+                if mounted.is_ok_and(|s| s.success()) {
+                    let _ = Command::new("umount").arg(&self.mount).status();
+                }
+            }
         }
     }
 }
