@@ -218,12 +218,19 @@ impl Drop for Hier {
             let alive = |name: &str| {
                 std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().contains(&format!(":name={name}:"))
             };
+            let gone = |name: &str| {
+                (0..50).any(|_| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    !alive(name)
+                })
+            };
+            // Give removed children an RCU grace period to be released.
+            std::thread::sleep(Duration::from_millis(50));
             let _ = Command::new("umount").arg(&self.mount).status();
-            for _ in 0..100 {
-                if !alive(&self.name) {
+            for _ in 0..5 {
+                if gone(&self.name) {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
                 let opts = format!("none,name={}", self.name);
                 let mounted = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(&self.mount).status();
                 if mounted.is_ok_and(|s| s.success()) {
