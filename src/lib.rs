@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod core;
 pub mod sys;
 pub mod placer;
+pub mod check;
 pub mod config;
 pub mod reconcile;
 pub mod daemon;

@@ -77,6 +77,19 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Check the invariant: every task whose namespace set differs from this
+    /// command's own is in the node of its set, and every set has one node.
+    /// Exits 1 when it does not hold.
+    Check {
+        #[command(flatten)]
+        place: Where,
+        /// Configuration file, for the namespace kinds that count.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -130,7 +143,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let output = if json { Output::Json } else { output };
             tree(place, output, all)
         }
+        Command::Check { place, config, json } => check(place, config, json),
     }
+}
+
+/// Exit status 1 with a message, for a check that does not hold.
+#[derive(Debug, thiserror::Error)]
+#[error("the invariant does not hold: {0} misplaced tasks, {1} sets with several nodes")]
+struct Violated(usize, usize);
+
+fn check(place: Where, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let mask = config.mask().map_err(anyhow::Error::msg)?;
+    let located = locate(place.hierarchy.as_deref().or(config.hierarchy.as_deref()), false)?;
+    let root = place.root.unwrap_or(config.root);
+    let proc = ProcFs::new("/proc");
+    let me = std::process::id();
+    let base = proc.ns_set(me, me)?.unwrap_or_default();
+    let verdict = nsgroup::check::check(&located.hierarchy, &root, &proc, base, mask)?;
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &verdict)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{} tasks, {} nodes", verdict.tasks, verdict.nodes)?;
+        for m in &verdict.misplaced {
+            let want = m.expected.as_deref().unwrap_or("(a node of its own, missing)");
+            writeln!(out, "misplaced: {} {:?} in {}, belongs in {want}", m.tid, m.comm, m.cgroup)?;
+        }
+        for d in &verdict.duplicate_nodes {
+            writeln!(out, "one set, several nodes: {}", d.join(" "))?;
+        }
+    }
+    out.flush()?;
+    if verdict.holds() { Ok(()) } else { Err(Violated(verdict.misplaced.len(), verdict.duplicate_nodes.len()).into()) }
 }
 
 fn init_logging(format: LogFormat) {

@@ -36,6 +36,47 @@ enum Cmd {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// COUNT processes at once, each unsharing NEWUTS and forking CHILDREN
+    /// at once; all live HOLD_MS, then exit. Prints a summary when all are gone.
+    Storm {
+        #[arg(long, default_value_t = 200)]
+        count: u32,
+        #[arg(long, default_value_t = 2)]
+        children: u32,
+        #[arg(long, default_value_t = 2000)]
+        hold_ms: u64,
+        /// Fork without entering namespaces (a plain fork storm).
+        #[arg(long)]
+        no_namespaces: bool,
+    },
+}
+
+/// Waits for every child of this process.
+fn reap_all() -> u32 {
+    let mut n = 0;
+    while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::empty()) {
+        n += 1;
+    }
+    n
+}
+
+fn storm_member(children: u32, hold: Duration, namespaces: bool) -> ! {
+    let code = (|| -> Result<()> {
+        if namespaces {
+            unshare_namespaces(UnshareFlags::NEWUTS)?;
+        }
+        for _ in 0..children {
+            if let Forked::Child = fork()? {
+                std::thread::sleep(hold);
+                std::process::exit(0);
+            }
+        }
+        std::thread::sleep(hold);
+        reap_all();
+        Ok(())
+    })()
+    .map_or(1, |()| 0);
+    std::process::exit(code)
 }
 
 fn say(value: serde_json::Value) -> Result<()> {
@@ -99,6 +140,16 @@ fn main() -> Result<()> {
             let tid = rx.recv()?.map_err(anyhow::Error::msg)?;
             say(serde_json::json!({ "pid": me, "thread": tid }))?;
             wait_line();
+        }
+        Cmd::Storm { count, children, hold_ms, no_namespaces } => {
+            let hold = Duration::from_millis(hold_ms);
+            for _ in 0..count {
+                if let Forked::Child = fork()? {
+                    storm_member(children, hold, !no_namespaces);
+                }
+            }
+            let reaped = reap_all();
+            say(serde_json::json!({ "pid": me, "members": count, "reaped": reaped }))?;
         }
         Cmd::Clone3 { pid } => match clone3((libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64, pid)? {
             Forked::Child => linger_child(),

@@ -1,0 +1,308 @@
+//! Lifecycle and robustness, end to end: cleanup, pid reuse, restarts,
+//! lost events, storms, configuration, other cgroup writers, odd input.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+/// Runs `nsgroup check` on the test hierarchy; the verdict as JSON.
+fn check(h: &Hier, extra: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(NSGROUP)
+        .args(["check", "--json", "--hierarchy"])
+        .arg(&h.mount)
+        .args(["--root", &h.root])
+        .args(extra)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), v)
+}
+
+fn invariant_holds(h: &Hier) -> bool {
+    check(h, &[]).0
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nsgroup.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.display().to_string();
+    (dir, p)
+}
+
+#[test]
+fn empty_nodes_are_removed_bottom_up_and_logged() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let d = Daemon::start(&h, &[]);
+    let p = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
+    wait_for("two nodes", || h.node_paths().len() == 2);
+    h.kill_all();
+    wait_for("both nodes removed", || h.node_paths().is_empty());
+    let log = d.log_text();
+    let inner = log.find(&format!("path={}/node_{}/node_", h.root, p.pid)).expect("inner removal logged");
+    let outer = log.find(&format!("path={}/node_{} ", h.root, p.pid)).expect("outer removal logged");
+    assert!(inner < outer, "bottom-up");
+    assert!(log.contains("event=\"node_removed\"") && log.contains("lifetime_s=") && log.contains("creator_comm=unshare"));
+}
+
+#[test]
+fn keep_and_linger_policies() {
+    if !privileged() {
+        return;
+    }
+    let (_c, keep) = write_config("cleanup = \"keep\"\n");
+    let mut h = Hier::new(Kind::V1);
+    let d = Daemon::start(&h, &["--config", &keep]);
+    h.spawn(&["unshare", "--uts", "sleep", "60"]);
+    wait_for("a node", || h.node_paths().len() == 1);
+    h.kill_all();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(h.node_paths().len(), 1, "kept");
+    drop(d);
+
+    let (_c, linger) = write_config("cleanup = \"linger\"\nlinger_seconds = 1\n");
+    let mut h = Hier::new(Kind::V1);
+    let d = Daemon::start(&h, &["--config", &linger]);
+    h.spawn(&["unshare", "--uts", "sleep", "60"]);
+    wait_for("a node", || h.node_paths().len() == 1);
+    h.kill_all();
+    let killed = std::time::Instant::now();
+    wait_for("the lingering node removed", || h.node_paths().is_empty());
+    assert!(killed.elapsed() >= std::time::Duration::from_millis(900), "removed before linger_seconds");
+    assert!(d.log_text().contains("node_removed"));
+}
+
+#[test]
+fn a_reused_pid_never_blocks_placement() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    // A node_<P> kept populated by the child of a task P that is gone.
+    let mut first = h.spawn(&[WORKLOAD, "unshare-fork", "--children", "1"]);
+    let info = first.read_json();
+    let p = first.pid;
+    let child = info["children"][0].as_u64().unwrap() as u32;
+    h.expect_in(child, &h.path(&format!("node_{p}")));
+    drop(first); // EOF on stdin: P exits; its child keeps node_P populated.
+    wait_for("pid P gone", || !std::path::Path::new(&format!("/proc/{p}")).exists());
+    // A new task gets pid P (clone3 set_tid) and enters another set.
+    let mut second = h.spawn(&[WORKLOAD, "clone3", "--pid", &p.to_string()]);
+    let reused = second.read_json()["child"].as_u64().unwrap() as u32;
+    assert_eq!(reused, p);
+    h.expect_in(p, &h.path(&format!("node_{p}~2")));
+    assert!(invariant_holds(&h));
+}
+
+#[test]
+fn an_empty_leftover_name_is_reused() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    // The next pid is not known in advance: take one with clone3 set_tid.
+    let pid = 200_000 + (std::process::id() % 100_000);
+    std::fs::create_dir(h.dir(&h.path(&format!("node_{pid}")))).unwrap();
+    let mut p = h.spawn(&[WORKLOAD, "clone3", "--pid", &pid.to_string()]);
+    assert_eq!(p.read_json()["child"].as_u64().unwrap() as u32, pid);
+    h.expect_in(pid, &h.path(&format!("node_{pid}")));
+    assert_eq!(h.node_paths(), [format!("node_{pid}")]);
+}
+
+#[test]
+fn after_a_crash_a_restart_places_what_was_missed_and_adopts_the_rest() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let mut d = Daemon::start(&h, &[]);
+    let before = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
+    wait_for("two nodes", || h.node_paths().len() == 2);
+    d.crash();
+    // Entered while no daemon ran.
+    let during = h.spawn(&["unshare", "--net", "sleep", "60"]);
+    let during_fork = h.spawn(&[WORKLOAD, "unshare-fork", "--children", "3"]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let d = Daemon::start(&h, &[]);
+    // Placed by the start-up reconcile, before READY=1.
+    let (holds, verdict) = check(&h, &[]);
+    assert!(holds, "{verdict}");
+    assert_eq!(h.cgroup_of(during.pid), Some(h.path(&format!("node_{}", during.pid))));
+    assert_eq!(h.cgroup_of(during_fork.pid), Some(h.path(&format!("node_{}", during_fork.pid))));
+    let log = d.log_text();
+    assert!(log.contains("adopted=2"), "{log}");
+    // Moved: `during` and the unshare-fork parent with its 3 children, nothing else.
+    assert!(log.contains("moved=5 created=2"), "{log}");
+    assert_eq!(h.node_paths().len(), 4);
+    drop(before);
+}
+
+#[test]
+fn lost_events_are_counted_and_reconciled() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let mut d = Daemon::start(&h, &["--ring-buffer-bytes", "4096"]);
+    let mut storm = h.spawn(&[WORKLOAD, "storm", "--count", "200", "--children", "2", "--hold-ms", "3000"]);
+    wait_for("an overflow reconcile", || d.log_text().contains("the ring buffer overflowed"));
+    wait_for("the invariant", || invariant_holds(&h));
+    let summary = storm.read_json();
+    assert_eq!(summary["reaped"], 200);
+    wait_for("every node removed", || h.node_paths().is_empty());
+    d.stop();
+    let log = d.log_text();
+    assert!(log.contains("why=\"overflow\""), "{log}");
+    assert!(!log.contains("ring_dropped=0 "), "{log}");
+}
+
+fn daemon_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok()).unwrap()
+}
+
+#[test]
+fn storms_converge_with_bounded_memory_and_leave_nothing() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let mut d = Daemon::start(&h, &[]);
+    // 200 namespaces at once, each forking children at once.
+    let mut storm = h.spawn(&[WORKLOAD, "storm", "--count", "200", "--children", "3", "--hold-ms", "3000"]);
+    wait_for("200 nodes", || h.node_paths().len() == 200);
+    wait_for("the invariant", || invariant_holds(&h));
+    assert_eq!(storm.read_json()["reaped"], 200);
+    // stress-ng's unshare and clone stressors.
+    let stress = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec stress-ng --unshare 2 --clone 2 --timeout 5s --quiet")
+        .arg(h.dir(&h.root).join("cgroup.procs"))
+        .status()
+        .unwrap();
+    assert!(stress.success());
+    wait_for("every node removed", || h.node_paths().is_empty());
+    let rss = daemon_rss_kib(d.pid());
+    assert!(rss < 64 * 1024, "daemon RSS {rss} KiB after the storms");
+    // A fork storm without namespaces costs the daemon nothing: no event.
+    let events_before = d.log_text().matches("placed").count();
+    let mut plain = h.spawn(&[WORKLOAD, "storm", "--count", "300", "--children", "3", "--hold-ms", "200", "--no-namespaces"]);
+    assert_eq!(plain.read_json()["reaped"], 300);
+    assert_eq!(d.log_text().matches("placed").count(), events_before);
+    assert!(h.node_paths().is_empty());
+    d.stop();
+    assert!(d.log_text().contains("ring_dropped=0"), "{}", d.log_text());
+}
+
+#[test]
+fn ignored_namespace_kinds_and_filters() {
+    if !privileged() {
+        return;
+    }
+    let all_but_mnt = "namespaces = [\"cgroup\", \"ipc\", \"net\", \"pid\", \"pid_for_children\", \"time\", \"time_for_children\", \"user\", \"uts\"]\n[exclude]\ncomm = [\"skipme\"]\n";
+    let (_c, cfg) = write_config(all_but_mnt);
+    let mut h = Hier::new(Kind::V1);
+    let d = Daemon::start(&h, &["--config", &cfg]);
+    // A mount namespace alone (as `ip netns exec` makes) is ignored.
+    let mnt = h.spawn(&["unshare", "--mount", "sleep", "60"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let skip = tmp.path().join("skipme");
+    std::os::unix::fs::symlink("/usr/bin/unshare", &skip).unwrap();
+    let skipped = h.spawn(&[skip.to_str().unwrap(), "--uts", "sleep", "60"]);
+    let net = h.spawn(&["unshare", "--net", "sleep", "60"]);
+    h.expect_in(net.pid, &h.path(&format!("node_{}", net.pid)));
+    assert_eq!(h.cgroup_of(mnt.pid).as_deref(), Some(h.root.as_str()));
+    assert_eq!(h.cgroup_of(skipped.pid).as_deref(), Some(h.root.as_str()));
+    drop(d);
+}
+
+#[test]
+fn depth_limit_leaves_tasks_in_their_parent_node_with_a_warning() {
+    if !privileged() {
+        return;
+    }
+    let (_c, cfg) = write_config("max_depth = 1\n");
+    let mut h = Hier::new(Kind::V1);
+    let d = Daemon::start(&h, &["--config", &cfg]);
+    let p = h.spawn(&["unshare", "--net", "unshare", "--uts", "sleep", "60"]);
+    wait_for("the depth warning", || d.log_text().contains("beyond max_depth"));
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+}
+
+#[test]
+fn bad_configuration_is_refused_with_key_and_line() {
+    let (_c, cfg) = write_config("root = \"/\"\nfrobnicate = true\n");
+    let out = Command::new(NSGROUP).args(["run", "--config", &cfg]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("frobnicate") && err.contains("line 2"), "{err}");
+    let out = Command::new(NSGROUP).args(["run", "--config", "/nonexistent/nsgroup.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nsgroup.toml"));
+    let out = Command::new(NSGROUP).args(["run", "--ring-buffer-bytes", "1000"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ring-buffer-bytes"));
+    let out = Command::new(NSGROUP).args(["tree", "--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(NSGROUP).args(["tree", "--hierarchy", "/tmp"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the mount point of a cgroup hierarchy"));
+}
+
+#[test]
+fn other_writers_are_respected_in_shared_hierarchies_only() {
+    if !privileged() {
+        return;
+    }
+    // cgroup2 is shared with other managers: a task moved away stays away.
+    let mut h = Hier::new(Kind::V2);
+    let mut d = Daemon::start(&h, &[]);
+    let p = h.spawn(&["unshare", "--uts", "sleep", "60"]);
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    d.stop();
+    let elsewhere = h.path("elsewhere");
+    std::fs::create_dir(h.dir(&elsewhere)).unwrap();
+    std::fs::write(h.dir(&elsewhere).join("cgroup.procs"), p.pid.to_string()).unwrap();
+    let d = Daemon::start(&h, &[]);
+    assert_eq!(h.cgroup_of(p.pid), Some(elsewhere.clone()));
+    assert!(d.log_text().contains("foreign: 1"), "{}", d.log_text());
+    drop(d);
+
+    // In nsgroup's own named hierarchy nobody else writes: it converges.
+    let mut h = Hier::new(Kind::V1);
+    let mut d = Daemon::start(&h, &[]);
+    let p = h.spawn(&["unshare", "--uts", "sleep", "60"]);
+    let node = h.path(&format!("node_{}", p.pid));
+    h.expect_in(p.pid, &node);
+    d.stop();
+    let elsewhere = h.path("elsewhere");
+    std::fs::create_dir(h.dir(&elsewhere)).unwrap();
+    std::fs::write(h.dir(&elsewhere).join("tasks"), p.pid.to_string()).unwrap();
+    let _d = Daemon::start(&h, &[]);
+    assert_eq!(h.cgroup_of(p.pid), Some(node));
+}
+
+#[test]
+fn odd_command_names_are_shown_escaped() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let _d = Daemon::start(&h, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let odd = tmp.path().join("we\nird\u{e9}");
+    std::os::unix::fs::symlink("/usr/bin/unshare", &odd).unwrap();
+    let p = h.spawn(&[odd.to_str().unwrap(), "--uts", "sleep", "60"]);
+    // comm is the name before exec of sleep: check the node record.
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    let text = tree(&h, &[]);
+    assert!(text.contains(&format!("{} sleep", p.pid)), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&tree(&h, &["--json"])).unwrap();
+    assert_eq!(json["children"][0]["creator"]["comm"], "we\nird\u{e9}");
+    assert!(!text.contains("we\nird"), "control characters are escaped: {text}");
+}
