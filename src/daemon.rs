@@ -52,6 +52,8 @@ pub struct Setup {
 enum Timer {
     /// A setns caller's set has settled.
     Settle(u32),
+    /// Look for empty nodes whose exit events may have been lost.
+    Sweep,
     /// See whether a node emptied; the attempt number backs off.
     Cleanup(CgroupId, u32),
 }
@@ -76,6 +78,9 @@ struct Stats {
 /// Back-off of the emptiness checks after an exit: an exiting task stays in
 /// its cgroup for a moment after its exit event.
 const CLEANUP_BACKOFF_MS: [u64; 6] = [2, 20, 100, 300, 600, 1000];
+
+/// When to look for emptied nodes again after an overflow (exit events lost).
+const SWEEP_AFTER_OVERFLOW_MS: [u64; 3] = [100, 1000, 3000];
 
 struct Daemon {
     placer: Placer<CgroupWriter>,
@@ -256,6 +261,12 @@ impl Daemon {
                 if let Err(e) = self.reconcile("overflow") {
                     warn!("reconcile after overflow failed: {e}");
                 }
+                // Exits may have been lost too: look for emptied nodes now
+                // and again once the burst is over.
+                self.sweep_empty_nodes();
+                for ms in SWEEP_AFTER_OVERFLOW_MS {
+                    self.schedule(Duration::from_millis(ms), Timer::Sweep);
+                }
             }
             self.run_timers();
         }
@@ -281,6 +292,7 @@ impl Daemon {
                     }
                 }
                 Some(Timer::Cleanup(node, attempt)) => self.cleanup(node, attempt),
+                Some(Timer::Sweep) => self.sweep_empty_nodes(),
                 None => {}
             }
         }
@@ -328,6 +340,11 @@ impl Daemon {
     }
 
     fn place_event(&mut self, ev: &Event, prev: NsSet) {
+        if !self.proc.task_exists(ev.tgid, ev.tid) {
+            // Gone already (a backlog after a burst): nothing to place.
+            self.probe.settled(ev.tid);
+            return;
+        }
         let path = self.placer.backend().path_of(ev.cgroup).ok().flatten();
         if !self.admits(&ev.comm, ev.tid, ev.cgroup, path.as_deref()) {
             self.probe.settled(ev.tid);

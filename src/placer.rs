@@ -1,8 +1,6 @@
 //! Carries out the tracker's decisions through a cgroup backend: creates
 //! nodes (never failing on a name), moves tasks, removes empty nodes.
 
-use std::collections::HashMap;
-
 use crate::core::node::{CgroupId, Node, NodeRecord};
 use crate::core::tracker::{Entry, NewNode, Placement, Refusal, Tracker};
 use crate::sys::cgroupfs::{Attached, CgroupBackend, Created, Removed};
@@ -37,10 +35,8 @@ pub struct Removal {
 pub struct Placer<B> {
     tracker: Tracker,
     backend: B,
-    /// Creation time of each node, for the removal log.
+    /// Seconds since the epoch, for node records.
     clock: fn() -> u64,
-    /// Set by the caller: the command of the task that triggered a creation.
-    comms: HashMap<u32, String>,
 }
 
 /// Seconds since the epoch.
@@ -50,7 +46,7 @@ pub fn unix_now() -> u64 {
 
 impl<B: CgroupBackend> Placer<B> {
     pub fn new(tracker: Tracker, backend: B, clock: fn() -> u64) -> Placer<B> {
-        Placer { tracker, backend, clock, comms: HashMap::new() }
+        Placer { tracker, backend, clock }
     }
 
     pub fn tracker(&self) -> &Tracker {
@@ -76,9 +72,13 @@ impl<B: CgroupBackend> Placer<B> {
             Placement::Refused(r) => Ok(Outcome::Refused(r)),
             Placement::Move(to) => self.attach(to, entry, false),
             Placement::Create(new) => {
-                self.comms.insert(entry.tid, comm.to_string());
                 let Some(id) = self.create(&new, comm)? else { return Ok(Outcome::Vanished) };
-                self.attach(id, entry, true)
+                let outcome = self.attach(id, entry, true)?;
+                if outcome == Outcome::Vanished {
+                    // Its creator is gone: the node would only wait for cleanup.
+                    self.try_remove(id)?;
+                }
+                Ok(outcome)
             }
         }
     }
@@ -277,10 +277,12 @@ mod tests {
     }
 
     #[test]
-    fn vanished_tasks_are_a_normal_outcome() {
+    fn vanished_tasks_are_a_normal_outcome_and_leave_no_node() {
         let mut p = placer();
         p.backend().vanished_tids.insert(100);
         assert_eq!(p.enter(&entry(100, ROOT, 2, 1), "x").unwrap(), Outcome::Vanished);
+        assert!(p.tracker().node_of_set(&set(2)).is_none());
+        assert_eq!(p.backend().log.last().map(String::as_str), Some("rmdir /t/node_100"));
     }
 
     #[test]

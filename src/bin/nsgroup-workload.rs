@@ -92,9 +92,8 @@ fn wait_line() -> bool {
     matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0)
 }
 
-/// A child that lives until its parent dies.
+/// A child that lives until killed (the tests kill every task of their subtree).
 fn linger_child() -> ! {
-    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

@@ -249,8 +249,11 @@ pub trait CgroupBackend {
     fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)>;
 }
 
+/// How many membership files the writer keeps open at most.
+const MAX_OPEN_ATTACH_FILES: usize = 512;
+
 /// The real backend: keeps each cgroup's path and an open fd of its
-/// membership file, so a move is one write(2).
+/// membership file (of the most recently used ones), so a move is one write(2).
 pub struct CgroupWriter {
     hierarchy: Hierarchy,
     root: String,
@@ -279,6 +282,9 @@ impl CgroupWriter {
 
     fn attach_file(&mut self, id: CgroupId) -> Result<Option<&mut fs::File>, IoError> {
         if !self.attach_fds.contains_key(&id) {
+            if self.attach_fds.len() >= MAX_OPEN_ATTACH_FILES {
+                self.attach_fds.clear();
+            }
             let Some(rel) = self.path_of(id)? else { return Ok(None) };
             let name = match self.hierarchy.version {
                 Version::V1 => "tasks",

@@ -105,6 +105,11 @@ impl ProcFs {
         Ok(out)
     }
 
+    /// Whether a thread still exists (a zombie counts until reaped).
+    pub fn task_exists(&self, pid: u32, tid: u32) -> bool {
+        self.task_dir(pid, tid).exists()
+    }
+
     /// Every process id.
     pub fn pids(&self) -> Result<Vec<u32>, IoError> {
         Self::numeric_entries(&self.root)

@@ -28,9 +28,9 @@ fn random_suffix() -> String {
     format!("{:x}-{n}-{nanos:x}", std::process::id())
 }
 
-/// Polls `cond` every 10 ms for up to 10 s; the deadline only bounds a hang.
+/// Polls `cond` every 10 ms for up to 30 s; the deadline only bounds a hang.
 pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(30);
     while Instant::now() < end {
         if cond() {
             return;
@@ -116,6 +116,13 @@ impl Hier {
         // Wait until the shell is in place (its exec follows at once).
         wait_for("the spawned shell to join its cgroup", || self.cgroup_of(pid).is_some_and(|c| c.starts_with(rel)));
         Proc { pid, stdin, stdout }
+    }
+
+    /// Waits for a direct child of the test to exit (reaps it).
+    pub fn reap(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let _ = self.children.remove(i).wait();
+        }
     }
 
     /// A task's cgroup path in this hierarchy.
