@@ -11,7 +11,8 @@ use rustix::event::{poll, PollFd, PollFlags};
 use tracing::{debug, info, warn};
 
 use crate::bpf::{Event, EventKind, Probe, Scope};
-use crate::config::{Cleanup, Config, Subject};
+use crate::source::{monotonic_ns, ProcSource, Source};
+use crate::config::{Cleanup, Config, Source as SourceChoice, Subject};
 use crate::core::histogram::Histogram;
 use crate::core::naming;
 use crate::core::node::{CgroupId, Node, NodeRecord};
@@ -54,6 +55,8 @@ enum Timer {
     Settle(u32),
     /// Look for empty nodes whose exit events may have been lost.
     Sweep,
+    /// Without BPF: rescan /proc; the interval (ms) backs off while nothing is found.
+    Rescan(u64),
     /// See whether a node emptied; the attempt number backs off.
     Cleanup(CgroupId, u32),
 }
@@ -79,6 +82,10 @@ struct Stats {
 /// its cgroup for a moment after its exit event.
 const CLEANUP_BACKOFF_MS: [u64; 6] = [2, 20, 100, 300, 600, 1000];
 
+/// Rescan intervals without BPF: from 1 s, doubling while rescans find nothing, up to 60 s.
+const RESCAN_MIN_MS: u64 = 1000;
+const RESCAN_MAX_MS: u64 = 60_000;
+
 /// When to look for emptied nodes again after an overflow (exit events lost).
 const SWEEP_AFTER_OVERFLOW_MS: [u64; 3] = [100, 1000, 3000];
 
@@ -90,18 +97,13 @@ struct Daemon {
     mask: NsMask,
     own_hierarchy: bool,
     proc: ProcFs,
-    probe: Probe,
+    source: Source,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_jobs: HashMap<u64, Timer>,
     next_timer: u64,
     deferred: HashMap<u32, Deferred>,
     seen_drops: u64,
     stats: Stats,
-}
-
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Runs until SIGTERM or SIGINT. Nodes stay when it stops.
@@ -124,12 +126,23 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     // Attach before the snapshot: what happens meanwhile queues up and is
     // applied after it (placements are idempotent).
     let root_level = root.split('/').filter(|c| !c.is_empty()).count() as u32;
-    let probe = Probe::load(Scope {
+    let scope = Scope {
         hierarchy_id: hierarchy.hierarchy_id(),
         root_cgroup_id: root_id,
         root_level,
         ring_buffer_bytes: config.ring_buffer_bytes,
-    })?;
+    };
+    let source = match config.source {
+        SourceChoice::Bpf => Source::Bpf(Probe::load(scope)?),
+        SourceChoice::Proc => Source::Proc(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?),
+        SourceChoice::Auto => match Probe::load(scope) {
+            Ok(probe) => Source::Bpf(probe),
+            Err(e) => {
+                warn!("BPF unavailable, falling back to the proc connector: {e}");
+                Source::Proc(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?)
+            }
+        },
+    };
     let (sig_read, sig_write) = UnixStream::pair().map_err(DaemonError::Signals)?;
     sig_read.set_nonblocking(true).map_err(DaemonError::Signals)?;
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -145,7 +158,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         mask,
         own_hierarchy,
         proc,
-        probe,
+        source,
         timers: BinaryHeap::new(),
         timer_jobs: HashMap::new(),
         next_timer: 0,
@@ -156,6 +169,9 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let started = Instant::now();
     let report = d.reconcile("start")?;
     d.sweep_empty_nodes();
+    if d.source.needs_rescans() {
+        d.schedule(Duration::from_millis(RESCAN_MIN_MS), Timer::Rescan(RESCAN_MIN_MS));
+    }
     info!(
         hierarchy = %d.hierarchy.mount().display(),
         version = ?d.hierarchy.version(),
@@ -163,7 +179,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         adopted,
         moved = report.moved,
         created = report.created,
-        hooks = %d.probe.hooks().join(" "),
+        source = %d.source.describe(),
         reconcile_ms = started.elapsed().as_millis() as u64,
         "nsgroup is tracking"
     );
@@ -227,7 +243,7 @@ impl Daemon {
             let timeout = self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
             let signalled = {
-                let ring = self.probe.fd();
+                let ring = self.source.fd();
                 let mut fds = [PollFd::new(&ring, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
                 match poll(&mut fds, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -243,7 +259,7 @@ impl Daemon {
             }
             loop {
                 batch.clear();
-                let bad = self.probe.drain(1024, &mut batch);
+                let bad = self.source.drain(1024, &mut batch)?;
                 if bad > 0 {
                     warn!(records = bad, "undecodable ring buffer records skipped");
                 }
@@ -254,9 +270,9 @@ impl Daemon {
                     self.handle(ev);
                 }
             }
-            let dropped = self.probe.dropped();
+            let dropped = self.source.dropped();
             if dropped > self.seen_drops {
-                warn!(lost = dropped - self.seen_drops, "the ring buffer overflowed; reconciling from /proc");
+                warn!(lost = dropped - self.seen_drops, "events were lost (the ring buffer overflowed); reconciling from /proc");
                 self.seen_drops = dropped;
                 if let Err(e) = self.reconcile("overflow") {
                     warn!("reconcile after overflow failed: {e}");
@@ -293,6 +309,17 @@ impl Daemon {
                 }
                 Some(Timer::Cleanup(node, attempt)) => self.cleanup(node, attempt),
                 Some(Timer::Sweep) => self.sweep_empty_nodes(),
+                Some(Timer::Rescan(interval)) => {
+                    let found = match self.reconcile("rescan") {
+                        Ok(r) => r.moved > 0,
+                        Err(e) => {
+                            warn!("rescan failed: {e}");
+                            false
+                        }
+                    };
+                    let next = if found { RESCAN_MIN_MS } else { (interval * 2).min(RESCAN_MAX_MS) };
+                    self.schedule(Duration::from_millis(next), Timer::Rescan(next));
+                }
                 None => {}
             }
         }
@@ -342,17 +369,19 @@ impl Daemon {
     fn place_event(&mut self, ev: &Event, prev: NsSet) {
         if !self.proc.task_exists(ev.tgid, ev.tid) {
             // Gone already (a backlog after a burst): nothing to place.
-            self.probe.settled(ev.tid);
+            self.source.settled(ev.tid);
             return;
         }
+        // Unknown (the proc connector's exec): what the task's cgroup expects.
+        let prev = if prev.is_empty() { self.placer.tracker().home_set(ev.cgroup) } else { prev };
         let path = self.placer.backend().path_of(ev.cgroup).ok().flatten();
         if !self.admits(&ev.comm, ev.tid, ev.cgroup, path.as_deref()) {
-            self.probe.settled(ev.tid);
+            self.source.settled(ev.tid);
             return;
         }
         let entry = Entry { tid: ev.tid, tgid: ev.tgid, cgroup: ev.cgroup, set: ev.set.masked(self.mask), prev: prev.masked(self.mask) };
         let outcome = self.placer.enter(&entry, &ev.comm);
-        self.probe.settled(ev.tid);
+        self.source.settled(ev.tid);
         match outcome {
             Ok(Outcome::Moved { to, created }) => {
                 let latency_us = monotonic_ns().saturating_sub(ev.ktime_ns) / 1000;
@@ -364,6 +393,7 @@ impl Daemon {
                     info!(event = "node_created", path = %path, creator_pid = ev.tid, creator_comm = %ev.comm, "node created");
                 }
                 debug!(tid = ev.tid, kind = ?ev.kind, to, latency_us, "placed");
+                self.source.placed(ev.tid, to);
                 self.follow_children(&entry);
             }
             Ok(Outcome::Refused(why)) => warn!(tid = ev.tid, comm = %ev.comm, "left in place: {why}"),
@@ -384,8 +414,8 @@ impl Daemon {
                 continue;
             }
             let entry = Entry { tid: child, tgid: child, cgroup, set: parent.set, prev: parent.set };
-            if let Ok(Outcome::Moved { .. }) = self.placer.enter(&entry, "") {
-                self.probe.track(child);
+            if let Ok(Outcome::Moved { to, .. }) = self.placer.enter(&entry, "") {
+                self.source.track(child, to);
                 self.follow_children(&entry);
             }
         }
@@ -476,7 +506,7 @@ impl Daemon {
         let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admits)?;
         for p in placed {
             if self.placer.tracker().node(p.cgroup).is_some() {
-                self.probe.track(p.tid);
+                self.source.track(p.tid, p.cgroup);
             }
         }
         self.stats.reconciles += 1;
@@ -492,8 +522,8 @@ impl Daemon {
             created = s.created,
             removed = s.removed,
             reconciles = s.reconciles,
-            ring_dropped = self.probe.dropped(),
-            ring_emitted = self.probe.emitted(),
+            ring_dropped = self.source.dropped(),
+            ring_emitted = self.source.emitted(),
             latency_p50_us = s.latency.quantile(0.5),
             latency_p99_us = s.latency.quantile(0.99),
             latency_max_us = s.latency.max(),

@@ -13,6 +13,7 @@ pub mod placer;
 pub mod check;
 pub mod config;
 pub mod reconcile;
+pub mod source;
 pub mod daemon;
 pub mod ffi;
 pub mod model;

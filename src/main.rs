@@ -193,9 +193,6 @@ fn run(config: Config) -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("nsgroup run needs root: it creates cgroups, moves other users' tasks and loads BPF programs");
     }
-    if config.source == Source::Proc {
-        bail!("--source proc is not available in this build; use --source bpf");
-    }
     let located = locate(config.hierarchy.as_deref(), true).context("finding the cgroup hierarchy")?;
     if let Some(favordynmods) = located.mounted {
         tracing::info!(

@@ -312,3 +312,29 @@ fn odd_command_names_are_shown_escaped() {
     assert_eq!(json["children"][0]["creator"]["comm"], "we\nird\u{e9}");
     assert!(!text.contains("we\nird"), "control characters are escaped: {text}");
 }
+
+#[test]
+fn without_bpf_the_proc_connector_and_rescans_place_tasks() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let d = Daemon::start(&h, &["--source", "proc"]);
+    assert!(d.log_text().contains("netlink proc connector"), "{}", d.log_text());
+    // Seen at the fork: the child's set differs from its parent's.
+    let p = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
+    wait_for("the child", || !p.children().is_empty());
+    let c = p.children()[0];
+    h.expect_in(c, &h.path(&format!("node_{}/node_{c}", p.pid)));
+    // Seen at the exec that follows the unshare.
+    let q = h.spawn(&["unshare", "--net", "sleep", "60"]);
+    h.expect_in(q.pid, &h.path(&format!("node_{}", q.pid)));
+    // No fork, no exec after setns: only a rescan sees it.
+    let mut r = h.spawn(&[WORKLOAD, "setns-back"]);
+    r.read_json();
+    h.expect_in(r.pid, &h.path(&format!("node_{}", r.pid)));
+    assert!(d.log_text().contains("why=\"rescan\""));
+    // Exits come through the connector too: cleanup works.
+    h.kill_all();
+    wait_for("every node removed", || h.node_paths().is_empty());
+}

@@ -1,5 +1,6 @@
 //! The system edge: procfs, cgroupfs, mounts, service notification.
 pub mod cgroupfs;
+pub mod connector;
 pub mod error;
 pub mod locate;
 pub mod mounts;

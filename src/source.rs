@@ -1,0 +1,201 @@
+//! Where events come from: the BPF programs, or (without BPF) the netlink
+//! proc connector enriched from /proc.
+
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+
+use crate::bpf::{Event, EventKind, Probe};
+use crate::core::node::CgroupId;
+use crate::core::nsset::NsSet;
+use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::connector::{Connector, ProcEvent, Received};
+use crate::sys::error::IoError;
+use crate::sys::procfs::ProcFs;
+
+/// An event source.
+pub enum Source {
+    Bpf(Probe),
+    Proc(ProcSource),
+}
+
+impl Source {
+    /// Readable when events wait.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Source::Bpf(p) => p.fd(),
+            Source::Proc(p) => p.connector.fd(),
+        }
+    }
+
+    /// What the source hooks, for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Bpf(p) => p.hooks().join(" "),
+            Source::Proc(_) => "netlink proc connector (fork, exec, exit) + /proc rescans".into(),
+        }
+    }
+
+    /// Takes up to `max` events; returns how many records were undecodable.
+    pub fn drain(&mut self, max: usize, out: &mut Vec<Event>) -> Result<usize, IoError> {
+        match self {
+            Source::Bpf(p) => Ok(p.drain(max, out)),
+            Source::Proc(p) => p.drain(max, out).map(|()| 0),
+        }
+    }
+
+    /// Events lost so far (ring buffer or socket overflows).
+    pub fn dropped(&self) -> u64 {
+        match self {
+            Source::Bpf(p) => p.dropped(),
+            Source::Proc(p) => p.overflows,
+        }
+    }
+
+    /// Events delivered so far.
+    pub fn emitted(&self) -> u64 {
+        match self {
+            Source::Bpf(p) => p.emitted(),
+            Source::Proc(p) => p.delivered,
+        }
+    }
+
+    /// The daemon placed `tid`.
+    pub fn settled(&mut self, tid: u32) {
+        if let Source::Bpf(p) = self {
+            p.settled(tid);
+        }
+    }
+
+    /// The daemon placed an event's task into `node` (the BPF side tracks
+    /// the tasks it reports by itself).
+    pub fn placed(&mut self, tid: u32, node: CgroupId) {
+        if let Source::Proc(p) = self {
+            p.members.insert(tid, node);
+        }
+    }
+
+    /// `tid` lives in node `node`: report its exit.
+    pub fn track(&mut self, tid: u32, node: CgroupId) {
+        match self {
+            Source::Bpf(p) => p.track(tid),
+            Source::Proc(p) => {
+                p.members.insert(tid, node);
+            }
+        }
+    }
+
+    /// Whether the source misses unshare() and setns() without a later fork
+    /// or exec, so that /proc must be rescanned now and then.
+    pub fn needs_rescans(&self) -> bool {
+        matches!(self, Source::Proc(_))
+    }
+}
+
+/// The proc connector, with what it needs to turn its events into [`Event`]s.
+pub struct ProcSource {
+    connector: Connector,
+    proc: ProcFs,
+    hierarchy: Hierarchy,
+    root: String,
+    ids: HashMap<String, Option<CgroupId>>,
+    /// Tasks living in nodes, by node: their exits are reported.
+    members: HashMap<u32, CgroupId>,
+    overflows: u64,
+    delivered: u64,
+}
+
+fn under(path: &str, root: &str) -> bool {
+    root == "/" || path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
+}
+
+impl ProcSource {
+    /// Subscribes to the proc connector.
+    pub fn open(proc: ProcFs, hierarchy: Hierarchy, root: &str) -> Result<ProcSource, IoError> {
+        Ok(ProcSource {
+            connector: Connector::open()?,
+            proc,
+            hierarchy,
+            root: root.to_string(),
+            ids: HashMap::new(),
+            members: HashMap::new(),
+            overflows: 0,
+            delivered: 0,
+        })
+    }
+
+    fn drain(&mut self, max: usize, out: &mut Vec<Event>) -> Result<(), IoError> {
+        let start = out.len();
+        while out.len() - start < max {
+            match self.connector.receive()? {
+                Received::Empty => break,
+                Received::Overflow => self.overflows += 1,
+                Received::Events(events) => {
+                    for pe in events {
+                        let before = out.len();
+                        self.convert(pe, out);
+                        self.delivered += (out.len() - before) as u64;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The task's cgroup id if it lies in the tracked subtree.
+    fn scoped_cgroup(&mut self, tgid: u32, tid: u32) -> Option<CgroupId> {
+        let path = self.proc.cgroup_path(tgid, tid, self.hierarchy.key()).ok()??;
+        if !under(&path, &self.root) {
+            return None;
+        }
+        if let Some(id) = self.ids.get(&path) {
+            return *id;
+        }
+        let id = self.hierarchy.id(&path).ok();
+        self.ids.insert(path, id);
+        id
+    }
+
+    fn event(&self, kind: EventKind, tgid: u32, tid: u32, cgroup: CgroupId, set: NsSet, prev: NsSet) -> Event {
+        let comm = self.proc.stat(tgid, tid).ok().flatten().map(|s| s.comm).unwrap_or_default();
+        Event { kind, ktime_ns: monotonic_ns(), start_ns: 0, cgroup, tid, tgid, set, prev, comm }
+    }
+
+    fn convert(&mut self, pe: ProcEvent, out: &mut Vec<Event>) {
+        match pe {
+            ProcEvent::Fork { parent_tid, parent_tgid, child_tid, child_tgid } => {
+                if let Some(&node) = self.members.get(&parent_tid) {
+                    self.members.insert(child_tid, node);
+                }
+                let Some(cgroup) = self.scoped_cgroup(child_tgid, child_tid) else { return };
+                let Some(set) = self.proc.ns_set(child_tgid, child_tid).ok().flatten() else { return };
+                let prev = self.proc.ns_set(parent_tgid, parent_tid).ok().flatten().unwrap_or_default();
+                if set == prev {
+                    return;
+                }
+                // The parent may have unshared just before: place it first,
+                // so that the child nests below it.
+                if let Some(parent_cgroup) = self.scoped_cgroup(parent_tgid, parent_tid) {
+                    out.push(self.event(EventKind::Exec, parent_tgid, parent_tid, parent_cgroup, prev, NsSet::default()));
+                }
+                out.push(self.event(EventKind::Fork { ptid: parent_tid }, child_tgid, child_tid, cgroup, set, prev));
+            }
+            ProcEvent::Exec { tid, tgid } => {
+                let Some(cgroup) = self.scoped_cgroup(tgid, tid) else { return };
+                let Some(set) = self.proc.ns_set(tgid, tid).ok().flatten() else { return };
+                // The set before is unknown: the daemon compares with the cgroup's.
+                out.push(self.event(EventKind::Exec, tgid, tid, cgroup, set, NsSet::default()));
+            }
+            ProcEvent::Exit { tid, tgid } => {
+                let Some(node) = self.members.remove(&tid) else { return };
+                let none = NsSet::default();
+                out.push(Event { kind: EventKind::Exit, ktime_ns: monotonic_ns(), start_ns: 0, cgroup: node, tid, tgid, set: none, prev: none, comm: String::new() });
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock of BPF event timestamps).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
