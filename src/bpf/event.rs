@@ -128,6 +128,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in [0, 1, EVENT_SIZE - 1, EVENT_SIZE, EVENT_SIZE + 1] {
+            for _ in 0..2000 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                if let Ok(e) = Event::decode(&bytes) {
+                    assert_eq!(Event::decode(&e.encode()).unwrap().kind, e.kind);
+                }
+                let _ = crate::sys::connector::parse(&bytes);
+            }
+        }
+    }
+
+    #[test]
     fn round_trips_and_rejects_bad_records() {
         let e = Event {
             kind: EventKind::Fork { ptid: 9 },
