@@ -41,6 +41,10 @@ pub struct Config {
     pub setns_settle_us: u64,
     /// Where events come from.
     pub source: Source,
+    /// Run the daemon under SCHED_FIFO at this priority (1–99) so that a
+    /// placement does not wait behind the workload for a CPU; 0 keeps the
+    /// normal scheduler.
+    pub realtime_priority: u8,
 }
 
 /// Filters by command name, user id and cgroup path prefix.
@@ -91,9 +95,10 @@ impl Default for Config {
             max_nodes: 100_000,
             cleanup: Cleanup::Remove,
             linger_seconds: 10,
-            ring_buffer_bytes: 1 << 22,
+            ring_buffer_bytes: 1 << 20,
             setns_settle_us: 2000,
             source: Source::Auto,
+            realtime_priority: 1,
         }
     }
 }
@@ -140,6 +145,9 @@ impl Config {
         let rb = self.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
             return Err(("ring_buffer_bytes", format!("{rb} must be a power of two of at least 4096")));
+        }
+        if self.realtime_priority > 99 {
+            return Err(("realtime_priority", format!("{} is above 99", self.realtime_priority)));
         }
         if self.max_depth == 0 {
             return Err(("max_depth", "must be at least 1".into()));
@@ -237,6 +245,7 @@ linger_seconds = 3
 ring_buffer_bytes = 4096
 setns_settle_us = 100
 source = "proc"
+realtime_priority = 0
 [include]
 comm = ["unshare"]
 [exclude]

@@ -17,7 +17,7 @@ use crate::core::histogram::Histogram;
 use crate::core::naming;
 use crate::core::node::{CgroupId, Node, NodeRecord};
 use crate::core::nsset::{NsMask, NsSet};
-use crate::core::tracker::{Entry, Limits, Tracker};
+use crate::core::tracker::{Entry, Limits, Placement, Tracker};
 use crate::placer::{unix_now, Outcome, Placer};
 use crate::reconcile::{reconcile, Report};
 use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter, Hierarchy};
@@ -102,6 +102,9 @@ struct Daemon {
     timer_jobs: HashMap<u64, Timer>,
     next_timer: u64,
     deferred: HashMap<u32, Deferred>,
+    /// Where each task was last put: a later event of the same entry (its
+    /// exec, read before the move) does not move it again.
+    last_placed: HashMap<u32, CgroupId>,
     seen_drops: u64,
     stats: Stats,
 }
@@ -143,6 +146,13 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
             }
         },
     };
+    // The BTF parse at load left megabytes of freed heap behind.
+    crate::ffi::release_free_memory();
+    if config.realtime_priority > 0 {
+        if let Err(e) = crate::ffi::set_realtime(i32::from(config.realtime_priority)) {
+            warn!("could not switch to SCHED_FIFO (realtime_priority): {e}");
+        }
+    }
     let (sig_read, sig_write) = UnixStream::pair().map_err(DaemonError::Signals)?;
     sig_read.set_nonblocking(true).map_err(DaemonError::Signals)?;
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -163,6 +173,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         timer_jobs: HashMap::new(),
         next_timer: 0,
         deferred: HashMap::new(),
+        last_placed: HashMap::new(),
         seen_drops: 0,
         stats: Stats::default(),
     };
@@ -349,6 +360,7 @@ impl Daemon {
             EventKind::Unshare => self.place_event(&ev, ev.prev),
             EventKind::Exit => {
                 self.deferred.remove(&ev.tid);
+                self.last_placed.remove(&ev.tid);
                 if let Some(&node) = self.placer.tracker().cleanup_candidates(ev.cgroup).first() {
                     self.schedule_cleanup(node, 0);
                 }
@@ -380,7 +392,12 @@ impl Daemon {
             return;
         }
         let entry = Entry { tid: ev.tid, tgid: ev.tgid, cgroup: ev.cgroup, set: ev.set.masked(self.mask), prev: prev.masked(self.mask) };
-        let outcome = self.placer.enter(&entry, &ev.comm);
+        let placement = self.placer.tracker().place(&entry);
+        if matches!(placement, Placement::Move(to) if self.last_placed.get(&ev.tid) == Some(&to)) {
+            self.source.settled(ev.tid);
+            return;
+        }
+        let outcome = self.placer.carry_out(placement, &entry, &ev.comm);
         self.source.settled(ev.tid);
         match outcome {
             Ok(Outcome::Moved { to, created }) => {
@@ -394,6 +411,7 @@ impl Daemon {
                 }
                 debug!(tid = ev.tid, kind = ?ev.kind, to, latency_us, "placed");
                 self.source.placed(ev.tid, to);
+                self.last_placed.insert(ev.tid, to);
                 self.follow_children(&entry);
             }
             Ok(Outcome::Refused(why)) => warn!(tid = ev.tid, comm = %ev.comm, "left in place: {why}"),
@@ -504,6 +522,7 @@ impl Daemon {
             config.admits(Subject { comm: &t.comm, uid, cgroup: &paths[&t.tid] })
         };
         let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admits)?;
+        self.last_placed = placed.iter().map(|p| (p.tid, p.cgroup)).collect();
         for p in placed {
             if self.placer.tracker().node(p.cgroup).is_some() {
                 self.source.track(p.tid, p.cgroup);

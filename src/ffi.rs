@@ -1,5 +1,6 @@
 //! The crate's only `unsafe` code: process creation for the workload
-//! generator (`nsgroup-workload`), which drives tests and benchmarks.
+//! generators (tests and benchmarks), and the daemon's scheduling and memory
+//! housekeeping.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -91,5 +92,26 @@ pub fn clone3(ns_flags: u64, pid: Option<u32>) -> io::Result<Forked> {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent { child: pid as u32 }),
+    }
+}
+
+/// Returns freed heap memory to the kernel (after the one-off BTF parse at start).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap bookkeeping; it takes no
+    // pointers from the caller.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Puts the calling process under SCHED_FIFO at `priority` (1 = the lowest
+/// real-time priority), so that it runs as soon as an event wakes it.
+pub fn set_realtime(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is
+    // the calling process.
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }

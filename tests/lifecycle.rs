@@ -333,7 +333,7 @@ fn without_bpf_the_proc_connector_and_rescans_place_tasks() {
     let mut r = h.spawn(&[WORKLOAD, "setns-back"]);
     r.read_json();
     h.expect_in(r.pid, &h.path(&format!("node_{}", r.pid)));
-    assert!(d.log_text().contains("why=\"rescan\""));
+    wait_for("the rescan's log line", || d.log_text().contains("why=\"rescan\""));
     // Exits come through the connector too: cleanup works.
     h.kill_all();
     wait_for("every node removed", || h.node_paths().is_empty());

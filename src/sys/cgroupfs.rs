@@ -47,6 +47,8 @@ pub struct Hierarchy {
     mount: PathBuf,
     version: Version,
     key: HierarchyKey,
+    /// Whether it has controllers that keep usage figures.
+    accounting: bool,
 }
 
 /// A cgroup's path inside its hierarchy, `/` for the root, `/a/b` below.
@@ -68,18 +70,20 @@ impl Hierarchy {
         if m.root != "/" {
             return Err(HierarchyError::BindMount { path: wanted, root: m.root.clone() });
         }
+        let accounting = m.fstype == "cgroup2"
+            || m.super_opts.iter().any(|o| ["cpu", "cpuacct", "memory", "pids"].contains(&o.as_str()));
         let (version, key) = if m.fstype == "cgroup2" {
             (Version::V2, HierarchyKey::Unified)
         } else {
             let id = v1_hierarchy_id(m, self_cgroup).ok_or_else(|| HierarchyError::UnknownHierarchyId(wanted.clone()))?;
             (Version::V1, HierarchyKey::V1(id))
         };
-        Ok(Hierarchy { mount: wanted, version, key })
+        Ok(Hierarchy { mount: wanted, version, key, accounting })
     }
 
     /// A hierarchy with everything known, for fixtures.
     pub fn new(mount: PathBuf, version: Version, key: HierarchyKey) -> Hierarchy {
-        Hierarchy { mount, version, key }
+        Hierarchy { mount, version, key, accounting: false }
     }
 
     pub fn mount(&self) -> &Path {
@@ -173,6 +177,9 @@ impl Hierarchy {
     pub fn usage(&self, rel: &str) -> Vec<(String, u64)> {
         let dir = self.dir(rel);
         let mut out = Vec::new();
+        if !self.accounting {
+            return out;
+        }
         if let Ok(text) = fs::read_to_string(dir.join("cpu.stat")) {
             if let Some(v) = text.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok()) {
                 out.push(("cpu_usec".to_string(), v));

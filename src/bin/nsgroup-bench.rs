@@ -1,0 +1,615 @@
+//! nsgroup's benchmark suite: placement latency, throughput, cost to the
+//! traced workload, idle cost, start-up reconcile and reading, side by side on
+//! this machine, in a private named v1 hierarchy. Writes a Markdown table.
+//!
+//!     sudo target/release/nsgroup-bench --write docs/benchmarks.md
+
+use std::io::Read;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rustix::thread::UnshareFlags;
+
+use nsgroup::core::histogram::Histogram;
+use nsgroup::ffi::{fork, unshare_namespaces, Forked};
+
+#[derive(Parser)]
+#[command(name = "nsgroup-bench", about = "Benchmarks nsgroup on this machine (needs root)")]
+struct Args {
+    /// Fewer iterations and a 10 s idle period (a smoke run, not for the record).
+    #[arg(long)]
+    quick: bool,
+    /// Write the report (Markdown) here as well as to stdout.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+/// A private hierarchy `name=nsgroup-bench-<pid>` with the subtree `/b`.
+struct Bench {
+    mount: PathBuf,
+    name: String,
+    root: String,
+    nsgroup: PathBuf,
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("{cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?}: {st}");
+    }
+    Ok(())
+}
+
+impl Bench {
+    fn new() -> Result<Bench> {
+        let name = format!("nsgroup-bench-{}", std::process::id());
+        let mount = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&mount)?;
+        let opts = format!("none,name={name},xattr,favordynmods");
+        sh(Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(&mount))?;
+        std::fs::create_dir(mount.join("b"))?;
+        let nsgroup = std::env::current_exe()?.with_file_name("nsgroup");
+        // The benchmark's own workloads run inside the tracked subtree.
+        std::fs::write(mount.join("b/cgroup.procs"), std::process::id().to_string())?;
+        Ok(Bench { mount, name, root: "/b".into(), nsgroup })
+    }
+
+    fn start(&self, extra: &[&str]) -> Result<Daemon> {
+        Daemon::start(self, extra)
+    }
+
+    /// Every cgroup below the root, deepest first.
+    fn nodes(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        let mut stack = vec![self.mount.join("b")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                    out.push(e.path());
+                }
+            }
+        }
+        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        out
+    }
+
+    fn wait_no_nodes(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.nodes().is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn remove_nodes(&self) {
+        for d in self.nodes() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.remove_nodes();
+        // Leave the hierarchy: move ourselves to its root, then remove /b.
+        let _ = std::fs::write(self.mount.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(self.mount.join("b"));
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..5 {
+            let _ = Command::new("umount").arg(&self.mount).status();
+            std::thread::sleep(Duration::from_millis(200));
+            let alive = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().contains(&format!(":name={}:", self.name));
+            if !alive {
+                break;
+            }
+            let opts = format!("none,name={}", self.name);
+            let _ = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(&self.mount).status();
+        }
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+/// The daemon under test.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(b: &Bench, extra: &[&str]) -> Result<Daemon> {
+        let dir = std::env::temp_dir().join(format!("{}-daemon-{}", b.name, Instant::now().elapsed().as_nanos()));
+        std::fs::create_dir_all(&dir)?;
+        let sock_path = dir.join("notify");
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = UnixDatagram::bind(&sock_path)?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let log = dir.join("log");
+        let child = Command::new(&b.nsgroup)
+            .args(["run", "--hierarchy"])
+            .arg(&b.mount)
+            .args(["--root", &b.root])
+            .args(extra)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let mut d = Daemon { child: Some(child), log };
+        let end = Instant::now() + Duration::from_secs(120);
+        let mut buf = [0u8; 64];
+        loop {
+            if matches!(sock.recv(&mut buf), Ok(n) if buf[..n].starts_with(b"READY=1")) {
+                return Ok(d);
+            }
+            if Instant::now() > end || d.child.as_mut().unwrap().try_wait()?.is_some() {
+                bail!("daemon did not start:\n{}", d.log_text());
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A `key=value` figure from the last log line that has it.
+    fn figure(&self, key: &str) -> Option<u64> {
+        let text = self.log_text();
+        let pat = format!("{key}=");
+        text.lines().rev().find_map(|l| l.split(&pat).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+    }
+
+    /// User + system CPU time in ms, and (voluntary + involuntary) context switches.
+    fn cpu_and_wakeups(&self) -> (u64, u64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<u64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+        let ticks = rustix::param::clock_ticks_per_second();
+        let cpu_ms = (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 1000 / ticks;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or(0);
+        (cpu_ms, field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:"))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    }
+
+    fn stop(mut self) -> Result<String> {
+        let child = self.child.take().unwrap();
+        stop_child(child)?;
+        Ok(self.log_text())
+    }
+}
+
+fn stop_child(mut child: Child) -> Result<()> {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    child.wait()?;
+    Ok(())
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            let _ = stop_child(c);
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    nsgroup::source::monotonic_ns()
+}
+
+/// The children this process forked (the daemon is a child too: never wait for "any").
+#[derive(Default)]
+struct Kids(Vec<u32>);
+
+impl Kids {
+    fn add(&mut self, pid: u32) {
+        self.0.push(pid);
+    }
+
+    fn wait(pid: u32, options: rustix::process::WaitOptions) -> bool {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a child pid is positive");
+        !matches!(rustix::process::waitpid(Some(pid), options), Ok(None))
+    }
+
+    /// Reaps the children that have exited.
+    fn reap_ready(&mut self) {
+        self.0.retain(|&p| !Kids::wait(p, rustix::process::WaitOptions::NOHANG));
+    }
+
+    /// Waits for every child.
+    fn reap_all(&mut self) {
+        for p in self.0.drain(..) {
+            Kids::wait(p, rustix::process::WaitOptions::empty());
+        }
+    }
+}
+
+/// 1. Latency as the task sees it: from unshare() returning until
+/// /proc/self/cgroup shows a node. One child per sample, at `rate` per second.
+fn latency(b: &Bench, count: u32, rate: u32) -> Result<Histogram> {
+    let (rx, tx) = UnixDatagram::pair()?;
+    rx.set_nonblocking(true)?;
+    let marker = format!(":name={}:{}/node_", b.name, b.root);
+    let period = Duration::from_secs(1) / rate;
+    let mut h = Histogram::default();
+    let collect = |h: &mut Histogram| {
+        let mut buf = [0u8; 8];
+        while let Ok(8) = rx.recv(&mut buf) {
+            h.record(u64::from_ne_bytes(buf));
+        }
+    };
+    let mut kids = Kids::default();
+    let start = Instant::now();
+    for i in 0..count {
+        let Forked::Parent { child } = fork()? else {
+            let code = (|| -> Result<()> {
+                unshare_namespaces(UnshareFlags::NEWUTS)?;
+                let t0 = now_ns();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let mut f = std::fs::File::open("/proc/self/cgroup")?;
+                    let n = f.read(&mut buf)?;
+                    if std::str::from_utf8(&buf[..n]).is_ok_and(|t| t.contains(&marker)) {
+                        break;
+                    }
+                    if now_ns() - t0 > 5_000_000_000 {
+                        bail!("not placed within 5 s");
+                    }
+                }
+                let us = (now_ns() - t0) / 1000;
+                tx.send(&us.to_ne_bytes())?;
+                Ok(())
+            })()
+            .map_or(1, |()| 0);
+            std::process::exit(code);
+        };
+        kids.add(child);
+        kids.reap_ready();
+        collect(&mut h);
+        let next = start + period * (i + 1);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    kids.reap_all();
+    collect(&mut h);
+    Ok(h)
+}
+
+/// Children that entered a new set each and wait for the release (EOF).
+struct Held {
+    release: Option<UnixStream>,
+    kids: Kids,
+}
+
+impl Held {
+    /// Forks `count` children as fast as possible; each unshares NEWUTS and
+    /// blocks until released. Returns them and the fork rate.
+    fn spawn(count: u32) -> Result<(Held, f64)> {
+        let (hold, release) = UnixStream::pair()?;
+        let mut kids = Kids::default();
+        let start = Instant::now();
+        for _ in 0..count {
+            match fork()? {
+                Forked::Child => {
+                    drop(release);
+                    let _ = unshare_namespaces(UnshareFlags::NEWUTS);
+                    let mut byte = [0u8];
+                    let _ = (&hold).read(&mut byte);
+                    std::process::exit(0);
+                }
+                Forked::Parent { child } => kids.add(child),
+            }
+        }
+        let rate = f64::from(count) / start.elapsed().as_secs_f64();
+        drop(hold);
+        Ok((Held { release: Some(release), kids }, rate))
+    }
+
+    fn release(self) {}
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release.take();
+        self.kids.reap_all();
+    }
+}
+
+/// Tasks placed in nodes right now.
+fn placed(b: &Bench) -> u32 {
+    b.nodes().iter().map(|d| std::fs::read_to_string(d.join("tasks")).unwrap_or_default().lines().count() as u32).sum()
+}
+
+fn misplaced(b: &Bench) -> Result<usize> {
+    let out = Command::new(&b.nsgroup).args(["check", "--json", "--hierarchy"]).arg(&b.mount).args(["--root", &b.root]).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["misplaced"].as_array().map_or(0, Vec::len))
+}
+
+/// Times `iterations` runs of `body` in forked children (fork, body, exit, wait).
+fn fork_loop(iterations: u32, body: fn()) -> Result<Duration> {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        match fork()? {
+            Forked::Child => {
+                body();
+                std::process::exit(0);
+            }
+            Forked::Parent { child } => Kids(vec![child]).reap_all(),
+        }
+    }
+    Ok(start.elapsed())
+}
+
+fn unshare_newns() {
+    let _ = unshare_namespaces(UnshareFlags::NEWNS);
+}
+
+fn exec_true() {
+    let err = std::os::unix::process::CommandExt::exec(&mut Command::new("/bin/true"));
+    eprintln!("exec /bin/true: {err}");
+}
+
+fn getppid_loop(n: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(rustix::process::getppid());
+    }
+    start.elapsed()
+}
+
+/// Runs `f` without, then with the daemon, `rounds` times alternately; the
+/// best of each (least disturbed by the rest of the machine).
+fn with_and_without(b: &Bench, rounds: u32, mut f: impl FnMut() -> Result<Duration>) -> Result<(Duration, Duration)> {
+    let (mut without, mut with) = (Duration::MAX, Duration::MAX);
+    for _ in 0..rounds {
+        without = without.min(f()?);
+        b.remove_nodes();
+        let d = b.start(&[])?;
+        with = with.min(f()?);
+        d.stop()?;
+        b.wait_no_nodes(Duration::from_secs(10));
+        b.remove_nodes();
+    }
+    Ok((without, with))
+}
+
+/// Median wall time of `runs` runs of a command, stdout discarded.
+fn median_run(cmd: &mut Command, runs: usize) -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let st = cmd.stdout(Stdio::null()).status()?;
+        if !st.success() {
+            bail!("{cmd:?}: {st}");
+        }
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times[runs / 2])
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(|s| s.trim().to_string()))
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} × {cpu}, {} GiB, Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem / 1024 / 1024,
+        kernel.trim()
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Report {
+    rows: Vec<[String; 4]>,
+}
+
+impl Report {
+    fn row(&mut self, what: &str, value: String, target: &str, met: Option<bool>) {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "",
+        };
+        eprintln!("{what}: {value} ({target}) {verdict}");
+        self.rows.push([what.into(), value, target.into(), verdict.into()]);
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !rustix::process::geteuid().is_root() {
+        bail!("nsgroup-bench needs root (it mounts a private cgroup hierarchy and runs the daemon)");
+    }
+    let q = args.quick;
+    let b = Bench::new()?;
+    let mut r = Report { rows: Vec::new() };
+
+    // 1. Latency.
+    let samples = if q { 500 } else { 3000 };
+    let d = b.start(&[])?;
+    let h = latency(&b, samples, 1000)?;
+    let log = d.stop()?;
+    let daemon_figure = |key: &str| log.lines().rev().find_map(|l| l.split(&format!("{key}=")).nth(1)?.split(' ').next()?.parse::<u64>().ok()).unwrap_or(0);
+    r.row(
+        &format!("placement latency seen by the task, {} unshares at 1,000/s (p50 / p99 / max)", h.count()),
+        format!("{} / {} / {} µs", h.quantile(0.5), h.quantile(0.99), h.max()),
+        "p50 ≤ 100 µs, p99 ≤ 500 µs",
+        Some(h.quantile(0.5) <= 100 && h.quantile(0.99) <= 500 && h.count() == u64::from(samples)),
+    );
+    r.row(
+        "daemon's event-to-moved latency (p50 / p99 / max)",
+        format!("{} / {} / {} µs", daemon_figure("latency_p50_us"), daemon_figure("latency_p99_us"), daemon_figure("latency_max_us")),
+        "",
+        None,
+    );
+    b.wait_no_nodes(Duration::from_secs(10));
+
+    // 2. Throughput.
+    let storm = if q { 1000 } else { 5000 };
+    let d = b.start(&[])?;
+    let (cpu0, _) = d.cpu_and_wakeups();
+    let start = Instant::now();
+    let (held, fork_rate) = Held::spawn(storm)?;
+    while placed(&b) < storm && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let converged = start.elapsed();
+    let (cpu1, _) = d.cpu_and_wakeups();
+    let wrong = misplaced(&b)?;
+    held.release();
+    b.wait_no_nodes(Duration::from_secs(30));
+    let log = d.stop()?;
+    let dropped = log.lines().rev().find_map(|l| l.split("ring_dropped=").nth(1)?.split(' ').next()?.parse::<u64>().ok()).unwrap_or(0);
+    r.row(
+        &format!("fork+unshare storm: {storm} tasks forked at {fork_rate:.0}/s, all placed after"),
+        format!("{} ({:.0} placements/s), daemon CPU {} ms", ms(converged), f64::from(storm) / converged.as_secs_f64(), cpu1 - cpu0),
+        "",
+        None,
+    );
+    r.row("tasks misplaced at quiescence; BPF events lost", format!("{wrong}; {dropped}"), "0 misplaced, losses reconciled", Some(wrong == 0));
+
+    // 3. Cost to the traced workload.
+    let rounds = if q { 1 } else { 3 };
+    let n = if q { 2000 } else { 10_000 };
+    let (without, with) = with_and_without(&b, rounds, || fork_loop(n, unshare_newns))?;
+    let ratio = with.as_secs_f64() / without.as_secs_f64();
+    r.row(
+        &format!("fork/unshare(CLONE_NEWNS)/exit × {n}: without / with the daemon"),
+        format!("{} / {} = {ratio:.2}×", ms(without), ms(with)),
+        "≤ 1.2×",
+        Some(ratio <= 1.2),
+    );
+    let n = if q { 500 } else { 3000 };
+    let (without, with) = with_and_without(&b, rounds, || fork_loop(n, exec_true))?;
+    let ratio = with.as_secs_f64() / without.as_secs_f64();
+    r.row(
+        &format!("fork/exec(/bin/true)/exit × {n}: without / with"),
+        format!("{} / {} = {ratio:.3}×", ms(without), ms(with)),
+        "≤ 1.02×",
+        Some(ratio <= 1.02),
+    );
+    let n = if q { 1_000_000 } else { 10_000_000 };
+    let (without, with) = with_and_without(&b, rounds, || Ok(getppid_loop(n)))?;
+    let per = |d: Duration| d.as_nanos() as f64 / f64::from(n);
+    r.row(
+        &format!("getppid() × {n}: without / with"),
+        format!("{:.0} / {:.0} ns per call = {:.2}×", per(without), per(with), with.as_secs_f64() / without.as_secs_f64()),
+        "(syscall tracepoints: every task takes the slow syscall path)",
+        None,
+    );
+
+    // 4. Idle.
+    let d = b.start(&[])?;
+    let idle = Duration::from_secs(if q { 10 } else { 60 });
+    let (_, w0) = d.cpu_and_wakeups();
+    std::thread::sleep(idle);
+    let (_, w1) = d.cpu_and_wakeups();
+    let rss = d.rss_kib();
+    d.stop()?;
+    r.row(
+        &format!("idle for {} s: daemon wakeups; RSS", idle.as_secs()),
+        format!("{} ({:.2}/s); {:.1} MiB", w1 - w0, (w1 - w0) as f64 / idle.as_secs_f64(), rss as f64 / 1024.0),
+        "no periodic wakeups, RSS ≤ 16 MiB",
+        Some(w1 - w0 <= 1 && rss <= 16 * 1024),
+    );
+
+    // 5. Start-up reconcile, then 6. reading, with tasks already in sets.
+    for count in if q { vec![1000, 2000] } else { vec![1000, 2000, 10_000] } {
+        let (held, _) = Held::spawn(count)?;
+        let d = b.start(&[])?;
+        let first = d.figure("reconcile_ms").unwrap_or(0);
+        let created = d.figure("created").unwrap_or(0);
+        let rss = d.rss_kib();
+        d.stop()?;
+        let d = b.start(&[])?;
+        let again = d.figure("reconcile_ms").unwrap_or(0);
+        let adopted = d.figure("adopted").unwrap_or(0);
+        r.row(
+            &format!("start-up reconcile, {count} tasks in sets: first start (creates {created} nodes) / restart (adopts {adopted})"),
+            format!("{first} ms / {again} ms"),
+            if count == 10_000 { "restart ≤ 200 ms" } else { "" },
+            (count == 10_000).then_some(again <= 200),
+        );
+        if count == 10_000 || (q && count == 2000) {
+            r.row(
+                &format!("daemon RSS with {count} nodes"),
+                format!("{:.1} MiB", rss as f64 / 1024.0),
+                "≤ 64 MiB with 10,000 nodes",
+                Some(rss <= 64 * 1024),
+            );
+        }
+        if count == 1000 {
+            let runs = if q { 3 } else { 11 };
+            let tree = median_run(
+                Command::new(&b.nsgroup).args(["tree", "--json", "--hierarchy"]).arg(&b.mount).args(["--root", &b.root]),
+                runs,
+            )?;
+            let lsns = median_run(Command::new("lsns").arg("-J"), runs)?;
+            r.row(
+                "reading 1,000 nodes: `nsgroup tree --json` / `lsns -J` (median)",
+                format!("{} / {}", ms(tree), ms(lsns)),
+                "tree faster than lsns",
+                Some(tree < lsns),
+            );
+        }
+        d.stop()?;
+        held.release();
+        b.wait_no_nodes(Duration::from_secs(60));
+        // Nodes left by the stopped daemon are empty now: remove them.
+        b.remove_nodes();
+    }
+
+    let mut md = String::new();
+    md.push_str(&format!("Machine: {}.\n\n| measure | result | target | |\n| --- | --- | --- | --- |\n", machine()));
+    for row in &r.rows {
+        md.push_str(&format!("| {} | {} | {} | {} |\n", row[0], row[1], row[2], row[3]));
+    }
+    println!("{md}");
+    if let Some(path) = args.write {
+        write_report(&path, &md)?;
+    }
+    Ok(())
+}
+
+/// Replaces the generated table between the markers of the report file.
+fn write_report(path: &Path, table: &str) -> Result<()> {
+    const BEGIN: &str = "<!-- nsgroup-bench:begin -->";
+    const END: &str = "<!-- nsgroup-bench:end -->";
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| format!("# Benchmarks\n\n{BEGIN}\n{END}\n"));
+    let (Some(a), Some(z)) = (old.find(BEGIN), old.find(END)) else {
+        bail!("{} has no {BEGIN} … {END} markers", path.display());
+    };
+    let new = format!("{}{BEGIN}\n{table}{}", &old[..a], &old[z..]);
+    std::fs::write(path, new)?;
+    Ok(())
+}
