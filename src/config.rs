@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::core::cgpath::within;
 use crate::core::nsset::{NsKind, NsMask};
 
 /// The default configuration file; a missing default file means defaults.
@@ -198,10 +199,6 @@ pub struct Subject<'a> {
     pub cgroup: &'a str,
 }
 
-fn under(path: &str, prefix: &str) -> bool {
-    prefix == "/" || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
-}
-
 impl Config {
     /// Whether a task is tracked at all under the include/exclude filters.
     pub fn admits(&self, s: Subject<'_>) -> bool {
@@ -209,11 +206,11 @@ impl Config {
         let included = inc.is_empty()
             || ((inc.comm.is_empty() || inc.comm.iter().any(|c| c == s.comm))
                 && (inc.uid.is_empty() || s.uid.is_some_and(|u| inc.uid.contains(&u)))
-                && (inc.cgroup.is_empty() || inc.cgroup.iter().any(|c| under(s.cgroup, c))));
+                && (inc.cgroup.is_empty() || inc.cgroup.iter().any(|c| within(s.cgroup, c))));
         let ex = &self.exclude;
         let excluded = ex.comm.iter().any(|c| c == s.comm)
             || s.uid.is_some_and(|u| ex.uid.contains(&u))
-            || ex.cgroup.iter().any(|c| under(s.cgroup, c));
+            || ex.cgroup.iter().any(|c| within(s.cgroup, c));
         included && !excluded
     }
 }

@@ -176,7 +176,7 @@ pub mod fake {
             Ok(self.paths.get(&id).cloned())
         }
         fn create(&mut self, parent: CgroupId, name: &str) -> Result<Created, IoError> {
-            let path = crate::sys::cgroupfs::join(&self.paths[&parent], name);
+            let path = crate::core::cgpath::join(&self.paths[&parent], name);
             self.log.push(format!("mkdir {path}"));
             if let Some(id) = self.id_of(&path) {
                 let empty = self.members.get(&id).is_none_or(|m| m.is_empty())

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 
 use crate::bpf::{Event, EventKind, Probe};
+use crate::core::cgpath::within;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
 use crate::sys::cgroupfs::Hierarchy;
@@ -104,10 +105,6 @@ pub struct ProcSource {
     delivered: u64,
 }
 
-fn under(path: &str, root: &str) -> bool {
-    root == "/" || path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
-}
-
 impl ProcSource {
     /// Subscribes to the proc connector.
     pub fn open(proc: ProcFs, hierarchy: Hierarchy, root: &str) -> Result<ProcSource, IoError> {
@@ -144,7 +141,7 @@ impl ProcSource {
     /// The task's cgroup id if it lies in the tracked subtree.
     fn scoped_cgroup(&mut self, tgid: u32, tid: u32) -> Option<CgroupId> {
         let path = self.proc.cgroup_path(tgid, tid, self.hierarchy.key()).ok()??;
-        if !under(&path, &self.root) {
+        if !within(&path, &self.root) {
             return None;
         }
         if let Some(id) = self.ids.get(&path) {

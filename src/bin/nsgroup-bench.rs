@@ -31,6 +31,8 @@ struct Args {
 /// A private hierarchy `name=nsgroup-bench-<pid>` with the subtree `/b`.
 struct Bench {
     mount: PathBuf,
+    /// Scratch space for the daemons' logs and notify sockets.
+    work: PathBuf,
     name: String,
     root: String,
     nsgroup: PathBuf,
@@ -48,14 +50,16 @@ impl Bench {
     fn new() -> Result<Bench> {
         let name = format!("nsgroup-bench-{}", std::process::id());
         let mount = std::env::temp_dir().join(&name);
+        let work = std::env::temp_dir().join(format!("{name}.work"));
         std::fs::create_dir_all(&mount)?;
+        std::fs::create_dir_all(&work)?;
         let opts = format!("none,name={name},xattr,favordynmods");
         sh(Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(&mount))?;
         std::fs::create_dir(mount.join("b"))?;
         let nsgroup = std::env::current_exe()?.with_file_name("nsgroup");
         // The benchmark's own workloads run inside the tracked subtree.
         std::fs::write(mount.join("b/cgroup.procs"), std::process::id().to_string())?;
-        Ok(Bench { mount, name, root: "/b".into(), nsgroup })
+        Ok(Bench { mount, work, name, root: "/b".into(), nsgroup })
     }
 
     fn start(&self, extra: &[&str]) -> Result<Daemon> {
@@ -102,18 +106,9 @@ impl Drop for Bench {
         // Leave the hierarchy: move ourselves to its root, then remove /b.
         let _ = std::fs::write(self.mount.join("cgroup.procs"), std::process::id().to_string());
         let _ = std::fs::remove_dir(self.mount.join("b"));
-        std::thread::sleep(Duration::from_millis(50));
-        for _ in 0..5 {
-            let _ = Command::new("umount").arg(&self.mount).status();
-            std::thread::sleep(Duration::from_millis(200));
-            let alive = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().contains(&format!(":name={}:", self.name));
-            if !alive {
-                break;
-            }
-            let opts = format!("none,name={}", self.name);
-            let _ = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(&self.mount).status();
-        }
+        nsgroup::sys::mounts::destroy_named_v1(&self.name, &self.mount);
         let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 
@@ -125,13 +120,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(b: &Bench, extra: &[&str]) -> Result<Daemon> {
-        let dir = std::env::temp_dir().join(format!("{}-daemon-{}", b.name, Instant::now().elapsed().as_nanos()));
-        std::fs::create_dir_all(&dir)?;
-        let sock_path = dir.join("notify");
+        let sock_path = b.work.join("notify");
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path)?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let log = dir.join("log");
+        let log = b.work.join("daemon.log");
         let child = Command::new(&b.nsgroup)
             .args(["run", "--hierarchy"])
             .arg(&b.mount)

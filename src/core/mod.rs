@@ -1,4 +1,5 @@
 //! The pure core: namespace sets, nodes, naming and the tracker. No I/O.
+pub mod cgpath;
 pub mod histogram;
 pub mod naming;
 pub mod node;

@@ -2,7 +2,8 @@
 
 use super::super::core::node::{CgroupId, NodeRecord};
 use crate::core::nsset::NsSet;
-use crate::sys::cgroupfs::{join, Hierarchy};
+use crate::core::cgpath::join;
+use crate::sys::cgroupfs::Hierarchy;
 use crate::sys::error::{or_vanished, IoError};
 use crate::sys::procfs::ProcFs;
 

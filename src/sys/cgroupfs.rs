@@ -14,6 +14,7 @@ use rustix::io::Errno;
 use super::error::{or_vanished, IoError};
 use super::mounts::Mount;
 use super::procfs::{cgroup_path_in, HierarchyKey};
+use crate::core::cgpath::join;
 use crate::core::node::{CgroupId, NodeRecord};
 use crate::core::tracker::Granularity;
 
@@ -49,11 +50,6 @@ pub struct Hierarchy {
     key: HierarchyKey,
     /// Whether it has controllers that keep usage figures.
     accounting: bool,
-}
-
-/// A cgroup's path inside its hierarchy, `/` for the root, `/a/b` below.
-pub fn join(parent: &str, name: &str) -> String {
-    if parent == "/" { format!("/{name}") } else { format!("{parent}/{name}") }
 }
 
 impl Hierarchy {
@@ -419,7 +415,5 @@ mod tests {
         assert_eq!(h.members("/t/node_1").unwrap(), vec![10, 11]);
         assert_eq!(h.members("/gone").unwrap(), Vec::<u32>::new());
         assert_eq!(h.children("/t").unwrap(), vec!["node_1"]);
-        assert_eq!(join("/", "a"), "/a");
-        assert_eq!(join("/a", "b"), "/a/b");
     }
 }

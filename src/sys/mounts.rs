@@ -82,6 +82,37 @@ pub fn mount_named_v1(name: &str, at: &Path) -> Result<bool, IoError> {
     }
 }
 
+/// Unmounts a named v1 hierarchy so that it is destroyed, not merely
+/// detached: the kernel keeps a hierarchy alive past umount while any child
+/// cgroup, even a dying one, remains, and only a later umount frees it. So:
+/// umount, and while `/proc/self/cgroup` still lists the name, remount and
+/// umount again. Returns whether it is gone.
+pub fn destroy_named_v1(name: &str, at: &Path) -> bool {
+    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+    let alive = || {
+        std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().contains(&format!(":name={name}:"))
+    };
+    let gone = || {
+        (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            !alive()
+        })
+    };
+    // Give removed children an RCU grace period to be released.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let _ = unmount(at, UnmountFlags::empty());
+    let opts = std::ffi::CString::new(format!("none,name={name}")).expect("no NUL in name");
+    for _ in 0..5 {
+        if gone() {
+            return true;
+        }
+        if mount("cgroup", at, "cgroup", MountFlags::empty(), opts.as_c_str()).is_ok() {
+            let _ = unmount(at, UnmountFlags::empty());
+        }
+    }
+    !alive()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use super::cgroupfs::Hierarchy;
 use super::error::IoError;
 use super::procfs::ProcFs;
+use crate::core::cgpath::within;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
 
@@ -22,10 +23,6 @@ pub struct TaskSample {
     pub set: NsSet,
 }
 
-fn under(path: &str, root: &str) -> bool {
-    root == "/" || path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
-}
-
 /// Every user task whose cgroup lies at or below `root`; kernel threads and
 /// tasks that vanish while being read are left out.
 pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Vec<TaskSample>, IoError> {
@@ -34,7 +31,7 @@ pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Vec<Task
     for pid in proc.pids()? {
         for tid in proc.tids(pid)? {
             let Some(path) = proc.cgroup_path(pid, tid, hierarchy.key())? else { continue };
-            if !under(&path, root) {
+            if !within(&path, root) {
                 continue;
             }
             let Some(stat) = proc.stat(pid, tid)? else { continue };

@@ -220,29 +220,8 @@ impl Drop for Hier {
             }
         }
         if self.kind == Kind::V1 {
-            // A v1 hierarchy dies at umount only if no (even dying) child is
-            // left; remount and umount again until it is gone.
-            let alive = |name: &str| {
-                std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().contains(&format!(":name={name}:"))
-            };
-            let gone = |name: &str| {
-                (0..50).any(|_| {
-                    std::thread::sleep(Duration::from_millis(20));
-                    !alive(name)
-                })
-            };
-            // Give removed children an RCU grace period to be released.
-            std::thread::sleep(Duration::from_millis(50));
-            let _ = Command::new("umount").arg(&self.mount).status();
-            for _ in 0..5 {
-                if gone(&self.name) {
-                    break;
-                }
-                let opts = format!("none,name={}", self.name);
-                let mounted = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(&self.mount).status();
-                if mounted.is_ok_and(|s| s.success()) {
-                    let _ = Command::new("umount").arg(&self.mount).status();
-                }
+            if !nsgroup::sys::mounts::destroy_named_v1(&self.name, &self.mount) {
+                eprintln!("warning: hierarchy {} outlived its umount", self.name);
             }
         }
     }
