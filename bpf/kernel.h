@@ -83,6 +83,10 @@ struct task_struct {
 	char comm[16];
 } __core;
 
+struct seq_file;
+struct bpf_iter_meta { struct seq_file *seq; } __core;
+struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; } __core;
+
 #define PF_KTHREAD 0x00200000
 
 #endif

@@ -9,6 +9,7 @@
  *                               a caller whose set changed
  *   tp_btf/sched_process_exec   a pending task settled (ends setns coalescing)
  *   tp_btf/sched_process_exit   a task living in a node exited (cleanup)
+ *   iter/task                   a snapshot of every task in scope (reconcile)
  *
  * Only tasks whose cgroup in the tracked hierarchy lies below the tracked root
  * are reported; kernel threads never are.
@@ -284,5 +285,29 @@ int BPF_PROG(on_exit, struct task_struct *t)
 	bpf_map_delete_elem(&pending, &tid);
 	struct nsset none = {};
 	emit(NSG_EV_EXIT, t, scoped_cgroup(t), 0, &none, &none);
+	return 0;
+}
+
+SEC("iter/task")
+int snapshot(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *t = ctx->task;
+	if (!t || (BPF_CORE_READ(t, flags) & PF_KTHREAD))
+		return 0;
+	__u64 cg = scoped_cgroup(t);
+	if (!cg)
+		return 0;
+	struct nsset s;
+	read_set(t, &s);
+	struct nsg_task rec = {};
+	rec.start_ns = BPF_CORE_READ(t, start_time);
+	rec.cgroup_id = cg;
+	rec.tid = BPF_CORE_READ(t, pid);
+	rec.tgid = BPF_CORE_READ(t, tgid);
+	rec.parent = rec.tid == rec.tgid ? BPF_CORE_READ(t, real_parent, tgid) : rec.tgid;
+	__builtin_memcpy(rec.ns, s.ns, sizeof(rec.ns));
+	BPF_CORE_READ_STR_INTO(&rec.comm, t, comm);
+	bpf_seq_write(seq, &rec, sizeof(rec));
 	return 0;
 }

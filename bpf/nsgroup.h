@@ -42,4 +42,16 @@ struct nsg_event {
 	char comm[16];
 };
 
+/* One task of the start-up/overflow snapshot (iter/task), in scope only. */
+struct nsg_task {
+	__u64 start_ns;  /* task->start_time */
+	__u64 cgroup_id; /* its cgroup in the tracked hierarchy */
+	__u32 tid;
+	__u32 tgid;
+	__u32 parent;    /* the leader for a thread, else the parent process */
+	__u32 pad;
+	__u32 ns[NSG_NS_COUNT];
+	char comm[16];
+};
+
 #endif

@@ -122,7 +122,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let base_set = proc.ns_set(own_pid, own_pid)?.unwrap_or_default().masked(mask);
     let limits = Limits { max_depth: config.max_depth, max_nodes: config.max_nodes };
     let tracker = Tracker::new(base_set, hierarchy.granularity(), limits);
-    let writer = CgroupWriter::new(hierarchy.clone(), &root)?;
+    let writer = CgroupWriter::new(hierarchy.clone(), &root);
     let mut placer = Placer::new(tracker, writer, unix_now);
     let adopted = adopt(&mut placer, &hierarchy, &root, &proc, mask)?;
 
@@ -214,6 +214,7 @@ fn adopt(
     let mut ids: HashMap<String, CgroupId> = HashMap::new();
     let mut adopted = 0;
     for (rel, id) in hierarchy.walk(root)? {
+        placer.backend().learn(id, rel.clone());
         ids.insert(rel.clone(), id);
         if rel == root {
             continue;
@@ -512,8 +513,7 @@ impl Daemon {
 
     fn reconcile(&mut self, why: &'static str) -> Result<Report, DaemonError> {
         let started = Instant::now();
-        self.placer.backend().rescan()?;
-        let tasks = scan(&self.proc, &self.hierarchy, &self.root)?;
+        let tasks = self.snapshot()?;
         let paths: HashMap<u32, String> = tasks.iter().map(|t| (t.tid, t.cgroup_path.clone())).collect();
         let config = &self.config;
         let proc = &self.proc;
@@ -531,6 +531,28 @@ impl Daemon {
         self.stats.reconciles += 1;
         info!(why, elapsed_ms = started.elapsed().as_millis() as u64, ?report, "reconciled");
         Ok(report)
+    }
+
+    /// Every task in scope: from the BPF task iterator, or from /proc.
+    fn snapshot(&mut self) -> Result<Vec<TaskSample>, DaemonError> {
+        let Source::Bpf(probe) = &mut self.source else {
+            return Ok(scan(&self.proc, &self.hierarchy, &self.root)?);
+        };
+        let mut out = Vec::new();
+        for r in probe.snapshot()? {
+            let Some(cgroup_path) = self.placer.backend().path_of(r.cgroup)? else { continue };
+            out.push(TaskSample {
+                tid: r.tid,
+                tgid: r.tgid,
+                parent: r.parent,
+                start: r.start_ns,
+                comm: r.comm,
+                cgroup: r.cgroup,
+                cgroup_path,
+                set: r.set,
+            });
+        }
+        Ok(out)
     }
 
     fn log_stats(&self) {

@@ -43,7 +43,7 @@ pub fn reconcile<B: CgroupBackend>(
     respect_other_writers: bool,
     mut admits: impl FnMut(&TaskSample) -> bool,
 ) -> Result<(Report, Vec<Placed>), IoError> {
-    tasks.sort_by_key(|t| (t.start_ticks, t.tgid, t.tid));
+    tasks.sort_by_key(|t| (t.start, t.tgid, t.tid));
     let mut report = Report { examined: tasks.len(), ..Report::default() };
     let mut moved: HashMap<u32, (CgroupId, CgroupId)> = HashMap::new();
     let mut placed = Vec::with_capacity(tasks.len());
@@ -110,7 +110,7 @@ mod tests {
             tid,
             tgid: tid,
             parent,
-            start_ticks: start,
+            start,
             comm: format!("t{tid}"),
             cgroup,
             cgroup_path: String::new(),

@@ -80,8 +80,7 @@ impl Event {
         let ptid = r.u32();
         let set = r.set();
         let prev = r.set();
-        let comm_bytes: [u8; 16] = r.take();
-        let len = comm_bytes.iter().position(|&b| b == 0).unwrap_or(16);
+        let comm = comm(r.take());
         let kind = match kind {
             1 => EventKind::Fork { ptid },
             2 => EventKind::Unshare,
@@ -90,7 +89,6 @@ impl Event {
             5 => EventKind::Exit,
             k => return Err(DecodeError::Kind(k)),
         };
-        let comm = String::from_utf8_lossy(&comm_bytes[..len]).into_owned();
         Ok(Event { kind, ktime_ns, start_ns, cgroup, tid, tgid, set, prev, comm })
     }
 
@@ -123,9 +121,70 @@ impl Event {
     }
 }
 
+/// Size in bytes of `struct nsg_task`.
+pub const TASK_RECORD_SIZE: usize = 8 * 2 + 4 * 4 + 4 * 10 + 16;
+
+/// One task of an `iter/task` snapshot (`struct nsg_task`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Start time, nanoseconds after boot.
+    pub start_ns: u64,
+    pub cgroup: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    /// The leader for a thread, else the parent process.
+    pub parent: u32,
+    pub set: NsSet,
+    pub comm: String,
+}
+
+fn comm(bytes: [u8; 16]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(16);
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
+}
+
+impl TaskRecord {
+    /// Decodes a snapshot: whole records back to back; a torn tail is ignored.
+    pub fn decode_all(bytes: &[u8]) -> Vec<TaskRecord> {
+        bytes
+            .chunks_exact(TASK_RECORD_SIZE)
+            .map(|chunk| {
+                let mut r = Reader(chunk);
+                let start_ns = r.u64();
+                let cgroup = r.u64();
+                let (tid, tgid, parent, _pad) = (r.u32(), r.u32(), r.u32(), r.u32());
+                let set = r.set();
+                TaskRecord { start_ns, cgroup, tid, tgid, parent, set, comm: comm(r.take()) }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_snapshot_records() {
+        let mut bytes = Vec::new();
+        for v in [7u64, 9] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [10u32, 10, 1, 0] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        for i in 0..10u32 {
+            bytes.extend_from_slice(&(100 + i).to_ne_bytes());
+        }
+        bytes.extend_from_slice(b"sleep\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(bytes.len(), TASK_RECORD_SIZE);
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let recs = TaskRecord::decode_all(&bytes);
+        assert_eq!(recs.len(), 1);
+        assert_eq!((recs[0].start_ns, recs[0].cgroup, recs[0].tid, recs[0].parent), (7, 9, 10, 1));
+        assert_eq!(recs[0].set.get(crate::core::nsset::NsKind::Uts), 109);
+        assert_eq!(recs[0].comm, "sleep");
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic() {

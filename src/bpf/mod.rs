@@ -6,10 +6,11 @@ pub mod event;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, Iter, TracePoint};
+use std::io::Read;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, TaskRecord};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nsgroup.bpf.o"));
 
@@ -38,6 +39,10 @@ pub enum BpfError {
     Map(&'static str, aya::maps::MapError),
     #[error("ring_buffer_bytes must be a power of two of at least 4096, got {0}")]
     RingSize(u32),
+    #[error("creating the task iterator: {0}")]
+    Iter(aya::programs::links::LinkError),
+    #[error("reading the task iterator: {0}")]
+    Read(std::io::Error),
     #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
     Tracefs(rustix::io::Errno),
 }
@@ -70,7 +75,7 @@ const SYSCALL_HOOKS: [(&str, &str); 4] = [
 
 /// The loaded, attached programs and their maps.
 pub struct Probe {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     ring: RingBuf<MapData>,
     stats: Array<MapData, u64>,
     pending: BpfHashMap<MapData, u32, u8>,
@@ -107,6 +112,9 @@ impl Probe {
             prog.attach("syscalls", tp).map_err(|source| BpfError::Program { name, source })?;
             hooks.push(format!("tracepoint/syscalls/{tp}"));
         }
+        let snapshot: &mut Iter = program(&mut ebpf, "snapshot")?;
+        snapshot.load("task", &btf).map_err(|source| BpfError::Program { name: "snapshot", source })?;
+        hooks.push("iter/task".to_string());
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(BpfError::Map(name, aya::maps::MapError::InvalidName { name: name.into() }))
         };
@@ -114,7 +122,19 @@ impl Probe {
         let stats = Array::try_from(map(&mut ebpf, "stats")?).map_err(|e| BpfError::Map("stats", e))?;
         let pending = BpfHashMap::try_from(map(&mut ebpf, "pending")?).map_err(|e| BpfError::Map("pending", e))?;
         let tracked = BpfHashMap::try_from(map(&mut ebpf, "tracked")?).map_err(|e| BpfError::Map("tracked", e))?;
-        Ok(Probe { _ebpf: ebpf, ring, stats, pending, tracked, hooks })
+        Ok(Probe { ebpf, ring, stats, pending, tracked, hooks })
+    }
+
+    /// Every task in scope right now, read by the `iter/task` program.
+    pub fn snapshot(&mut self) -> Result<Vec<TaskRecord>, BpfError> {
+        let name = "snapshot";
+        let prog: &mut Iter = program(&mut self.ebpf, name)?;
+        let link_id = prog.attach().map_err(|source| BpfError::Program { name, source })?;
+        let link = prog.take_link(link_id).map_err(|source| BpfError::Program { name, source })?;
+        let mut file = link.into_file().map_err(BpfError::Iter)?;
+        let mut bytes = Vec::with_capacity(1 << 20);
+        file.read_to_end(&mut bytes).map_err(BpfError::Read)?;
+        Ok(TaskRecord::decode_all(&bytes))
     }
 
     /// The attached hooks, for the start-up log.

@@ -87,6 +87,8 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Tracker {
     nodes: HashMap<CgroupId, Node>,
+    /// How many child nodes each node has.
+    child_nodes: HashMap<CgroupId, usize>,
     by_set: HashMap<NsSet, CgroupId>,
     /// The set of cgroups that are not nodes (the daemon's own, masked).
     base_set: NsSet,
@@ -97,7 +99,7 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker with no nodes yet.
     pub fn new(base_set: NsSet, granularity: Granularity, limits: Limits) -> Tracker {
-        Tracker { nodes: HashMap::new(), by_set: HashMap::new(), base_set, granularity, limits }
+        Tracker { nodes: HashMap::new(), child_nodes: HashMap::new(), by_set: HashMap::new(), base_set, granularity, limits }
     }
 
     /// Decides where a task that reports `entry` belongs.
@@ -170,7 +172,10 @@ impl Tracker {
             }
         }
         self.by_set.insert(node.record.set, node.id);
-        self.nodes.insert(node.id, node);
+        if let Some(old) = self.nodes.insert(node.id, node.clone()) {
+            self.uncount_child(old.parent);
+        }
+        *self.child_nodes.entry(node.parent).or_default() += 1;
         Ok(())
     }
 
@@ -180,7 +185,17 @@ impl Tracker {
         if self.by_set.get(&node.record.set) == Some(&id) {
             self.by_set.remove(&node.record.set);
         }
+        self.uncount_child(node.parent);
         Some(node)
+    }
+
+    fn uncount_child(&mut self, parent: CgroupId) {
+        if let Some(n) = self.child_nodes.get_mut(&parent) {
+            *n -= 1;
+            if *n == 0 {
+                self.child_nodes.remove(&parent);
+            }
+        }
     }
 
     /// A known node.
@@ -211,7 +226,7 @@ impl Tracker {
 
     /// Whether a node has child nodes.
     pub fn has_child_nodes(&self, id: CgroupId) -> bool {
-        self.nodes.values().any(|n| n.parent == id)
+        self.child_nodes.contains_key(&id)
     }
 }
 

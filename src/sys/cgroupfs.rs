@@ -265,11 +265,11 @@ pub struct CgroupWriter {
 }
 
 impl CgroupWriter {
-    /// A writer for the subtree `root` of `hierarchy`.
-    pub fn new(hierarchy: Hierarchy, root: &str) -> Result<CgroupWriter, IoError> {
-        let mut w = CgroupWriter { hierarchy, root: root.to_string(), paths: HashMap::new(), attach_fds: HashMap::new() };
-        w.rescan()?;
-        Ok(w)
+    /// A writer for the subtree `root` of `hierarchy`; it learns paths as
+    /// it is told them ([`CgroupWriter::learn`]) or, for an unknown id, by
+    /// walking the subtree.
+    pub fn new(hierarchy: Hierarchy, root: &str) -> CgroupWriter {
+        CgroupWriter { hierarchy, root: root.to_string(), paths: HashMap::new(), attach_fds: HashMap::new() }
     }
 
     /// Learns every cgroup of the subtree again.

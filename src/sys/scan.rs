@@ -16,7 +16,8 @@ pub struct TaskSample {
     pub tgid: u32,
     /// The task it was forked from: the leader for a thread, else the parent process.
     pub parent: u32,
-    pub start_ticks: u64,
+    /// When it started (any monotonic unit): reconcile goes in start order.
+    pub start: u64,
     pub comm: String,
     pub cgroup: CgroupId,
     pub cgroup_path: String,
@@ -52,7 +53,7 @@ pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Vec<Task
                 tid,
                 tgid: pid,
                 parent: if tid == pid { stat.ppid } else { pid },
-                start_ticks: stat.start_ticks,
+                start: stat.start_ticks,
                 comm: stat.comm,
                 cgroup,
                 cgroup_path: path,
