@@ -2,7 +2,7 @@
 //! reconcile whenever events may have been lost.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -124,7 +124,9 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let tracker = Tracker::new(base_set, hierarchy.granularity(), limits);
     let writer = CgroupWriter::new(hierarchy.clone(), &root);
     let mut placer = Placer::new(tracker, writer, unix_now);
+    let started = Instant::now();
     let adopted = adopt(&mut placer, &hierarchy, &root, &proc, mask)?;
+    let adopt_ms = started.elapsed().as_millis() as u64;
 
     // Attach before the snapshot: what happens meanwhile queues up and is
     // applied after it (placements are idempotent).
@@ -177,9 +179,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         seen_drops: 0,
         stats: Stats::default(),
     };
-    let started = Instant::now();
+    let reconcile_started = Instant::now();
     let report = d.reconcile("start")?;
-    d.sweep_empty_nodes();
     if d.source.needs_rescans() {
         d.schedule(Duration::from_millis(RESCAN_MIN_MS), Timer::Rescan(RESCAN_MIN_MS));
     }
@@ -191,7 +192,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         moved = report.moved,
         created = report.created,
         source = %d.source.describe(),
-        reconcile_ms = started.elapsed().as_millis() as u64,
+        adopt_ms,
+        reconcile_ms = reconcile_started.elapsed().as_millis() as u64,
         "nsgroup is tracking"
     );
     if let Err(e) = crate::sys::notify::sd_notify("READY=1") {
@@ -289,9 +291,8 @@ impl Daemon {
                 if let Err(e) = self.reconcile("overflow") {
                     warn!("reconcile after overflow failed: {e}");
                 }
-                // Exits may have been lost too: look for emptied nodes now
-                // and again once the burst is over.
-                self.sweep_empty_nodes();
+                // Exits may have been lost too: the reconcile swept emptied
+                // nodes; look again once the burst is over.
                 for ms in SWEEP_AFTER_OVERFLOW_MS {
                     self.schedule(Duration::from_millis(ms), Timer::Sweep);
                 }
@@ -320,7 +321,7 @@ impl Daemon {
                     }
                 }
                 Some(Timer::Cleanup(node, attempt)) => self.cleanup(node, attempt),
-                Some(Timer::Sweep) => self.sweep_empty_nodes(),
+                Some(Timer::Sweep) => self.sweep_empty_nodes(&HashSet::new()),
                 Some(Timer::Rescan(interval)) => {
                     let found = match self.reconcile("rescan") {
                         Ok(r) => r.moved > 0,
@@ -490,18 +491,15 @@ impl Daemon {
         }
     }
 
-    /// Removes (per policy) every node that is empty now.
-    fn sweep_empty_nodes(&mut self) {
+    /// Removes (per policy) every node that is empty now; `occupied` are
+    /// nodes known to hold tasks (not tried).
+    fn sweep_empty_nodes(&mut self, occupied: &HashSet<CgroupId>) {
         if self.config.cleanup == Cleanup::Keep {
             return;
         }
-        let leaves: Vec<CgroupId> = self
-            .placer
-            .tracker()
-            .nodes()
-            .filter(|n| !self.placer.tracker().has_child_nodes(n.id))
-            .map(|n| n.id)
-            .collect();
+        let tracker = self.placer.tracker();
+        let leaves: Vec<CgroupId> =
+            tracker.nodes().filter(|n| !tracker.has_child_nodes(n.id) && !occupied.contains(&n.id)).map(|n| n.id).collect();
         for id in leaves {
             if self.config.cleanup == Cleanup::Remove {
                 self.cleanup(id, CLEANUP_BACKOFF_MS.len() as u32);
@@ -523,11 +521,14 @@ impl Daemon {
         };
         let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admits)?;
         self.last_placed = placed.iter().map(|p| (p.tid, p.cgroup)).collect();
+        let mut occupied = HashSet::new();
         for p in placed {
             if self.placer.tracker().node(p.cgroup).is_some() {
                 self.source.track(p.tid, p.cgroup);
+                occupied.insert(p.cgroup);
             }
         }
+        self.sweep_empty_nodes(&occupied);
         self.stats.reconciles += 1;
         info!(why, elapsed_ms = started.elapsed().as_millis() as u64, ?report, "reconciled");
         Ok(report)

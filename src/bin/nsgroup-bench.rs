@@ -540,12 +540,12 @@ fn main() -> Result<()> {
     for count in if q { vec![1000, 2000] } else { vec![1000, 2000, 10_000] } {
         let (held, _) = Held::spawn(count)?;
         let d = b.start(&[])?;
-        let first = d.figure("reconcile_ms").unwrap_or(0);
+        let first = d.figure("adopt_ms").unwrap_or(0) + d.figure("reconcile_ms").unwrap_or(0);
         let created = d.figure("created").unwrap_or(0);
         let rss = d.rss_kib();
         d.stop()?;
         let d = b.start(&[])?;
-        let again = d.figure("reconcile_ms").unwrap_or(0);
+        let again = d.figure("adopt_ms").unwrap_or(0) + d.figure("reconcile_ms").unwrap_or(0);
         let adopted = d.figure("adopted").unwrap_or(0);
         r.row(
             &format!("start-up reconcile, {count} tasks in sets: first start (creates {created} nodes) / restart (adopts {adopted})"),

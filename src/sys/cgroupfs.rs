@@ -130,31 +130,38 @@ impl Hierarchy {
         Ok(text.unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
-    /// The names of a cgroup's child cgroups, sorted; empty when it is gone.
-    pub fn children(&self, rel: &str) -> Result<Vec<String>, IoError> {
+    /// A cgroup's child cgroups with their ids (directory inodes, from the
+    /// directory entries), sorted by name; empty when it is gone.
+    pub fn child_ids(&self, rel: &str) -> Result<Vec<(String, CgroupId)>, IoError> {
+        use std::os::unix::fs::DirEntryExt;
         let d = self.dir(rel);
         let entries = match fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) if super::error::vanished(&e) => return Ok(Vec::new()),
             Err(e) => return Err(IoError::new("list", &d, e)),
         };
-        let mut out: Vec<String> = entries
+        let mut out: Vec<(String, CgroupId)> = entries
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.ino())))
             .collect();
         out.sort();
         Ok(out)
     }
 
+    /// The names of a cgroup's child cgroups, sorted; empty when it is gone.
+    pub fn children(&self, rel: &str) -> Result<Vec<String>, IoError> {
+        Ok(self.child_ids(rel)?.into_iter().map(|(name, _)| name).collect())
+    }
+
     /// Every cgroup at and below `rel`, parents before children, with ids.
     pub fn walk(&self, rel: &str) -> Result<Vec<(String, CgroupId)>, IoError> {
+        let Some(id) = or_vanished(self.id(rel))? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        let mut stack = vec![rel.to_string()];
-        while let Some(cg) = stack.pop() {
-            let Some(id) = or_vanished(self.id(&cg))? else { continue };
-            for child in self.children(&cg)?.into_iter().rev() {
-                stack.push(join(&cg, &child));
+        let mut stack = vec![(rel.to_string(), id)];
+        while let Some((cg, id)) = stack.pop() {
+            for (child, child_id) in self.child_ids(&cg)?.into_iter().rev() {
+                stack.push((join(&cg, &child), child_id));
             }
             out.push((cg, id));
         }
