@@ -8,7 +8,7 @@
  *   syscalls:sys_{enter,exit}_unshare, _setns
  *                               a caller whose set changed
  *   tp_btf/sched_process_exec   a pending task settled (ends setns coalescing)
- *   tp_btf/sched_process_exit   a task living in a node exited (cleanup)
+ *   tp_btf/sched_process_exit   a task living in a node (or not placed yet) exited
  *   iter/task                   a snapshot of every task in scope (reconcile)
  *
  * Only tasks whose cgroup in the tracked hierarchy lies below the tracked root
@@ -48,8 +48,9 @@ struct {
 	__type(value, __u8);
 } pending SEC(".maps");
 
-/* Tasks living in a node (tid -> 1): their exits are reported. Children of
- * tracked tasks are tracked. LRU: a lost entry costs a delayed cleanup only. */
+/* Tasks living in a node (tid -> 1): their exits are reported. The daemon
+ * adds the tasks it places; children of tracked tasks are tracked. LRU: a lost
+ * entry costs a delayed cleanup only. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -202,7 +203,8 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	}
 	bpf_map_update_elem(&pending, &ctid, &one, BPF_ANY);
-	bpf_map_update_elem(&tracked, &ctid, &one, BPF_ANY);
+	if (bpf_map_lookup_elem(&tracked, &ptid))
+		bpf_map_update_elem(&tracked, &ctid, &one, BPF_ANY);
 	emit(NSG_EV_FORK, child, cg, ptid, &c, &p);
 	return 0;
 }
@@ -236,7 +238,6 @@ static __always_inline int on_syscall_exit(__u32 kind, long ret)
 	if (!cg)
 		return 0;
 	bpf_map_update_elem(&pending, &tid, &one, BPF_ANY);
-	bpf_map_update_elem(&tracked, &tid, &one, BPF_ANY);
 	emit(kind, t, cg, 0, &now, &prev);
 	return 0;
 }
@@ -279,7 +280,9 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *t)
 {
 	__u32 tid = BPF_CORE_READ(t, pid);
-	if (!bpf_map_lookup_elem(&tracked, &tid))
+	/* Pending until the daemon has placed it, tracked from then on: an
+	 * exit in between is never missed. */
+	if (!bpf_map_lookup_elem(&tracked, &tid) && !bpf_map_lookup_elem(&pending, &tid))
 		return 0;
 	bpf_map_delete_elem(&tracked, &tid);
 	bpf_map_delete_elem(&pending, &tid);

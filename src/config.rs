@@ -40,12 +40,19 @@ pub struct Config {
     /// placed (nsenter enters one namespace per call); ended early by its
     /// next fork or execve.
     pub setns_settle_us: u64,
+    /// Coalescing under load (µs): when tasks enter new sets on average less
+    /// than four windows apart, the daemon waits this long for more events
+    /// before placing, and a task that exits within the window gets no node.
+    /// 0: never wait.
+    pub batch_window_us: u64,
     /// Where events come from.
     pub source: Source,
     /// Run the daemon under SCHED_FIFO at this priority (1–99) so that a
     /// placement does not wait behind the workload for a CPU; 0 keeps the
     /// normal scheduler.
     pub realtime_priority: u8,
+    /// The daemon's nice value (-20–19) when it does not run under SCHED_FIFO.
+    pub nice: i8,
 }
 
 /// Filters by command name, user id and cgroup path prefix.
@@ -98,8 +105,10 @@ impl Default for Config {
             linger_seconds: 10,
             ring_buffer_bytes: 1 << 20,
             setns_settle_us: 2000,
+            batch_window_us: 200,
             source: Source::Auto,
             realtime_priority: 1,
+            nice: 0,
         }
     }
 }
@@ -149,6 +158,9 @@ impl Config {
         }
         if self.realtime_priority > 99 {
             return Err(("realtime_priority", format!("{} is above 99", self.realtime_priority)));
+        }
+        if !(-20..=19).contains(&self.nice) {
+            return Err(("nice", format!("{} is outside -20..19", self.nice)));
         }
         if self.max_depth == 0 {
             return Err(("max_depth", "must be at least 1".into()));
@@ -241,6 +253,7 @@ cleanup = "linger"
 linger_seconds = 3
 ring_buffer_bytes = 4096
 setns_settle_us = 100
+batch_window_us = 0
 source = "proc"
 realtime_priority = 0
 [include]

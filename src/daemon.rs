@@ -105,8 +105,48 @@ struct Daemon {
     /// Where each task was last put: a later event of the same entry (its
     /// exec, read before the move) does not move it again.
     last_placed: HashMap<u32, CgroupId>,
+    /// How often batches with entries (not only exits) arrive.
+    arrivals: Arrivals,
+    /// Whether the daemon runs in its high-rate mode (None: not set yet).
+    busy: Option<bool>,
     seen_drops: u64,
     stats: Stats,
+}
+
+/// Coalescing starts when entries arrive on average less than this many
+/// batch windows apart (and stops above twice as many).
+const COALESCE_BELOW_WINDOWS: u32 = 4;
+
+/// The mean time between arrivals, as an exponentially weighted average
+/// (weight 1/8 for the newest gap), so that jitter does not flip the mode.
+struct Arrivals {
+    last: Option<Instant>,
+    mean: Duration,
+}
+
+impl Default for Arrivals {
+    fn default() -> Arrivals {
+        Arrivals { last: None, mean: Duration::from_secs(1) }
+    }
+}
+
+impl Arrivals {
+    /// Records an arrival now; returns the mean gap.
+    fn note(&mut self) -> Duration {
+        let now = Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            self.mean = (self.mean * 7 + now.duration_since(last)) / 8;
+        }
+        self.mean
+    }
+}
+
+/// The tasks (tid, start) of a batch that exited within it and forked no
+/// child in it: placing them would only make a node to remove at once.
+fn short_lived(batch: &[Event]) -> HashSet<(u32, u64)> {
+    let parents: HashSet<u32> =
+        batch.iter().filter_map(|e| if let EventKind::Fork { ptid } = e.kind { Some(ptid) } else { None }).collect();
+    batch.iter().filter(|e| e.kind == EventKind::Exit && !parents.contains(&e.tid)).map(|e| (e.tid, e.start_ns)).collect()
 }
 
 /// Runs until SIGTERM or SIGINT. Nodes stay when it stops.
@@ -150,9 +190,9 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     };
     // The BTF parse at load left megabytes of freed heap behind.
     crate::ffi::release_free_memory();
-    if config.realtime_priority > 0 {
-        if let Err(e) = crate::ffi::set_realtime(i32::from(config.realtime_priority)) {
-            warn!("could not switch to SCHED_FIFO (realtime_priority): {e}");
+    if config.nice != 0 {
+        if let Err(e) = rustix::process::setpriority_process(None, i32::from(config.nice)) {
+            warn!("could not set the nice value: {e}");
         }
     }
     let (sig_read, sig_write) = UnixStream::pair().map_err(DaemonError::Signals)?;
@@ -176,11 +216,14 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         next_timer: 0,
         deferred: HashMap::new(),
         last_placed: HashMap::new(),
+        arrivals: Arrivals::default(),
+        busy: None,
         seen_drops: 0,
         stats: Stats::default(),
     };
     let reconcile_started = Instant::now();
     let report = d.reconcile("start")?;
+    d.set_mode(false);
     if d.source.needs_rescans() {
         d.schedule(Duration::from_millis(RESCAN_MIN_MS), Timer::Rescan(RESCAN_MIN_MS));
     }
@@ -273,14 +316,31 @@ impl Daemon {
             }
             loop {
                 batch.clear();
-                let bad = self.source.drain(1024, &mut batch)?;
-                if bad > 0 {
-                    warn!(records = bad, "undecodable ring buffer records skipped");
-                }
+                self.drain_into(&mut batch)?;
                 if batch.is_empty() {
                     break;
                 }
+                // Under a high rate of new sets, coalesce: wait a little for
+                // more events, so that tasks gone within the window (they said
+                // so with their exit) get no node. At lower rates, place at once.
+                if batch.iter().any(|e| e.kind != EventKind::Exit) {
+                    let window = Duration::from_micros(self.config.batch_window_us);
+                    let mean = self.arrivals.note();
+                    // Hysteresis: into the high-rate mode below 4 windows, out above 8.
+                    let limit = if self.busy == Some(true) { window * 2 * COALESCE_BELOW_WINDOWS } else { window * COALESCE_BELOW_WINDOWS };
+                    let busy = mean < limit;
+                    self.set_mode(busy);
+                    if busy && !window.is_zero() {
+                        std::thread::sleep(window);
+                        self.drain_into(&mut batch)?;
+                    }
+                }
+                let short_lived = short_lived(&batch);
                 for ev in batch.drain(..) {
+                    if ev.kind != EventKind::Exit && short_lived.contains(&(ev.tid, ev.start_ns)) {
+                        self.deferred.remove(&ev.tid);
+                        continue;
+                    }
                     self.handle(ev);
                 }
             }
@@ -299,6 +359,31 @@ impl Daemon {
             }
             self.run_timers();
         }
+    }
+
+    /// Idle or under a low rate: SCHED_FIFO (if configured), to place at
+    /// once. Under a high rate: the normal scheduler, so that the daemon does
+    /// not preempt the very tasks it places (a real-time wakeup stays on its
+    /// CPU instead of taking an idle one), and coalescing does the rest.
+    fn set_mode(&mut self, busy: bool) {
+        let priority = self.config.realtime_priority;
+        if priority == 0 || self.busy == Some(busy) {
+            return;
+        }
+        self.busy = Some(busy);
+        let wanted = (!busy).then_some(i32::from(priority));
+        if let Err(e) = crate::ffi::set_realtime(wanted) {
+            warn!("could not change the scheduling policy (realtime_priority): {e}");
+        }
+        debug!(busy, "scheduling mode");
+    }
+
+    fn drain_into(&mut self, batch: &mut Vec<Event>) -> Result<(), DaemonError> {
+        let bad = self.source.drain(4096, batch)?;
+        if bad > 0 {
+            warn!(records = bad, "undecodable ring buffer records skipped");
+        }
+        Ok(())
     }
 
     fn schedule(&mut self, after: Duration, job: Timer) {
@@ -361,10 +446,15 @@ impl Daemon {
             }
             EventKind::Unshare => self.place_event(&ev, ev.prev),
             EventKind::Exit => {
+                debug!(tid = ev.tid, cgroup = ev.cgroup, "exited");
                 self.deferred.remove(&ev.tid);
-                self.last_placed.remove(&ev.tid);
-                if let Some(&node) = self.placer.tracker().cleanup_candidates(ev.cgroup).first() {
-                    self.schedule_cleanup(node, 0);
+                // Where it died, and where it was put last: a task moved while
+                // already exiting stays where it was, leaving its new node empty.
+                let put = self.last_placed.remove(&ev.tid);
+                for cgroup in std::iter::once(ev.cgroup).chain(put.filter(|&p| p != ev.cgroup)) {
+                    if let Some(&node) = self.placer.tracker().cleanup_candidates(cgroup).first() {
+                        self.schedule_cleanup(node, 0);
+                    }
                 }
             }
         }
@@ -400,7 +490,6 @@ impl Daemon {
             return;
         }
         let outcome = self.placer.carry_out(placement, &entry, &ev.comm);
-        self.source.settled(ev.tid);
         match outcome {
             Ok(Outcome::Moved { to, created }) => {
                 let latency_us = monotonic_ns().saturating_sub(ev.ktime_ns) / 1000;
@@ -412,14 +501,26 @@ impl Daemon {
                     info!(event = "node_created", path = %path, creator_pid = ev.tid, creator_comm = %ev.comm, "node created");
                 }
                 debug!(tid = ev.tid, kind = ?ev.kind, to, latency_us, "placed");
-                self.source.placed(ev.tid, to);
-                self.last_placed.insert(ev.tid, to);
+                // Tracked before it stops being pending: its exit is reported.
+                self.source.track(ev.tid, to);
+                // The node it left (setns back, or on to another set's node) may be empty now.
+                let left = self.last_placed.insert(ev.tid, to).unwrap_or(ev.cgroup);
+                if left != to && self.placer.tracker().node(left).is_some() {
+                    self.schedule_cleanup(left, 0);
+                }
+                self.source.settled(ev.tid);
                 self.follow_children(&entry);
+                return;
+            }
+            Ok(Outcome::Stayed) if self.placer.tracker().node(ev.cgroup).is_some() => {
+                // Already in its node (forked there): its exit matters too.
+                self.source.track(ev.tid, ev.cgroup);
             }
             Ok(Outcome::Refused(why)) => warn!(tid = ev.tid, comm = %ev.comm, "left in place: {why}"),
             Ok(Outcome::Stayed) | Ok(Outcome::Vanished) => {}
             Err(e) => warn!(tid = ev.tid, "placing failed: {e}"),
         }
+        self.source.settled(ev.tid);
     }
 
     /// Children forked before their parent was moved, still in its old
@@ -476,10 +577,10 @@ impl Daemon {
                     current = parent.filter(|p| self.placer.tracker().node(*p).is_some());
                 }
                 Ok(None) => {
-                    let path = self.placer.backend().path_of(id).ok().flatten();
-                    let has_tasks = path.is_some_and(|p| self.hierarchy.members(&p).map_or(true, |m| !m.is_empty()));
-                    if id == node && !self.placer.tracker().has_child_nodes(id) && !has_tasks {
-                        self.schedule_cleanup(id, attempt + 1);
+                    // Busy: retry while only exiting tasks hold it (the node
+                    // asked about, or a parent reached by removing its last child).
+                    if !self.placer.tracker().has_child_nodes(id) && !self.has_live_tasks(id) {
+                        self.schedule_cleanup(id, if id == node { attempt + 1 } else { 1 });
                     }
                     return;
                 }
@@ -489,6 +590,13 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Whether a cgroup holds a task that is not on its way out.
+    fn has_live_tasks(&mut self, id: CgroupId) -> bool {
+        let Ok(Some(path)) = self.placer.backend().path_of(id) else { return false };
+        let Ok(members) = self.hierarchy.members(&path) else { return true };
+        members.into_iter().any(|tid| self.proc.stat(tid, tid).ok().flatten().is_some_and(|s| !s.is_dead()))
     }
 
     /// Removes (per policy) every node that is empty now; `occupied` are

@@ -105,12 +105,17 @@ pub fn release_free_memory() {
 }
 
 /// Puts the calling process under SCHED_FIFO at `priority` (1 = the lowest
-/// real-time priority), so that it runs as soon as an event wakes it.
-pub fn set_realtime(priority: i32) -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: priority };
+/// real-time priority), so that it runs as soon as an event wakes it; with
+/// `None`, back under the normal scheduler (SCHED_OTHER).
+pub fn set_realtime(priority: Option<i32>) -> io::Result<()> {
+    let (policy, sched_priority) = match priority {
+        Some(p) => (libc::SCHED_FIFO, p),
+        None => (libc::SCHED_OTHER, 0),
+    };
+    let param = libc::sched_param { sched_priority };
     // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is
     // the calling process.
-    match unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } {
+    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
         0 => Ok(()),
         _ => Err(io::Error::last_os_error()),
     }

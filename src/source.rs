@@ -67,14 +67,6 @@ impl Source {
         }
     }
 
-    /// The daemon placed an event's task into `node` (the BPF side tracks
-    /// the tasks it reports by itself).
-    pub fn placed(&mut self, tid: u32, node: CgroupId) {
-        if let Source::Proc(p) = self {
-            p.members.insert(tid, node);
-        }
-    }
-
     /// `tid` lives in node `node`: report its exit.
     pub fn track(&mut self, tid: u32, node: CgroupId) {
         match self {

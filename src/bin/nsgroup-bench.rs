@@ -26,10 +26,27 @@ struct Args {
     /// Write the report (Markdown) here as well as to stdout.
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Run only these parts (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Extra arguments for every `nsgroup run` (e.g. `--daemon-arg=--config=FILE`).
+    #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+    daemon_args: Vec<String>,
+}
+
+/// The parts of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Latency,
+    Storm,
+    Cost,
+    Idle,
+    Reconcile,
 }
 
 /// A private hierarchy `name=nsgroup-bench-<pid>` with the subtree `/b`.
 struct Bench {
+    daemon_args: Vec<String>,
     mount: PathBuf,
     /// Scratch space for the daemons' logs and notify sockets.
     work: PathBuf,
@@ -59,7 +76,7 @@ impl Bench {
         let nsgroup = std::env::current_exe()?.with_file_name("nsgroup");
         // The benchmark's own workloads run inside the tracked subtree.
         std::fs::write(mount.join("b/cgroup.procs"), std::process::id().to_string())?;
-        Ok(Bench { mount, work, name, root: "/b".into(), nsgroup })
+        Ok(Bench { daemon_args: Vec::new(), mount, work, name, root: "/b".into(), nsgroup })
     }
 
     fn start(&self, extra: &[&str]) -> Result<Daemon> {
@@ -130,6 +147,7 @@ impl Daemon {
             .arg(&b.mount)
             .args(["--root", &b.root])
             .args(extra)
+            .args(&b.daemon_args)
             .env("NOTIFY_SOCKET", &sock_path)
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -369,18 +387,21 @@ fn getppid_loop(n: u32) -> Duration {
 
 /// Runs `f` without, then with the daemon, `rounds` times alternately; the
 /// best of each (least disturbed by the rest of the machine).
-fn with_and_without(b: &Bench, rounds: u32, mut f: impl FnMut() -> Result<Duration>) -> Result<(Duration, Duration)> {
-    let (mut without, mut with) = (Duration::MAX, Duration::MAX);
+/// The best times without and with the daemon, and how many tasks the
+/// daemon placed in the last round.
+fn with_and_without(b: &Bench, rounds: u32, mut f: impl FnMut() -> Result<Duration>) -> Result<(Duration, Duration, u64)> {
+    let (mut without, mut with, mut placed) = (Duration::MAX, Duration::MAX, 0);
     for _ in 0..rounds {
         without = without.min(f()?);
         b.remove_nodes();
         let d = b.start(&[])?;
         with = with.min(f()?);
-        d.stop()?;
+        let log = d.stop()?;
+        placed = log.lines().rev().find_map(|l| l.split(" moved=").nth(1)?.split(' ').next()?.parse().ok()).unwrap_or(0);
         b.wait_no_nodes(Duration::from_secs(10));
         b.remove_nodes();
     }
-    Ok((without, with))
+    Ok((without, with, placed))
 }
 
 /// Median wall time of `runs` runs of a command, stdout discarded.
@@ -444,10 +465,13 @@ fn main() -> Result<()> {
         bail!("nsgroup-bench needs root (it mounts a private cgroup hierarchy and runs the daemon)");
     }
     let q = args.quick;
-    let b = Bench::new()?;
+    let mut b = Bench::new()?;
+    b.daemon_args = args.daemon_args.clone();
     let mut r = Report { rows: Vec::new() };
+    let run = |p: Part| args.only.is_empty() || args.only.contains(&p);
 
     // 1. Latency.
+    if run(Part::Latency) {
     let samples = if q { 500 } else { 3000 };
     let d = b.start(&[])?;
     let h = latency(&b, samples, 1000)?;
@@ -466,8 +490,10 @@ fn main() -> Result<()> {
         None,
     );
     b.wait_no_nodes(Duration::from_secs(10));
+    }
 
     // 2. Throughput.
+    if run(Part::Storm) {
     let storm = if q { 1000 } else { 5000 };
     let d = b.start(&[])?;
     let (cpu0, _) = d.cpu_and_wakeups();
@@ -490,20 +516,22 @@ fn main() -> Result<()> {
         None,
     );
     r.row("tasks misplaced at quiescence; BPF events lost", format!("{wrong}; {dropped}"), "0 misplaced, losses reconciled", Some(wrong == 0));
+    }
 
     // 3. Cost to the traced workload.
+    if run(Part::Cost) {
     let rounds = if q { 1 } else { 3 };
     let n = if q { 2000 } else { 10_000 };
-    let (without, with) = with_and_without(&b, rounds, || fork_loop(n, unshare_newns))?;
+    let (without, with, placed) = with_and_without(&b, rounds, || fork_loop(n, unshare_newns))?;
     let ratio = with.as_secs_f64() / without.as_secs_f64();
     r.row(
         &format!("fork/unshare(CLONE_NEWNS)/exit × {n}: without / with the daemon"),
-        format!("{} / {} = {ratio:.2}×", ms(without), ms(with)),
+        format!("{} / {} = {ratio:.2}× ({placed} short-lived tasks placed)", ms(without), ms(with)),
         "≤ 1.2×",
         Some(ratio <= 1.2),
     );
     let n = if q { 500 } else { 3000 };
-    let (without, with) = with_and_without(&b, rounds, || fork_loop(n, exec_true))?;
+    let (without, with, _) = with_and_without(&b, rounds, || fork_loop(n, exec_true))?;
     let ratio = with.as_secs_f64() / without.as_secs_f64();
     r.row(
         &format!("fork/exec(/bin/true)/exit × {n}: without / with"),
@@ -512,7 +540,7 @@ fn main() -> Result<()> {
         Some(ratio <= 1.02),
     );
     let n = if q { 1_000_000 } else { 10_000_000 };
-    let (without, with) = with_and_without(&b, rounds, || Ok(getppid_loop(n)))?;
+    let (without, with, _) = with_and_without(&b, rounds, || Ok(getppid_loop(n)))?;
     let per = |d: Duration| d.as_nanos() as f64 / f64::from(n);
     r.row(
         &format!("getppid() × {n}: without / with"),
@@ -520,8 +548,10 @@ fn main() -> Result<()> {
         "(syscall tracepoints: every task takes the slow syscall path)",
         None,
     );
+    }
 
     // 4. Idle.
+    if run(Part::Idle) {
     let d = b.start(&[])?;
     let idle = Duration::from_secs(if q { 10 } else { 60 });
     let (_, w0) = d.cpu_and_wakeups();
@@ -535,9 +565,11 @@ fn main() -> Result<()> {
         "no periodic wakeups, RSS ≤ 16 MiB",
         Some(w1 - w0 <= 1 && rss <= 16 * 1024),
     );
+    }
 
     // 5. Start-up reconcile, then 6. reading, with tasks already in sets.
-    for count in if q { vec![1000, 2000] } else { vec![1000, 2000, 10_000] } {
+    let counts = if !run(Part::Reconcile) { vec![] } else if q { vec![1000, 2000] } else { vec![1000, 2000, 10_000] };
+    for count in counts {
         let (held, _) = Held::spawn(count)?;
         let d = b.start(&[])?;
         let first = d.figure("adopt_ms").unwrap_or(0) + d.figure("reconcile_ms").unwrap_or(0);

@@ -18,6 +18,8 @@ pub struct ProcFs {
 pub struct TaskStat {
     /// The command, as the kernel has it (any bytes, made printable lossily).
     pub comm: String,
+    /// The state letter (`R`, `S`, `Z` for a zombie, …).
+    pub state: char,
     pub ppid: u32,
     /// PF_* flags; [`TaskStat::is_kernel_thread`].
     pub flags: u64,
@@ -30,11 +32,17 @@ pub struct TaskStat {
 }
 
 const PF_KTHREAD: u64 = 0x0020_0000;
+const PF_EXITING: u64 = 0x0000_0004;
 
 impl TaskStat {
     /// Kernel threads are never moved.
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0
+    }
+
+    /// An exiting, zombie or dead task: it only waits to be released.
+    pub fn is_dead(&self) -> bool {
+        self.flags & PF_EXITING != 0 || matches!(self.state, 'Z' | 'X' | 'x')
     }
 
     /// Parses a stat line; the command may hold spaces and parentheses.
@@ -48,6 +56,7 @@ impl TaskStat {
         let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
         Some(TaskStat {
             comm,
+            state: f.first()?.chars().next()?,
             ppid: num(4)? as u32,
             flags: num(9)?,
             cpu_ticks: num(14)? + num(15)?,
@@ -226,6 +235,9 @@ mod tests {
         assert_eq!(s.comm, "a) b) c\n\u{fffd}");
         assert_eq!((s.ppid, s.cpu_ticks, s.start_ticks, s.rss_pages), (7, 15, 999, 12));
         assert!(s.is_kernel_thread());
+        assert!(!s.is_dead());
+        let exiting = TaskStat::parse(b"42 (a) R 7 1 1 0 -1 4194308 0 0 0 0 10 5 0 0 20 0 1 0 999 1000 12 0").unwrap();
+        assert!(exiting.is_dead());
         assert_eq!(TaskStat::parse(b"garbage"), None);
     }
 
