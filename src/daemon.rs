@@ -109,6 +109,8 @@ struct Daemon {
     arrivals: Arrivals,
     /// Whether the daemon runs in its high-rate mode (None: not set yet).
     busy: Option<bool>,
+    /// Events held back for the batch window (high-rate mode), in order.
+    held: Vec<Event>,
     seen_drops: u64,
     stats: Stats,
 }
@@ -218,6 +220,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         last_placed: HashMap::new(),
         arrivals: Arrivals::default(),
         busy: None,
+        held: Vec::new(),
         seen_drops: 0,
         stats: Stats::default(),
     };
@@ -297,7 +300,11 @@ impl Daemon {
     fn event_loop(&mut self, signals: &UnixStream) -> Result<(), DaemonError> {
         let mut batch = Vec::with_capacity(1024);
         loop {
-            let timeout = self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            let timeout = match (next_timer, self.held_until()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
             let signalled = {
                 let ring = self.source.fd();
@@ -316,33 +323,22 @@ impl Daemon {
             }
             loop {
                 batch.clear();
+                batch.append(&mut self.held);
+                let fresh = batch.len();
                 self.drain_into(&mut batch)?;
-                if batch.is_empty() {
+                if batch.len() == fresh {
+                    // Nothing new: only held events, whose time may have come.
+                    self.process(&mut batch);
                     break;
                 }
-                // Under a high rate of new sets, coalesce: wait a little for
-                // more events, so that tasks gone within the window (they said
-                // so with their exit) get no node. At lower rates, place at once.
-                if batch.iter().any(|e| e.kind != EventKind::Exit) {
+                if batch[fresh..].iter().any(|e| e.kind != EventKind::Exit) {
                     let window = Duration::from_micros(self.config.batch_window_us);
                     let mean = self.arrivals.note();
                     // Hysteresis: into the high-rate mode below 4 windows, out above 8.
                     let limit = if self.busy == Some(true) { window * 2 * COALESCE_BELOW_WINDOWS } else { window * COALESCE_BELOW_WINDOWS };
-                    let busy = mean < limit;
-                    self.set_mode(busy);
-                    if busy && !window.is_zero() {
-                        std::thread::sleep(window);
-                        self.drain_into(&mut batch)?;
-                    }
+                    self.set_mode(mean < limit);
                 }
-                let short_lived = short_lived(&batch);
-                for ev in batch.drain(..) {
-                    if ev.kind != EventKind::Exit && short_lived.contains(&(ev.tid, ev.start_ns)) {
-                        self.deferred.remove(&ev.tid);
-                        continue;
-                    }
-                    self.handle(ev);
-                }
+                self.process(&mut batch);
             }
             let dropped = self.source.dropped();
             if dropped > self.seen_drops {
@@ -359,6 +355,40 @@ impl Daemon {
             }
             self.run_timers();
         }
+    }
+
+    /// Handles a batch in order. Under a high rate, entries younger than the
+    /// batch window are held back (with every later event of the same task,
+    /// and the children it forks) until the window has passed, so that a task
+    /// gone by then (its exit is in the batch) gets no node.
+    fn process(&mut self, batch: &mut Vec<Event>) {
+        let window_ns = self.config.batch_window_us * 1000;
+        let hold = self.busy == Some(true) && window_ns > 0;
+        let now = monotonic_ns();
+        let short_lived = short_lived(batch);
+        let mut held_tids = HashSet::new();
+        for ev in batch.drain(..) {
+            let entry = ev.kind != EventKind::Exit;
+            if entry && short_lived.contains(&(ev.tid, ev.start_ns)) {
+                self.deferred.remove(&ev.tid);
+                continue;
+            }
+            let young = entry && now.saturating_sub(ev.ktime_ns) < window_ns;
+            let follows_held = held_tids.contains(&ev.tid) || matches!(ev.kind, EventKind::Fork { ptid } if held_tids.contains(&ptid));
+            if hold && (young || follows_held) {
+                held_tids.insert(ev.tid);
+                self.held.push(ev);
+                continue;
+            }
+            self.handle(ev);
+        }
+    }
+
+    /// How long until the oldest held event's window has passed.
+    fn held_until(&self) -> Option<Duration> {
+        let oldest = self.held.iter().map(|e| e.ktime_ns).min()?;
+        let due = oldest + self.config.batch_window_us * 1000;
+        Some(Duration::from_nanos(due.saturating_sub(monotonic_ns())))
     }
 
     /// Idle or under a low rate: SCHED_FIFO (if configured), to place at
