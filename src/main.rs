@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("nsgroup: {e:#}");
+            let _ = writeln!(io::stderr(), "nsgroup: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -182,10 +182,25 @@ fn check(place: Where, config: Option<PathBuf>, json: bool) -> anyhow::Result<()
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NSGROUP_LOG").unwrap_or_else(|_| "info".into());
     let ansi = io::IsTerminal::is_terminal(&io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(|| LossyStderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// stderr that drops what it cannot write: a full log disk must not stop
+/// the daemon (the fmt layer would report the failure on stderr, and panic).
+struct LossyStderr;
+
+impl Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -338,3 +338,48 @@ fn without_bpf_the_proc_connector_and_rescans_place_tasks() {
     h.kill_all();
     wait_for("every node removed", || h.node_paths().is_empty());
 }
+
+#[test]
+fn a_full_log_disk_never_stops_the_daemon() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    // stderr on /dev/full: every log line fails with ENOSPC.
+    let mut daemon = Command::new(NSGROUP)
+        .args(["run", "--hierarchy"])
+        .arg(&h.mount)
+        .args(["--root", &h.root])
+        .env("NSGROUP_LOG", "debug")
+        .stderr(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = None;
+    wait_for("placement with a full log disk", || {
+        if p.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            p = Some(h.spawn(&["unshare", "--uts", "sleep", "60"]));
+        }
+        let pid = p.as_ref().unwrap().pid;
+        h.cgroup_of(pid) == Some(h.path(&format!("node_{pid}")))
+    });
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon is still running");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(daemon.id() as i32).unwrap(), rustix::process::Signal::TERM)
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}
+
+#[test]
+fn the_own_hierarchy_is_mounted_with_xattrs_and_favordynmods() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("nsgroup-test-own-{}", std::process::id());
+    let favordynmods = nsgroup::sys::mounts::mount_named_v1(&name, tmp.path()).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.contains(&format!("name={name}"))).unwrap().to_string();
+    let gone = nsgroup::sys::mounts::destroy_named_v1(&name, tmp.path());
+    assert!(favordynmods && line.contains("favordynmods") && line.contains("xattr"), "{line}");
+    assert!(gone);
+}
