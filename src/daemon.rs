@@ -111,6 +111,8 @@ struct Daemon {
     busy: Option<bool>,
     /// Events held back for the batch window (high-rate mode), in order.
     held: Vec<Event>,
+    /// Looks at the ring in a row that found nothing (high-rate mode).
+    quiet_ticks: u32,
     seen_drops: u64,
     stats: Stats,
 }
@@ -221,6 +223,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         arrivals: Arrivals::default(),
         busy: None,
         held: Vec::new(),
+        quiet_ticks: 0,
         seen_drops: 0,
         stats: Stats::default(),
     };
@@ -301,14 +304,16 @@ impl Daemon {
         let mut batch = Vec::with_capacity(1024);
         loop {
             let next_timer = self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
-            let timeout = match (next_timer, self.held_until()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // In the high-rate mode the daemon does not wake per event: it
+            // looks at the ring once per batch window.
+            let busy = self.busy == Some(true) && self.config.batch_window_us > 0;
+            let tick = busy.then(|| Duration::from_micros(self.config.batch_window_us));
+            let timeout = [next_timer, self.held_until(), tick].into_iter().flatten().min();
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
             let signalled = {
                 let ring = self.source.fd();
-                let mut fds = [PollFd::new(&ring, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+                let ring_events = if busy { PollFlags::empty() } else { PollFlags::IN };
+                let mut fds = [PollFd::new(&ring, ring_events), PollFd::new(signals, PollFlags::IN)];
                 match poll(&mut fds, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(IoError::new("poll", "the ring buffer", e).into()),
@@ -329,8 +334,10 @@ impl Daemon {
                 if batch.len() == fresh {
                     // Nothing new: only held events, whose time may have come.
                     self.process(&mut batch);
+                    self.quiet_tick();
                     break;
                 }
+                self.quiet_ticks = 0;
                 if batch[fresh..].iter().any(|e| e.kind != EventKind::Exit) {
                     let window = Duration::from_micros(self.config.batch_window_us);
                     let mean = self.arrivals.note();
@@ -381,6 +388,21 @@ impl Daemon {
                 continue;
             }
             self.handle(ev);
+        }
+    }
+
+    /// A look at the ring found nothing new. In the high-rate mode, after
+    /// eight quiet windows in a row (the hysteresis's upper bound), the rate
+    /// is low again: back to waking per event.
+    fn quiet_tick(&mut self) {
+        if self.busy != Some(true) || !self.held.is_empty() {
+            return;
+        }
+        self.quiet_ticks += 1;
+        if self.quiet_ticks >= 2 * COALESCE_BELOW_WINDOWS {
+            self.quiet_ticks = 0;
+            self.arrivals = Arrivals::default();
+            self.set_mode(false);
         }
     }
 
