@@ -512,13 +512,12 @@ impl Daemon {
         }
     }
 
-    fn admits(&self, comm: &str, tid: u32, cgroup: CgroupId, path: Option<&str>) -> bool {
+    fn admits(&self, comm: &str, tid: u32, path: Option<&str>) -> bool {
         let uid = if self.config.include.needs_uid() || self.config.exclude.needs_uid() {
             self.proc.uid(tid).ok().flatten()
         } else {
             None
         };
-        let _ = cgroup;
         self.config.admits(Subject { comm, uid, cgroup: path.unwrap_or("") })
     }
 
@@ -531,7 +530,7 @@ impl Daemon {
         // Unknown (the proc connector's exec): what the task's cgroup expects.
         let prev = if prev.is_empty() { self.placer.tracker().home_set(ev.cgroup) } else { prev };
         let path = self.placer.backend().path_of(ev.cgroup).ok().flatten();
-        if !self.admits(&ev.comm, ev.tid, ev.cgroup, path.as_deref()) {
+        if !self.admits(&ev.comm, ev.tid, path.as_deref()) {
             self.source.settled(ev.tid);
             return;
         }

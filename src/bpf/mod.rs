@@ -3,7 +3,7 @@
 
 pub mod event;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, Iter, TracePoint};
@@ -145,11 +145,6 @@ impl Probe {
     /// The ring buffer's fd, readable when events wait.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
-    }
-
-    /// The raw fd number, for epoll registration.
-    pub fn raw_fd(&self) -> i32 {
-        self.ring.as_raw_fd()
     }
 
     /// Takes up to `max` waiting events; undecodable records are counted in

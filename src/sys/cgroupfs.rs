@@ -13,7 +13,7 @@ use rustix::io::Errno;
 
 use super::error::{or_vanished, IoError};
 use super::mounts::Mount;
-use super::procfs::{cgroup_path_in, HierarchyKey};
+use super::procfs::HierarchyKey;
 use crate::core::cgpath::join;
 use crate::core::node::{CgroupId, NodeRecord};
 use crate::core::tracker::Granularity;
@@ -194,11 +194,6 @@ impl Hierarchy {
             }
         }
         out
-    }
-
-    /// A task's cgroup path in this hierarchy, from `/proc/<pid>/cgroup` text.
-    pub fn path_in(&self, proc_cgroup: &str) -> Option<String> {
-        cgroup_path_in(proc_cgroup, &self.key)
     }
 }
 

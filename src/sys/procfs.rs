@@ -96,11 +96,6 @@ impl ProcFs {
         ProcFs { root: root.into() }
     }
 
-    /// The procfs root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
         self.root.join(format!("{pid}/task/{tid}"))
     }
