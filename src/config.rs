@@ -212,6 +212,11 @@ pub struct Subject<'a> {
 }
 
 impl Config {
+    /// Whether a filter looks at cgroup paths.
+    pub fn filters_cgroups(&self) -> bool {
+        !self.include.cgroup.is_empty() || !self.exclude.cgroup.is_empty()
+    }
+
     /// Whether a task is tracked at all under the include/exclude filters.
     pub fn admits(&self, s: Subject<'_>) -> bool {
         let inc = &self.include;

@@ -153,6 +153,13 @@ fn short_lived(batch: &[Event]) -> HashSet<(u32, u64)> {
     batch.iter().filter(|e| e.kind == EventKind::Exit && !parents.contains(&e.tid)).map(|e| (e.tid, e.start_ns)).collect()
 }
 
+/// Whether the include/exclude filters track a task; its uid is read from
+/// /proc only when a filter names uids.
+fn admits(config: &Config, proc: &ProcFs, comm: &str, tid: u32, cgroup: &str) -> bool {
+    let uid = if config.include.needs_uid() || config.exclude.needs_uid() { proc.uid(tid).ok().flatten() } else { None };
+    config.admits(Subject { comm, uid, cgroup })
+}
+
 /// Runs until SIGTERM or SIGINT. Nodes stay when it stops.
 pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let Setup { config, hierarchy, own_hierarchy, proc } = setup;
@@ -512,15 +519,6 @@ impl Daemon {
         }
     }
 
-    fn admits(&self, comm: &str, tid: u32, path: Option<&str>) -> bool {
-        let uid = if self.config.include.needs_uid() || self.config.exclude.needs_uid() {
-            self.proc.uid(tid).ok().flatten()
-        } else {
-            None
-        };
-        self.config.admits(Subject { comm, uid, cgroup: path.unwrap_or("") })
-    }
-
     fn place_event(&mut self, ev: &Event, prev: NsSet) {
         if !self.proc.task_exists(ev.tgid, ev.tid) {
             // Gone already (a backlog after a burst): nothing to place.
@@ -529,8 +527,13 @@ impl Daemon {
         }
         // Unknown (the proc connector's exec): what the task's cgroup expects.
         let prev = if prev.is_empty() { self.placer.tracker().home_set(ev.cgroup) } else { prev };
-        let path = self.placer.backend().path_of(ev.cgroup).ok().flatten();
-        if !self.admits(&ev.comm, ev.tid, path.as_deref()) {
+        // The cgroup path is looked up only when a filter needs it.
+        let path = if self.config.filters_cgroups() {
+            self.placer.backend().path_of(ev.cgroup).ok().flatten().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if !admits(&self.config, &self.proc, &ev.comm, ev.tid, &path) {
             self.source.settled(ev.tid);
             return;
         }
@@ -671,13 +674,9 @@ impl Daemon {
     fn reconcile(&mut self, why: &'static str) -> Result<Report, DaemonError> {
         let started = Instant::now();
         let tasks = self.snapshot()?;
-        let paths: HashMap<u32, String> = tasks.iter().map(|t| (t.tid, t.cgroup_path.clone())).collect();
         let config = &self.config;
         let proc = &self.proc;
-        let admits = |t: &TaskSample| {
-            let uid = if config.include.needs_uid() || config.exclude.needs_uid() { proc.uid(t.tid).ok().flatten() } else { None };
-            config.admits(Subject { comm: &t.comm, uid, cgroup: &paths[&t.tid] })
-        };
+        let admits = |t: &TaskSample| admits(config, proc, &t.comm, t.tid, &t.cgroup_path);
         let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admits)?;
         self.last_placed = placed.iter().map(|p| (p.tid, p.cgroup)).collect();
         let mut occupied = HashSet::new();
