@@ -58,6 +58,16 @@ struct {
 	__type(value, __u8);
 } tracked SEC(".maps");
 
+/* The flags for bpf_ringbuf_submit(), set by the daemon: under a high rate it
+ * looks at the ring on a timer and asks for BPF_RB_NO_WAKEUP, so that the
+ * traced tasks pay for no wakeup (an irq_work and a remote wakeup each). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} ring_flags SEC(".maps");
+
 struct nsset { __u32 ns[NSG_NS_COUNT]; };
 
 /* The set a task had when it entered unshare()/setns(), by tid. */
@@ -165,7 +175,9 @@ static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup
 	__builtin_memcpy(e->ns, now->ns, sizeof(e->ns));
 	__builtin_memcpy(e->prev_ns, prev->ns, sizeof(e->prev_ns));
 	BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
-	bpf_ringbuf_submit(e, 0);
+	__u32 zero = 0;
+	__u64 *flags = bpf_map_lookup_elem(&ring_flags, &zero);
+	bpf_ringbuf_submit(e, flags ? *flags : 0);
 	count(NSG_STAT_EMITTED);
 }
 

@@ -40,11 +40,14 @@ pub struct Config {
     /// placed (nsenter enters one namespace per call); ended early by its
     /// next fork or execve.
     pub setns_settle_us: u64,
-    /// Coalescing under load (µs): when tasks enter new sets on average less
-    /// than four windows apart, the daemon waits this long for more events
-    /// before placing, and a task that exits within the window gets no node.
+    /// Coalescing under load (µs): above `coalesce_above_per_second`, the
+    /// daemon looks at the ring once per window and places an entry once it
+    /// is a window old; a task that exits within the window gets no node.
     /// 0: never wait.
     pub batch_window_us: u64,
+    /// The rate of entries into new sets (per second, averaged) above which
+    /// the daemon coalesces; it stops below half of it.
+    pub coalesce_above_per_second: u32,
     /// Where events come from.
     pub source: Source,
     /// Run the daemon under SCHED_FIFO at this priority (1–99) so that a
@@ -105,7 +108,8 @@ impl Default for Config {
             linger_seconds: 10,
             ring_buffer_bytes: 1 << 20,
             setns_settle_us: 2000,
-            batch_window_us: 200,
+            batch_window_us: 1000,
+            coalesce_above_per_second: 1250,
             source: Source::Auto,
             realtime_priority: 1,
             nice: 0,
@@ -161,6 +165,9 @@ impl Config {
         }
         if !(-20..=19).contains(&self.nice) {
             return Err(("nice", format!("{} is outside -20..19", self.nice)));
+        }
+        if self.coalesce_above_per_second == 0 {
+            return Err(("coalesce_above_per_second", "must be at least 1".into()));
         }
         if self.max_depth == 0 {
             return Err(("max_depth", "must be at least 1".into()));
@@ -259,6 +266,7 @@ linger_seconds = 3
 ring_buffer_bytes = 4096
 setns_settle_us = 100
 batch_window_us = 0
+coalesce_above_per_second = 5000
 source = "proc"
 realtime_priority = 0
 [include]
@@ -283,6 +291,8 @@ cgroup = ["/jobs/skip"]
         assert!(e.contains("max_depth") && e.contains("line 1"), "{e}");
         let e = parse("ring_buffer_bytes = 5000\n").unwrap_err().to_string();
         assert!(e.contains("ring_buffer_bytes"), "{e}");
+        let e = parse("coalesce_above_per_second = 0\n").unwrap_err().to_string();
+        assert!(e.contains("coalesce_above_per_second"), "{e}");
         let e = parse("namespaces = [\"nett\"]\n").unwrap_err().to_string();
         assert!(e.contains("namespaces") && e.contains("nett"), "{e}");
         assert!(parse("root = \"jobs\"").is_err());

@@ -2,7 +2,7 @@
 //! reconcile whenever events may have been lost.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -111,37 +111,36 @@ struct Daemon {
     busy: Option<bool>,
     /// Events held back for the batch window (high-rate mode), in order.
     held: Vec<Event>,
-    /// Looks at the ring in a row that found nothing (high-rate mode).
-    quiet_ticks: u32,
     seen_drops: u64,
     stats: Stats,
 }
 
-/// Coalescing starts when entries arrive on average less than this many
-/// batch windows apart (and stops above twice as many).
-const COALESCE_BELOW_WINDOWS: u32 = 4;
+/// How many of the latest entries the rate is measured over.
+const ARRIVALS_SEEN: usize = 8;
 
-/// The mean time between arrivals, as an exponentially weighted average
-/// (weight 1/8 for the newest gap), so that jitter does not flip the mode.
+/// When the latest entries happened (their BPF timestamps): a sliding window,
+/// so that one short gap does not flip the mode and a storm is noticed within
+/// a few entries, however the daemon batches its reads.
+#[derive(Default)]
 struct Arrivals {
-    last: Option<Instant>,
-    mean: Duration,
-}
-
-impl Default for Arrivals {
-    fn default() -> Arrivals {
-        Arrivals { last: None, mean: Duration::from_secs(1) }
-    }
+    recent: VecDeque<u64>,
 }
 
 impl Arrivals {
-    /// Records an arrival now; returns the mean gap.
-    fn note(&mut self) -> Duration {
-        let now = Instant::now();
-        if let Some(last) = self.last.replace(now) {
-            self.mean = (self.mean * 7 + now.duration_since(last)) / 8;
+    /// Records an entry at `ktime_ns`; once enough are seen, returns the
+    /// mean gap between the latest ones.
+    fn note(&mut self, ktime_ns: u64) -> Option<Duration> {
+        if self.recent.len() == ARRIVALS_SEEN {
+            self.recent.pop_front();
         }
-        self.mean
+        self.recent.push_back(ktime_ns);
+        let span = ktime_ns.saturating_sub(self.recent[0]);
+        (self.recent.len() == ARRIVALS_SEEN).then(|| Duration::from_nanos(span / (ARRIVALS_SEEN as u64 - 1)))
+    }
+
+    /// How long ago the latest entry happened.
+    fn since_last(&self) -> Option<Duration> {
+        self.recent.back().map(|&t| Duration::from_nanos(monotonic_ns().saturating_sub(t)))
     }
 }
 
@@ -189,13 +188,13 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         ring_buffer_bytes: config.ring_buffer_bytes,
     };
     let source = match config.source {
-        SourceChoice::Bpf => Source::Bpf(Probe::load(scope)?),
-        SourceChoice::Proc => Source::Proc(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?),
+        SourceChoice::Bpf => Source::Bpf(Box::new(Probe::load(scope)?)),
+        SourceChoice::Proc => Source::Proc(Box::new(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?)),
         SourceChoice::Auto => match Probe::load(scope) {
-            Ok(probe) => Source::Bpf(probe),
+            Ok(probe) => Source::Bpf(Box::new(probe)),
             Err(e) => {
                 warn!("BPF unavailable, falling back to the proc connector: {e}");
-                Source::Proc(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?)
+                Source::Proc(Box::new(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?))
             }
         },
     };
@@ -230,7 +229,6 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         arrivals: Arrivals::default(),
         busy: None,
         held: Vec::new(),
-        quiet_ticks: 0,
         seen_drops: 0,
         stats: Stats::default(),
     };
@@ -318,14 +316,16 @@ impl Daemon {
             let timeout = [next_timer, self.held_until(), tick].into_iter().flatten().min();
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
             let signalled = {
+                // In the high-rate mode the ring is not polled at all: a
+                // poller sits on its wait queue, and every event would wake it.
                 let ring = self.source.fd();
-                let ring_events = if busy { PollFlags::empty() } else { PollFlags::IN };
-                let mut fds = [PollFd::new(&ring, ring_events), PollFd::new(signals, PollFlags::IN)];
-                match poll(&mut fds, ts.as_ref()) {
+                let mut fds = [PollFd::new(signals, PollFlags::IN), PollFd::new(&ring, PollFlags::IN)];
+                let watched = if busy { &mut fds[..1] } else { &mut fds[..] };
+                match poll(watched, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(IoError::new("poll", "the ring buffer", e).into()),
                 }
-                fds[1].revents().contains(PollFlags::IN)
+                fds[0].revents().contains(PollFlags::IN)
             };
             if signalled {
                 let mut buf = [0u8; 16];
@@ -344,13 +344,10 @@ impl Daemon {
                     self.quiet_tick();
                     break;
                 }
-                self.quiet_ticks = 0;
-                if batch[fresh..].iter().any(|e| e.kind != EventKind::Exit) {
-                    let window = Duration::from_micros(self.config.batch_window_us);
-                    let mean = self.arrivals.note();
-                    // Hysteresis: into the high-rate mode below 4 windows, out above 8.
-                    let limit = if self.busy == Some(true) { window * 2 * COALESCE_BELOW_WINDOWS } else { window * COALESCE_BELOW_WINDOWS };
-                    self.set_mode(mean < limit);
+                for ev in batch[fresh..].iter().filter(|e| e.kind != EventKind::Exit) {
+                    if let Some(mean) = self.arrivals.note(ev.ktime_ns) {
+                        self.set_mode(mean < self.high_rate_gap());
+                    }
                 }
                 self.process(&mut batch);
             }
@@ -398,16 +395,26 @@ impl Daemon {
         }
     }
 
-    /// A look at the ring found nothing new. In the high-rate mode, after
-    /// eight quiet windows in a row (the hysteresis's upper bound), the rate
-    /// is low again: back to waking per event.
+    /// The mean gap between entries below which the rate is high. With
+    /// hysteresis: once in the high-rate mode, it takes twice the gap (half
+    /// the rate) to leave it.
+    fn high_rate_gap(&self) -> Duration {
+        let gap = Duration::from_secs(1) / self.config.coalesce_above_per_second;
+        if self.busy == Some(true) {
+            gap * 2
+        } else {
+            gap
+        }
+    }
+
+    /// A look at the ring found nothing new. In the high-rate mode, once no
+    /// entry has come for longer than the gap that ends it, the rate is low
+    /// again: back to waking per event.
     fn quiet_tick(&mut self) {
         if self.busy != Some(true) || !self.held.is_empty() {
             return;
         }
-        self.quiet_ticks += 1;
-        if self.quiet_ticks >= 2 * COALESCE_BELOW_WINDOWS {
-            self.quiet_ticks = 0;
+        if self.arrivals.since_last().is_none_or(|quiet| quiet > self.high_rate_gap()) {
             self.arrivals = Arrivals::default();
             self.set_mode(false);
         }
@@ -420,21 +427,30 @@ impl Daemon {
         Some(Duration::from_nanos(due.saturating_sub(monotonic_ns())))
     }
 
-    /// Idle or under a low rate: SCHED_FIFO (if configured), to place at
-    /// once. Under a high rate: the normal scheduler, so that the daemon does
-    /// not preempt the very tasks it places (a real-time wakeup stays on its
-    /// CPU instead of taking an idle one), and coalescing does the rest.
+    /// Idle or under a low rate: woken per event, under SCHED_FIFO (if
+    /// configured), to place at once. Under a high rate: the normal scheduler,
+    /// so that the daemon does not preempt the very tasks it places (a
+    /// real-time wakeup stays on its CPU instead of taking an idle one), no
+    /// wakeups from the ring (it looks once per window), and coalescing.
     fn set_mode(&mut self, busy: bool) {
-        let priority = self.config.realtime_priority;
-        if priority == 0 || self.busy == Some(busy) {
+        if self.busy == Some(busy) {
             return;
         }
         self.busy = Some(busy);
+        debug!(busy, "scheduling mode");
+        if self.config.batch_window_us > 0 {
+            if let Err(e) = self.source.set_wakeups(!busy) {
+                warn!("could not switch the ring buffer's wakeups: {e}");
+            }
+        }
+        let priority = self.config.realtime_priority;
+        if priority == 0 {
+            return;
+        }
         let wanted = (!busy).then_some(i32::from(priority));
         if let Err(e) = crate::ffi::set_realtime(wanted) {
             warn!("could not change the scheduling policy (realtime_priority): {e}");
         }
-        debug!(busy, "scheduling mode");
     }
 
     fn drain_into(&mut self, batch: &mut Vec<Event>) -> Result<(), DaemonError> {
@@ -729,5 +745,22 @@ impl Daemon {
             latency_max_us = s.latency.max(),
             "stats"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_mean_gap_over_the_latest_entries() {
+        let mut a = Arrivals::default();
+        for i in 0..ARRIVALS_SEEN as u64 - 1 {
+            assert_eq!(a.note(i * 100_000), None, "too few entries to tell");
+        }
+        assert_eq!(a.note(700_000), Some(Duration::from_micros(100)));
+        // One long gap raises the mean; it takes a window of short ones to forget it.
+        assert_eq!(a.note(7_100_000), Some(Duration::from_millis(1)));
+        assert!(a.since_last().is_some());
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 
-use crate::bpf::{Event, EventKind, Probe};
+use crate::bpf::{BpfError, Event, EventKind, Probe};
 use crate::core::cgpath::within;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
@@ -15,8 +15,8 @@ use crate::sys::procfs::ProcFs;
 
 /// An event source.
 pub enum Source {
-    Bpf(Probe),
-    Proc(ProcSource),
+    Bpf(Box<Probe>),
+    Proc(Box<ProcSource>),
 }
 
 impl Source {
@@ -41,6 +41,15 @@ impl Source {
         match self {
             Source::Bpf(p) => Ok(p.drain(max, out)),
             Source::Proc(p) => p.drain(max, out).map(|()| 0),
+        }
+    }
+
+    /// Whether a new event wakes the reader of [`Source::fd`]; off while the
+    /// daemon looks on a timer. Only the BPF source can stop waking it.
+    pub fn set_wakeups(&mut self, on: bool) -> Result<(), BpfError> {
+        match self {
+            Source::Bpf(p) => p.set_wakeups(on),
+            Source::Proc(_) => Ok(()),
         }
     }
 

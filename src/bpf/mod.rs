@@ -59,6 +59,9 @@ fn ensure_tracefs() -> Result<(), BpfError> {
     rustix::mount::mount("nodev", path, "tracefs", rustix::mount::MountFlags::empty(), None).map_err(BpfError::Tracefs)
 }
 
+/// `bpf_ringbuf_submit()`'s flag for "do not wake the reader".
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 /// The BTF tracepoints, by program name and tracepoint.
 const BTF_HOOKS: [(&str, &str); 3] = [
     ("on_fork", "sched_process_fork"),
@@ -78,6 +81,7 @@ pub struct Probe {
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
     stats: Array<MapData, u64>,
+    ring_flags: Array<MapData, u64>,
     pending: BpfHashMap<MapData, u32, u8>,
     tracked: BpfHashMap<MapData, u32, u8>,
     hooks: Vec<String>,
@@ -120,9 +124,10 @@ impl Probe {
         };
         let ring = RingBuf::try_from(map(&mut ebpf, "events")?).map_err(|e| BpfError::Map("events", e))?;
         let stats = Array::try_from(map(&mut ebpf, "stats")?).map_err(|e| BpfError::Map("stats", e))?;
+        let ring_flags = Array::try_from(map(&mut ebpf, "ring_flags")?).map_err(|e| BpfError::Map("ring_flags", e))?;
         let pending = BpfHashMap::try_from(map(&mut ebpf, "pending")?).map_err(|e| BpfError::Map("pending", e))?;
         let tracked = BpfHashMap::try_from(map(&mut ebpf, "tracked")?).map_err(|e| BpfError::Map("tracked", e))?;
-        Ok(Probe { ebpf, ring, stats, pending, tracked, hooks })
+        Ok(Probe { ebpf, ring, stats, ring_flags, pending, tracked, hooks })
     }
 
     /// Every task in scope right now, read by the `iter/task` program.
@@ -159,6 +164,13 @@ impl Probe {
             }
         }
         bad
+    }
+
+    /// Whether the programs wake the reader of the ring (the default), or
+    /// leave it to look on its own schedule.
+    pub fn set_wakeups(&mut self, on: bool) -> Result<(), BpfError> {
+        let flags = if on { 0 } else { BPF_RB_NO_WAKEUP };
+        self.ring_flags.set(0, flags, 0).map_err(|e| BpfError::Map("ring_flags", e))
     }
 
     /// Events the kernel could not queue (ring buffer full) since load.

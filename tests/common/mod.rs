@@ -219,10 +219,8 @@ impl Drop for Hier {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        if self.kind == Kind::V1 {
-            if !nsgroup::sys::mounts::destroy_named_v1(&self.name, &self.mount) {
-                eprintln!("warning: hierarchy {} outlived its umount", self.name);
-            }
+        if self.kind == Kind::V1 && !nsgroup::sys::mounts::destroy_named_v1(&self.name, &self.mount) {
+            eprintln!("warning: hierarchy {} outlived its umount", self.name);
         }
     }
 }
