@@ -5,7 +5,8 @@
  *                               (clone/clone3 with CLONE_NEW*, the first fork
  *                               after unshare(CLONE_NEWPID/NEWTIME)), or any
  *                               child of a task still waiting to be placed
- *   syscalls:sys_{enter,exit}_unshare, _setns
+ *   fentry/fexit ksys_unshare, __x64_sys_setns, or where the kernel refuses
+ *   those, syscalls:sys_{enter,exit}_unshare, _setns
  *                               a caller whose set changed
  *   tp_btf/sched_process_exec   a pending task settled (ends setns coalescing)
  *   tp_btf/sched_process_exit   a task living in a node (or not placed yet) exited
@@ -272,6 +273,22 @@ int on_setns_enter(void *ctx) { return on_syscall_enter(); }
 
 SEC("tracepoint/syscalls/sys_exit_setns")
 int on_setns_exit(struct sys_exit_args *ctx) { return on_syscall_exit(NSG_EV_SETNS, ctx->ret); }
+
+/* Preferred where the kernel allows them: fentry/fexit on the syscalls'
+ * kernel functions. Unlike the syscalls: tracepoints they leave every other
+ * syscall of every task on the fast path. The loader falls back to the
+ * tracepoints when the kernel refuses them. */
+SEC("fentry/ksys_unshare")
+int on_unshare_fentry(void *ctx) { return on_syscall_enter(); }
+
+SEC("fexit/ksys_unshare")
+int BPF_PROG(on_unshare_fexit, unsigned long flags, int ret) { return on_syscall_exit(NSG_EV_UNSHARE, ret); }
+
+SEC("fentry/__x64_sys_setns")
+int on_setns_fentry(void *ctx) { return on_syscall_enter(); }
+
+SEC("fexit/__x64_sys_setns")
+int BPF_PROG(on_setns_fexit, void *regs, long ret) { return on_syscall_exit(NSG_EV_SETNS, ret); }
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *t, int old_pid, void *bprm)

@@ -50,7 +50,13 @@ fn unshare_without_fork_makes_one_node() {
         return;
     }
     let mut h = Hier::new(Kind::V1);
-    let _d = Daemon::start(&h, &[]);
+    let d = Daemon::start(&h, &[]);
+    // unshare() is seen through fentry/fexit where the kernel allows them,
+    // else through the syscall tracepoints, saying why.
+    let log = d.log_text();
+    let by_function = log.contains("fentry+fexit/ksys_unshare");
+    let by_tracepoint = log.contains("tracepoint/syscalls/sys_exit_unshare") && log.contains("fentry/fexit refused: ");
+    assert!(by_function != by_tracepoint, "{log}");
     let p = h.spawn(&["unshare", "--net", "--uts", "sleep", "60"]);
     h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
     assert_eq!(h.node_paths(), [format!("node_{}", p.pid)]);

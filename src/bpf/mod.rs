@@ -6,7 +6,7 @@ pub mod event;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use aya::programs::{BtfTracePoint, Iter, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, FExit, Iter, TracePoint};
 use std::io::Read;
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -68,7 +68,13 @@ const BTF_HOOKS: [(&str, &str); 3] = [
     ("on_exec", "sched_process_exec"),
     ("on_exit", "sched_process_exit"),
 ];
-/// The syscall tracepoints, by program name and event.
+/// The unshare()/setns() hooks preferred: fentry and fexit programs by name,
+/// and the kernel function they attach to.
+const SYSCALL_FUNCTIONS: [(&str, &str, &str); 2] = [
+    ("on_unshare_fentry", "on_unshare_fexit", "ksys_unshare"),
+    ("on_setns_fentry", "on_setns_fexit", "__x64_sys_setns"),
+];
+/// The fallback: the syscall tracepoints, by program name and event.
 const SYSCALL_HOOKS: [(&str, &str); 4] = [
     ("on_unshare_enter", "sys_enter_unshare"),
     ("on_unshare_exit", "sys_exit_unshare"),
@@ -109,12 +115,12 @@ impl Probe {
             prog.attach().map_err(|source| BpfError::Program { name, source })?;
             hooks.push(format!("tp_btf/{tp}"));
         }
-        ensure_tracefs()?;
-        for (name, tp) in SYSCALL_HOOKS {
-            let prog: &mut TracePoint = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| BpfError::Program { name, source })?;
-            prog.attach("syscalls", tp).map_err(|source| BpfError::Program { name, source })?;
-            hooks.push(format!("tracepoint/syscalls/{tp}"));
+        match attach_syscall_functions(&mut ebpf, &btf) {
+            Ok(attached) => hooks.extend(attached),
+            Err(refused) => {
+                hooks.extend(attach_syscall_tracepoints(&mut ebpf)?);
+                hooks.push(format!("(fentry/fexit refused: {refused})"));
+            }
         }
         let snapshot: &mut Iter = program(&mut ebpf, "snapshot")?;
         snapshot.load("task", &btf).map_err(|source| BpfError::Program { name: "snapshot", source })?;
@@ -192,6 +198,52 @@ impl Probe {
     pub fn track(&mut self, tid: u32) {
         let _ = self.tracked.insert(tid, 1, 0);
     }
+}
+
+/// Attaches fentry/fexit to the unshare() and setns() kernel functions: all
+/// or none (what did attach is unloaded again).
+fn attach_syscall_functions(ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<String>, BpfError> {
+    let mut hooks = Vec::new();
+    let mut attach = |ebpf: &mut Ebpf| -> Result<(), BpfError> {
+        for (entry, exit, function) in SYSCALL_FUNCTIONS {
+            let prog: &mut FEntry = program(ebpf, entry)?;
+            prog.load(function, btf).map_err(|source| BpfError::Program { name: entry, source })?;
+            prog.attach().map_err(|source| BpfError::Program { name: entry, source })?;
+            let prog: &mut FExit = program(ebpf, exit)?;
+            prog.load(function, btf).map_err(|source| BpfError::Program { name: exit, source })?;
+            prog.attach().map_err(|source| BpfError::Program { name: exit, source })?;
+            hooks.push(format!("fentry+fexit/{function}"));
+        }
+        Ok(())
+    };
+    match attach(ebpf) {
+        Ok(()) => Ok(hooks),
+        Err(e) => {
+            for (entry, exit, _) in SYSCALL_FUNCTIONS {
+                if let Ok(prog) = program::<FEntry>(ebpf, entry) {
+                    let _ = prog.unload();
+                }
+                if let Ok(prog) = program::<FExit>(ebpf, exit) {
+                    let _ = prog.unload();
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Attaches the syscall tracepoints (every task then takes the slow syscall
+/// path while they are enabled).
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<String>, BpfError> {
+    ensure_tracefs()?;
+    let mut hooks = Vec::new();
+    for (name, tp) in SYSCALL_HOOKS {
+        let prog: &mut TracePoint = program(ebpf, name)?;
+        prog.load().map_err(|source| BpfError::Program { name, source })?;
+        prog.attach("syscalls", tp).map_err(|source| BpfError::Program { name, source })?;
+        hooks.push(format!("tracepoint/syscalls/{tp}"));
+    }
+    Ok(hooks)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
