@@ -679,7 +679,7 @@ fn main() -> Result<()> {
         "≤ 1.2×",
         Some(c.ratio().median() <= 1.2),
     );
-    let pairs = if q { 2 } else { 30 };
+    let pairs = if q { 2 } else { 40 };
     let n = if q { 50 } else { 200 };
     let c = compare(&b, pairs, || fork_loop(n, exec_true))?;
     r.row(
