@@ -454,6 +454,9 @@ struct Cost {
     /// Times the daemon woke up during its rounds, and tasks it placed.
     wakeups: u64,
     placed: u64,
+    /// Time in the BPF programs per sample, from one more round with the
+    /// kernel's run-time statistics on.
+    bpf_per_sample: Duration,
 }
 
 impl Cost {
@@ -472,7 +475,7 @@ impl Cost {
 
     fn summary(&self, per: &str, scale: impl Fn(Duration) -> String) -> String {
         format!(
-            "total {} / {} = {}; typical {per} {} / {} = {}; daemon woke {} times, placed {}",
+            "total {} / {} = {}; typical {per} {} / {} = {}; daemon woke {} times, placed {}; BPF programs {} per {per}",
             ms(self.without.total),
             ms(self.with.total),
             self.total.summary(),
@@ -480,7 +483,8 @@ impl Cost {
             scale(self.with.typical),
             self.typical.summary(),
             self.wakeups,
-            self.placed
+            self.placed,
+            scale(self.bpf_per_sample)
         )
     }
 }
@@ -533,6 +537,18 @@ fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) 
             (round(false)?, t)
         });
     }
+    // One more round with the kernel's BPF run-time statistics on (they cost
+    // a clock read per program run, so not in the timed pairs).
+    let d = b.start(&[])?;
+    std::thread::sleep(SETTLE);
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let before = bpf_run_time();
+    let samples = pinned(&mut f)??;
+    let bpf_per_sample = bpf_run_time().saturating_sub(before) / samples.len() as u32;
+    drop(stats);
+    d.stop()?;
+    b.wait_no_nodes(Duration::from_secs(10));
+    b.remove_nodes();
     let ratios = |key: fn(&Round) -> Duration| {
         let mut r: Vec<f64> = rounds.iter().map(|(a, t)| key(t).as_secs_f64() / key(a).as_secs_f64()).collect();
         r.sort_by(f64::total_cmp);
@@ -550,7 +566,18 @@ fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) 
         typical: ratios(|r| r.typical),
         wakeups,
         placed,
+        bpf_per_sample,
     })
+}
+
+/// Time spent so far in the daemon's BPF programs (all named `on_…`; the
+/// suite runs one daemon at a time), while run-time statistics are on.
+fn bpf_run_time() -> Duration {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("on_")))
+        .map(|p| p.run_time())
+        .sum()
 }
 
 /// Median wall time of `runs` runs of a command, stdout discarded.
