@@ -109,7 +109,7 @@ impl Default for Config {
             ring_buffer_bytes: 1 << 20,
             setns_settle_us: 2000,
             batch_window_us: 1000,
-            coalesce_above_per_second: 1250,
+            coalesce_above_per_second: 2500,
             source: Source::Auto,
             realtime_priority: 1,
             nice: 0,

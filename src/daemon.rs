@@ -116,7 +116,7 @@ struct Daemon {
 }
 
 /// How many of the latest entries the rate is measured over.
-const ARRIVALS_SEEN: usize = 8;
+const ARRIVALS_SEEN: usize = 16;
 
 /// When the latest entries happened (their BPF timestamps): a sliding window,
 /// so that one short gap does not flip the mode and a storm is noticed within
@@ -758,9 +758,10 @@ mod tests {
         for i in 0..ARRIVALS_SEEN as u64 - 1 {
             assert_eq!(a.note(i * 100_000), None, "too few entries to tell");
         }
-        assert_eq!(a.note(700_000), Some(Duration::from_micros(100)));
+        let n = ARRIVALS_SEEN as u64;
+        assert_eq!(a.note((n - 1) * 100_000), Some(Duration::from_micros(100)));
         // One long gap raises the mean; it takes a window of short ones to forget it.
-        assert_eq!(a.note(7_100_000), Some(Duration::from_millis(1)));
+        assert_eq!(a.note(100_000 + (n - 1) * 1_000_000), Some(Duration::from_millis(1)));
         assert!(a.since_last().is_some());
     }
 }
