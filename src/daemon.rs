@@ -408,13 +408,15 @@ impl Daemon {
     }
 
     /// A look at the ring found nothing new. In the high-rate mode, once no
-    /// entry has come for longer than the gap that ends it, the rate is low
-    /// again: back to waking per event.
+    /// entry has come for as long as the latest entries at the rate that ends
+    /// it would take, the rate is low again: back to waking per event. (A
+    /// single quiet window, a stall of the workload, does not end it.)
     fn quiet_tick(&mut self) {
         if self.busy != Some(true) || !self.held.is_empty() {
             return;
         }
-        if self.arrivals.since_last().is_none_or(|quiet| quiet > self.high_rate_gap()) {
+        let quiet_enough = self.high_rate_gap() * ARRIVALS_SEEN as u32;
+        if self.arrivals.since_last().is_none_or(|quiet| quiet > quiet_enough) {
             self.arrivals = Arrivals::default();
             self.set_mode(false);
         }
