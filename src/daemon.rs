@@ -116,7 +116,7 @@ struct Daemon {
 }
 
 /// How many of the latest entries the rate is measured over.
-const ARRIVALS_SEEN: usize = 16;
+const ARRIVALS_SEEN: usize = 64;
 
 /// When the latest entries happened (their BPF timestamps): a sliding window,
 /// so that one short gap does not flip the mode and a storm is noticed within
@@ -396,12 +396,12 @@ impl Daemon {
     }
 
     /// The mean gap between entries below which the rate is high. With
-    /// hysteresis: once in the high-rate mode, it takes twice the gap (half
-    /// the rate) to leave it.
+    /// hysteresis: once in the high-rate mode, it takes a gap a quarter
+    /// longer (four fifths of the rate) to leave it.
     fn high_rate_gap(&self) -> Duration {
         let gap = Duration::from_secs(1) / self.config.coalesce_above_per_second;
         if self.busy == Some(true) {
-            gap * 2
+            gap * 5 / 4
         } else {
             gap
         }
