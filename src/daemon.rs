@@ -105,10 +105,10 @@ struct Daemon {
     /// Where each task was last put: a later event of the same entry (its
     /// exec, read before the move) does not move it again.
     last_placed: HashMap<u32, CgroupId>,
-    /// How often batches with entries (not only exits) arrive.
+    /// When the latest entries (not exits) happened.
     arrivals: Arrivals,
-    /// Whether the daemon runs in its high-rate mode (None: not set yet).
-    busy: Option<bool>,
+    /// Whether the daemon runs in its high-rate mode.
+    busy: bool,
     /// Events held back for the batch window (high-rate mode), in order.
     held: Vec<Event>,
     seen_drops: u64,
@@ -227,14 +227,14 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         deferred: HashMap::new(),
         last_placed: HashMap::new(),
         arrivals: Arrivals::default(),
-        busy: None,
+        busy: false,
         held: Vec::new(),
         seen_drops: 0,
         stats: Stats::default(),
     };
     let reconcile_started = Instant::now();
     let report = d.reconcile("start")?;
-    d.set_mode(false);
+    d.apply_mode();
     if d.source.needs_rescans() {
         d.schedule(Duration::from_millis(RESCAN_MIN_MS), Timer::Rescan(RESCAN_MIN_MS));
     }
@@ -311,8 +311,8 @@ impl Daemon {
             let next_timer = self.timers.peek().map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
             // In the high-rate mode the daemon does not wake per event: it
             // looks at the ring once per batch window.
-            let busy = self.busy == Some(true) && self.config.batch_window_us > 0;
-            let tick = busy.then(|| Duration::from_micros(self.config.batch_window_us));
+            let coalescing = self.coalescing();
+            let tick = coalescing.then(|| Duration::from_micros(self.config.batch_window_us));
             let timeout = [next_timer, self.held_until(), tick].into_iter().flatten().min();
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
             let signalled = {
@@ -320,7 +320,7 @@ impl Daemon {
                 // poller sits on its wait queue, and every event would wake it.
                 let ring = self.source.fd();
                 let mut fds = [PollFd::new(signals, PollFlags::IN), PollFd::new(&ring, PollFlags::IN)];
-                let watched = if busy { &mut fds[..1] } else { &mut fds[..] };
+                let watched = if coalescing { &mut fds[..1] } else { &mut fds[..] };
                 match poll(watched, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(IoError::new("poll", "the ring buffer", e).into()),
@@ -374,7 +374,7 @@ impl Daemon {
     /// gone by then (its exit is in the batch) gets no node.
     fn process(&mut self, batch: &mut Vec<Event>) {
         let window_ns = self.config.batch_window_us * 1000;
-        let hold = self.busy == Some(true) && window_ns > 0;
+        let hold = self.coalescing();
         let now = monotonic_ns();
         let short_lived = short_lived(batch);
         let mut held_tids = HashSet::new();
@@ -400,7 +400,7 @@ impl Daemon {
     /// longer (four fifths of the rate) to leave it.
     fn high_rate_gap(&self) -> Duration {
         let gap = Duration::from_secs(1) / self.config.coalesce_above_per_second;
-        if self.busy == Some(true) {
+        if self.busy {
             gap * 5 / 4
         } else {
             gap
@@ -412,7 +412,7 @@ impl Daemon {
     /// it would take, the rate is low again: back to waking per event. (A
     /// single quiet window, a stall of the workload, does not end it.)
     fn quiet_tick(&mut self) {
-        if self.busy != Some(true) || !self.held.is_empty() {
+        if !self.busy || !self.held.is_empty() {
             return;
         }
         let quiet_enough = self.high_rate_gap() * ARRIVALS_SEEN as u32;
@@ -429,27 +429,34 @@ impl Daemon {
         Some(Duration::from_nanos(due.saturating_sub(monotonic_ns())))
     }
 
+    /// Whether entries are held for the batch window and the ring is looked
+    /// at on a timer: in the high-rate mode, unless the window is 0.
+    fn coalescing(&self) -> bool {
+        self.busy && self.config.batch_window_us > 0
+    }
+
+    fn set_mode(&mut self, busy: bool) {
+        if self.busy != busy {
+            self.busy = busy;
+            self.apply_mode();
+        }
+    }
+
     /// Idle or under a low rate: woken per event, under SCHED_FIFO (if
     /// configured), to place at once. Under a high rate: the normal scheduler,
     /// so that the daemon does not preempt the very tasks it places (a
     /// real-time wakeup stays on its CPU instead of taking an idle one), no
     /// wakeups from the ring (it looks once per window), and coalescing.
-    fn set_mode(&mut self, busy: bool) {
-        if self.busy == Some(busy) {
-            return;
-        }
-        self.busy = Some(busy);
-        debug!(busy, "scheduling mode");
-        if self.config.batch_window_us > 0 {
-            if let Err(e) = self.source.set_wakeups(!busy) {
-                warn!("could not switch the ring buffer's wakeups: {e}");
-            }
+    fn apply_mode(&mut self) {
+        debug!(busy = self.busy, "scheduling mode");
+        if let Err(e) = self.source.set_wakeups(!self.coalescing()) {
+            warn!("could not switch the ring buffer's wakeups: {e}");
         }
         let priority = self.config.realtime_priority;
         if priority == 0 {
             return;
         }
-        let wanted = (!busy).then_some(i32::from(priority));
+        let wanted = (!self.busy).then_some(i32::from(priority));
         if let Err(e) = crate::ffi::set_realtime(wanted) {
             warn!("could not change the scheduling policy (realtime_priority): {e}");
         }

@@ -175,9 +175,7 @@ impl Daemon {
 
     /// A `key=value` figure from the last log line that has it.
     fn figure(&self, key: &str) -> Option<u64> {
-        let text = self.log_text();
-        let pat = format!("{key}=");
-        text.lines().rev().find_map(|l| l.split(&pat).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        figure(&self.log_text(), key)
     }
 
     /// User + system CPU time in ms, and (voluntary + involuntary) context switches.
@@ -202,6 +200,12 @@ impl Daemon {
         stop_child(child)?;
         Ok(self.log_text())
     }
+}
+
+/// A ` key=value` figure from the last line of a daemon log that has it.
+fn figure(log: &str, key: &str) -> Option<u64> {
+    let pat = format!(" {key}=");
+    log.lines().rev().find_map(|l| l.split(&pat).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
 }
 
 fn stop_child(mut child: Child) -> Result<()> {
@@ -524,17 +528,17 @@ fn pinned<T>(f: impl FnOnce() -> T) -> Result<T> {
 fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) -> Result<Cost> {
     let (mut wakeups, mut placed) = (0, 0);
     let mut round = |traced: bool| -> Result<Round> {
-        let daemon = if traced { Some(b.start(&[])?) } else { None };
-        std::thread::sleep(SETTLE);
-        let before = daemon.as_ref().map_or(0, |d| d.cpu_and_wakeups().1);
-        let samples = pinned(&mut f)??;
-        if let Some(d) = daemon {
-            wakeups += d.cpu_and_wakeups().1 - before;
-            let log = d.stop()?;
-            placed += log.lines().rev().find_map(|l| l.split(" moved=").nth(1)?.split(' ').next()?.parse::<u64>().ok()).unwrap_or(0);
-            b.wait_no_nodes(Duration::from_secs(10));
-            b.remove_nodes();
+        if !traced {
+            std::thread::sleep(SETTLE);
+            return Ok(Round::of(pinned(&mut f)??));
         }
+        let ((samples, woke), log) = under_daemon(b, |d| {
+            let before = d.cpu_and_wakeups().1;
+            let samples = pinned(&mut f)??;
+            Ok((samples, d.cpu_and_wakeups().1 - before))
+        })?;
+        wakeups += woke;
+        placed += figure(&log, "moved").unwrap_or(0);
         Ok(Round::of(samples))
     };
     let mut rounds = vec![];
@@ -549,16 +553,12 @@ fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) 
     }
     // One more round with the kernel's BPF run-time statistics on (they cost
     // a clock read per program run, so not in the timed pairs).
-    let d = b.start(&[])?;
-    std::thread::sleep(SETTLE);
-    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let before = bpf_run_time();
-    let samples = pinned(&mut f)??;
-    let bpf_per_sample = bpf_run_time().saturating_sub(before) / samples.len() as u32;
-    drop(stats);
-    d.stop()?;
-    b.wait_no_nodes(Duration::from_secs(10));
-    b.remove_nodes();
+    let (bpf_per_sample, _) = under_daemon(b, |_| {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+        let before = bpf_run_time();
+        let samples = pinned(&mut f)??;
+        Ok(bpf_run_time().saturating_sub(before) / samples.len() as u32)
+    })?;
     let ratios = |key: fn(&Round) -> Duration| {
         let mut r: Vec<f64> = rounds.iter().map(|(a, t)| key(t).as_secs_f64() / key(a).as_secs_f64()).collect();
         r.sort_by(f64::total_cmp);
@@ -582,6 +582,18 @@ fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) 
         placed,
         bpf_per_sample,
     })
+}
+
+/// Runs `f` under a fresh daemon, left alone for [`SETTLE`] after it is
+/// ready; stops it and removes the nodes it leaves. `f`'s result and the log.
+fn under_daemon<T>(b: &Bench, f: impl FnOnce(&Daemon) -> Result<T>) -> Result<(T, String)> {
+    let d = b.start(&[])?;
+    std::thread::sleep(SETTLE);
+    let out = f(&d)?;
+    let log = d.stop()?;
+    b.wait_no_nodes(Duration::from_secs(10));
+    b.remove_nodes();
+    Ok((out, log))
 }
 
 /// Time spent so far in the daemon's BPF programs (all named `on_…`; the
@@ -698,7 +710,7 @@ fn main() -> Result<()> {
     held.release();
     b.wait_no_nodes(Duration::from_secs(30));
     let log = d.stop()?;
-    let dropped = log.lines().rev().find_map(|l| l.split("ring_dropped=").nth(1)?.split(' ').next()?.parse::<u64>().ok()).unwrap_or(0);
+    let dropped = figure(&log, "ring_dropped").unwrap_or(0);
     r.row(
         &format!("fork+unshare storm: {storm} tasks forked at {fork_rate:.0}/s, all placed after"),
         format!("{} ({:.0} placements/s), daemon CPU {} ms", ms(converged), f64::from(storm) / converged.as_secs_f64(), cpu1 - cpu0),
@@ -711,24 +723,19 @@ fn main() -> Result<()> {
     // 3. Cost to the traced workload.
     if run(Part::Cost) {
     let micros = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
-    let pairs = if q { 2 } else { 10 };
-    let n = if q { 500 } else { 2000 };
-    let c = compare(&b, pairs, || fork_loop(n, unshare_newns))?;
-    r.row(
-        &format!("fork/unshare(CLONE_NEWNS)/exit, {pairs} pairs of {n}-iteration rounds: without / with the daemon"),
-        c.summary("iteration", micros),
-        "≤ 1.2×",
-        Some(c.ratio() <= 1.2),
-    );
-    let pairs = if q { 2 } else { 50 };
-    let n = if q { 50 } else { 200 };
-    let c = compare(&b, pairs, || fork_loop(n, exec_true))?;
-    r.row(
-        &format!("fork/exec(/bin/true)/exit, {pairs} pairs of {n}-iteration rounds: without / with"),
-        c.summary("iteration", micros),
-        "≤ 1.02×",
-        Some(c.ratio() <= 1.02),
-    );
+    for (what, body, pairs, n, limit) in [
+        ("fork/unshare(CLONE_NEWNS)/exit", unshare_newns as fn(), 10, 2000, 1.2),
+        ("fork/exec(/bin/true)/exit", exec_true, 50, 200, 1.02),
+    ] {
+        let (pairs, n) = if q { (2, n / 4) } else { (pairs, n) };
+        let c = compare(&b, pairs, || fork_loop(n, body))?;
+        r.row(
+            &format!("{what}, {pairs} pairs of {n}-iteration rounds: without / with the daemon"),
+            c.summary("iteration", micros),
+            &format!("≤ {limit}×"),
+            Some(c.ratio() <= limit),
+        );
+    }
     let pairs = if q { 2 } else { 10 };
     let (batches, per_batch) = (if q { 20 } else { 100 }, 10_000);
     let c = compare(&b, pairs, || Ok(getppid_loop(batches, per_batch)))?;
