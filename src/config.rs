@@ -45,8 +45,9 @@ pub struct Config {
     /// is a window old; a task that exits within the window gets no node.
     /// 0: never wait.
     pub batch_window_us: u64,
-    /// The rate of entries into new sets (per second, over the latest 64)
-    /// above which the daemon coalesces; it stops below four fifths of it.
+    /// The rate of entries into new sets (per second, over the latest 128)
+    /// above which the daemon coalesces; it stops below nine tenths of it
+    /// (over the latest 16).
     pub coalesce_above_per_second: u32,
     /// Where events come from.
     pub source: Source,
@@ -109,7 +110,7 @@ impl Default for Config {
             ring_buffer_bytes: 1 << 20,
             setns_settle_us: 2000,
             batch_window_us: 1000,
-            coalesce_above_per_second: 1600,
+            coalesce_above_per_second: 1250,
             source: Source::Auto,
             realtime_priority: 1,
             nice: 0,

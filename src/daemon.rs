@@ -115,27 +115,37 @@ struct Daemon {
     stats: Stats,
 }
 
-/// How many of the latest entries the rate is measured over.
-const ARRIVALS_SEEN: usize = 64;
+/// How many of the latest entries the rate must be high over to start
+/// coalescing: enough that a catch-up burst after a stall of the workload is
+/// not taken for a storm.
+const ENTER_OVER: usize = 128;
+/// How many of the latest entries the rate must be low over to stop: few, so
+/// that a burst that did start it costs few entries the window's delay.
+const LEAVE_OVER: usize = 16;
 
-/// When the latest entries happened (their BPF timestamps): a sliding window,
-/// so that one short gap does not flip the mode and a storm is noticed within
-/// a few entries, however the daemon batches its reads.
+/// When the latest entries happened (their BPF timestamps, so that the
+/// daemon's batching of its reads does not matter).
 #[derive(Default)]
 struct Arrivals {
     recent: VecDeque<u64>,
 }
 
 impl Arrivals {
-    /// Records an entry at `ktime_ns`; once enough are seen, returns the
-    /// mean gap between the latest ones.
-    fn note(&mut self, ktime_ns: u64) -> Option<Duration> {
-        if self.recent.len() == ARRIVALS_SEEN {
+    fn note(&mut self, ktime_ns: u64) {
+        if self.recent.len() == ENTER_OVER {
             self.recent.pop_front();
         }
         self.recent.push_back(ktime_ns);
-        let span = ktime_ns.saturating_sub(self.recent[0]);
-        (self.recent.len() == ARRIVALS_SEEN).then(|| Duration::from_nanos(span / (ARRIVALS_SEEN as u64 - 1)))
+    }
+
+    /// The mean gap between the latest `n` entries, once `n` are seen.
+    fn mean_gap(&self, n: usize) -> Option<Duration> {
+        let len = self.recent.len();
+        if n < 2 || len < n {
+            return None;
+        }
+        let span = self.recent[len - 1].saturating_sub(self.recent[len - n]);
+        Some(Duration::from_nanos(span / (n as u64 - 1)))
     }
 
     /// How long ago the latest entry happened.
@@ -345,9 +355,8 @@ impl Daemon {
                     break;
                 }
                 for ev in batch[fresh..].iter().filter(|e| e.kind != EventKind::Exit) {
-                    if let Some(mean) = self.arrivals.note(ev.ktime_ns) {
-                        self.set_mode(mean < self.high_rate_gap());
-                    }
+                    self.arrivals.note(ev.ktime_ns);
+                    self.update_mode();
                 }
                 self.process(&mut batch);
             }
@@ -395,27 +404,35 @@ impl Daemon {
         }
     }
 
-    /// The mean gap between entries below which the rate is high. With
-    /// hysteresis: once in the high-rate mode, it takes a gap a quarter
-    /// longer (four fifths of the rate) to leave it.
-    fn high_rate_gap(&self) -> Duration {
-        let gap = Duration::from_secs(1) / self.config.coalesce_above_per_second;
-        if self.busy {
-            gap * 5 / 4
-        } else {
-            gap
+    /// The mean gap between entries below which the rate is high, and
+    /// (with hysteresis: nine tenths of the rate) above which it is low again.
+    fn gaps(&self) -> (Duration, Duration) {
+        let enter = Duration::from_secs(1) / self.config.coalesce_above_per_second;
+        (enter, enter * 10 / 9)
+    }
+
+    /// After an entry: into the high-rate mode when the rate over the latest
+    /// [`ENTER_OVER`] entries is high, out of it when the rate over the latest
+    /// [`LEAVE_OVER`] is low (counting afresh from then on).
+    fn update_mode(&mut self) {
+        let (enter, leave) = self.gaps();
+        if !self.busy && self.arrivals.mean_gap(ENTER_OVER).is_some_and(|gap| gap < enter) {
+            self.set_mode(true);
+        } else if self.busy && self.arrivals.mean_gap(LEAVE_OVER).is_some_and(|gap| gap > leave) {
+            self.arrivals = Arrivals::default();
+            self.set_mode(false);
         }
     }
 
     /// A look at the ring found nothing new. In the high-rate mode, once no
-    /// entry has come for as long as the latest entries at the rate that ends
-    /// it would take, the rate is low again: back to waking per event. (A
-    /// single quiet window, a stall of the workload, does not end it.)
+    /// entry has come for as long as [`LEAVE_OVER`] entries at the low rate
+    /// would take, the rate is low again: back to waking per event. (A single
+    /// quiet window, a stall of the workload, does not end it.)
     fn quiet_tick(&mut self) {
         if !self.busy || !self.held.is_empty() {
             return;
         }
-        let quiet_enough = self.high_rate_gap() * ARRIVALS_SEEN as u32;
+        let quiet_enough = self.gaps().1 * LEAVE_OVER as u32;
         if self.arrivals.since_last().is_none_or(|quiet| quiet > quiet_enough) {
             self.arrivals = Arrivals::default();
             self.set_mode(false);
@@ -764,13 +781,22 @@ mod tests {
     #[test]
     fn the_rate_is_the_mean_gap_over_the_latest_entries() {
         let mut a = Arrivals::default();
-        for i in 0..ARRIVALS_SEEN as u64 - 1 {
-            assert_eq!(a.note(i * 100_000), None, "too few entries to tell");
+        assert_eq!(a.mean_gap(LEAVE_OVER), None);
+        for i in 0..ENTER_OVER as u64 - 1 {
+            a.note(i * 100_000);
         }
-        let n = ARRIVALS_SEEN as u64;
-        assert_eq!(a.note((n - 1) * 100_000), Some(Duration::from_micros(100)));
-        // One long gap raises the mean; it takes a window of short ones to forget it.
-        assert_eq!(a.note(100_000 + (n - 1) * 1_000_000), Some(Duration::from_millis(1)));
+        assert_eq!(a.mean_gap(ENTER_OVER), None, "too few entries to tell");
+        assert_eq!(a.mean_gap(LEAVE_OVER), Some(Duration::from_micros(100)));
+        a.note((ENTER_OVER as u64 - 1) * 100_000);
+        assert_eq!(a.mean_gap(ENTER_OVER), Some(Duration::from_micros(100)));
+        // A slow stretch shows in the short window at once, in the long one
+        // only in part.
+        let last = (ENTER_OVER as u64 - 1) * 100_000;
+        for i in 1..LEAVE_OVER as u64 {
+            a.note(last + i * 1_000_000);
+        }
+        assert_eq!(a.mean_gap(LEAVE_OVER), Some(Duration::from_millis(1)));
+        assert!(a.mean_gap(ENTER_OVER).unwrap() < Duration::from_micros(300));
         assert!(a.since_last().is_some());
     }
 }
