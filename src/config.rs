@@ -45,7 +45,7 @@ pub struct Config {
     /// is a window old; a task that exits within the window gets no node.
     /// 0: never wait.
     pub batch_window_us: u64,
-    /// The rate of entries into new sets (per second, over the latest 128)
+    /// The rate of entries into new sets (per second, over the latest 64)
     /// above which the daemon coalesces; it stops below nine tenths of it
     /// (over the latest 16).
     pub coalesce_above_per_second: u32,

@@ -118,7 +118,7 @@ struct Daemon {
 /// How many of the latest entries the rate must be high over to start
 /// coalescing: enough that a catch-up burst after a stall of the workload is
 /// not taken for a storm.
-const ENTER_OVER: usize = 128;
+const ENTER_OVER: usize = 64;
 /// How many of the latest entries the rate must be low over to stop: few, so
 /// that a burst that did start it costs few entries the window's delay.
 const LEAVE_OVER: usize = 16;
