@@ -55,7 +55,8 @@ struct nsproxy {
 	struct cgroup_namespace *cgroup_ns;
 } __core;
 
-struct cred { struct user_namespace *user_ns; } __core;
+typedef struct { __u32 val; } kuid_t;
+struct cred { kuid_t uid; struct user_namespace *user_ns; } __core;
 struct upid { int nr; struct pid_namespace *ns; } __core;
 struct pid { unsigned int level; struct upid numbers[1]; } __core;
 struct list_head { struct list_head *next, *prev; } __core;
@@ -75,6 +76,7 @@ struct task_struct {
 	int pid;
 	int tgid;
 	__u64 start_time;
+	__u64 start_boottime;
 	struct task_struct *real_parent;
 	struct nsproxy *nsproxy;
 	const struct cred *real_cred;

@@ -167,7 +167,7 @@ static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup
 		return;
 	}
 	e->ktime_ns = bpf_ktime_get_ns();
-	e->start_ns = BPF_CORE_READ(t, start_time);
+	e->start_ns = BPF_CORE_READ(t, start_boottime);
 	e->cgroup_id = cgroup_id;
 	e->kind = kind;
 	e->tid = BPF_CORE_READ(t, pid);
@@ -176,6 +176,8 @@ static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup
 	__builtin_memcpy(e->ns, now->ns, sizeof(e->ns));
 	__builtin_memcpy(e->prev_ns, prev->ns, sizeof(e->prev_ns));
 	BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
+	e->uid = BPF_CORE_READ(t, real_cred, uid.val);
+	e->pad = 0;
 	__u32 zero = 0;
 	__u64 *flags = bpf_map_lookup_elem(&ring_flags, &zero);
 	bpf_ringbuf_submit(e, flags ? *flags : 0);
@@ -333,11 +335,12 @@ int snapshot(struct bpf_iter__task *ctx)
 	struct nsset s;
 	read_set(t, &s);
 	struct nsg_task rec = {};
-	rec.start_ns = BPF_CORE_READ(t, start_time);
+	rec.start_ns = BPF_CORE_READ(t, start_boottime);
 	rec.cgroup_id = cg;
 	rec.tid = BPF_CORE_READ(t, pid);
 	rec.tgid = BPF_CORE_READ(t, tgid);
 	rec.parent = rec.tid == rec.tgid ? BPF_CORE_READ(t, real_parent, tgid) : rec.tgid;
+	rec.uid = BPF_CORE_READ(t, real_cred, uid.val);
 	__builtin_memcpy(rec.ns, s.ns, sizeof(rec.ns));
 	BPF_CORE_READ_STR_INTO(&rec.comm, t, comm);
 	bpf_seq_write(seq, &rec, sizeof(rec));

@@ -31,7 +31,7 @@
 
 struct nsg_event {
 	__u64 ktime_ns;   /* bpf_ktime_get_ns() when emitted */
-	__u64 start_ns;   /* task->start_time: tells a reused tid apart */
+	__u64 start_ns;   /* task->start_boottime: tells a reused tid apart (/proc's start time, in ns) */
 	__u64 cgroup_id;  /* the task's cgroup in the tracked hierarchy (directory inode) */
 	__u32 kind;       /* NSG_EV_* */
 	__u32 tid;
@@ -40,16 +40,18 @@ struct nsg_event {
 	__u32 ns[NSG_NS_COUNT];      /* the set the task is in now */
 	__u32 prev_ns[NSG_NS_COUNT]; /* the set it was in before (FORK: the parent's) */
 	char comm[16];
+	__u32 uid;        /* the task's real uid (in the initial user namespace) */
+	__u32 pad;
 };
 
 /* One task of the start-up/overflow snapshot (iter/task), in scope only. */
 struct nsg_task {
-	__u64 start_ns;  /* task->start_time */
+	__u64 start_ns;  /* task->start_boottime */
 	__u64 cgroup_id; /* its cgroup in the tracked hierarchy */
 	__u32 tid;
 	__u32 tgid;
 	__u32 parent;    /* the leader for a thread, else the parent process */
-	__u32 pad;
+	__u32 uid;       /* the task's real uid (in the initial user namespace) */
 	__u32 ns[NSG_NS_COUNT];
 	char comm[16];
 };

@@ -1,11 +1,14 @@
 //! `/etc/nsgroup/nsgroup.toml`: every key has a default; unknown keys and bad
 //! values are errors that name the key and the line.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::core::cgpath::within;
+use crate::core::cgpath::{canonical, within};
 use crate::core::nsset::{NsKind, NsMask};
 
 /// The default configuration file; a missing default file means defaults.
@@ -30,6 +33,13 @@ pub struct Config {
     pub max_depth: u32,
     /// At most this many nodes exist at once.
     pub max_nodes: usize,
+    /// At most this many live nodes whose creator had one uid (at least 1).
+    pub max_nodes_per_user: usize,
+    /// Node creations per second per creator uid, with a burst of twice as
+    /// many (at least 1).
+    pub max_creations_per_second_per_user: u32,
+    /// Uids the two per-user bounds do not apply to; `max_nodes` still does.
+    pub quota_exempt_uids: Vec<u32>,
     /// What happens to a node whose last task exited.
     pub cleanup: Cleanup,
     /// Seconds an empty node lingers with `cleanup = "linger"`.
@@ -105,6 +115,9 @@ impl Default for Config {
             exclude: Filter::default(),
             max_depth: 32,
             max_nodes: 100_000,
+            max_nodes_per_user: 1024,
+            max_creations_per_second_per_user: 100,
+            quota_exempt_uids: vec![0],
             cleanup: Cleanup::Remove,
             linger_seconds: 10,
             ring_buffer_bytes: 1 << 20,
@@ -118,11 +131,16 @@ impl Default for Config {
     }
 }
 
+/// The longest command name the kernel keeps (TASK_COMM_LEN - 1).
+const COMM_MAX: usize = 15;
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("config {} is {why}", path.display())]
+    Untrusted { path: PathBuf, why: String },
     #[error("config {}: {source}", path.display())]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("config {}: key `{key}`: {why}", path.display())]
@@ -130,31 +148,53 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads `path`. A missing file is an error unless `path` is the default one.
+    /// Loads `path`. A missing file is an error unless `path` is the default
+    /// one. The file must be owned by root (or by the effective uid) and not
+    /// writable by group or others.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let (path, explicit) = match path {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Config::parse(&text, &path),
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let euid = rustix::process::geteuid().as_raw();
+        if let Err(why) = trust(meta.uid(), meta.mode(), euid) {
+            return Err(ConfigError::Untrusted { path, why });
+        }
+        let mut text = String::new();
+        match file.read_to_string(&mut text) {
+            Ok(_) => Config::parse(&text, &path),
             Err(source) => Err(ConfigError::Read { path, source }),
         }
     }
 
     /// Parses and checks a configuration text (`path` names it in errors).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(e) })?;
         config.check().map_err(|(key, why)| ConfigError::Value { path: path.to_path_buf(), key, why })?;
         Ok(config)
     }
 
-    /// Checks values that the types alone do not.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if !self.root.starts_with('/') {
-            return Err(("root", format!("{:?} must be a cgroup path starting with /", self.root)));
+    /// Checks values that the types alone do not, and puts the cgroup paths
+    /// (`root`, `include.cgroup`, `exclude.cgroup`) in canonical form.
+    pub fn check(&mut self) -> Result<(), (&'static str, String)> {
+        self.root = canonical(&self.root).map_err(|e| ("root", e.to_string()))?;
+        for (key, f) in [("include.cgroup", &mut self.include), ("exclude.cgroup", &mut self.exclude)] {
+            for c in &mut f.cgroup {
+                *c = canonical(c).map_err(|e| (key, e.to_string()))?;
+            }
+        }
+        for (key, f) in [("include.comm", &self.include), ("exclude.comm", &self.exclude)] {
+            f.comm.iter().try_for_each(|c| comm_fits(c)).map_err(|why| (key, why))?;
         }
         self.mask().map_err(|why| ("namespaces", why))?;
         let rb = self.ring_buffer_bytes;
@@ -167,16 +207,15 @@ impl Config {
         if !(-20..=19).contains(&self.nice) {
             return Err(("nice", format!("{} is outside -20..19", self.nice)));
         }
-        if self.coalesce_above_per_second == 0 {
-            return Err(("coalesce_above_per_second", "must be at least 1".into()));
-        }
-        if self.max_depth == 0 {
-            return Err(("max_depth", "must be at least 1".into()));
-        }
-        for (key, f) in [("include.cgroup", &self.include), ("exclude.cgroup", &self.exclude)] {
-            if let Some(bad) = f.cgroup.iter().find(|c| !c.starts_with('/')) {
-                return Err((key, format!("{bad:?} must start with /")));
-            }
+        let at_least_one = [
+            ("coalesce_above_per_second", self.coalesce_above_per_second == 0),
+            ("max_depth", self.max_depth == 0),
+            ("max_nodes", self.max_nodes == 0),
+            ("max_nodes_per_user", self.max_nodes_per_user == 0),
+            ("max_creations_per_second_per_user", self.max_creations_per_second_per_user == 0),
+        ];
+        if let Some((key, _)) = at_least_one.into_iter().find(|&(_, zero)| zero) {
+            return Err((key, "must be at least 1".into()));
         }
         Ok(())
     }
@@ -198,6 +237,36 @@ impl Config {
             .collect();
         Ok(NsMask::of(kinds?))
     }
+}
+
+/// Whether a config file with owner `uid` and `mode` may be trusted by a
+/// process with effective uid `euid`; else what is wrong and how to fix it.
+fn trust(uid: u32, mode: u32, euid: u32) -> Result<(), String> {
+    if uid != 0 && uid != euid {
+        return Err(format!("owned by uid {uid}, not root; chown root it"));
+    }
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (false, false) => return Ok(()),
+        (true, true) => "group and others",
+        (true, false) => "group",
+        (false, true) => "others",
+    };
+    Err(format!("writable by {who} (mode {:04o}); chmod go-w it", mode & 0o7777))
+}
+
+/// Whether a command name can match a task's `comm` at all.
+fn comm_fits(comm: &str) -> Result<(), String> {
+    if comm.is_empty() {
+        return Err("an empty command name matches no task".into());
+    }
+    if comm.len() > COMM_MAX {
+        return Err(format!(
+            "{:?} is {} bytes, longer than the {COMM_MAX} the kernel keeps of a command name (TASK_COMM_LEN - 1): it matches no task",
+            comm,
+            comm.len()
+        ));
+    }
+    Ok(())
 }
 
 impl Filter {
@@ -262,6 +331,9 @@ root = "/jobs"
 namespaces = ["net", "pid", "pid_for_children", "uts"]
 max_depth = 4
 max_nodes = 10
+max_nodes_per_user = 3
+max_creations_per_second_per_user = 7
+quota_exempt_uids = [0, 42]
 cleanup = "linger"
 linger_seconds = 3
 ring_buffer_bytes = 4096
@@ -279,6 +351,8 @@ cgroup = ["/jobs/skip"]
         )
         .unwrap();
         assert_eq!(c.root, "/jobs");
+        assert_eq!((c.max_nodes_per_user, c.max_creations_per_second_per_user), (3, 7));
+        assert_eq!(c.quota_exempt_uids, [0, 42]);
         assert_eq!(c.cleanup, Cleanup::Linger);
         assert_eq!(c.source, Source::Proc);
         assert!(!c.mask().unwrap().counts(NsKind::Mnt));
@@ -298,6 +372,59 @@ cgroup = ["/jobs/skip"]
         assert!(e.contains("namespaces") && e.contains("nett"), "{e}");
         assert!(parse("root = \"jobs\"").is_err());
         assert!(parse("[exclude]\ncgroup = [\"x\"]").is_err());
+    }
+
+    #[test]
+    fn cgroup_paths_are_canonical() {
+        let c = parse("root = \"/jobs//a/\"\n[include]\ncgroup = [\"/x/\"]\n[exclude]\ncgroup = [\"//y\"]").unwrap();
+        assert_eq!((c.root.as_str(), c.include.cgroup[0].as_str(), c.exclude.cgroup[0].as_str()), ("/jobs/a", "/x", "/y"));
+        let e = parse("root = \"/jobs/../jobs\"").unwrap_err().to_string();
+        assert!(e.contains("`root`") && e.contains(".."), "{e}");
+        let e = parse("[include]\ncgroup = [\"/a/./b\"]").unwrap_err().to_string();
+        assert!(e.contains("include.cgroup") && e.contains("`.`"), "{e}");
+    }
+
+    #[test]
+    fn impossible_filter_values_are_refused() {
+        let e = parse("[include]\ncomm = [\"0123456789abcdef\"]").unwrap_err().to_string();
+        assert!(e.contains("include.comm") && e.contains("TASK_COMM_LEN"), "{e}");
+        let e = parse("[exclude]\ncomm = [\"\"]").unwrap_err().to_string();
+        assert!(e.contains("exclude.comm") && e.contains("empty"), "{e}");
+        assert!(parse("[include]\ncomm = [\"0123456789abcde\"]").is_ok());
+        for key in ["max_nodes", "max_nodes_per_user", "max_creations_per_second_per_user"] {
+            let e = parse(&format!("{key} = 0")).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")) && e.contains("at least 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn quota_defaults() {
+        let c = Config::default();
+        assert_eq!((c.max_nodes_per_user, c.max_creations_per_second_per_user), (1024, 100));
+        assert_eq!(c.quota_exempt_uids, [0]);
+    }
+
+    #[test]
+    fn files_writable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nsgroup.toml");
+        std::fs::write(&path, "max_depth = 3\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("writable by group and others (mode 0666); chmod go-w"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().max_depth, 3);
+    }
+
+    #[test]
+    fn trust_wants_root_or_self_and_no_group_or_other_write() {
+        assert!(trust(0, 0o100644, 1000).is_ok());
+        assert!(trust(1000, 0o100600, 1000).is_ok());
+        let e = trust(1000, 0o100644, 0).unwrap_err();
+        assert!(e.contains("uid 1000") && e.contains("chown root"), "{e}");
+        assert_eq!(trust(0, 0o100664, 0).unwrap_err(), "writable by group (mode 0664); chmod go-w it");
+        assert_eq!(trust(0, 0o100646, 0).unwrap_err(), "writable by others (mode 0646); chmod go-w it");
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The `nsgroup` command: `run` the daemon, show the `tree`.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use nsgroup::config::{Config, Source};
+use nsgroup::core::cgpath::canonical;
+use nsgroup::core::escape::Escaped;
 use nsgroup::daemon::{self, Setup};
 use nsgroup::model::{self, Units};
+use nsgroup::sys::cgroupfs::Hierarchy;
+use nsgroup::sys::error::IoError;
 use nsgroup::sys::locate::locate;
+use nsgroup::sys::lock::{self, InstanceLock};
 use nsgroup::sys::procfs::ProcFs;
 
 /// Gives every set of Linux namespaces its own cgroup, automatically.
@@ -35,8 +40,9 @@ struct Where {
     #[arg(long, value_name = "PATH")]
     hierarchy: Option<PathBuf>,
     /// The subtree whose tasks are tracked and moved (a cgroup path inside
-    /// the hierarchy). Nothing outside it is touched. Default: /.
-    #[arg(long, value_name = "CGROUP")]
+    /// the hierarchy, starting with /, without . or ..). Nothing outside it
+    /// is touched. Default: /.
+    #[arg(long, value_name = "CGROUP", value_parser = canonical)]
     root: Option<String>,
 }
 
@@ -113,10 +119,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let _ = writeln!(io::stderr(), "nsgroup: {e:#}");
+            let _ = writeln!(io::stderr(), "nsgroup: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error's message followed by those of its causes that the message does
+/// not contain already (many embed their cause), each once.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -157,6 +176,7 @@ fn check(place: Where, config: Option<PathBuf>, json: bool) -> anyhow::Result<()
     let mask = config.mask().map_err(anyhow::Error::msg)?;
     let located = locate(place.hierarchy.as_deref().or(config.hierarchy.as_deref()), false)?;
     let root = place.root.unwrap_or(config.root);
+    require_cgroup(&located.hierarchy, &root)?;
     let proc = ProcFs::new("/proc");
     let me = std::process::id();
     let base = proc.ns_set(me, me)?.unwrap_or_default();
@@ -169,10 +189,11 @@ fn check(place: Where, config: Option<PathBuf>, json: bool) -> anyhow::Result<()
         writeln!(out, "{} tasks, {} nodes", verdict.tasks, verdict.nodes)?;
         for m in &verdict.misplaced {
             let want = m.expected.as_deref().unwrap_or("(a node of its own, missing)");
-            writeln!(out, "misplaced: {} {:?} in {}, belongs in {want}", m.tid, m.comm, m.cgroup)?;
+            writeln!(out, "misplaced: {} {} in {}, belongs in {}", m.tid, Escaped(&m.comm), Escaped(&m.cgroup), Escaped(want))?;
         }
         for d in &verdict.duplicate_nodes {
-            writeln!(out, "one set, several nodes: {}", d.join(" "))?;
+            let paths: Vec<String> = d.iter().map(|p| Escaped(p).to_string()).collect();
+            writeln!(out, "one set, several nodes: {}", paths.join(" "))?;
         }
     }
     out.flush()?;
@@ -216,17 +237,34 @@ fn run(config: Config) -> anyhow::Result<()> {
             "mounted nsgroup's own hierarchy (favordynmods stays on until reboot)"
         );
     }
+    require_cgroup(&located.hierarchy, &config.root)?;
+    let lock = InstanceLock::acquire(Path::new(lock::DEFAULT_DIR), &located.hierarchy, &config.root)?;
+    tracing::debug!(lock = %lock.path().display(), "holding the instance lock");
     let setup = Setup { config, hierarchy: located.hierarchy, own_hierarchy: located.own, proc: ProcFs::new("/proc") };
     daemon::run(setup)?;
+    drop(lock);
     Ok(())
+}
+
+/// Fails unless `root` is a cgroup (a directory) of `hierarchy`.
+fn require_cgroup(hierarchy: &Hierarchy, root: &str) -> anyhow::Result<()> {
+    let dir = hierarchy.dir(root);
+    let mount = hierarchy.mount().display();
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("{} in {mount} is no cgroup (not a directory)", Escaped(root)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("cgroup {} does not exist in {mount}", Escaped(root)),
+        Err(e) => Err(IoError::new("stat", &dir, e).into()),
+    }
 }
 
 fn tree(place: Where, output: Output, all: bool) -> anyhow::Result<()> {
     let located = locate(place.hierarchy.as_deref(), false)?;
     let root = place.root.unwrap_or_else(|| "/".into());
+    require_cgroup(&located.hierarchy, &root)?;
     let proc = ProcFs::new("/proc");
     let Some(sample) = model::sample::sample(&located.hierarchy, &root, &proc)? else {
-        bail!("cgroup {root} does not exist in {}", located.hierarchy.mount().display());
+        bail!("cgroup {} vanished while being read in {}", Escaped(&root), located.hierarchy.mount().display());
     };
     let me = std::process::id();
     let base = proc.ns_set(me, me)?.unwrap_or_default();
@@ -244,4 +282,18 @@ fn tree(place: Where, output: Output, all: bool) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = io::Error::from(io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let e = anyhow::Error::new(IoError::new("read", "/x", io)).context("loading");
+        assert_eq!(describe(&e), format!("loading: read /x: {text}"));
+        assert_eq!(describe(&anyhow::anyhow!("a").context("b")), "b: a");
+    }
 }

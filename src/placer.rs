@@ -58,6 +58,10 @@ impl<B: CgroupBackend> Placer<B> {
     pub fn backend(&mut self) -> &mut B {
         &mut self.backend
     }
+    /// The tracker to decide with and the backend to look with, at once.
+    pub fn parts(&mut self) -> (&Tracker, &mut B) {
+        (&self.tracker, &mut self.backend)
+    }
 
     /// Places a task that reports `entry`; `comm` names it in node records.
     pub fn enter(&mut self, entry: &Entry, comm: &str) -> Result<Outcome, IoError> {
@@ -107,6 +111,7 @@ impl<B: CgroupBackend> Placer<B> {
                 parent_set: new.parent_set,
                 creator_pid: new.creator_pid,
                 creator_comm: comm.to_string(),
+                creator_uid: new.creator_uid,
                 created_unix: (self.clock)(),
             };
             self.backend.store_record(id, &record)?;
@@ -238,7 +243,7 @@ mod tests {
     }
 
     fn entry(tid: u32, cgroup: CgroupId, s: u64, prev: u64) -> Entry {
-        Entry { tid, tgid: tid, cgroup, set: set(s), prev: set(prev) }
+        Entry { tid, tgid: tid, uid: 0, cgroup, set: set(s), prev: set(prev) }
     }
 
     #[test]

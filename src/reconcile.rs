@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::core::node::CgroupId;
-use crate::core::nsset::NsMask;
+use crate::core::nsset::{NsMask, NsSet};
 use crate::core::tracker::{Entry, Granularity, Placement};
 use crate::placer::{Outcome, Placer};
 use crate::sys::cgroupfs::CgroupBackend;
@@ -30,18 +30,26 @@ pub struct Report {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placed {
     pub tid: u32,
+    pub tgid: u32,
+    /// Its start time, as sampled.
+    pub start: u64,
+    /// Its set, masked.
+    pub set: NsSet,
     pub cgroup: CgroupId,
 }
 
-/// Places every sampled task. With `respect_other_writers`, a task is moved
-/// only along a node lineage (down into its node, or back up where its node
-/// came from); one found elsewhere was put there by someone else.
+/// Places every sampled task that `admits` tracks. With
+/// `respect_other_writers`, a task is moved only along a node lineage (down
+/// into its node, or back up where its node came from); one found elsewhere
+/// was put there by someone else. Every move or creation passes `check`
+/// first, which may turn it into a stay or a refusal.
 pub fn reconcile<B: CgroupBackend>(
     placer: &mut Placer<B>,
     mut tasks: Vec<TaskSample>,
     mask: NsMask,
     respect_other_writers: bool,
     mut admits: impl FnMut(&TaskSample) -> bool,
+    mut check: impl FnMut(&mut Placer<B>, &Entry, &TaskSample, Placement) -> Placement,
 ) -> Result<(Report, Vec<Placed>), IoError> {
     tasks.sort_by_key(|t| (t.start, t.tgid, t.tid));
     let mut report = Report { examined: tasks.len(), ..Report::default() };
@@ -55,7 +63,9 @@ pub fn reconcile<B: CgroupBackend>(
             _ => t.cgroup,
         };
         let set = t.set.masked(mask);
-        let entry = Entry { tid: t.tid, tgid: t.tgid, cgroup: effective, set, prev: placer.tracker().home_set(effective).masked(mask) };
+        let prev = placer.tracker().home_set(effective).masked(mask);
+        let entry = Entry { tid: t.tid, tgid: t.tgid, uid: t.uid, cgroup: effective, set, prev };
+        let here = |cgroup| Placed { tid: t.tid, tgid: t.tgid, start: t.start, set, cgroup };
         let mut placement = if admits(t) { placer.tracker().place(&entry) } else { Placement::Stay };
         if placement == Placement::Stay && effective != t.cgroup && !(per_process && t.tid != t.tgid) {
             placement = Placement::Move(effective);
@@ -66,10 +76,11 @@ pub fn reconcile<B: CgroupBackend>(
         if let Placement::Move(to) = placement {
             if respect_other_writers && !placer.tracker().on_lineage(t.cgroup, to) {
                 report.foreign += 1;
-                placed.push(Placed { tid: t.tid, cgroup: t.cgroup });
+                placed.push(here(t.cgroup));
                 continue;
             }
         }
+        let placement = check(placer, &entry, t, placement);
         let at = match placer.carry_out(placement, &entry, &t.comm)? {
             Outcome::Stayed => t.cgroup,
             Outcome::Moved { to, created } => {
@@ -87,7 +98,7 @@ pub fn reconcile<B: CgroupBackend>(
                 continue;
             }
         };
-        placed.push(Placed { tid: t.tid, cgroup: at });
+        placed.push(here(at));
     }
     Ok((report, placed))
 }
@@ -111,11 +122,16 @@ mod tests {
             tgid: tid,
             parent,
             start,
+            uid: 0,
             comm: format!("t{tid}"),
             cgroup,
             cgroup_path: String::new(),
             set: set(s),
         }
+    }
+
+    fn pass(_: &mut Placer<FakeBackend>, _: &Entry, _: &TaskSample, p: Placement) -> Placement {
+        p
     }
 
     fn placer() -> Placer<FakeBackend> {
@@ -131,7 +147,7 @@ mod tests {
             task(31, 30, 4, ROOT, 3), // a child of 30, same set
             task(10, 1, 1, ROOT, 1),  // untouched
         ];
-        let (report, _) = reconcile(&mut p, tasks, NsMask::ALL, false, |_| true).unwrap();
+        let (report, _) = reconcile(&mut p, tasks, NsMask::ALL, false, |_| true, pass).unwrap();
         assert_eq!(report, Report { examined: 4, moved: 3, created: 2, ..Report::default() });
         let b = p.backend();
         assert_eq!(b.path_of_task(20), Some("/t/node_20"));
@@ -144,10 +160,10 @@ mod tests {
     fn second_run_moves_nothing_and_adopted_nodes_are_reused() {
         let mut p = placer();
         let tasks = vec![task(20, 1, 2, ROOT, 2)];
-        reconcile(&mut p, tasks, NsMask::ALL, false, |_| true).unwrap();
+        reconcile(&mut p, tasks, NsMask::ALL, false, |_| true, pass).unwrap();
         let node = p.tracker().node_of_set(&set(2)).unwrap().id;
         let again = vec![task(20, 1, 2, node, 2), task(21, 1, 5, ROOT, 2)];
-        let (report, _) = reconcile(&mut p, again, NsMask::ALL, false, |_| true).unwrap();
+        let (report, _) = reconcile(&mut p, again, NsMask::ALL, false, |_| true, pass).unwrap();
         assert_eq!((report.moved, report.created), (1, 0));
         assert_eq!(p.backend().path_of_task(21), Some("/t/node_20"));
     }
@@ -155,26 +171,26 @@ mod tests {
     #[test]
     fn other_writers_placements_are_respected_in_shared_hierarchies() {
         let mut p = placer();
-        reconcile(&mut p, vec![task(20, 1, 2, ROOT, 2)], NsMask::ALL, true, |_| true).unwrap();
+        reconcile(&mut p, vec![task(20, 1, 2, ROOT, 2)], NsMask::ALL, true, |_| true, pass).unwrap();
         p.backend().paths.insert(77, "/elsewhere".into());
-        let (report, placed) = reconcile(&mut p, vec![task(20, 1, 2, 77, 2)], NsMask::ALL, true, |_| true).unwrap();
+        let (report, placed) = reconcile(&mut p, vec![task(20, 1, 2, 77, 2)], NsMask::ALL, true, |_| true, pass).unwrap();
         assert_eq!((report.foreign, report.moved), (1, 0));
-        assert_eq!(placed, vec![Placed { tid: 20, cgroup: 77 }]);
-        let (report, _) = reconcile(&mut p, vec![task(20, 1, 2, 77, 2)], NsMask::ALL, false, |_| true).unwrap();
+        assert_eq!(placed.iter().map(|p| (p.tid, p.cgroup)).collect::<Vec<_>>(), vec![(20, 77)]);
+        let (report, _) = reconcile(&mut p, vec![task(20, 1, 2, 77, 2)], NsMask::ALL, false, |_| true, pass).unwrap();
         assert_eq!(report.moved, 1, "in its own hierarchy nsgroup converges");
     }
 
     #[test]
     fn filtered_and_masked_tasks_stay() {
         let mut p = placer();
-        let (r, _) = reconcile(&mut p, vec![task(20, 1, 2, ROOT, 2)], NsMask::ALL, false, |t| t.tid != 20).unwrap();
+        let (r, _) = reconcile(&mut p, vec![task(20, 1, 2, ROOT, 2)], NsMask::ALL, false, |t| t.tid != 20, pass).unwrap();
         assert_eq!(r.moved, 0);
         let mut only_slot0 = set(1);
         only_slot0 = NsSet::new(std::array::from_fn(|i| if i == 2 { 99 } else { only_slot0.get(crate::core::nsset::NsKind::ALL[i]) }));
         let mut t = task(21, 1, 3, ROOT, 1);
         t.set = only_slot0;
         let no_mnt = NsMask::of(crate::core::nsset::NsKind::ALL.into_iter().filter(|k| *k != crate::core::nsset::NsKind::Mnt));
-        let (r, _) = reconcile(&mut p, vec![t], no_mnt, false, |_| true).unwrap();
+        let (r, _) = reconcile(&mut p, vec![t], no_mnt, false, |_| true, pass).unwrap();
         assert_eq!(r.moved, 0);
     }
 }

@@ -154,8 +154,9 @@ impl ProcSource {
     }
 
     fn event(&self, kind: EventKind, tgid: u32, tid: u32, cgroup: CgroupId, set: NsSet, prev: NsSet) -> Event {
-        let comm = self.proc.stat(tgid, tid).ok().flatten().map(|s| s.comm).unwrap_or_default();
-        Event { kind, ktime_ns: monotonic_ns(), start_ns: 0, cgroup, tid, tgid, set, prev, comm }
+        let (comm, start_ns) = self.proc.stat(tgid, tid).ok().flatten().map(|s| (s.start_ns(), s.comm)).map_or_else(Default::default, |(start, comm)| (comm, start));
+        let uid = self.proc.uid(tid).ok().flatten().unwrap_or(u32::MAX);
+        Event { kind, ktime_ns: monotonic_ns(), start_ns, cgroup, tid, tgid, set, prev, comm, uid }
     }
 
     fn convert(&mut self, pe: ProcEvent, out: &mut Vec<Event>) {
@@ -186,7 +187,18 @@ impl ProcSource {
             ProcEvent::Exit { tid, tgid } => {
                 let Some(node) = self.members.remove(&tid) else { return };
                 let none = NsSet::default();
-                out.push(Event { kind: EventKind::Exit, ktime_ns: monotonic_ns(), start_ns: 0, cgroup: node, tid, tgid, set: none, prev: none, comm: String::new() });
+                out.push(Event {
+                    kind: EventKind::Exit,
+                    ktime_ns: monotonic_ns(),
+                    start_ns: 0,
+                    cgroup: node,
+                    tid,
+                    tgid,
+                    set: none,
+                    prev: none,
+                    comm: String::new(),
+                    uid: 0,
+                });
             }
         }
     }

@@ -49,6 +49,79 @@ enum Cmd {
         #[arg(long)]
         no_namespaces: bool,
     },
+    /// An unprivileged storm: unshare(NEWUSER) first (single-threaded, no
+    /// mapping needed: the creator holds every capability in it), then
+    /// THREADS threads, each doing UNSHARES unshare(NEWUTS) in a row, each new
+    /// namespace nested in the daemon's sense (entered from the previous one)
+    /// and kept alive by an open fd of /proc/thread-self/ns/uts. Prints one
+    /// JSON line when every thread is done; the threads live on until stdin
+    /// gives a line or EOF, then the process exits.
+    UsernsStorm {
+        #[arg(long, default_value_t = 100)]
+        threads: u32,
+        #[arg(long, default_value_t = 150)]
+        unshares: u32,
+        /// Do not keep the namespaces alive (each one dies at the next unshare).
+        #[arg(long)]
+        no_keep: bool,
+        /// Skip unshare(NEWUSER) (for root).
+        #[arg(long)]
+        no_userns: bool,
+    },
+    /// A plain child (no new namespace) with host pid PID (clone3 set_tid),
+    /// in the cgroup this process is in; it lives until killed.
+    SpawnAtPid {
+        #[arg(long)]
+        pid: u32,
+    },
+    /// unshare(NEWUTS), then fork a child that unshares NEWUTS again and lives
+    /// until killed; prints both uts inode numbers. On stdin EOF or a line
+    /// the parent exits, so that its first uts namespace dies (its inode
+    /// number is free for the next namespace).
+    NestChild,
+    /// Sets the command name (prctl PR_SET_NAME, truncated to 15 bytes) to
+    /// NAME, by default one with a line break and a terminal sequence
+    /// (`a\nFAKE\x1b[31mX`); optionally unshares NEWUSER; then NEWUTS;
+    /// prints, waits.
+    OddComm {
+        #[arg(long)]
+        name: Option<String>,
+        /// Unshare NEWUSER first (needed without privileges).
+        #[arg(long)]
+        userns: bool,
+    },
+}
+
+/// The default forged command name: a line that would start with "FAKE",
+/// and a terminal colour sequence.
+const ODD_COMM: &[u8] = b"a\nFAKE\x1b[31mX";
+
+/// The inode number of one of a task's namespaces.
+fn ns_inode(path: &str) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path).with_context(|| format!("stat {path}"))?.ino())
+}
+
+/// One storm thread: UNSHARES nested unshare(NEWUTS), keeping each
+/// namespace alive unless told not to. Returns its tid, how many succeeded
+/// and the first error.
+fn storm_thread(unshares: u32, keep: bool) -> (u32, u32, Option<String>, Vec<std::fs::File>) {
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    let mut held = Vec::with_capacity(if keep { unshares as usize } else { 0 });
+    let mut done = 0;
+    for _ in 0..unshares {
+        if let Err(e) = unshare_namespaces(UnshareFlags::NEWUTS) {
+            return (tid, done, Some(format!("unshare: {e}")), held);
+        }
+        done += 1;
+        if keep {
+            match std::fs::File::open("/proc/thread-self/ns/uts") {
+                Ok(f) => held.push(f),
+                Err(e) => return (tid, done, Some(format!("open /proc/thread-self/ns/uts: {e}")), held),
+            }
+        }
+    }
+    (tid, done, None, held)
 }
 
 /// Waits for every child of this process.
@@ -149,6 +222,90 @@ fn main() -> Result<()> {
             }
             let reaped = reap_all();
             say(serde_json::json!({ "pid": me, "members": count, "reaped": reaped }))?;
+        }
+        Cmd::UsernsStorm { threads, unshares, no_keep, no_userns } => {
+            if !no_userns {
+                unshare_namespaces(UnshareFlags::NEWUSER).context("unshare(CLONE_NEWUSER)")?;
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..threads {
+                let tx = tx.clone();
+                std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+                    let (tid, done, error, held) = storm_thread(unshares, !no_keep);
+                    let _ = tx.send((tid, done, error));
+                    // Lives on in its last namespace, holding the earlier
+                    // ones, until the process exits.
+                    let _held = held;
+                    loop {
+                        std::thread::park();
+                    }
+                })?;
+            }
+            drop(tx);
+            let (mut tids, mut entered, mut first_error) = (vec![], 0u64, None);
+            for (tid, done, error) in rx.iter().take(threads as usize) {
+                tids.push(tid);
+                entered += u64::from(done);
+                first_error = first_error.or(error);
+            }
+            say(serde_json::json!({
+                "pid": me,
+                "user_ns": ns_inode("/proc/self/ns/user")?,
+                "tids": tids,
+                "entered": entered,
+                "error": first_error,
+            }))?;
+            wait_line();
+            // The threads never return: leave without joining them.
+            std::process::exit(0);
+        }
+        Cmd::SpawnAtPid { pid } => match clone3(0, Some(pid))? {
+            Forked::Child => linger_child(),
+            Forked::Parent { child } => {
+                if child != pid {
+                    bail!("asked for pid {pid}, got {child}");
+                }
+                say(serde_json::json!({ "pid": me, "child": child }))?;
+                wait_line();
+            }
+        },
+        Cmd::NestChild => {
+            unshare_namespaces(UnshareFlags::NEWUTS)?;
+            let first = ns_inode("/proc/self/ns/uts")?;
+            let child = match fork()? {
+                Forked::Child => {
+                    if unshare_namespaces(UnshareFlags::NEWUTS).is_err() {
+                        std::process::exit(1);
+                    }
+                    linger_child()
+                }
+                Forked::Parent { child } => child,
+            };
+            let path = format!("/proc/{child}/ns/uts");
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            let child_uts = loop {
+                let inode = ns_inode(&path)?;
+                if inode != first {
+                    break inode;
+                }
+                if std::time::Instant::now() > end {
+                    bail!("the child {child} did not unshare");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            say(serde_json::json!({ "pid": me, "child": child, "first_uts": first, "child_uts": child_uts }))?;
+            wait_line();
+        }
+        Cmd::OddComm { name, userns } => {
+            let name = name.map_or_else(|| ODD_COMM.to_vec(), String::into_bytes);
+            rustix::thread::set_name(&std::ffi::CString::new(name)?)?;
+            if userns {
+                unshare_namespaces(UnshareFlags::NEWUSER).context("unshare(CLONE_NEWUSER)")?;
+            }
+            unshare_namespaces(UnshareFlags::NEWUTS)?;
+            let comm = std::fs::read("/proc/self/comm")?;
+            say(serde_json::json!({ "pid": me, "comm": String::from_utf8_lossy(&comm).trim_end_matches('\n') }))?;
+            wait_line();
         }
         Cmd::Clone3 { pid } => match clone3((libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64, pid)? {
             Forked::Child => linger_child(),

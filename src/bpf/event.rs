@@ -3,7 +3,7 @@
 use crate::core::nsset::NsSet;
 
 /// Size in bytes of `struct nsg_event`.
-pub const EVENT_SIZE: usize = 8 * 3 + 4 * 4 + 4 * 10 * 2 + 16;
+pub const EVENT_SIZE: usize = 8 * 3 + 4 * 4 + 4 * 10 * 2 + 16 + 4 * 2;
 
 /// What happened to the task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +24,8 @@ pub struct Event {
     pub kind: EventKind,
     /// CLOCK_MONOTONIC nanoseconds when the kernel emitted it.
     pub ktime_ns: u64,
-    /// The task's start time (nanoseconds after boot): a reused tid has another.
+    /// The task's start time (`start_boottime`, the nanoseconds behind
+    /// /proc's start time): a reused tid has another.
     pub start_ns: u64,
     /// The task's cgroup in the tracked hierarchy (0 if unknown).
     pub cgroup: u64,
@@ -34,6 +35,8 @@ pub struct Event {
     pub prev: NsSet,
     /// The command name, lossily made UTF-8.
     pub comm: String,
+    /// The task's real uid (initial user namespace).
+    pub uid: u32,
 }
 
 /// Why bytes from the ring buffer are not an event.
@@ -81,6 +84,7 @@ impl Event {
         let set = r.set();
         let prev = r.set();
         let comm = comm(r.take());
+        let uid = r.u32();
         let kind = match kind {
             1 => EventKind::Fork { ptid },
             2 => EventKind::Unshare,
@@ -89,7 +93,7 @@ impl Event {
             5 => EventKind::Exit,
             k => return Err(DecodeError::Kind(k)),
         };
-        Ok(Event { kind, ktime_ns, start_ns, cgroup, tid, tgid, set, prev, comm })
+        Ok(Event { kind, ktime_ns, start_ns, cgroup, tid, tgid, set, prev, comm, uid })
     }
 
     /// Encodes an event as the kernel would (tests, fuzzing, benchmarks).
@@ -117,6 +121,9 @@ impl Event {
         let b = self.comm.as_bytes();
         comm[..b.len().min(15)].copy_from_slice(&b[..b.len().min(15)]);
         out.extend_from_slice(&comm);
+        for v in [self.uid, 0] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
         out
     }
 }
@@ -127,13 +134,15 @@ pub const TASK_RECORD_SIZE: usize = 8 * 2 + 4 * 4 + 4 * 10 + 16;
 /// One task of an `iter/task` snapshot (`struct nsg_task`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskRecord {
-    /// Start time, nanoseconds after boot.
+    /// Start time (`start_boottime`), nanoseconds after boot.
     pub start_ns: u64,
     pub cgroup: u64,
     pub tid: u32,
     pub tgid: u32,
     /// The leader for a thread, else the parent process.
     pub parent: u32,
+    /// The task's real uid (initial user namespace).
+    pub uid: u32,
     pub set: NsSet,
     pub comm: String,
 }
@@ -152,9 +161,9 @@ impl TaskRecord {
                 let mut r = Reader(chunk);
                 let start_ns = r.u64();
                 let cgroup = r.u64();
-                let (tid, tgid, parent, _pad) = (r.u32(), r.u32(), r.u32(), r.u32());
+                let (tid, tgid, parent, uid) = (r.u32(), r.u32(), r.u32(), r.u32());
                 let set = r.set();
-                TaskRecord { start_ns, cgroup, tid, tgid, parent, set, comm: comm(r.take()) }
+                TaskRecord { start_ns, cgroup, tid, tgid, parent, uid, set, comm: comm(r.take()) }
             })
             .collect()
     }
@@ -170,7 +179,7 @@ mod tests {
         for v in [7u64, 9] {
             bytes.extend_from_slice(&v.to_ne_bytes());
         }
-        for v in [10u32, 10, 1, 0] {
+        for v in [10u32, 10, 1, 65534] {
             bytes.extend_from_slice(&v.to_ne_bytes());
         }
         for i in 0..10u32 {
@@ -181,7 +190,7 @@ mod tests {
         bytes.extend_from_slice(&[1, 2, 3]);
         let recs = TaskRecord::decode_all(&bytes);
         assert_eq!(recs.len(), 1);
-        assert_eq!((recs[0].start_ns, recs[0].cgroup, recs[0].tid, recs[0].parent), (7, 9, 10, 1));
+        assert_eq!((recs[0].start_ns, recs[0].cgroup, recs[0].tid, recs[0].parent, recs[0].uid), (7, 9, 10, 1, 65534));
         assert_eq!(recs[0].set.get(crate::core::nsset::NsKind::Uts), 109);
         assert_eq!(recs[0].comm, "sleep");
     }
@@ -219,6 +228,7 @@ mod tests {
             set: NsSet::new([5; 10]),
             prev: NsSet::new([4; 10]),
             comm: "sleep".into(),
+            uid: 65534,
         };
         let bytes = e.encode();
         assert_eq!(bytes.len(), EVENT_SIZE);

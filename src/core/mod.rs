@@ -1,7 +1,9 @@
 //! The pure core: namespace sets, nodes, naming and the tracker. No I/O.
 pub mod cgpath;
+pub mod escape;
 pub mod histogram;
 pub mod naming;
 pub mod node;
 pub mod nsset;
+pub mod quota;
 pub mod tracker;

@@ -29,6 +29,10 @@ pub struct NodeRecord {
     pub parent_set: NsSet,
     pub creator_pid: u32,
     pub creator_comm: String,
+    /// The creator's real uid: whose quota the node counts against, and who
+    /// may act on it. Records written before it existed read as root's.
+    #[serde(default)]
+    pub creator_uid: u32,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: u64,
 }
@@ -69,6 +73,7 @@ mod tests {
             parent_set: NsSet::new([1; 10]),
             creator_pid: 77,
             creator_comm: "odd\nname\u{fffd}".into(),
+            creator_uid: 65534,
             created_unix: 1_800_000_000,
         };
         assert_eq!(NodeRecord::from_bytes(&r.to_bytes()), Some(r));

@@ -12,6 +12,8 @@ use super::nsset::NsSet;
 pub struct Entry {
     pub tid: u32,
     pub tgid: u32,
+    /// Its real uid: the creator's, should it get a node.
+    pub uid: u32,
     /// The cgroup the task is in now.
     pub cgroup: CgroupId,
     /// Its set now, masked.
@@ -39,6 +41,7 @@ pub struct NewNode {
     pub parent: CgroupId,
     /// The first candidate name; see [`naming`] for the rest.
     pub creator_pid: u32,
+    pub creator_uid: u32,
     pub set: NsSet,
     pub parent_set: NsSet,
 }
@@ -59,6 +62,12 @@ pub enum Refusal {
     TooMany { count: usize },
     #[error("a thread other than the leader changed set; cgroup2 places whole processes, so it stays with its leader")]
     SplitThread,
+    #[error("uid {uid} has {live} live nodes, the max_nodes_per_user limit")]
+    UserQuota { uid: u32, live: usize },
+    #[error("uid {uid} creates nodes faster than max_creations_per_second_per_user")]
+    UserRate { uid: u32 },
+    #[error("its set's node lies outside the subtree of its cgroup; only a task with CAP_SYS_ADMIN is moved up or sideways (the ns subsystem's rule)")]
+    OutsideSubtree,
 }
 
 /// Whether the hierarchy places threads (cgroup v1 `tasks`) or whole processes (cgroup2).
@@ -90,6 +99,8 @@ pub struct Tracker {
     /// How many child nodes each node has.
     child_nodes: HashMap<CgroupId, usize>,
     by_set: HashMap<NsSet, CgroupId>,
+    /// How many nodes each creator uid has.
+    by_uid: HashMap<u32, usize>,
     /// The set of cgroups that are not nodes (the daemon's own, masked).
     base_set: NsSet,
     granularity: Granularity,
@@ -99,7 +110,15 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker with no nodes yet.
     pub fn new(base_set: NsSet, granularity: Granularity, limits: Limits) -> Tracker {
-        Tracker { nodes: HashMap::new(), child_nodes: HashMap::new(), by_set: HashMap::new(), base_set, granularity, limits }
+        Tracker {
+            nodes: HashMap::new(),
+            child_nodes: HashMap::new(),
+            by_set: HashMap::new(),
+            by_uid: HashMap::new(),
+            base_set,
+            granularity,
+            limits,
+        }
     }
 
     /// Decides where a task that reports `entry` belongs.
@@ -136,6 +155,7 @@ impl Tracker {
         Placement::Create(NewNode {
             parent: cgroup,
             creator_pid: entry.tid,
+            creator_uid: entry.uid,
             set: entry.set,
             parent_set: entry.prev,
         })
@@ -144,6 +164,11 @@ impl Tracker {
     /// Threads or processes.
     pub fn granularity(&self) -> Granularity {
         self.granularity
+    }
+
+    /// The set of tasks outside nodes.
+    pub fn base_set(&self) -> NsSet {
+        self.base_set
     }
 
     /// The set a task in `cgroup` is expected to have: the node's set, or the base set.
@@ -173,29 +198,42 @@ impl Tracker {
         }
         self.by_set.insert(node.record.set, node.id);
         if let Some(old) = self.nodes.insert(node.id, node.clone()) {
-            self.uncount_child(old.parent);
+            uncount(&mut self.child_nodes, old.parent);
+            uncount(&mut self.by_uid, old.record.creator_uid);
         }
         *self.child_nodes.entry(node.parent).or_default() += 1;
+        *self.by_uid.entry(node.record.creator_uid).or_default() += 1;
         Ok(())
     }
 
     /// Forgets a removed node.
     pub fn remove_node(&mut self, id: CgroupId) -> Option<Node> {
+        self.retire_set(id);
         let node = self.nodes.remove(&id)?;
-        if self.by_set.get(&node.record.set) == Some(&id) {
-            self.by_set.remove(&node.record.set);
-        }
-        self.uncount_child(node.parent);
+        uncount(&mut self.child_nodes, node.parent);
+        uncount(&mut self.by_uid, node.record.creator_uid);
         Some(node)
     }
 
-    fn uncount_child(&mut self, parent: CgroupId) {
-        if let Some(n) = self.child_nodes.get_mut(&parent) {
-            *n -= 1;
-            if *n == 0 {
-                self.child_nodes.remove(&parent);
+    /// Stops finding a node by its set (the node stays): for a node whose
+    /// namespaces may be gone, so that their recycled inode numbers make a
+    /// new set, not this one.
+    pub fn retire_set(&mut self, id: CgroupId) {
+        if let Some(node) = self.nodes.get(&id) {
+            if self.by_set.get(&node.record.set) == Some(&id) {
+                self.by_set.remove(&node.record.set);
             }
         }
+    }
+
+    /// How many nodes tasks of `uid` created.
+    pub fn nodes_of_uid(&self, uid: u32) -> usize {
+        self.by_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// How many nodes exist.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
     }
 
     /// A known node.
@@ -230,6 +268,16 @@ impl Tracker {
     }
 }
 
+/// Takes one off a count, forgetting it at zero.
+fn uncount<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,7 +294,7 @@ mod tests {
     }
 
     fn entry(tid: u32, cgroup: CgroupId, set: NsSet, prev: NsSet) -> Entry {
-        Entry { tid, tgid: tid, cgroup, set, prev }
+        Entry { tid, tgid: tid, uid: 0, cgroup, set, prev }
     }
 
     fn node(id: CgroupId, parent: CgroupId, s: NsSet, parent_set: NsSet) -> Node {
@@ -254,7 +302,14 @@ mod tests {
             id,
             parent,
             name: format!("node_{id}"),
-            record: NodeRecord { set: s, parent_set, creator_pid: id as u32, creator_comm: "x".into(), created_unix: 0 },
+            record: NodeRecord {
+                set: s,
+                parent_set,
+                creator_pid: id as u32,
+                creator_comm: "x".into(),
+                creator_uid: (id % 2) as u32,
+                created_unix: 0,
+            },
         }
     }
 
@@ -307,7 +362,7 @@ mod tests {
     #[test]
     fn cgroup2_places_processes_by_their_leader() {
         let t = Tracker::new(set(1), Granularity::Process, Limits::default());
-        let thread = Entry { tid: 11, tgid: 10, cgroup: CG, set: set(2), prev: set(1) };
+        let thread = Entry { tid: 11, tgid: 10, uid: 0, cgroup: CG, set: set(2), prev: set(1) };
         assert_eq!(t.place(&thread), Placement::Refused(Refusal::SplitThread));
         assert!(matches!(t.place(&Entry { tid: 10, ..thread }), Placement::Create(_)));
     }
@@ -320,6 +375,29 @@ mod tests {
         assert!(t.add_node(node(2000, CG, set(2), set(1))).is_ok());
         assert_eq!(t.remove_node(2000).map(|n| n.id), Some(2000));
         assert!(t.node_of_set(&set(2)).is_none());
+    }
+
+    #[test]
+    fn counts_nodes_per_creator_uid() {
+        let mut t = tracker();
+        t.add_node(node(2000, CG, set(2), set(1))).unwrap();
+        t.add_node(node(2002, CG, set(3), set(1))).unwrap();
+        t.add_node(node(2001, CG, set(4), set(1))).unwrap();
+        assert_eq!((t.nodes_of_uid(0), t.nodes_of_uid(1), t.len()), (2, 1, 3));
+        t.remove_node(2002);
+        assert_eq!(t.nodes_of_uid(0), 1);
+    }
+
+    #[test]
+    fn a_retired_set_is_not_found_but_its_node_stays() {
+        let mut t = tracker();
+        t.add_node(node(2000, CG, set(2), set(1))).unwrap();
+        t.retire_set(2000);
+        assert!(t.node_of_set(&set(2)).is_none());
+        assert!(t.node(2000).is_some());
+        // The recycled set gets a node of its own, below its task's cgroup.
+        assert!(matches!(t.place(&entry(10, CG, set(2), set(1))), Placement::Create(_)));
+        assert_eq!(t.remove_node(2000).map(|n| n.id), Some(2000));
     }
 
     #[test]

@@ -170,9 +170,21 @@ impl Hierarchy {
 
     /// The node record stored on a cgroup, if any.
     pub fn record(&self, rel: &str) -> Option<NodeRecord> {
+        NodeRecord::from_bytes(&self.record_bytes(rel)?)
+    }
+
+    /// The raw value of a cgroup's record xattr, if it has one.
+    pub fn record_bytes(&self, rel: &str) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 4096];
         let n = rustix::fs::getxattr(self.dir(rel), RECORD_XATTR, &mut buf).ok()?;
-        NodeRecord::from_bytes(&buf[..n])
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    /// The uid owning a cgroup's directory (who may create cgroups in it).
+    pub fn owner(&self, rel: &str) -> Result<u32, IoError> {
+        let d = self.dir(rel);
+        Ok(fs::metadata(&d).map_err(|e| IoError::new("stat", &d, e))?.uid())
     }
 
     /// Usage figures the hierarchy itself keeps for a cgroup (cgroup2 files
@@ -240,7 +252,8 @@ pub enum Removed {
 /// The narrow set of writes nsgroup makes to a hierarchy. The real one is
 /// [`CgroupWriter`]; tests use a recording fake.
 pub trait CgroupBackend {
-    /// The path of a cgroup the backend knows (or can find) by id.
+    /// The path of a cgroup the backend knows by id (never a walk: an unknown
+    /// id answers `None` at once).
     fn path_of(&mut self, id: CgroupId) -> Result<Option<String>, IoError>;
     /// Creates `parent/name`.
     fn create(&mut self, parent: CgroupId, name: &str) -> Result<Created, IoError>;
@@ -253,6 +266,9 @@ pub trait CgroupBackend {
     /// The usage figures the hierarchy keeps for a cgroup (see [`Hierarchy::usage`]).
     fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)>;
 }
+
+/// How many cgroup paths the writer knows before it forgets removed ones.
+const MAX_KNOWN_PATHS: usize = 1 << 18;
 
 /// How many membership files the writer keeps open at most.
 const MAX_OPEN_ATTACH_FILES: usize = 512;
@@ -268,8 +284,8 @@ pub struct CgroupWriter {
 
 impl CgroupWriter {
     /// A writer for the subtree `root` of `hierarchy`; it learns paths as
-    /// it is told them ([`CgroupWriter::learn`]) or, for an unknown id, by
-    /// walking the subtree.
+    /// it creates cgroups or is told them ([`CgroupWriter::learn`],
+    /// [`CgroupWriter::id_at`], [`CgroupWriter::rescan`]).
     pub fn new(hierarchy: Hierarchy, root: &str) -> CgroupWriter {
         CgroupWriter { hierarchy, root: root.to_string(), paths: HashMap::new(), attach_fds: HashMap::new() }
     }
@@ -283,6 +299,22 @@ impl CgroupWriter {
     /// Remembers a path found elsewhere.
     pub fn learn(&mut self, id: CgroupId, path: String) {
         self.paths.insert(id, path);
+    }
+
+    /// The id of the cgroup at `rel` (one stat), learning its path; `None`
+    /// when it is gone.
+    pub fn id_at(&mut self, rel: &str) -> Result<Option<CgroupId>, IoError> {
+        let id = or_vanished(self.hierarchy.id(rel))?;
+        if let Some(id) = id {
+            if self.paths.get(&id).is_none_or(|p| p != rel) {
+                if self.paths.len() >= MAX_KNOWN_PATHS {
+                    // Forget cgroups removed since: amortised over as many lookups.
+                    self.rescan()?;
+                }
+                self.paths.insert(id, rel.to_string());
+            }
+        }
+        Ok(id)
     }
 
     fn attach_file(&mut self, id: CgroupId) -> Result<Option<&mut fs::File>, IoError> {
@@ -313,10 +345,6 @@ impl CgroupWriter {
 
 impl CgroupBackend for CgroupWriter {
     fn path_of(&mut self, id: CgroupId) -> Result<Option<String>, IoError> {
-        if let Some(p) = self.paths.get(&id) {
-            return Ok(Some(p.clone()));
-        }
-        self.rescan()?;
         Ok(self.paths.get(&id).cloned())
     }
 

@@ -3,6 +3,7 @@ pub mod cgroupfs;
 pub mod connector;
 pub mod error;
 pub mod locate;
+pub mod lock;
 pub mod mounts;
 pub mod notify;
 pub mod procfs;

@@ -31,6 +31,12 @@ pub struct TaskStat {
     pub rss_pages: u64,
 }
 
+/// Nanoseconds per clock tick of /proc's times (USER_HZ).
+pub fn ns_per_tick() -> u64 {
+    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| 1_000_000_000 / rustix::param::clock_ticks_per_second().max(1))
+}
+
 const PF_KTHREAD: u64 = 0x0020_0000;
 const PF_EXITING: u64 = 0x0000_0004;
 
@@ -43,6 +49,17 @@ impl TaskStat {
     /// An exiting, zombie or dead task: it only waits to be released.
     pub fn is_dead(&self) -> bool {
         self.flags & PF_EXITING != 0 || matches!(self.state, 'Z' | 'X' | 'x')
+    }
+
+    /// Whether this is the task that started at `start_ns` (its
+    /// `start_boottime`, as the BPF programs read it): a reused tid is not.
+    pub fn started_at(&self, start_ns: u64) -> bool {
+        self.start_ticks == start_ns / ns_per_tick()
+    }
+
+    /// The start time in nanoseconds after boot, to a tick.
+    pub fn start_ns(&self) -> u64 {
+        self.start_ticks * ns_per_tick()
     }
 
     /// Parses a stat line; the command may hold spaces and parentheses.
@@ -109,11 +126,6 @@ impl ProcFs {
         Ok(out)
     }
 
-    /// Whether a thread still exists (a zombie counts until reaped).
-    pub fn task_exists(&self, pid: u32, tid: u32) -> bool {
-        self.task_dir(pid, tid).exists()
-    }
-
     /// Every process id.
     pub fn pids(&self) -> Result<Vec<u32>, IoError> {
         Self::numeric_entries(&self.root)
@@ -163,6 +175,27 @@ impl ProcFs {
         let path = self.task_dir(pid, tid).join("children");
         let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
         Ok(text.unwrap_or_default().split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
+    }
+
+    /// A thread's effective capability set (`CapEff`); `None` when it is gone.
+    pub fn effective_caps(&self, pid: u32, tid: u32) -> Result<Option<u64>, IoError> {
+        let path = self.task_dir(pid, tid).join("status");
+        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        let caps = |l: &str| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok();
+        Ok(text.and_then(|t| t.lines().find_map(caps)))
+    }
+
+    /// The inode number of one of a thread's namespaces; `None` when it is gone.
+    pub fn ns_inode(&self, pid: u32, tid: u32, kind: NsKind) -> Result<Option<u64>, IoError> {
+        let path = self.task_dir(pid, tid).join("ns").join(kind.proc_name());
+        or_vanished(fs::metadata(&path).map(|m| m.ino()).map_err(|e| IoError::new("stat", &path, e)))
+    }
+
+    /// Opens one of a thread's namespaces: while the descriptor is open, the
+    /// namespace, and so its inode number, stays taken. `None` when it is gone.
+    pub fn open_ns(&self, pid: u32, tid: u32, kind: NsKind) -> Result<Option<std::os::fd::OwnedFd>, IoError> {
+        let path = self.task_dir(pid, tid).join("ns").join(kind.proc_name());
+        or_vanished(fs::File::open(&path).map(std::os::fd::OwnedFd::from).map_err(|e| IoError::new("open", &path, e)))
     }
 
     /// The real user id of a task, from its status file.

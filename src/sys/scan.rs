@@ -16,8 +16,11 @@ pub struct TaskSample {
     pub tgid: u32,
     /// The task it was forked from: the leader for a thread, else the parent process.
     pub parent: u32,
-    /// When it started (any monotonic unit): reconcile goes in start order.
+    /// When it started (`start_boottime` in ns, to a tick from /proc): its
+    /// identity with the tid, and reconcile's order.
     pub start: u64,
+    /// Its real uid.
+    pub uid: u32,
     pub comm: String,
     pub cgroup: CgroupId,
     pub cgroup_path: String,
@@ -40,6 +43,7 @@ pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Vec<Task
                 continue;
             }
             let Some(set) = proc.ns_set(pid, tid)? else { continue };
+            let Some(uid) = proc.uid(tid)? else { continue };
             let id = match ids.get(&path) {
                 Some(id) => *id,
                 None => {
@@ -53,7 +57,8 @@ pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Vec<Task
                 tid,
                 tgid: pid,
                 parent: if tid == pid { stat.ppid } else { pid },
-                start: stat.start_ticks,
+                start: stat.start_ns(),
+                uid,
                 comm: stat.comm,
                 cgroup,
                 cgroup_path: path,

@@ -359,3 +359,248 @@ pub fn ns_inode(tid: u32, kind: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/proc/{tid}/task/{tid}/ns/{kind}")).unwrap().ino()
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the attack tests (tests/attack.rs): unprivileged attackers,
+// a paused daemon, its CPU time, node records, cgroups outside the root.
+// ---------------------------------------------------------------------------
+
+/// The unprivileged attacker's uid and gid.
+pub const NOBODY: u32 = 65534;
+
+/// `args` run as uid and gid 65534 without supplementary groups.
+pub fn as_nobody<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    v.extend_from_slice(args);
+    v
+}
+
+/// Panics with a clear message unless uid 65534 can run the workload binary
+/// and create user (and UTS) namespaces here.
+pub fn assert_nobody_can_attack() {
+    let run = |args: &[&str]| {
+        let v = as_nobody(args);
+        let out = Command::new(v[0]).args(&v[1..]).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "uid 65534 cannot run {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[WORKLOAD, "--help"]);
+    run(&["unshare", "--user", "--uts", "true"]);
+}
+
+/// A namespace inode of a task, `None` once it is gone.
+pub fn ns_inode_of(tid: u32, kind: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{tid}/task/{tid}/ns/{kind}")).ok().map(|m| m.ino())
+}
+
+/// The test's own namespace set in the text form of node records
+/// (`cgroup:…,ipc:…,…,uts:…`, ten kinds in order; 0 for a kind the kernel lacks).
+pub fn own_set_text() -> String {
+    use std::os::unix::fs::MetadataExt;
+    const KINDS: [&str; 10] =
+        ["cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "time_for_children", "user", "uts"];
+    KINDS
+        .iter()
+        .map(|k| {
+            let ino = std::fs::metadata(format!("/proc/thread-self/ns/{k}")).map_or(0, |m| m.ino());
+            format!("{k}:{ino}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// User plus system CPU time of a process so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); fields[0] is field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// Sends a signal to a process the test started.
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), sig).unwrap();
+}
+
+/// A configuration file for `--config`; keep the directory while it is used.
+pub fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nsgroup.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.display().to_string();
+    (dir, p)
+}
+
+/// A cgroup of a test hierarchy outside the tracked root (e.g. `/elsewhere`
+/// next to `/t`). Drop kills the processes in it (only ever the test's own)
+/// and removes it; declare it after its `Hier` so that it goes first.
+pub struct Outside {
+    pub rel: String,
+    dir: PathBuf,
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids: Vec<u32> = std::fs::read_to_string(self.dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect();
+            if pids.is_empty() || Instant::now() > end {
+                break;
+            }
+            for pid in pids {
+                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::KILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for _ in 0..200 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Hier {
+    /// Starts `args` as uid 65534 inside cgroup `rel` (root's shell moves
+    /// itself there, then setpriv drops to uid 65534 and execs).
+    pub fn spawn_as_nobody(&mut self, rel: &str, args: &[&str]) -> Proc {
+        self.spawn_in(rel, &as_nobody(args))
+    }
+
+    /// Creates cgroup `rel` (a full path inside the hierarchy).
+    pub fn mkdir(&self, rel: &str) {
+        std::fs::create_dir(self.dir(rel)).unwrap();
+    }
+
+    /// A cgroup outside the tracked root, `/<name>`, removed in its Drop.
+    pub fn outside(&self, name: &str) -> Outside {
+        let rel = format!("/{name}");
+        assert!(!rel.starts_with(&format!("{}/", self.root)) && rel != self.root);
+        self.mkdir(&rel);
+        Outside { dir: self.dir(&rel), rel }
+    }
+
+    /// Hands cgroup `rel` (directory, `tasks`, `cgroup.procs`) to `uid`, as
+    /// delegation does.
+    pub fn chown_cgroup(&self, rel: &str, uid: u32) {
+        let dir = self.dir(rel);
+        for p in [dir.clone(), dir.join("tasks"), dir.join("cgroup.procs")] {
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            }
+        }
+    }
+
+    /// Moves one task (v1: `tasks`) or its process (v2) into cgroup `rel`,
+    /// as another cgroup writer would.
+    pub fn move_task(&self, tid: u32, rel: &str) {
+        let file = if self.kind == Kind::V1 { "tasks" } else { "cgroup.procs" };
+        std::fs::write(self.dir(rel).join(file), tid.to_string()).unwrap();
+    }
+
+    /// The parsed `trusted.nsgroup` record of cgroup `rel`, if any.
+    pub fn record(&self, rel: &str) -> Option<serde_json::Value> {
+        let mut buf = vec![0u8; 65536];
+        let n = rustix::fs::getxattr(self.dir(rel), "trusted.nsgroup", &mut buf[..]).ok()?;
+        serde_json::from_slice(&buf[..n]).ok()
+    }
+
+    /// The nodes below the root (cgroups named `node_*`), as paths relative
+    /// to the root.
+    pub fn nodes(&self) -> Vec<String> {
+        self.node_paths()
+            .into_iter()
+            .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("node_")))
+            .collect()
+    }
+
+    /// How many levels below the root the deepest node lies (0: none).
+    pub fn deepest_node(&self) -> usize {
+        self.nodes().iter().map(|p| p.split('/').count()).max().unwrap_or(0)
+    }
+
+    /// Whether task `tid` is in its own node `node_<tid>` (or `node_<tid>~N`)
+    /// directly below `parent`.
+    pub fn in_own_node(&self, tid: u32, parent: &str) -> bool {
+        let node = format!("{parent}/node_{tid}");
+        self.cgroup_of(tid).is_some_and(|c| c == node || c.starts_with(&format!("{node}~")))
+    }
+
+    /// A root `unshare --uts sleep 60` in the root, waited for until it has
+    /// its node: a positive sign that the daemon has handled every earlier
+    /// event (events are handled in order).
+    pub fn marker(&mut self) -> Proc {
+        let p = self.spawn(&["unshare", "--uts", "sleep", "60"]);
+        let root = self.root.clone();
+        wait_for(&format!("the marker {} placed in its node", p.pid), || self.in_own_node(p.pid, &root));
+        p
+    }
+
+    /// SIGKILLs one process the test started and reaps it if it is a direct child.
+    pub fn kill(&mut self, pid: u32) {
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::KILL);
+        self.reap(pid);
+    }
+}
+
+impl Proc {
+    /// Closes the process's stdin: EOF (the workloads exit).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+}
+
+impl Daemon {
+    /// SIGSTOP: events queue up while it is stopped.
+    pub fn pause(&self) {
+        signal(self.pid(), rustix::process::Signal::STOP);
+        wait_for("the daemon stopped", || {
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+                .is_ok_and(|s| s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('T'))
+        });
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(self.pid(), rustix::process::Signal::CONT);
+    }
+
+    /// The daemon's user plus system CPU time so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
+    /// Whether the daemon still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM, and the exit status if it exits within `limit`; otherwise
+    /// `None` (and it is killed).
+    pub fn stop_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), rustix::process::Signal::TERM);
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// The log lines containing `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log_text().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
+    }
+}

@@ -1,0 +1,103 @@
+//! What the daemon checks before it acts on a task's behalf: the user's
+//! quotas, that the tid still is the task that entered and is still where the
+//! decision assumed, and the ns subsystem's rule on where a task may go.
+//! Checks that cost I/O run only for decisions that move or create.
+
+use std::time::Instant;
+
+use crate::core::cgpath::within;
+use crate::core::node::CgroupId;
+use crate::core::nsset::NsKind;
+use crate::core::quota::UserQuotas;
+use crate::core::tracker::{Entry, Placement, Refusal, Tracker};
+use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
+use crate::sys::error::IoError;
+use crate::sys::procfs::{HierarchyKey, ProcFs};
+
+/// CAP_SYS_ADMIN's bit in a capability set.
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// Why a decided placement was dropped without a word to the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dropped {
+    /// The task exited (or is exiting).
+    Gone,
+    /// The tid belongs to another task now: it started at another time.
+    Reused,
+    /// The task is no longer in the cgroup the decision assumed: another
+    /// cgroup writer moved it, and other writers win.
+    OtherWriter,
+}
+
+/// The outcome of the checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Checked {
+    Go(Placement),
+    Dropped(Dropped),
+}
+
+/// The checks, with what they need to know.
+pub(super) struct Gate {
+    proc: ProcFs,
+    key: HierarchyKey,
+    quotas: UserQuotas,
+    /// The daemon's user namespace: CAP_SYS_ADMIN counts only there.
+    own_user_ns: u64,
+}
+
+impl Gate {
+    pub(super) fn new(proc: ProcFs, key: HierarchyKey, quotas: UserQuotas, own_user_ns: u64) -> Gate {
+        Gate { proc, key, quotas, own_user_ns }
+    }
+
+    /// Checks `placement`, decided for `entry` (a task that started at
+    /// `start_ns`, believed to be in cgroup `expected`). Stays and refusals pass
+    /// as they are; a creation over the user's quota becomes a refusal; a
+    /// move or creation is dropped unless the tid is still that task, in that
+    /// cgroup; one that would take the task out of its cgroup's subtree is
+    /// refused unless the task has CAP_SYS_ADMIN in the daemon's user namespace.
+    pub(super) fn check(
+        &mut self,
+        tracker: &Tracker,
+        writer: &mut CgroupWriter,
+        placement: Placement,
+        entry: &Entry,
+        start_ns: u64,
+        expected: CgroupId,
+    ) -> Result<Checked, IoError> {
+        let destination = match &placement {
+            Placement::Stay | Placement::Refused(_) => return Ok(Checked::Go(placement)),
+            Placement::Move(to) => *to,
+            Placement::Create(new) => {
+                if let Err(refusal) = self.quotas.admit(entry.uid, tracker.nodes_of_uid(entry.uid), Instant::now()) {
+                    return Ok(Checked::Go(Placement::Refused(refusal)));
+                }
+                new.parent
+            }
+        };
+        let Some(stat) = self.proc.stat(entry.tgid, entry.tid)? else { return Ok(Checked::Dropped(Dropped::Gone)) };
+        if !stat.started_at(start_ns) {
+            return Ok(Checked::Dropped(Dropped::Reused));
+        }
+        if stat.is_dead() {
+            return Ok(Checked::Dropped(Dropped::Gone));
+        }
+        let Some(here) = self.proc.cgroup_path(entry.tgid, entry.tid, &self.key)? else {
+            return Ok(Checked::Dropped(Dropped::Gone));
+        };
+        if writer.id_at(&here)? != Some(expected) {
+            return Ok(Checked::Dropped(Dropped::OtherWriter));
+        }
+        let Some(there) = writer.path_of(destination)? else { return Ok(Checked::Dropped(Dropped::Gone)) };
+        if !within(&there, &here) && !self.privileged(entry.tgid, entry.tid)? {
+            return Ok(Checked::Go(Placement::Refused(Refusal::OutsideSubtree)));
+        }
+        Ok(Checked::Go(placement))
+    }
+
+    /// Whether a task has CAP_SYS_ADMIN in the daemon's user namespace.
+    fn privileged(&self, tgid: u32, tid: u32) -> Result<bool, IoError> {
+        let caps = self.proc.effective_caps(tgid, tid)?.unwrap_or(0);
+        Ok(caps & CAP_SYS_ADMIN != 0 && self.proc.ns_inode(tgid, tid, NsKind::User)? == Some(self.own_user_ns))
+    }
+}

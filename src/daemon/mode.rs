@@ -1,0 +1,191 @@
+//! The daemon's pace: under a low rate of entries it wakes per event and
+//! places at once (under SCHED_FIFO if configured); under a high rate it looks
+//! at the ring once per batch window, holds entries for a window so that a
+//! task gone by then gets no node, and runs under the normal scheduler.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::Daemon;
+use crate::bpf::{Event, EventKind};
+use crate::source::monotonic_ns;
+
+/// How many of the latest entries the rate must be high over to start
+/// coalescing: enough that a catch-up burst after a stall of the workload is
+/// not taken for a storm.
+const ENTER_OVER: usize = 64;
+/// How many of the latest entries the rate must be low over to stop: few, so
+/// that a burst that did start it costs few entries the window's delay.
+const LEAVE_OVER: usize = 16;
+
+/// When the latest entries happened (their BPF timestamps, so that the
+/// daemon's batching of its reads does not matter).
+#[derive(Default)]
+pub(super) struct Arrivals {
+    recent: VecDeque<u64>,
+}
+
+impl Arrivals {
+    pub(super) fn note(&mut self, ktime_ns: u64) {
+        if self.recent.len() == ENTER_OVER {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ktime_ns);
+    }
+
+    /// The mean gap between the latest `n` entries, once `n` are seen.
+    fn mean_gap(&self, n: usize) -> Option<Duration> {
+        let len = self.recent.len();
+        if n < 2 || len < n {
+            return None;
+        }
+        let span = self.recent[len - 1].saturating_sub(self.recent[len - n]);
+        Some(Duration::from_nanos(span / (n as u64 - 1)))
+    }
+
+    /// How long ago the latest entry happened.
+    fn since_last(&self) -> Option<Duration> {
+        self.recent.back().map(|&t| Duration::from_nanos(monotonic_ns().saturating_sub(t)))
+    }
+}
+
+/// The tasks (tid, start) of a batch that exited within it and forked no
+/// child in it: placing them would only make a node to remove at once.
+fn short_lived(batch: &[Event]) -> HashSet<(u32, u64)> {
+    let parents: HashSet<u32> =
+        batch.iter().filter_map(|e| if let EventKind::Fork { ptid } = e.kind { Some(ptid) } else { None }).collect();
+    batch.iter().filter(|e| e.kind == EventKind::Exit && !parents.contains(&e.tid)).map(|e| (e.tid, e.start_ns)).collect()
+}
+
+impl Daemon {
+    /// Handles a batch in order. Under a high rate, entries younger than the
+    /// batch window are held back (with every later event of the same task,
+    /// and the children it forks) until the window has passed, so that a task
+    /// gone by then (its exit is in the batch) gets no node.
+    pub(super) fn process(&mut self, batch: &mut Vec<Event>) {
+        let window_ns = self.config.batch_window_us * 1000;
+        let hold = self.coalescing();
+        let now = monotonic_ns();
+        let short_lived = short_lived(batch);
+        let mut held_tids = HashSet::new();
+        for ev in batch.drain(..) {
+            let entry = ev.kind != EventKind::Exit;
+            if entry && short_lived.contains(&(ev.tid, ev.start_ns)) {
+                self.deferred.remove(&ev.tid);
+                continue;
+            }
+            let young = entry && now.saturating_sub(ev.ktime_ns) < window_ns;
+            let follows_held = held_tids.contains(&ev.tid) || matches!(ev.kind, EventKind::Fork { ptid } if held_tids.contains(&ptid));
+            if hold && (young || follows_held) {
+                held_tids.insert(ev.tid);
+                self.held.push(ev);
+                continue;
+            }
+            self.handle(ev);
+        }
+    }
+
+    /// The mean gap between entries below which the rate is high, and
+    /// (with hysteresis: nine tenths of the rate) above which it is low again.
+    fn gaps(&self) -> (Duration, Duration) {
+        let enter = Duration::from_secs(1) / self.config.coalesce_above_per_second;
+        (enter, enter * 10 / 9)
+    }
+
+    /// After an entry: into the high-rate mode when the rate over the latest
+    /// [`ENTER_OVER`] entries is high, out of it when the rate over the latest
+    /// [`LEAVE_OVER`] is low (counting afresh from then on).
+    pub(super) fn update_mode(&mut self) {
+        let (enter, leave) = self.gaps();
+        if !self.busy && self.arrivals.mean_gap(ENTER_OVER).is_some_and(|gap| gap < enter) {
+            self.set_mode(true);
+        } else if self.busy && self.arrivals.mean_gap(LEAVE_OVER).is_some_and(|gap| gap > leave) {
+            self.arrivals = Arrivals::default();
+            self.set_mode(false);
+        }
+    }
+
+    /// A look at the ring found nothing new. In the high-rate mode, once no
+    /// entry has come for as long as [`LEAVE_OVER`] entries at the low rate
+    /// would take, the rate is low again: back to waking per event. (A single
+    /// quiet window, a stall of the workload, does not end it.)
+    pub(super) fn quiet_tick(&mut self) {
+        if !self.busy || !self.held.is_empty() {
+            return;
+        }
+        let quiet_enough = self.gaps().1 * LEAVE_OVER as u32;
+        if self.arrivals.since_last().is_none_or(|quiet| quiet > quiet_enough) {
+            self.arrivals = Arrivals::default();
+            self.set_mode(false);
+        }
+    }
+
+    /// How long until the oldest held event's window has passed.
+    pub(super) fn held_until(&self) -> Option<Duration> {
+        let oldest = self.held.iter().map(|e| e.ktime_ns).min()?;
+        let due = oldest + self.config.batch_window_us * 1000;
+        Some(Duration::from_nanos(due.saturating_sub(monotonic_ns())))
+    }
+
+    /// Whether entries are held for the batch window and the ring is looked
+    /// at on a timer: in the high-rate mode, unless the window is 0.
+    pub(super) fn coalescing(&self) -> bool {
+        self.busy && self.config.batch_window_us > 0
+    }
+
+    fn set_mode(&mut self, busy: bool) {
+        if self.busy != busy {
+            self.busy = busy;
+            self.apply_mode();
+        }
+    }
+
+    /// Idle or under a low rate: woken per event, under SCHED_FIFO (if
+    /// configured), to place at once; never during heavy work (a reconcile). Under a high rate: the normal scheduler,
+    /// so that the daemon does not preempt the very tasks it places (a
+    /// real-time wakeup stays on its CPU instead of taking an idle one), no
+    /// wakeups from the ring (it looks once per window), and coalescing.
+    pub(super) fn apply_mode(&mut self) {
+        debug!(busy = self.busy, "scheduling mode");
+        if let Err(e) = self.source.set_wakeups(!self.coalescing()) {
+            warn!("could not switch the ring buffer's wakeups: {e}");
+        }
+        let priority = self.config.realtime_priority;
+        if priority == 0 {
+            return;
+        }
+        let wanted = (!self.busy && !self.heavy).then_some(i32::from(priority));
+        if let Err(e) = crate::ffi::set_realtime(wanted) {
+            warn!("could not change the scheduling policy (realtime_priority): {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_mean_gap_over_the_latest_entries() {
+        let mut a = Arrivals::default();
+        assert_eq!(a.mean_gap(LEAVE_OVER), None);
+        for i in 0..ENTER_OVER as u64 - 1 {
+            a.note(i * 100_000);
+        }
+        assert_eq!(a.mean_gap(ENTER_OVER), None, "too few entries to tell");
+        assert_eq!(a.mean_gap(LEAVE_OVER), Some(Duration::from_micros(100)));
+        a.note((ENTER_OVER as u64 - 1) * 100_000);
+        assert_eq!(a.mean_gap(ENTER_OVER), Some(Duration::from_micros(100)));
+        // A slow stretch shows in the short window at once, in the long one
+        // only in part.
+        let last = (ENTER_OVER as u64 - 1) * 100_000;
+        for i in 1..LEAVE_OVER as u64 {
+            a.note(last + i * 1_000_000);
+        }
+        assert_eq!(a.mean_gap(LEAVE_OVER), Some(Duration::from_millis(1)));
+        assert!(a.mean_gap(ENTER_OVER).unwrap() < Duration::from_micros(500));
+        assert!(a.since_last().is_some());
+    }
+}

@@ -1,0 +1,84 @@
+//! Namespace identity. A set is known by its namespaces' inode numbers, and
+//! the kernel hands a freed inode number to the next new namespace. So every
+//! node holds one of its set's namespaces open (one that differs from the set
+//! it came from, the cheapest kind first): while the node exists, no other
+//! namespace can have that number, and no other set can look like its own.
+//! A node whose set could not be pinned is no longer found by its set.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+use crate::core::node::{CgroupId, Node};
+use crate::core::nsset::NsKind;
+use crate::sys::procfs::ProcFs;
+
+/// The kinds to pin, cheapest first: a pinned namespace outlives its tasks
+/// as long as its node does, and a network namespace costs the most.
+const PIN_ORDER: [NsKind; 10] = [
+    NsKind::Uts,
+    NsKind::Ipc,
+    NsKind::Cgroup,
+    NsKind::Time,
+    NsKind::TimeForChildren,
+    NsKind::Mnt,
+    NsKind::PidForChildren,
+    NsKind::Pid,
+    NsKind::User,
+    NsKind::Net,
+];
+
+/// One open namespace per node.
+#[derive(Default)]
+pub(super) struct Pins {
+    fds: HashMap<CgroupId, OwnedFd>,
+}
+
+impl Pins {
+    /// Whether a node holds its namespace.
+    pub(super) fn holds(&self, node: CgroupId) -> bool {
+        self.fds.contains_key(&node)
+    }
+
+    /// Pins one of `node`'s namespaces from a task in its set; false when
+    /// the task no longer has it (gone, or moved on to another set).
+    pub(super) fn pin(&mut self, proc: &ProcFs, node: &Node, tgid: u32, tid: u32) -> bool {
+        if self.holds(node.id) {
+            return true;
+        }
+        let set = &node.record.set;
+        let differing: Vec<NsKind> = set.differing(&node.record.parent_set).map(|(k, _)| k).collect();
+        let Some(kind) = PIN_ORDER.into_iter().find(|k| differing.contains(k) && set.get(*k) != 0) else { return false };
+        let Ok(Some(fd)) = proc.open_ns(tgid, tid, kind) else { return false };
+        // The task may have moved on between the decision and the open.
+        let opened = rustix::fs::fstat(&fd).map(|st| st.st_ino as u64).ok();
+        if opened != Some(set.get(kind)) {
+            return false;
+        }
+        self.fds.insert(node.id, fd);
+        true
+    }
+
+    /// Lets a removed node's namespace go.
+    pub(super) fn release(&mut self, node: CgroupId) {
+        self.fds.remove(&node);
+    }
+
+    /// How many namespaces are held.
+    pub(super) fn len(&self) -> usize {
+        self.fds.len()
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every node holds a
+/// descriptor. Where that fails, nodes past the limit are not pinned (their
+/// sets retire at once) and the daemon says so.
+pub(super) fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("could not raise the open files limit to {:?}: {e}", limit.maximum);
+        }
+    }
+}
