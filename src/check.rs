@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::core::cgpath::within;
 use crate::core::naming;
 use crate::core::nsset::{NsMask, NsSet};
 use crate::core::tracker::Granularity;
@@ -31,6 +32,10 @@ pub struct Verdict {
     pub tasks: usize,
     pub nodes: usize,
     pub misplaced: Vec<Misplaced>,
+    /// Tasks outside the node of their set because it lies outside their
+    /// cgroup's subtree and they lack CAP_SYS_ADMIN: the daemon leaves them
+    /// there by the ns subsystem's rule (docs/semantics.md §13). Not a violation.
+    pub outside_subtree: Vec<Misplaced>,
     /// Sets with more than one node: the node paths.
     pub duplicate_nodes: Vec<Vec<String>>,
 }
@@ -41,8 +46,10 @@ impl Verdict {
     }
 }
 
-/// Checks the subtree `root`. `base` is the set of cgroups that are no node.
+/// Checks the subtree `root`. `base` is the set of cgroups that are no node
+/// (unmasked: its user namespace is the one CAP_SYS_ADMIN counts in).
 pub fn check(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, base: NsSet, mask: NsMask) -> Result<Verdict, IoError> {
+    let own_user_ns = base.get(crate::core::nsset::NsKind::User);
     let mut by_set: BTreeMap<NsSet, Vec<String>> = BTreeMap::new();
     let mut node_paths = std::collections::BTreeSet::new();
     for (path, _) in hierarchy.walk(root)? {
@@ -65,9 +72,13 @@ pub fn check(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, base: NsSet, mask
         let set = t.set.masked(mask);
         let expected = by_set.get(&set).and_then(|v| v.first()).cloned();
         let ok = if set == base { !node_paths.contains(&t.cgroup_path) } else { expected.as_ref() == Some(&t.cgroup_path) };
-        if !ok {
-            verdict.misplaced.push(Misplaced { tid: t.tid, pid: t.tgid, comm: t.comm, cgroup: t.cgroup_path, expected });
+        if ok {
+            continue;
         }
+        let held = expected.as_deref().is_some_and(|node| !within(node, &t.cgroup_path))
+            && !proc.has_sys_admin_in(t.tgid, t.tid, own_user_ns)?;
+        let m = Misplaced { tid: t.tid, pid: t.tgid, comm: t.comm, cgroup: t.cgroup_path, expected };
+        if held { verdict.outside_subtree.push(m) } else { verdict.misplaced.push(m) }
     }
     verdict.duplicate_nodes = by_set.into_values().filter(|v| v.len() > 1).collect();
     Ok(verdict)

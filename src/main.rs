@@ -191,6 +191,17 @@ fn check(place: Where, config: Option<PathBuf>, json: bool) -> anyhow::Result<()
             let want = m.expected.as_deref().unwrap_or("(a node of its own, missing)");
             writeln!(out, "misplaced: {} {} in {}, belongs in {}", m.tid, Escaped(&m.comm), Escaped(&m.cgroup), Escaped(want))?;
         }
+        for m in &verdict.outside_subtree {
+            let node = m.expected.as_deref().unwrap_or_default();
+            writeln!(
+                out,
+                "outside its subtree (left there by the subtree rule): {} {} in {}, its set's node is {}",
+                m.tid,
+                Escaped(&m.comm),
+                Escaped(&m.cgroup),
+                Escaped(node)
+            )?;
+        }
         for d in &verdict.duplicate_nodes {
             let paths: Vec<String> = d.iter().map(|p| Escaped(p).to_string()).collect();
             writeln!(out, "one set, several nodes: {}", paths.join(" "))?;

@@ -242,28 +242,34 @@ fn max_depth_holds_under_a_nested_storm() {
     let marker_node = h.cgroup_of(marker.pid).unwrap();
     let nodes: Vec<String> = h.nodes().into_iter().filter(|n| h.path(n) != marker_node).collect();
     let deepest = nodes.iter().map(|n| n.split('/').count()).max().unwrap_or(0);
+    eprintln!("{} nodes, the deepest {deepest} levels below {root}", nodes.len());
     assert!(deepest <= 5, "a node {deepest} levels deep with max_depth = 5");
     assert!(nodes.len() <= 20 * 5, "{} nodes for 20 threads with max_depth = 5", nodes.len());
 }
 
-/// The default `max_depth` (32) holds against nested unshares too.
+/// The default `max_depth` (32) holds against nested unshares too, also
+/// when the daemon reads them late (all of them queued while it is stopped,
+/// so that each event's cgroup is the one from before any move).
 #[test]
-fn default_max_depth_holds_under_nested_unshares() {
+fn default_max_depth_holds_under_nested_unshares_read_late() {
     if !privileged() {
         return;
     }
     assert_nobody_can_attack();
     let mut h = Hier::new(Kind::V1);
-    let _d = Daemon::start(&h, &[]);
+    let d = Daemon::start(&h, &[]);
     let root = h.root.clone();
-    let mut storm = h.spawn_as_nobody(&root, &[WORKLOAD, "userns-storm", "--threads", "4", "--unshares", "100"]);
-    assert_eq!(storm.read_json()["entered"], 400);
+    d.pause();
+    let mut storm = h.spawn_as_nobody(&root, &[WORKLOAD, "userns-storm", "--threads", "8", "--unshares", "200"]);
+    assert_eq!(storm.read_json()["entered"], 1600);
+    d.resume();
     let marker = h.marker();
     let marker_node = h.cgroup_of(marker.pid).unwrap();
     let nodes: Vec<String> = h.nodes().into_iter().filter(|n| h.path(n) != marker_node).collect();
     let deepest = nodes.iter().map(|n| n.split('/').count()).max().unwrap_or(0);
+    eprintln!("{} nodes, the deepest {deepest} levels below {root}", nodes.len());
     assert!(deepest <= 32, "a node {deepest} levels deep with the default max_depth = 32");
-    assert!(nodes.len() <= 4 * 32, "{} nodes for 4 threads with max_depth = 32", nodes.len());
+    assert!(nodes.len() <= 8 * 32, "{} nodes for 8 threads with max_depth = 32", nodes.len());
 }
 
 /// `max_nodes_per_user = 20`: uid 65534 holding 51 sets gets at most 20
@@ -315,6 +321,7 @@ fn an_unshare_flood_does_not_flood_the_log() {
     let marker_node = h.cgroup_of(marker.pid).unwrap();
     wait_for("the flood's nodes removed", || h.nodes().iter().all(|n| h.path(n) == marker_node));
     let warns = d.log_text().lines().filter(|l| l.contains(" WARN ")).count();
+    eprintln!("{warns} WARN lines");
     assert!(warns < 200, "{warns} WARN lines for one process's unshare flood");
     wait_for("a note of suppressed log lines", || d.log_text().contains("suppressed"));
 }
@@ -335,8 +342,10 @@ fn a_forged_command_name_cannot_forge_log_lines() {
     wait_for("the odd task in a node", || h.cgroup_of(odd.pid).is_some_and(|c| c.starts_with(&format!("{root}/node_"))));
     let marker = h.marker();
     let clean = |what: &str, text: &str| {
-        assert!(!text.contains('\u{1b}'), "{what} holds a raw ESC: {text:?}");
-        assert!(!text.lines().any(|l| l.starts_with("FAKE")), "{what} holds a forged line: {text:?}");
+        let esc: Vec<&str> = text.lines().filter(|l| l.contains('\u{1b}')).collect();
+        assert!(esc.is_empty(), "{what} holds a raw ESC: {esc:#?}");
+        let forged: Vec<&str> = text.lines().filter(|l| l.starts_with("FAKE")).collect();
+        assert!(forged.is_empty(), "{what} holds a forged line: {forged:#?}");
     };
     clean("nsgroup tree", &tree(&h, &[]));
     clean("nsgroup tree --all", &tree(&h, &["--all"]));

@@ -276,7 +276,7 @@ fn other_writers_are_respected_in_shared_hierarchies_only() {
     std::fs::write(h.dir(&elsewhere).join("cgroup.procs"), p.pid.to_string()).unwrap();
     let d = Daemon::start(&h, &[]);
     assert_eq!(h.cgroup_of(p.pid), Some(elsewhere.clone()));
-    assert!(d.log_text().contains("foreign: 1"), "{}", d.log_text());
+    assert!(d.log_text().contains("foreign=1"), "{}", d.log_text());
     drop(d);
 
     // In nsgroup's own named hierarchy nobody else writes: it converges.

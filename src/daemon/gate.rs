@@ -7,15 +7,11 @@ use std::time::Instant;
 
 use crate::core::cgpath::within;
 use crate::core::node::CgroupId;
-use crate::core::nsset::NsKind;
 use crate::core::quota::UserQuotas;
 use crate::core::tracker::{Entry, Placement, Refusal, Tracker};
 use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
 use crate::sys::error::IoError;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
-
-/// CAP_SYS_ADMIN's bit in a capability set.
-const CAP_SYS_ADMIN: u64 = 1 << 21;
 
 /// Why a decided placement was dropped without a word to the task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,15 +85,9 @@ impl Gate {
             return Ok(Checked::Dropped(Dropped::OtherWriter));
         }
         let Some(there) = writer.path_of(destination)? else { return Ok(Checked::Dropped(Dropped::Gone)) };
-        if !within(&there, &here) && !self.privileged(entry.tgid, entry.tid)? {
+        if !within(&there, &here) && !self.proc.has_sys_admin_in(entry.tgid, entry.tid, self.own_user_ns)? {
             return Ok(Checked::Go(Placement::Refused(Refusal::OutsideSubtree)));
         }
         Ok(Checked::Go(placement))
-    }
-
-    /// Whether a task has CAP_SYS_ADMIN in the daemon's user namespace.
-    fn privileged(&self, tgid: u32, tid: u32) -> Result<bool, IoError> {
-        let caps = self.proc.effective_caps(tgid, tid)?.unwrap_or(0);
-        Ok(caps & CAP_SYS_ADMIN != 0 && self.proc.ns_inode(tgid, tid, NsKind::User)? == Some(self.own_user_ns))
     }
 }

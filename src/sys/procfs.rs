@@ -177,12 +177,16 @@ impl ProcFs {
         Ok(text.unwrap_or_default().split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
     }
 
-    /// A thread's effective capability set (`CapEff`); `None` when it is gone.
-    pub fn effective_caps(&self, pid: u32, tid: u32) -> Result<Option<u64>, IoError> {
+    /// Whether a thread has CAP_SYS_ADMIN in the user namespace whose inode
+    /// is `user_ns` (its effective set, and that namespace being its own);
+    /// false when it is gone.
+    pub fn has_sys_admin_in(&self, pid: u32, tid: u32, user_ns: u64) -> Result<bool, IoError> {
+        const CAP_SYS_ADMIN: u64 = 1 << 21;
         let path = self.task_dir(pid, tid).join("status");
         let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
         let caps = |l: &str| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok();
-        Ok(text.and_then(|t| t.lines().find_map(caps)))
+        let effective = text.and_then(|t| t.lines().find_map(caps)).unwrap_or(0);
+        Ok(effective & CAP_SYS_ADMIN != 0 && self.ns_inode(pid, tid, NsKind::User)? == Some(user_ns))
     }
 
     /// The inode number of one of a thread's namespaces; `None` when it is gone.
