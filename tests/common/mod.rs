@@ -604,3 +604,85 @@ impl Daemon {
         self.log_text().lines().filter(|l| l.contains(needle)).map(str::to_string).collect()
     }
 }
+
+impl Hier {
+    /// Waits until the cgroups below the root stay the same for `quiet`
+    /// (after a marker: the daemon has worked off what it had queued).
+    pub fn wait_unchanged(&self, quiet: Duration) {
+        let mut last = self.node_paths();
+        let mut since = Instant::now();
+        wait_for("the cgroups below the root to stop changing", || {
+            let now = self.node_paths();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+            since.elapsed() >= quiet
+        });
+    }
+}
+
+/// Samples the nodes below a root from a thread of its own, as often as it
+/// can, and keeps the most seen at once and the deepest: bounds that must
+/// hold at every moment, not only once the daemon has removed what emptied.
+pub struct NodeWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl NodeWatch {
+    /// Starts watching the cgroups named `node_*` below `root_dir`.
+    pub fn start(root_dir: PathBuf) -> NodeWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut most, mut deepest) = (0, 0);
+            loop {
+                let last = flag.load(std::sync::atomic::Ordering::Relaxed);
+                let (n, d) = count_nodes(&root_dir);
+                most = most.max(n);
+                deepest = deepest.max(d);
+                if last {
+                    return (most, deepest);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        NodeWatch { stop, thread: Some(thread) }
+    }
+
+    /// Stops (after one more sample) and returns the most nodes seen at
+    /// once and the deepest level seen.
+    pub fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How many cgroups named `node_*` lie below `dir`, and the deepest level.
+pub fn count_nodes(dir: &std::path::Path) -> (usize, usize) {
+    let (mut n, mut deepest) = (0, 0);
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, level)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name().to_string_lossy().starts_with("node_") {
+                    n += 1;
+                    deepest = deepest.max(level + 1);
+                }
+                stack.push((e.path(), level + 1));
+            }
+        }
+    }
+    (n, deepest)
+}
