@@ -113,6 +113,7 @@ impl<B: CgroupBackend> Placer<B> {
                 creator_comm: comm.to_string(),
                 creator_uid: new.creator_uid,
                 created_unix: (self.clock)(),
+                mirrors: Vec::new(),
             };
             self.backend.store_record(id, &record)?;
             let node = Node { id, parent: new.parent, name, record };

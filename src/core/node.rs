@@ -35,6 +35,19 @@ pub struct NodeRecord {
     pub creator_uid: u32,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: u64,
+    /// The node's mirrors in controller hierarchies (cgroup v1 mirrors, see
+    /// docs/semantics.md "Control"): where the same set lives there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorPath>,
+}
+
+/// One mirror of a node: its cgroup in another hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorPath {
+    /// The mirrored hierarchy's controllers, as `/proc/<pid>/cgroup` lists them (`pids`, `cpu,cpuacct`).
+    pub controllers: String,
+    /// The mirror's cgroup path inside that hierarchy.
+    pub path: String,
 }
 
 mod as_text {
@@ -75,6 +88,7 @@ mod tests {
             creator_comm: "odd\nname\u{fffd}".into(),
             creator_uid: 65534,
             created_unix: 1_800_000_000,
+            mirrors: vec![MirrorPath { controllers: "pids".into(), path: "/j/node_77".into() }],
         };
         assert_eq!(NodeRecord::from_bytes(&r.to_bytes()), Some(r));
         assert_eq!(NodeRecord::from_bytes(b"garbage"), None);

@@ -309,6 +309,7 @@ mod tests {
                 creator_comm: "x".into(),
                 creator_uid: (id % 2) as u32,
                 created_unix: 0,
+                mirrors: vec![],
             },
         }
     }

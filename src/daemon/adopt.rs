@@ -98,6 +98,7 @@ mod tests {
             creator_comm: "unshare".into(),
             creator_uid: 0,
             created_unix: 0,
+            mirrors: vec![],
         }
         .to_bytes()
     }
