@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::core::cgpath::{canonical, within};
+use crate::control::limits::Limit;
 use crate::core::nsset::{NsKind, NsMask};
 
 /// The default configuration file; a missing default file means defaults.
@@ -67,6 +68,84 @@ pub struct Config {
     pub realtime_priority: u8,
     /// The daemon's nice value (-20–19) when it does not run under SCHED_FIFO.
     pub nice: i8,
+    /// cgroup v1 controller hierarchies that carry a mirror of every node
+    /// (`[[mirror]]` tables): controllers for nodes on hybrid and v1 hosts.
+    pub mirror: Vec<MirrorConfig>,
+    /// cgroup2: the controllers every node gets (`memory`, `pids`, `cpu`,
+    /// `io`, …), enabled in its parent's `cgroup.subtree_control` where the
+    /// parent allows it.
+    pub controllers: Vec<String>,
+    /// Limit rules (`[[limit]]` tables): the controller values a new node
+    /// gets when its creator matches, written before its first task moves in.
+    pub limit: Vec<LimitRule>,
+}
+
+/// One mirrored v1 hierarchy.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The hierarchy's controllers, as `/proc/self/cgroup` lists them
+    /// (`pids`, `freezer`, `cpu,cpuacct`).
+    pub controllers: String,
+    /// The subtree of that hierarchy that is mirrored; tasks outside it are
+    /// placed in the tracked hierarchy only.
+    #[serde(default = "slash")]
+    pub root: String,
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+/// A limit rule: which entries it matches, and the values their nodes get.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRule {
+    /// The creator's command names (any of them).
+    #[serde(default)]
+    pub comm: Vec<String>,
+    /// The creator's real uids (any of them).
+    #[serde(default)]
+    pub uid: Vec<u32>,
+    /// The cgroups the creator is in (a path matches itself and below).
+    #[serde(default)]
+    pub cgroup: Vec<String>,
+    /// Namespace kinds (`/proc/<pid>/ns` names) of which the entry made at
+    /// least one new.
+    #[serde(default)]
+    pub entered: Vec<String>,
+    /// cgroup2 file name → value (`"pids.max" = 64`, `"memory.max" = "512M"`).
+    pub set: std::collections::BTreeMap<String, toml::Spanned<LimitValue>>,
+    /// `set`, checked.
+    #[serde(skip)]
+    pub checked: Vec<Limit>,
+}
+
+/// A limit value as written in TOML: a number or a string.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum LimitValue {
+    Number(u64),
+    Text(String),
+}
+
+impl LimitValue {
+    fn text(&self) -> String {
+        match self {
+            LimitValue::Number(n) => n.to_string(),
+            LimitValue::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// What a limit rule looks at, about the entry that makes a node.
+#[derive(Clone, Copy, Debug)]
+pub struct Creation<'a> {
+    pub comm: &'a str,
+    pub uid: u32,
+    pub cgroup: &'a str,
+    /// The kinds in which the new set differs from the one its task came from.
+    pub entered: NsMask,
 }
 
 /// Filters by command name, user id and cgroup path prefix.
@@ -127,6 +206,9 @@ impl Default for Config {
             source: Source::Auto,
             realtime_priority: 1,
             nice: 0,
+            mirror: Vec::new(),
+            controllers: Vec::new(),
+            limit: Vec::new(),
         }
     }
 }
@@ -180,6 +262,16 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(e) })?;
+        // Limit values are checked here, where their line is known.
+        for rule in &config.limit {
+            for (file, value) in &rule.set {
+                if let Err(e) = Limit::new(file, &value.get_ref().text()) {
+                    let line = text[..value.span().start.min(text.len())].matches('\n').count() + 1;
+                    let why = format!("line {line}: {e}");
+                    return Err(ConfigError::Value { path: path.to_path_buf(), key: "limit.set", why });
+                }
+            }
+        }
         config.check().map_err(|(key, why)| ConfigError::Value { path: path.to_path_buf(), key, why })?;
         Ok(config)
     }
@@ -197,6 +289,7 @@ impl Config {
             f.comm.iter().try_for_each(|c| comm_fits(c)).map_err(|why| (key, why))?;
         }
         self.mask().map_err(|why| ("namespaces", why))?;
+        self.check_control()?;
         let rb = self.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
             return Err(("ring_buffer_bytes", format!("{rb} must be a power of two of at least 4096")));
@@ -225,17 +318,7 @@ impl Config {
         if self.namespaces.is_empty() {
             return Err("must name at least one namespace kind".into());
         }
-        let kinds: Result<Vec<NsKind>, String> = self
-            .namespaces
-            .iter()
-            .map(|n| {
-                NsKind::from_proc_name(n).ok_or_else(|| {
-                    let names: Vec<_> = NsKind::ALL.iter().map(|k| k.proc_name()).collect();
-                    format!("unknown namespace kind {n:?} (known: {})", names.join(", "))
-                })
-            })
-            .collect();
-        Ok(NsMask::of(kinds?))
+        NsMask::parse_names(&self.namespaces)
     }
 }
 
@@ -277,6 +360,60 @@ impl Filter {
     /// Whether a filter needs the task's uid (a /proc read per event).
     pub fn needs_uid(&self) -> bool {
         !self.uid.is_empty()
+    }
+}
+
+impl Config {
+    /// Checks the mirrors, controllers and limit rules, and fills each rule's `checked`.
+    fn check_control(&mut self) -> Result<(), (&'static str, String)> {
+        for m in &mut self.mirror {
+            if m.controllers.is_empty() || m.controllers.split(',').any(|c| c.is_empty() || c.starts_with("name=")) {
+                return Err(("mirror.controllers", format!("{:?} must name v1 controllers (`pids`, `cpu,cpuacct`)", m.controllers)));
+            }
+            m.root = canonical(&m.root).map_err(|e| ("mirror.root", e.to_string()))?;
+        }
+        const KNOWN: [&str; 8] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma", "misc"];
+        if let Some(bad) = self.controllers.iter().find(|c| !KNOWN.contains(&c.as_str())) {
+            return Err(("controllers", format!("unknown cgroup2 controller {bad:?} (known: {})", KNOWN.join(", "))));
+        }
+        for rule in &mut self.limit {
+            rule.comm.iter().try_for_each(|c| comm_fits(c)).map_err(|why| ("limit.comm", why))?;
+            for c in &mut rule.cgroup {
+                *c = canonical(c).map_err(|e| ("limit.cgroup", e.to_string()))?;
+            }
+            NsMask::parse_names(&rule.entered).map_err(|why| ("limit.entered", why))?;
+            rule.checked = rule
+                .set
+                .iter()
+                .map(|(file, v)| Limit::new(file, &v.get_ref().text()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ("limit.set", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The limits of every rule that matches a creation, in file order (a
+    /// later rule's value for a file replaces an earlier one's).
+    pub fn limits_for(&self, c: Creation<'_>) -> Vec<Limit> {
+        let mut out: Vec<Limit> = Vec::new();
+        for rule in self.limit.iter().filter(|r| r.matches(c)) {
+            for l in &rule.checked {
+                out.retain(|o| o.key != l.key);
+                out.push(l.clone());
+            }
+        }
+        out.sort_by_key(|l| l.key);
+        out
+    }
+}
+
+impl LimitRule {
+    fn matches(&self, c: Creation<'_>) -> bool {
+        let entered = NsMask::parse_names(&self.entered).unwrap_or(NsMask::ALL);
+        (self.comm.is_empty() || self.comm.iter().any(|x| x == c.comm))
+            && (self.uid.is_empty() || self.uid.contains(&c.uid))
+            && (self.cgroup.is_empty() || self.cgroup.iter().any(|x| within(c.cgroup, x)))
+            && (self.entered.is_empty() || entered.intersects(c.entered))
     }
 }
 

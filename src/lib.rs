@@ -12,6 +12,7 @@ pub mod sys;
 pub mod placer;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod reconcile;
 pub mod source;
 pub mod daemon;

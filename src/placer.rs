@@ -1,7 +1,7 @@
 //! Carries out the tracker's decisions through a cgroup backend: creates
 //! nodes (never failing on a name), moves tasks, removes empty nodes.
 
-use crate::core::node::{CgroupId, Node, NodeRecord};
+use crate::core::node::{CgroupId, Node};
 use crate::core::tracker::{Entry, NewNode, Placement, Refusal, Tracker};
 use crate::sys::cgroupfs::{Attached, CgroupBackend, Created, Removed};
 use crate::sys::error::IoError;
@@ -35,6 +35,9 @@ pub struct Removal {
 pub struct Placer<B> {
     tracker: Tracker,
     backend: B,
+    /// Controller files the kernel refused for new nodes since last taken
+    /// (node, `file=value: error`).
+    refused_files: Vec<(CgroupId, String)>,
     /// Seconds since the epoch, for node records.
     clock: fn() -> u64,
 }
@@ -46,7 +49,7 @@ pub fn unix_now() -> u64 {
 
 impl<B: CgroupBackend> Placer<B> {
     pub fn new(tracker: Tracker, backend: B, clock: fn() -> u64) -> Placer<B> {
-        Placer { tracker, backend, clock }
+        Placer { tracker, backend, refused_files: Vec::new(), clock }
     }
 
     pub fn tracker(&self) -> &Tracker {
@@ -61,6 +64,11 @@ impl<B: CgroupBackend> Placer<B> {
     /// The tracker to decide with and the backend to look with, at once.
     pub fn parts(&mut self) -> (&Tracker, &mut B) {
         (&self.tracker, &mut self.backend)
+    }
+
+    /// The controller files refused since the last call, by node.
+    pub fn take_refused_files(&mut self) -> Vec<(CgroupId, String)> {
+        std::mem::take(&mut self.refused_files)
     }
 
     /// Places a task that reports `entry`; `comm` names it in node records.
@@ -106,16 +114,11 @@ impl<B: CgroupBackend> Placer<B> {
                 Err(e) if e.is_vanished() => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let record = NodeRecord {
-                set: new.set,
-                parent_set: new.parent_set,
-                creator_pid: new.creator_pid,
-                creator_comm: comm.to_string(),
-                creator_uid: new.creator_uid,
-                created_unix: (self.clock)(),
-                mirrors: Vec::new(),
-            };
+            let record = new.record(comm, (self.clock)());
             self.backend.store_record(id, &record)?;
+            for refused in self.backend.configure(id, &new.files) {
+                self.refused_files.push((id, refused));
+            }
             let node = Node { id, parent: new.parent, name, record };
             self.tracker.add_node(node).map_err(|other| {
                 IoError::new("record node", &other.name, std::io::Error::other("a node for this set exists already"))
@@ -220,6 +223,12 @@ pub mod fake {
             Ok(Removed::Removed)
         }
         fn usage(&mut self, _id: CgroupId) -> Vec<(String, u64)> {
+            Vec::new()
+        }
+        fn configure(&mut self, id: CgroupId, files: &[(&'static str, String)]) -> Vec<String> {
+            for (file, value) in files {
+                self.log.push(format!("write {}/{file} {value}", self.paths[&id]));
+            }
             Vec::new()
         }
     }

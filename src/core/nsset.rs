@@ -146,6 +146,23 @@ impl NsMask {
     pub fn counts(self, kind: NsKind) -> bool {
         self.0 & (1 << kind.index()) != 0
     }
+
+    /// Whether two masks share a kind.
+    pub fn intersects(self, other: NsMask) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The mask of `/proc/<pid>/ns` names; an unknown name is an error
+    /// that lists the known ones.
+    pub fn parse_names(names: &[String]) -> Result<NsMask, String> {
+        let kinds = names.iter().map(|n| {
+            NsKind::from_proc_name(n).ok_or_else(|| {
+                let known: Vec<_> = NsKind::ALL.iter().map(|k| k.proc_name()).collect();
+                format!("unknown namespace kind {n:?} (known: {})", known.join(", "))
+            })
+        });
+        Ok(NsMask::of(kinds.collect::<Result<Vec<_>, _>>()?))
+    }
 }
 
 impl Default for NsMask {

@@ -44,9 +44,25 @@ pub struct NewNode {
     pub creator_uid: u32,
     pub set: NsSet,
     pub parent_set: NsSet,
+    /// Controller files to write after mkdir, before the first task moves
+    /// in (limits by policy; empty as the tracker decides).
+    pub files: Vec<(&'static str, String)>,
 }
 
 impl NewNode {
+    /// The record of the node, for a creator named `comm`, made at `created_unix`.
+    pub fn record(&self, comm: &str, created_unix: u64) -> super::node::NodeRecord {
+        super::node::NodeRecord {
+            set: self.set,
+            parent_set: self.parent_set,
+            creator_pid: self.creator_pid,
+            creator_comm: comm.to_string(),
+            creator_uid: self.creator_uid,
+            created_unix,
+            mirrors: Vec::new(),
+        }
+    }
+
     /// The `attempt`-th name to try.
     pub fn name(&self, attempt: u32) -> String {
         naming::candidate(self.creator_pid, attempt)
@@ -158,6 +174,7 @@ impl Tracker {
             creator_uid: entry.uid,
             set: entry.set,
             parent_set: entry.prev,
+            files: Vec::new(),
         })
     }
 
@@ -229,6 +246,13 @@ impl Tracker {
     /// How many nodes tasks of `uid` created.
     pub fn nodes_of_uid(&self, uid: u32) -> usize {
         self.by_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Sets a node's mirrors in its record (the caller stores the record).
+    pub fn set_mirrors(&mut self, id: CgroupId, mirrors: Vec<super::node::MirrorPath>) -> Option<&Node> {
+        let node = self.nodes.get_mut(&id)?;
+        node.record.mirrors = mirrors;
+        Some(node)
     }
 
     /// How many nodes exist.

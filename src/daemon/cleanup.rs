@@ -46,8 +46,9 @@ impl Daemon {
                 Ok(Some(removal)) => {
                     self.stats.removed += 1;
                     self.pins.release(id);
+                    let mirrored = self.remove_mirrors(&removal.node);
                     let r = &removal.node.record;
-                    let usage: Vec<String> = removal.usage.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let usage: Vec<String> = removal.usage.iter().chain(&mirrored).map(|(k, v)| format!("{k}={v}")).collect();
                     info!(
                         event = "node_removed",
                         path = %Escaped(&removal.path),

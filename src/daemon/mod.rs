@@ -10,6 +10,7 @@
 
 mod adopt;
 mod cleanup;
+mod control;
 mod gate;
 mod mode;
 mod pins;
@@ -60,6 +61,8 @@ pub enum DaemonError {
     Config(String),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Mirror(#[from] crate::control::mirror::MirrorError),
 }
 
 /// Everything the daemon needs, resolved by the command line.
@@ -100,6 +103,8 @@ struct Stats {
     dropped_reused: u64,
     /// Moves dropped because another writer had moved the task.
     dropped_other_writer: u64,
+    /// Per mirror: tasks placed outside its root, so not mirrored.
+    not_mirrored: Vec<u64>,
     latency: Histogram,
 }
 
@@ -147,6 +152,8 @@ struct Daemon {
     reconcile_pending: bool,
     /// Set by SIGTERM and SIGINT; long work looks at it.
     stop: Arc<AtomicBool>,
+    /// The v1 controller hierarchies every node is mirrored in.
+    mirrors: Vec<crate::control::mirror::Mirror>,
 }
 
 /// Runs until SIGTERM or SIGINT. Nodes stay when it stops.
@@ -178,6 +185,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let mut placer = Placer::new(tracker, writer, unix_now);
     let started = Instant::now();
     let adopted = adopt::adopt(&mut placer, &hierarchy, &root, mask)?;
+    let mirrors = control::open_mirrors(&config, hierarchy.version() == crate::sys::cgroupfs::Version::V2)?;
     let adopt_ms = started.elapsed().as_millis() as u64;
     let quotas = UserQuotas::new(QuotaLimits {
         max_nodes_per_user: config.max_nodes_per_user,
@@ -231,7 +239,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         heavy: false,
         held: Vec::new(),
         seen_drops: 0,
-        stats: Stats::default(),
+        stats: Stats { not_mirrored: vec![0; mirrors.len()], ..Stats::default() },
         gate,
         pins: Pins::default(),
         reports: Reports::default(),
@@ -239,7 +247,9 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         last_reconcile: None,
         reconcile_pending: false,
         stop,
+        mirrors,
     };
+    d.adopt_mirrors();
     let reconcile_started = Instant::now();
     let report = d.reconcile("start")?;
     d.apply_mode();
@@ -254,6 +264,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         moved = report.moved,
         created = report.created,
         source = %d.source.describe(),
+        mirrors = %d.mirrors.iter().map(|m| m.controllers()).collect::<Vec<_>>().join(" "),
         adopt_ms,
         reconcile_ms = reconcile_started.elapsed().as_millis() as u64,
         "nsgroup is tracking"
@@ -408,6 +419,7 @@ impl Daemon {
             dropped_gone = s.dropped_gone,
             dropped_reused = s.dropped_reused,
             dropped_other_writer = s.dropped_other_writer,
+            not_mirrored = %s.not_mirrored.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
             pinned = self.pins.len(),
             ring_dropped = self.source.dropped(),
             ring_emitted = self.source.emitted(),

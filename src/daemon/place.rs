@@ -14,7 +14,7 @@ use crate::config::{Config, Subject};
 use crate::core::escape::Escaped;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
-use crate::core::tracker::{Entry, Refusal};
+use crate::core::tracker::{Entry, Placement, Refusal};
 use crate::placer::Outcome;
 use crate::source::monotonic_ns;
 use crate::sys::cgroupfs::CgroupBackend;
@@ -93,7 +93,7 @@ impl Daemon {
             let (tracker, writer) = self.placer.parts();
             self.gate.check(tracker, writer, decided, &entry, ev.start_ns, cgroup)
         };
-        let placement = match checked {
+        let mut placement = match checked {
             Ok(Checked::Go(p)) => p,
             Ok(Checked::Dropped(why)) => {
                 self.dropped(why, ev);
@@ -108,13 +108,20 @@ impl Daemon {
                 return;
             }
         };
-        match self.placer.carry_out(placement, &entry, &ev.comm) {
+        if let Placement::Create(new) = &mut placement {
+            let record = new.record(&ev.comm, 0);
+            new.files = self.files_for_new(&record, new.parent);
+        }
+        let outcome = self.placer.carry_out(placement, &entry, &ev.comm);
+        self.report_refused_files();
+        match outcome {
             Ok(Outcome::Moved { to, created }) => {
                 let latency_us = monotonic_ns().saturating_sub(ev.ktime_ns) / 1000;
                 self.stats.latency.record(latency_us);
                 self.stats.moved += 1;
                 self.stats.created += u64::from(created);
                 self.hold_namespace(to, &entry, created);
+                self.follow_in_mirrors(to, entry.tgid, entry.tid);
                 if created {
                     let path = self.placer.backend().path_of(to).ok().flatten().unwrap_or_default();
                     info!(
@@ -221,6 +228,7 @@ impl Daemon {
             let entry = Entry { tid: child, tgid: child, uid: parent.uid, cgroup, set: parent.set, prev: parent.set };
             if let Ok(Outcome::Moved { to, .. }) = self.placer.enter(&entry, "") {
                 self.source.track(child, to);
+                self.follow_in_mirrors(to, child, child);
                 self.follow_children(&entry);
             }
         }

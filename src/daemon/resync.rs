@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::gate::Checked;
+use super::control::limits_for;
 use super::place::admits;
+use crate::control::limits::Limit;
 use super::{Daemon, DaemonError, Timer};
 use crate::core::tracker::Placement;
 use crate::reconcile::{reconcile, Report};
@@ -76,6 +78,7 @@ impl Daemon {
         let started = Instant::now();
         let tasks = self.snapshot()?;
         let (config, gate, stop, stats) = (&self.config, &mut self.gate, &self.stop, &mut self.stats);
+        let v2 = self.hierarchy.version() == crate::sys::cgroupfs::Version::V2;
         let admitted = |t: &TaskSample| admits(config, &t.comm, t.uid, &t.cgroup_path);
         let check = |placer: &mut crate::placer::Placer<_>, entry: &_, t: &TaskSample, placement: Placement| {
             if stop.load(Ordering::Relaxed) {
@@ -83,6 +86,12 @@ impl Daemon {
             }
             let (tracker, writer) = placer.parts();
             match gate.check(tracker, writer, placement, entry, t.start, t.cgroup) {
+                Ok(Checked::Go(Placement::Create(mut new))) if v2 && !config.limit.is_empty() => {
+                    let record = new.record(&t.comm, 0);
+                    let parent_path = writer.path_of(new.parent).ok().flatten().unwrap_or_default();
+                    new.files = limits_for(config, &record, &parent_path).iter().map(Limit::v2).collect();
+                    Placement::Create(new)
+                }
                 Ok(Checked::Go(p)) => p,
                 Ok(Checked::Dropped(why)) => {
                     stats.count_dropped(why);
@@ -104,7 +113,9 @@ impl Daemon {
             if p.set == node.record.set {
                 self.pins.pin(&self.proc, node, p.tgid, p.tid);
             }
+            self.follow_in_mirrors(p.cgroup, p.tgid, p.tid);
         }
+        self.report_refused_files();
         // A node none of whose tasks is in its set any more (adopted, or
         // emptied while events were lost) cannot tell its set's recycled
         // inode numbers from its own: it is no longer found by its set.

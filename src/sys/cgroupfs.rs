@@ -265,6 +265,9 @@ pub trait CgroupBackend {
     fn remove(&mut self, id: CgroupId) -> Result<Removed, IoError>;
     /// The usage figures the hierarchy keeps for a cgroup (see [`Hierarchy::usage`]).
     fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)>;
+    /// Writes controller files of a new cgroup; returns the ones refused
+    /// (`file=value: error`).
+    fn configure(&mut self, id: CgroupId, files: &[(&'static str, String)]) -> Vec<String>;
 }
 
 /// How many cgroup paths the writer knows before it forgets removed ones.
@@ -411,6 +414,12 @@ impl CgroupBackend for CgroupWriter {
 
     fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)> {
         self.paths.get(&id).map(|rel| self.hierarchy.usage(rel)).unwrap_or_default()
+    }
+
+    fn configure(&mut self, id: CgroupId, files: &[(&'static str, String)]) -> Vec<String> {
+        let Some(rel) = self.paths.get(&id) else { return Vec::new() };
+        let dir = self.hierarchy.dir(rel);
+        crate::control::limits::write(&dir, files).into_iter().map(|r| format!("{}={}: {}", r.file, r.value, r.error)).collect()
     }
 }
 

@@ -1,0 +1,6 @@
+//! Nodes as units of control: limits written before the first task moves
+//! in, mirrors in v1 controller hierarchies, and the verbs (freeze, thaw,
+//! kill) on a node's subtree.
+
+pub mod limits;
+pub mod mirror;

@@ -1,0 +1,139 @@
+//! The daemon's side of control: the limits a new node gets by policy, and
+//! the mirrors (v1 controller hierarchies) that follow every placement.
+
+use tracing::{info, warn};
+
+use super::reports::Kind;
+use super::Daemon;
+use crate::config::{Config, Creation};
+use crate::control::limits::Limit;
+use crate::control::mirror::{Mirror, MirrorError, Mirrored};
+use crate::core::escape::Escaped;
+use crate::core::node::{CgroupId, MirrorPath, Node, NodeRecord};
+use crate::core::nsset::NsMask;
+use crate::sys::cgroupfs::{CgroupBackend, Removed, Version};
+
+/// The configured mirrors, opened.
+pub(super) fn open_mirrors(config: &Config, per_process: bool) -> Result<Vec<Mirror>, MirrorError> {
+    if config.mirror.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mounts = crate::sys::mounts::read_mountinfo(std::path::Path::new("/proc/self/mountinfo"))?;
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| crate::sys::error::IoError::new("read", "/proc/self/cgroup", e))?;
+    config.mirror.iter().map(|m| Mirror::open(m, &mounts, &self_cgroup, per_process)).collect()
+}
+
+/// The limits of the rules that match the creator of a node with `record`,
+/// made in the cgroup at `parent_path`.
+pub(super) fn limits_for(config: &Config, record: &NodeRecord, parent_path: &str) -> Vec<Limit> {
+    if config.limit.is_empty() {
+        return Vec::new();
+    }
+    let entered = NsMask::of(record.set.differing(&record.parent_set).map(|(k, _)| k));
+    config.limits_for(Creation { comm: &record.creator_comm, uid: record.creator_uid, cgroup: parent_path, entered })
+}
+
+impl Daemon {
+    /// The files a node about to be made gets in the tracked hierarchy: its
+    /// limits where that hierarchy is cgroup2 (v1 hierarchies take them in mirrors).
+    pub(super) fn files_for_new(&mut self, record: &NodeRecord, parent: CgroupId) -> Vec<(&'static str, String)> {
+        if self.hierarchy.version() != Version::V2 || self.config.limit.is_empty() {
+            return Vec::new();
+        }
+        let parent_path = self.placer.backend().path_of(parent).ok().flatten().unwrap_or_default();
+        limits_for(&self.config, record, &parent_path).iter().map(Limit::v2).collect()
+    }
+
+    /// Logs the limit files the kernel refused for new nodes.
+    pub(super) fn report_refused_files(&mut self) {
+        for (node, refused) in self.placer.take_refused_files() {
+            if self.reports.allow(Kind::Failed) {
+                let path = self.placer.backend().path_of(node).ok().flatten().unwrap_or_default();
+                warn!(node = %Escaped(&path), "limit not applied (the task is placed anyway): {refused}");
+            }
+        }
+    }
+
+    /// A task is in node `id` now: it goes into the node's mirror in every
+    /// mirrored hierarchy (made on first use, with the node's limits).
+    pub(super) fn follow_in_mirrors(&mut self, id: CgroupId, tgid: u32, tid: u32) {
+        if self.mirrors.is_empty() {
+            return;
+        }
+        let Some(node) = self.placer.tracker().node(id).cloned() else { return };
+        let mut created = Vec::new();
+        for (i, mirror) in self.mirrors.iter_mut().enumerate() {
+            let files = if mirror.path_of(id).is_some() {
+                Vec::new()
+            } else {
+                let parent_path = self.placer.backend().path_of(node.parent).ok().flatten().unwrap_or_default();
+                let controllers: Vec<&str> = mirror.controllers().split(',').collect();
+                limits_for(&self.config, &node.record, &parent_path).iter().flat_map(|l| l.v1(&controllers)).collect()
+            };
+            match mirror.place(&self.proc, &node, tgid, tid, &files) {
+                Ok(Mirrored::Created { path, refused }) => {
+                    for r in refused {
+                        if self.reports.allow(Kind::Failed) {
+                            warn!(mirror = %Escaped(&path), controllers = mirror.controllers(), "limit not applied (the task is placed anyway): {r}");
+                        }
+                    }
+                    created.push(MirrorPath { controllers: mirror.controllers().to_string(), path });
+                }
+                Ok(Mirrored::Outside) => self.stats.not_mirrored[i] += 1,
+                Ok(Mirrored::Stayed | Mirrored::Moved | Mirrored::Gone) => {}
+                Err(e) => {
+                    if self.reports.allow(Kind::Failed) {
+                        warn!(controllers = mirror.controllers(), "mirroring failed: {e}");
+                    }
+                }
+            }
+        }
+        if !created.is_empty() {
+            let mut mirrors = node.record.mirrors.clone();
+            mirrors.retain(|m| !created.iter().any(|c| c.controllers == m.controllers));
+            mirrors.extend(created);
+            if let Some(updated) = self.placer.tracker_mut().set_mirrors(id, mirrors) {
+                let record = updated.record.clone();
+                if let Err(e) = self.placer.backend().store_record(id, &record) {
+                    warn!("storing the mirrors of node {id}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Takes over the mirrors the records of adopted nodes name.
+    pub(super) fn adopt_mirrors(&mut self) {
+        let nodes: Vec<Node> = self.placer.tracker().nodes().cloned().collect();
+        for node in nodes {
+            for m in &node.record.mirrors {
+                let Some(mirror) = self.mirrors.iter_mut().find(|x| x.controllers() == m.controllers) else { continue };
+                if !mirror.adopt(node.id, &m.path) {
+                    warn!(path = %Escaped(&m.path), controllers = %m.controllers, "a recorded mirror is gone or not root's; not adopted");
+                }
+            }
+        }
+    }
+
+    /// Removes a removed node's mirrors; their usage figures, for the log.
+    pub(super) fn remove_mirrors(&mut self, node: &Node) -> Vec<(String, u64)> {
+        let mut usage = Vec::new();
+        for mirror in &mut self.mirrors {
+            usage.extend(mirror.usage(node.id));
+            match mirror.remove(node.id) {
+                Ok(Removed::Removed) | Ok(Removed::Vanished) => {}
+                Ok(Removed::Busy) => {
+                    info!(controllers = mirror.controllers(), node = %Escaped(&node.name), "a mirror holds tasks another writer put there; left in place");
+                    mirror.forget(node.id);
+                }
+                Err(e) => {
+                    if self.reports.allow(Kind::Failed) {
+                        warn!("removing a mirror of {}: {e}", Escaped(&node.name));
+                    }
+                    mirror.forget(node.id);
+                }
+            }
+        }
+        usage
+    }
+}
