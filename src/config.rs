@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::cgpath::{canonical, within};
 use crate::control::limits::Limit;
@@ -15,8 +15,8 @@ use crate::core::nsset::{NsKind, NsMask};
 /// The default configuration file; a missing default file means defaults.
 pub const DEFAULT_PATH: &str = "/etc/nsgroup/nsgroup.toml";
 
-/// The daemon's configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// The daemon's configuration (every key is in packaging/nsgroup.toml).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Mount point of the hierarchy to manage; empty: cgroup2 on a pure
@@ -81,7 +81,7 @@ pub struct Config {
 }
 
 /// One mirrored v1 hierarchy.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// The hierarchy's controllers, as `/proc/self/cgroup` lists them
@@ -98,7 +98,7 @@ fn slash() -> String {
 }
 
 /// A limit rule: which entries it matches, and the values their nodes get.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRule {
     /// The creator's command names (any of them).
@@ -122,7 +122,7 @@ pub struct LimitRule {
 }
 
 /// A limit value as written in TOML: a number or a string.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum LimitValue {
     Number(u64),
@@ -149,7 +149,7 @@ pub struct Creation<'a> {
 }
 
 /// Filters by command name, user id and cgroup path prefix.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Filter {
     /// Command names (`comm`, at most 15 bytes), matched exactly.
@@ -161,7 +161,7 @@ pub struct Filter {
 }
 
 /// What happens to an empty node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Cleanup {
     /// Removed within about a second of its last task exiting.
@@ -173,7 +173,7 @@ pub enum Cleanup {
 }
 
 /// The event source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// eBPF, falling back to the proc connector where it cannot load.
@@ -457,6 +457,62 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    /// The sample installed as /etc/nsgroup/nsgroup.toml.
+    const SAMPLE: &str = include_str!("../packaging/nsgroup.toml");
+
+    /// The leaves of `value` (a serialized config) with their dotted keys.
+    fn leaves(value: &serde_json::Value, prefix: &str, out: &mut Vec<(String, serde_json::Value)>) {
+        for (key, v) in value.as_object().expect("a table") {
+            let key = format!("{prefix}{key}");
+            match v {
+                serde_json::Value::Object(_) => leaves(v, &format!("{key}."), out),
+                _ => out.push((key, v.clone())),
+            }
+        }
+    }
+
+    #[test]
+    fn the_sample_config_shows_every_key_with_its_default_and_a_comment() {
+        assert_eq!(parse(SAMPLE).unwrap(), Config::default());
+        // The line of each key (`key = …`, or `[[key]]` for an array of
+        // tables), dotted with its table: whether it is commented out, and
+        // whether a comment line explains it.
+        let mut table = String::new();
+        let mut after_comment = false;
+        let mut lines = std::collections::HashMap::new();
+        for line in SAMPLE.lines() {
+            let commented = line.starts_with("# ");
+            let text = line.strip_prefix("# ").unwrap_or(line);
+            let is_key = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            let key = if let Some(name) = text.strip_prefix("[[").and_then(|t| t.strip_suffix("]]")) {
+                table = format!("{name}.");
+                Some(name.to_string())
+            } else if let Some(name) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                table = format!("{name}.");
+                after_comment = false;
+                continue;
+            } else {
+                text.split_once(" = ").map(|(k, _)| k).filter(|k| is_key(k)).map(|k| format!("{table}{k}"))
+            };
+            match key {
+                Some(key) => {
+                    lines.insert(key, (commented, after_comment));
+                    after_comment = false;
+                }
+                None => after_comment = commented,
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&serde_json::to_value(Config::default()).unwrap(), "", &mut all);
+        assert!(all.len() >= 28, "{all:?}");
+        for (key, default) in all {
+            let Some(&(commented, explained)) = lines.get(&key) else { panic!("packaging/nsgroup.toml lacks `{key}`") };
+            let nothing_to_show = default.is_null() || default.as_array().is_some_and(Vec::is_empty);
+            assert!(!commented || nothing_to_show, "`{key}`: the sample must set its default, {default}");
+            assert!(explained, "`{key}`: a comment line must explain it");
+        }
     }
 
     #[test]

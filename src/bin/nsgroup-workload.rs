@@ -79,6 +79,19 @@ enum Cmd {
     /// the parent exits, so that its first uts namespace dies (its inode
     /// number is free for the next namespace).
     NestChild,
+    /// A workload for limits: unshare(NEWUTS) (unless --outside) and wait
+    /// until placed (its /proc/self/cgroup changed), then fork up to FORKS
+    /// children that linger, then spin for SPIN_MS of wall time; prints
+    /// `{pid, forked, cpu_ms}` and waits.
+    Contained {
+        #[arg(long, default_value_t = 0)]
+        forks: u32,
+        #[arg(long, default_value_t = 0)]
+        spin_ms: u64,
+        /// Stay in the cgroup it was started in (the comparison).
+        #[arg(long)]
+        outside: bool,
+    },
     /// Sets the command name (prctl PR_SET_NAME, truncated to 15 bytes) to
     /// NAME, by default one with a line break and a terminal sequence
     /// (`a\nFAKE\x1b[31mX`); optionally unshares NEWUSER; then NEWUTS;
@@ -294,6 +307,36 @@ fn main() -> Result<()> {
                 std::thread::sleep(Duration::from_millis(1));
             };
             say(serde_json::json!({ "pid": me, "child": child, "first_uts": first, "child_uts": child_uts }))?;
+            wait_line();
+        }
+        Cmd::Contained { forks, spin_ms, outside } => {
+            if !outside {
+                let before = std::fs::read_to_string("/proc/self/cgroup")?;
+                unshare_namespaces(UnshareFlags::NEWUTS)?;
+                let placed_by = std::time::Instant::now() + Duration::from_secs(30);
+                while std::fs::read_to_string("/proc/self/cgroup")? == before {
+                    if std::time::Instant::now() > placed_by {
+                        bail!("not placed within 30 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let forked = (0..forks).map_while(|_| match fork() {
+                Ok(Forked::Child) => linger_child(),
+                Ok(Forked::Parent { .. }) => Some(()),
+                Err(_) => None,
+            });
+            let forked = forked.count();
+            let cpu = || {
+                let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+                Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+            };
+            let (start, cpu0) = (std::time::Instant::now(), cpu());
+            while start.elapsed() < Duration::from_millis(spin_ms) {
+                std::hint::black_box(0u64.wrapping_add(1));
+            }
+            let cpu_ms = (cpu() - cpu0).as_millis() as u64;
+            say(serde_json::json!({ "pid": me, "forked": forked, "cpu_ms": cpu_ms }))?;
             wait_line();
         }
         Cmd::OddComm { name, userns } => {

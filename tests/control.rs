@@ -1,0 +1,256 @@
+//! Control, end to end: mirrors in this machine's v1 controller hierarchies
+//! (each confined to a private subtree the test makes and removes), limits
+//! that bite, and bad control configuration. Never the memory hierarchy here
+//! (this machine's own processes are accounted there).
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A private subtree of one v1 controller hierarchy, removed on drop (with
+/// the test's processes in it killed by pid).
+struct ControllerRoot {
+    controllers: &'static str,
+    mount: PathBuf,
+    root: String,
+}
+
+impl ControllerRoot {
+    /// `None` (with the reason printed) where the hierarchy is not mounted.
+    fn new(controllers: &'static str, h: &Hier) -> Option<ControllerRoot> {
+        let mount = PathBuf::from("/sys/fs/cgroup").join(controllers);
+        if !mount.join("tasks").exists() {
+            eprintln!("skipped the {controllers} mirror: no v1 {controllers} hierarchy at {}", mount.display());
+            return None;
+        }
+        let root = format!("/{}", h.name);
+        std::fs::create_dir(mount.join(&h.name)).unwrap();
+        Some(ControllerRoot { controllers, mount, root })
+    }
+
+    fn dir(&self, rel: &str) -> PathBuf {
+        self.mount.join(rel.trim_start_matches('/'))
+    }
+
+    /// A task's cgroup in this hierarchy.
+    fn cgroup_of(&self, tid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok()?;
+        text.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctrl, path) = (p.next()?, p.next()?, p.next()?);
+            (ctrl == self.controllers).then(|| path.to_string())
+        })
+    }
+
+    fn config(&self) -> String {
+        format!("[[mirror]]\ncontrollers = \"{}\"\nroot = \"{}\"\n", self.controllers, self.root)
+    }
+
+    /// Every cgroup below the root, relative to it, sorted.
+    fn below(&self) -> Vec<String> {
+        let base = self.dir(&self.root);
+        let mut out = vec![];
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path().strip_prefix(&base).unwrap().display().to_string());
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for ControllerRoot {
+    fn drop(&mut self) {
+        let mut dirs: Vec<PathBuf> = self.below().iter().map(|r| self.dir(&self.root).join(r)).collect();
+        dirs.sort();
+        dirs.reverse();
+        dirs.push(self.dir(&self.root));
+        for d in &dirs {
+            for tid in std::fs::read_to_string(d.join("tasks")).unwrap_or_default().lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // Only the test's own tasks are ever in this private subtree.
+                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(tid).unwrap(), rustix::process::Signal::KILL);
+            }
+        }
+        for d in dirs {
+            for _ in 0..200 {
+                if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Starts `args` in the tracked root and in every controller root.
+fn spawn_everywhere(h: &Hier, roots: &[&ControllerRoot], args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut files = vec![h.dir(&h.root).join(if h.kind == Kind::V1 { "tasks" } else { "cgroup.procs" })];
+    files.extend(roots.iter().map(|r| r.dir(&r.root).join("tasks")));
+    let script = files.iter().map(|f| format!("echo $$ > '{}'", f.display())).collect::<Vec<_>>().join(" && ");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{script} && exec \"$@\""))
+        .arg("sh")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+fn read_json(out: &mut BufReader<std::process::ChildStdout>) -> serde_json::Value {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+fn finish(mut children: Vec<Child>) {
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn mirrors_follow_nodes_nest_adopt_and_vanish() {
+    if !privileged() {
+        return;
+    }
+    let mut h = Hier::new(Kind::V1);
+    let roots: Vec<ControllerRoot> = ["pids", "freezer", "cpu", "cpuacct"].into_iter().filter_map(|c| ControllerRoot::new(c, &h)).collect();
+    assert!(!roots.is_empty(), "no v1 controller hierarchy to mirror in");
+    let config: String = roots.iter().map(ControllerRoot::config).collect();
+    let (_c, config) = config_file(&config);
+    let mut d = Daemon::start(&h, &["--config", &config]);
+    let refs: Vec<&ControllerRoot> = roots.iter().collect();
+    let (outer, _) = spawn_everywhere(&h, &refs, &["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
+    let p = outer.id();
+    wait_for("two nodes", || h.node_paths().len() == 2);
+    let child = children_of(p)[0];
+    let (node_p, node_c) = (format!("node_{p}"), format!("node_{p}/node_{child}"));
+    for r in &roots {
+        wait_for(&format!("mirrors in {}", r.controllers), || r.below() == vec![node_p.clone(), node_c.clone()]);
+        assert_eq!(r.cgroup_of(p), Some(format!("{}/{node_p}", r.root)), "{}", r.controllers);
+        assert_eq!(r.cgroup_of(child), Some(format!("{}/{node_c}", r.root)), "{}", r.controllers);
+    }
+    let record = h.record(&h.path(&node_p)).expect("a record");
+    assert_eq!(record["mirrors"].as_array().map(Vec::len), Some(roots.len()), "{record}");
+
+    // After a crash, the restarted daemon adopts the mirrors: a task joining
+    // the set goes into the same mirror, and no second mirror is made.
+    d.crash();
+    let d = Daemon::start(&h, &["--config", &config]);
+    // nsenter's own set is P's (P's uts, the host's pid, C's pid for children).
+    let target = child.to_string();
+    let (joiner, _) = spawn_everywhere(&h, &refs, &["nsenter", "-t", &target, "-u", "-p", "sleep", "60"]);
+    let j = joiner.id();
+    h.expect_in(j, &h.path(&node_p));
+    for r in &roots {
+        wait_for("the joiner in the adopted mirror", || r.cgroup_of(j) == Some(format!("{}/{node_p}", r.root)));
+        assert_eq!(r.below(), vec![node_p.clone(), node_c.clone()], "{}", r.controllers);
+    }
+    finish(vec![outer, joiner]);
+    h.kill_all();
+    wait_for("nodes removed", || h.node_paths().is_empty());
+    for r in &roots {
+        wait_for(&format!("mirrors removed in {}", r.controllers), || r.below().is_empty());
+    }
+    assert!(d.log_text().contains("pids="), "the removal log carries mirror usage: {}", d.log_text());
+}
+
+#[test]
+fn a_pids_limit_bites_inside_the_set_only() {
+    if !privileged() {
+        return;
+    }
+    let h = Hier::new(Kind::V1);
+    let Some(pids) = ControllerRoot::new("pids", &h) else { return };
+    let config = format!("{}[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = {{ \"pids.max\" = 8 }}\n", pids.config());
+    let (_c, config) = config_file(&config);
+    let d = Daemon::start(&h, &["--config", &config]);
+    let (inside, mut out) = spawn_everywhere(&h, &[&pids], &[WORKLOAD, "contained", "--forks", "20"]);
+    let v = read_json(&mut out);
+    assert_eq!(v["forked"], 7, "the node's pids.max = 8 holds the workload and 7 children: {v}");
+    let node = format!("{}/node_{}", pids.root, inside.id());
+    assert_eq!(std::fs::read_to_string(pids.dir(&node).join("pids.max")).unwrap().trim(), "8");
+    let (outside, mut out) = spawn_everywhere(&h, &[&pids], &[WORKLOAD, "contained", "--forks", "20", "--outside"]);
+    assert_eq!(read_json(&mut out)["forked"], 20, "outside the set the same loop runs on");
+    finish(vec![inside, outside]);
+    drop(d);
+}
+
+#[test]
+fn a_cpu_quota_gives_a_busy_loop_its_share() {
+    if !privileged() {
+        return;
+    }
+    let h = Hier::new(Kind::V1);
+    let Some(cpu) = ControllerRoot::new("cpu", &h) else { return };
+    let config = format!("{}[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = {{ \"cpu.max\" = \"20000 100000\" }}\n", cpu.config());
+    let (_c, config) = config_file(&config);
+    let _d = Daemon::start(&h, &["--config", &config]);
+    let (inside, mut out) = spawn_everywhere(&h, &[&cpu], &[WORKLOAD, "contained", "--spin-ms", "1500"]);
+    let v = read_json(&mut out);
+    let node = format!("{}/node_{}", cpu.root, inside.id());
+    assert_eq!(std::fs::read_to_string(cpu.dir(&node).join("cpu.cfs_quota_us")).unwrap().trim(), "20000");
+    let cpu_ms = v["cpu_ms"].as_u64().unwrap();
+    assert!(cpu_ms < 900, "a 20 % quota: {cpu_ms} ms of CPU in 1500 ms");
+    finish(vec![inside]);
+}
+
+#[test]
+fn bad_control_configuration_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let h = Hier::new(Kind::V1);
+    let run = |config: &str| {
+        let (_c, path) = config_file(config);
+        let out = Command::new(NSGROUP)
+            .args(["run", "--hierarchy"])
+            .arg(&h.mount)
+            .args(["--root", &h.root, "--config", &path])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run("controllers = [\"memroy\"]\n");
+    assert!(code == Some(1) && err.contains("memroy"), "{err}");
+    let (code, err) = run("[[mirror]]\ncontrollers = \"nosuch\"\n");
+    assert!(code == Some(1) && err.contains("nosuch") && err.contains("mounted"), "{err}");
+    let (code, err) = run("[[limit]]\nset = { \"memory.swap.max\" = 1 }\n");
+    assert!(code == Some(1) && err.contains("memory.swap.max") && err.contains("line 2"), "{err}");
+    let (code, err) = run("\n[[limit]]\ncomm = [\"x\"]\nset = { \"pids.max\" = \"lots\" }\n");
+    assert!(code == Some(1) && err.contains("pids.max") && err.contains("line 4"), "{err}");
+}
+
+#[test]
+fn a_value_the_kernel_refuses_is_a_warning_and_the_task_is_placed() {
+    if !privileged() {
+        return;
+    }
+    let h = Hier::new(Kind::V1);
+    let Some(blkio) = ControllerRoot::new("blkio", &h) else { return };
+    // No block device 250:0: the kernel refuses the throttle.
+    let config = format!("{}[[limit]]\nset = {{ \"io.max\" = \"250:0 rbps=1000\" }}\n", blkio.config());
+    let (_c, config) = config_file(&config);
+    let d = Daemon::start(&h, &["--config", &config]);
+    let (task, _) = spawn_everywhere(&h, &[&blkio], &["unshare", "--uts", "sleep", "60"]);
+    let node = format!("node_{}", task.id());
+    h.expect_in(task.id(), &h.path(&node));
+    wait_for("the task in its mirror", || blkio.cgroup_of(task.id()) == Some(format!("{}/{node}", blkio.root)));
+    wait_for("the warning", || d.log_text().contains("blkio.throttle.read_bps_device"));
+    let log = d.log_text();
+    assert!(log.contains("limit not applied") && log.contains(&node), "{log}");
+    finish(vec![task]);
+}
