@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::cgpath::{canonical, within};
 use crate::control::limits::Limit;
+use crate::sys::subtree::LeafPolicy;
 use crate::core::nsset::{NsKind, NsMask};
 
 /// The default configuration file; a missing default file means defaults.
@@ -75,9 +76,17 @@ pub struct Config {
     /// `io`, …), enabled in its parent's `cgroup.subtree_control` where the
     /// parent allows it.
     pub controllers: Vec<String>,
+    /// cgroup2: whose tasks may move into a child `leaf` so that
+    /// `controllers` can be enabled for the nodes made below them: `nodes`
+    /// (default: only nodes, which nsgroup owns), `everywhere` (any cgroup in
+    /// the tracked subtree: for subtrees delegated to nsgroup) or `never`.
+    /// A node that cannot get them is made without, and the log says so.
+    pub leaf: LeafPolicy,
     /// Limit rules (`[[limit]]` tables): the controller values a new node
     /// gets when its creator matches, written before its first task moves in.
     pub limit: Vec<LimitRule>,
+    /// The local API (`[api]`: socket, its mode and group, strict mode; docs/api.md).
+    pub api: ApiConfig,
 }
 
 /// One mirrored v1 hierarchy.
@@ -208,7 +217,9 @@ impl Default for Config {
             nice: 0,
             mirror: Vec::new(),
             controllers: Vec::new(),
+            leaf: LeafPolicy::Nodes,
             limit: Vec::new(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -290,6 +301,7 @@ impl Config {
         }
         self.mask().map_err(|why| ("namespaces", why))?;
         self.check_control()?;
+        self.api.check()?;
         let rb = self.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
             return Err(("ring_buffer_bytes", format!("{rb} must be a power of two of at least 4096")));
@@ -443,6 +455,64 @@ impl Config {
             || s.uid.is_some_and(|u| ex.uid.contains(&u))
             || ex.cgroup.iter().any(|c| within(s.cgroup, c));
         included && !excluded
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The local API (`[api]`): its socket and strict mode. docs/api.md.
+// ---------------------------------------------------------------------------
+
+/// The default API socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/nsgroup/api.sock";
+
+/// `[api]`: where the daemon listens, who may connect, and strict mode.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The Unix socket (`/run/nsgroup/api.sock`). An empty path turns the API
+    /// off. When the default path is served by another daemon already, this
+    /// one runs without the API (and says so); a path set here must be free.
+    pub socket: PathBuf,
+    /// The socket's permission bits (default `0o666`: every user may connect,
+    /// and every request is authorised by the permission model). `0o660`
+    /// with `socket_group` admits one group, `0o600` root only.
+    pub socket_mode: u32,
+    /// The group owning the socket (a name from /etc/group, or a number);
+    /// empty: root's group.
+    pub socket_group: String,
+    /// Strict mode (`nsgroup run --strict`): an LSM BPF program enforces the
+    /// permission model on direct writes to the hierarchy's `cgroup.procs`,
+    /// `tasks` and `mkdir`s too. Needs `bpf` among the kernel's LSMs; the
+    /// daemon refuses to start, saying why, where it cannot load.
+    pub strict: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig { socket: PathBuf::from(DEFAULT_API_SOCKET), socket_mode: 0o666, socket_group: String::new(), strict: false }
+    }
+}
+
+impl ApiConfig {
+    /// The socket mode must be permission bits only; the path absolute; the
+    /// group a name or a number.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.socket_mode & !0o777 != 0 {
+            return Err(("api.socket_mode", format!("{:#o} has bits beyond 0o777 (permission bits only)", self.socket_mode)));
+        }
+        if !self.socket.as_os_str().is_empty() && !self.socket.is_absolute() {
+            return Err(("api.socket", format!("{} is not an absolute path", self.socket.display())));
+        }
+        let g = &self.socket_group;
+        if !g.is_empty() && !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+            return Err(("api.socket_group", format!("{g:?} is neither a group name nor a number")));
+        }
+        Ok(())
+    }
+
+    /// Whether the socket path is the default one (another daemon may hold it).
+    pub fn default_socket(&self) -> bool {
+        self.socket == Path::new(DEFAULT_API_SOCKET)
     }
 }
 

@@ -105,6 +105,10 @@ impl<B: CgroupBackend> Placer<B> {
     /// Creates the node, trying names until one is free (or an empty
     /// leftover that is no live node). `None` when the parent vanished.
     fn create(&mut self, new: &NewNode, comm: &str) -> Result<Option<CgroupId>, IoError> {
+        let parent_is_node = self.tracker.node(new.parent).is_some();
+        if let Some(lacking) = self.backend.prepare(new.parent, parent_is_node)? {
+            self.refused_files.push((new.parent, format!("a node made here {lacking}")));
+        }
         for attempt in 0..MAX_NAME_ATTEMPTS {
             let name = new.name(attempt);
             let id = match self.backend.create(new.parent, &name) {

@@ -254,3 +254,85 @@ fn a_value_the_kernel_refuses_is_a_warning_and_the_task_is_placed() {
     assert!(log.contains("limit not applied") && log.contains(&node), "{log}");
     finish(vec![task]);
 }
+
+/// Enables a controller in the cgroup2 root's subtree for the test, and
+/// disables it again on drop if it was not enabled before.
+struct RootController {
+    file: PathBuf,
+    controller: &'static str,
+    enabled_here: bool,
+}
+
+impl RootController {
+    fn enable(mount: &std::path::Path, controller: &'static str) -> RootController {
+        let file = mount.join("cgroup.subtree_control");
+        let before = std::fs::read_to_string(&file).unwrap();
+        let enabled_here = !before.split_whitespace().any(|c| c == controller);
+        if enabled_here {
+            std::fs::write(&file, format!("+{controller}")).unwrap();
+        }
+        RootController { file, controller, enabled_here }
+    }
+}
+
+impl Drop for RootController {
+    fn drop(&mut self) {
+        if self.enabled_here {
+            if let Err(e) = std::fs::write(&self.file, format!("-{}", self.controller)) {
+                eprintln!("warning: could not restore {}: {e}", self.file.display());
+            }
+        }
+    }
+}
+
+fn controllers_of(h: &Hier, rel: &str) -> String {
+    std::fs::read_to_string(h.dir(rel).join("cgroup.controllers")).unwrap_or_default()
+}
+
+#[test]
+fn cgroup2_nodes_get_controllers_by_the_leaf_policy() {
+    if !privileged() {
+        return;
+    }
+    let mount = PathBuf::from("/sys/fs/cgroup/unified");
+    if !std::fs::read_to_string(mount.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb")) {
+        eprintln!("skipped: no cgroup2 hierarchy with hugetlb at {} (the hybrid bed only)", mount.display());
+        return;
+    }
+    // Declared first: dropped last, after the test's cgroups are gone.
+    let _hugetlb = RootController::enable(&mount, "hugetlb");
+    let mut h = Hier::new(Kind::V2);
+    std::fs::write(h.dir(&h.root).join("cgroup.subtree_control"), "+hugetlb").unwrap();
+    let work = h.path("work");
+    std::fs::create_dir(h.dir(&work)).unwrap();
+
+    // Default policy: the tasks of a cgroup nsgroup did not make stay; the
+    // node made below it lacks the controller, and the log says so.
+    let (_c, nodes_only) = config_file("controllers = [\"hugetlb\"]\n");
+    let mut d = Daemon::start(&h, &["--config", &nodes_only]);
+    let x = h.spawn_in(&work, &["unshare", "--uts", "sleep", "60"]);
+    let node_x = format!("{work}/node_{}", x.pid);
+    h.expect_in(x.pid, &node_x);
+    assert!(!controllers_of(&h, &node_x).contains("hugetlb"));
+    wait_for("the lack reported", || d.log_text().contains("lacks hugetlb"));
+    d.stop();
+    h.kill_all();
+    wait_for("the node gone", || !h.dir(&node_x).exists() || std::fs::remove_dir(h.dir(&node_x)).is_ok());
+
+    // `everywhere` (a subtree delegated to nsgroup): the parent's tasks move
+    // into its leaf first; nested, the node's own tasks move into the node's leaf.
+    let (_c, everywhere) = config_file("controllers = [\"hugetlb\"]\nleaf = \"everywhere\"\n");
+    let _d = Daemon::start(&h, &["--config", &everywhere]);
+    let bystander = h.spawn_in(&work, &["sleep", "60"]);
+    let p = h.spawn_in(&work, &["unshare", "--uts", "sh", "-c", "unshare --uts sleep 60; sleep 60"]);
+    let node_p = format!("{work}/node_{}", p.pid);
+    wait_for("the inner node", || children_of(p.pid).first().is_some_and(|c| h.cgroup_of(*c).is_some_and(|g| g.starts_with(&format!("{node_p}/node_")))));
+    let inner = h.cgroup_of(children_of(p.pid)[0]).unwrap();
+    assert!(controllers_of(&h, &node_p).contains("hugetlb"), "the node under work got it");
+    assert!(controllers_of(&h, &inner).contains("hugetlb"), "the nested node got it");
+    assert_eq!(h.cgroup_of(bystander.pid), Some(format!("{work}/leaf")), "work's own tasks moved into its leaf");
+    assert_eq!(h.cgroup_of(p.pid), Some(format!("{node_p}/leaf")), "the node's own task moved into its leaf");
+    // The node's leaf stands for the node: its task is not moved again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.cgroup_of(p.pid), Some(format!("{node_p}/leaf")));
+}

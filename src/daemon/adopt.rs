@@ -13,6 +13,7 @@ use crate::core::node::{CgroupId, Node, NodeRecord};
 use crate::core::nsset::NsMask;
 use crate::placer::Placer;
 use crate::sys::cgroupfs::{CgroupWriter, Hierarchy};
+use crate::sys::subtree::LEAF;
 use crate::sys::error::IoError;
 
 /// Why a record on a cgroup is not adopted.
@@ -65,7 +66,13 @@ pub(super) fn adopt(
         let (parent_rel, name) = rel.rsplit_once('/').expect("below the root");
         let parent_rel = if parent_rel.is_empty() { "/" } else { parent_rel };
         let Some(&parent) = ids.get(parent_rel) else { continue };
-        let Some(bytes) = hierarchy.record_bytes(&rel) else { continue };
+        let Some(bytes) = hierarchy.record_bytes(&rel) else {
+            // A node's leaf (cgroup2 controllers): where the node's tasks live.
+            if name == LEAF && placer.tracker().node(parent).is_some() {
+                placer.backend().adopt_leaf(parent, id);
+            }
+            continue;
+        };
         let Ok(owner) = hierarchy.owner(&rel) else { continue };
         let record = match usable_record(&bytes, owner, &base, mask) {
             Ok(r) => r,

@@ -13,7 +13,6 @@ use crate::config::Cleanup;
 use crate::core::escape::Escaped;
 use crate::core::node::CgroupId;
 use crate::placer::unix_now;
-use crate::sys::cgroupfs::CgroupBackend;
 
 /// Back-off of the emptiness checks after an exit: an exiting task stays in
 /// its cgroup for a moment after its exit event.
@@ -82,8 +81,7 @@ impl Daemon {
     /// Whether a node holds a task that is not on its way out. Stops at the
     /// first live one.
     fn has_live_tasks(&mut self, id: CgroupId) -> bool {
-        let Ok(Some(path)) = self.placer.backend().path_of(id) else { return false };
-        let Ok(members) = self.hierarchy.members(&path) else { return true };
+        let Ok(members) = self.placer.backend().members_of(id) else { return true };
         members.into_iter().any(|tid| self.proc.stat(tid, tid).ok().flatten().is_some_and(|s| !s.is_dead()))
     }
 

@@ -81,9 +81,12 @@ impl Gate {
         let Some(here) = self.proc.cgroup_path(entry.tgid, entry.tid, &self.key)? else {
             return Ok(Checked::Dropped(Dropped::Gone));
         };
-        if writer.id_at(&here)? != Some(expected) {
+        let home = writer.id_at(&here)?.map(|id| writer.home(id));
+        if home != Some(expected) {
             return Ok(Checked::Dropped(Dropped::OtherWriter));
         }
+        // A node's leaf counts as the node.
+        let here = writer.path_of(expected)?.unwrap_or(here);
         let Some(there) = writer.path_of(destination)? else { return Ok(Checked::Dropped(Dropped::Gone)) };
         if !within(&there, &here) && !self.proc.has_sys_admin_in(entry.tgid, entry.tid, self.own_user_ns)? {
             return Ok(Checked::Go(Placement::Refused(Refusal::OutsideSubtree)));

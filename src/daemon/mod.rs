@@ -181,7 +181,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let base_set = own_set.masked(mask);
     let limits = Limits { max_depth: config.max_depth, max_nodes: config.max_nodes };
     let tracker = Tracker::new(base_set, hierarchy.granularity(), limits);
-    let writer = CgroupWriter::new(hierarchy.clone(), &root);
+    let writer = CgroupWriter::new(hierarchy.clone(), &root).with_controllers(config.controllers.clone(), config.leaf);
     let mut placer = Placer::new(tracker, writer, unix_now);
     let started = Instant::now();
     let adopted = adopt::adopt(&mut placer, &hierarchy, &root, mask)?;

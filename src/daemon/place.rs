@@ -53,7 +53,8 @@ impl Daemon {
                 // Where it died, and where it was put last: a task moved while
                 // already exiting stays where it was, leaving its new node empty.
                 let put = self.last_placed.remove(&ev.tid).map(|(_, at)| at);
-                for cgroup in std::iter::once(ev.cgroup).chain(put.filter(|&p| p != ev.cgroup)) {
+                let died_in = self.placer.backend().home(ev.cgroup);
+                for cgroup in std::iter::once(died_in).chain(put.filter(|&p| p != died_in)) {
                     if let Some(&node) = self.placer.tracker().cleanup_candidates(cgroup).first() {
                         self.schedule_cleanup(node, 0);
                     }
@@ -65,10 +66,10 @@ impl Daemon {
     /// Where a task is taken to be: where the daemon put it last (a backlog's
     /// later events still carry the cgroup it was in before), else where its
     /// event saw it.
-    fn presumed_cgroup(&self, ev: &Event) -> CgroupId {
+    fn presumed_cgroup(&mut self, ev: &Event) -> CgroupId {
         match self.last_placed.get(&ev.tid) {
             Some(&(start, at)) if start == ev.start_ns => at,
-            _ => ev.cgroup,
+            _ => self.placer.backend().home(ev.cgroup),
         }
     }
 

@@ -144,7 +144,10 @@ impl Daemon {
     /// cgroup the daemon has not seen.
     fn snapshot(&mut self) -> Result<Vec<TaskSample>, DaemonError> {
         let Source::Bpf(probe) = &mut self.source else {
-            return Ok(scan(&self.proc, &self.hierarchy, &self.root)?);
+            let mut tasks = scan(&self.proc, &self.hierarchy, &self.root)?;
+            let writer = self.placer.backend();
+            tasks.iter_mut().for_each(|t| t.cgroup = writer.home(t.cgroup));
+            return Ok(tasks);
         };
         let records = probe.snapshot()?;
         let writer = self.placer.backend();
@@ -161,7 +164,7 @@ impl Daemon {
                 start: r.start_ns,
                 uid: r.uid,
                 comm: r.comm,
-                cgroup: r.cgroup,
+                cgroup: writer.home(r.cgroup),
                 cgroup_path,
                 set: r.set,
             });

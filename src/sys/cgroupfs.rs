@@ -12,6 +12,7 @@ use rustix::fs::{Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
 use super::error::{or_vanished, IoError};
+use super::subtree::Enabled;
 use super::mounts::Mount;
 use super::procfs::HierarchyKey;
 use crate::core::cgpath::join;
@@ -268,6 +269,16 @@ pub trait CgroupBackend {
     /// Writes controller files of a new cgroup; returns the ones refused
     /// (`file=value: error`).
     fn configure(&mut self, id: CgroupId, files: &[(&'static str, String)]) -> Vec<String>;
+    /// Readies `parent` for a new child: where controllers are wanted for
+    /// nodes, enables them in its subtree (a node's own tasks may move into
+    /// its leaf for that). Returns what a child made now will lack.
+    fn prepare(&mut self, _parent: CgroupId, _parent_is_node: bool) -> Result<Option<String>, IoError> {
+        Ok(None)
+    }
+    /// The node whose tasks a cgroup holds: a node's leaf stands for the node.
+    fn home(&self, id: CgroupId) -> CgroupId {
+        id
+    }
 }
 
 /// How many cgroup paths the writer knows before it forgets removed ones.
@@ -283,6 +294,13 @@ pub struct CgroupWriter {
     root: String,
     paths: HashMap<CgroupId, String>,
     attach_fds: HashMap<CgroupId, fs::File>,
+    /// cgroup2 controllers every node gets.
+    controllers: Vec<String>,
+    /// Whose tasks may move into a leaf so that controllers can be enabled.
+    leaf: super::subtree::LeafPolicy,
+    /// Node → its leaf (id); leaf → its node.
+    leaves: HashMap<CgroupId, CgroupId>,
+    leaf_of: HashMap<CgroupId, CgroupId>,
 }
 
 impl CgroupWriter {
@@ -290,7 +308,43 @@ impl CgroupWriter {
     /// it creates cgroups or is told them ([`CgroupWriter::learn`],
     /// [`CgroupWriter::id_at`], [`CgroupWriter::rescan`]).
     pub fn new(hierarchy: Hierarchy, root: &str) -> CgroupWriter {
-        CgroupWriter { hierarchy, root: root.to_string(), paths: HashMap::new(), attach_fds: HashMap::new() }
+        CgroupWriter {
+            hierarchy,
+            root: root.to_string(),
+            paths: HashMap::new(),
+            attach_fds: HashMap::new(),
+            controllers: Vec::new(),
+            leaf: super::subtree::LeafPolicy::Never,
+            leaves: HashMap::new(),
+            leaf_of: HashMap::new(),
+        }
+    }
+
+    /// cgroup2: every node gets `controllers`, with a parent's tasks moved
+    /// into its leaf where `leaf` allows.
+    pub fn with_controllers(mut self, controllers: Vec<String>, leaf: super::subtree::LeafPolicy) -> CgroupWriter {
+        if self.hierarchy.version == Version::V2 {
+            self.controllers = controllers;
+            self.leaf = leaf;
+        }
+        self
+    }
+
+    /// Takes `leaf` (a child named [`super::subtree::LEAF`]) as the place of `node`'s tasks.
+    pub fn adopt_leaf(&mut self, node: CgroupId, leaf: CgroupId) {
+        self.leaves.insert(node, leaf);
+        self.leaf_of.insert(leaf, node);
+    }
+
+    /// The tasks of a node, its leaf's included.
+    pub fn members_of(&mut self, id: CgroupId) -> Result<Vec<u32>, IoError> {
+        let mut out = Vec::new();
+        for cg in std::iter::once(id).chain(self.leaves.get(&id).copied()) {
+            if let Some(rel) = self.paths.get(&cg) {
+                out.extend(self.hierarchy.members(rel)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Learns every cgroup of the subtree again.
@@ -387,6 +441,8 @@ impl CgroupBackend for CgroupWriter {
             Version::V1 => tid,
             Version::V2 => tgid,
         };
+        // A node with a leaf holds its tasks there.
+        let id = self.leaves.get(&id).copied().unwrap_or(id);
         let Some(f) = self.attach_file(id)? else { return Ok(Attached::Vanished) };
         match f.write_all(format!("{who}\n").as_bytes()) {
             Ok(()) => Ok(Attached::Moved),
@@ -399,6 +455,15 @@ impl CgroupBackend for CgroupWriter {
     }
 
     fn remove(&mut self, id: CgroupId) -> Result<Removed, IoError> {
+        if let Some(leaf) = self.leaves.get(&id).copied() {
+            match self.remove(leaf)? {
+                Removed::Busy => return Ok(Removed::Busy),
+                Removed::Removed | Removed::Vanished => {
+                    self.leaves.remove(&id);
+                    self.leaf_of.remove(&leaf);
+                }
+            }
+        }
         let Some(rel) = self.path_of(id)? else { return Ok(Removed::Vanished) };
         let dir = self.hierarchy.dir(&rel);
         match rustix::fs::rmdir(&dir) {
@@ -420,6 +485,29 @@ impl CgroupBackend for CgroupWriter {
         let Some(rel) = self.paths.get(&id) else { return Vec::new() };
         let dir = self.hierarchy.dir(rel);
         crate::control::limits::write(&dir, files).into_iter().map(|r| format!("{}={}: {}", r.file, r.value, r.error)).collect()
+    }
+
+    fn prepare(&mut self, parent: CgroupId, parent_is_node: bool) -> Result<Option<String>, IoError> {
+        if self.controllers.is_empty() {
+            return Ok(None);
+        }
+        let Some(rel) = self.path_of(parent)? else { return Ok(None) };
+        let may_leaf = self.leaf.allows(parent_is_node);
+        match super::subtree::enable(&self.hierarchy, &rel, &self.controllers, may_leaf)? {
+            Enabled::All => Ok(None),
+            Enabled::AfterLeaf(leaf_rel) => {
+                if let Some(leaf) = self.id_at(&leaf_rel)? {
+                    self.attach_fds.remove(&parent);
+                    self.adopt_leaf(parent, leaf);
+                }
+                Ok(None)
+            }
+            Enabled::Lacking { controllers, why } => Ok(Some(format!("lacks {}: {why}", controllers.join(" ")))),
+        }
+    }
+
+    fn home(&self, id: CgroupId) -> CgroupId {
+        self.leaf_of.get(&id).copied().unwrap_or(id)
     }
 }
 

@@ -8,3 +8,4 @@ pub mod mounts;
 pub mod notify;
 pub mod procfs;
 pub mod scan;
+pub mod subtree;
