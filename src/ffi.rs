@@ -45,7 +45,7 @@ pub fn fork() -> io::Result<Forked> {
     }
 }
 
-/// `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
 #[repr(C)]
 #[derive(Default)]
 struct CloneArgs {
@@ -59,12 +59,24 @@ struct CloneArgs {
     tls: u64,
     set_tid: u64,
     set_tid_size: u64,
+    cgroup: u64,
 }
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// clone3(2) without CLONE_VM (a fork) with extra `CLONE_NEW*` flags; with
 /// `pid`, the child gets that host pid (needs CAP_SYS_ADMIN). Refused unless
 /// the caller is single-threaded.
 pub fn clone3(ns_flags: u64, pid: Option<u32>) -> io::Result<Forked> {
+    clone3_into(ns_flags, pid.as_slice(), None)
+}
+
+/// clone3(2) as [`clone3`], with the child's pids chosen per pid namespace
+/// (`pids[0]` innermost, as `set_tid`), and with `cgroup`, born in that
+/// cgroup2 directory (`CLONE_INTO_CGROUP`): its first instruction runs there.
+pub fn clone3_into(ns_flags: u64, pids: &[u32], cgroup: Option<std::os::fd::BorrowedFd<'_>>) -> io::Result<Forked> {
+    use std::os::fd::AsRawFd;
     single_threaded()?;
     const NS_FLAGS: u64 = (libc::CLONE_NEWNS
         | libc::CLONE_NEWUTS
@@ -76,17 +88,19 @@ pub fn clone3(ns_flags: u64, pid: Option<u32>) -> io::Result<Forked> {
     if ns_flags & !NS_FLAGS != 0 {
         return Err(io::Error::other("only CLONE_NEW* flags are accepted"));
     }
-    let set_tid = pid.map(|p| p as libc::pid_t);
+    let set_tid: Vec<libc::pid_t> = pids.iter().map(|&p| p as libc::pid_t).collect();
     let args = CloneArgs {
-        flags: ns_flags,
+        flags: ns_flags | cgroup.map_or(0, |_| CLONE_INTO_CGROUP),
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: set_tid.as_ref().map_or(0, |p| p as *const libc::pid_t as u64),
-        set_tid_size: u64::from(set_tid.is_some()),
+        set_tid: if set_tid.is_empty() { 0 } else { set_tid.as_ptr() as u64 },
+        set_tid_size: set_tid.len() as u64,
+        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
         ..CloneArgs::default()
     };
     // SAFETY: without CLONE_VM, clone3 forks: the child gets a copy of the
     // address space, so (single-threaded, as checked) it may run any code;
-    // `args` and `set_tid` outlive the call and `args` has the size passed.
+    // `args` and `set_tid` outlive the call and `args` has the size passed;
+    // the cgroup fd is borrowed for the call.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     match ret {
         -1 => Err(io::Error::last_os_error()),

@@ -1,17 +1,18 @@
-//! The `nsgroup` command: `run` the daemon, show the `tree`.
+//! The `nsgroup` command: `run` the daemon, show the `tree`, `check` the invariant.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use nsgroup::config::{Config, Source};
 use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
 use nsgroup::daemon::{self, Setup};
 use nsgroup::model::{self, Units};
+use nsgroup::render::text::{Column, View, DEFAULT_COLUMNS};
 use nsgroup::sys::cgroupfs::Hierarchy;
 use nsgroup::sys::error::IoError;
 use nsgroup::sys::locate::locate;
@@ -31,19 +32,14 @@ struct Cli {
     command: Command,
 }
 
-/// Which hierarchy and subtree.
+/// Which hierarchy.
 #[derive(clap::Args, Debug)]
-struct Where {
+struct At {
     /// Mount point of the cgroup hierarchy (cgroup2, v1 with controllers, or a
     /// named v1 one). Default: cgroup2 on a pure cgroup2 host, else nsgroup's
     /// own name=nsgroup hierarchy at /sys/fs/cgroup/nsgroup.
     #[arg(long, value_name = "PATH")]
     hierarchy: Option<PathBuf>,
-    /// The subtree whose tasks are tracked and moved (a cgroup path inside
-    /// the hierarchy, starting with /, without . or ..). Nothing outside it
-    /// is touched. Default: /.
-    #[arg(long, value_name = "CGROUP", value_parser = canonical)]
-    root: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,7 +50,12 @@ enum Command {
     /// NOTIFY_SOCKET once tracking.
     Run {
         #[command(flatten)]
-        place: Where,
+        at: At,
+        /// The subtree whose tasks are tracked and moved (a cgroup path inside
+        /// the hierarchy, starting with /, without . or ..). Nothing outside it
+        /// is touched. Default: the configuration's root, else /.
+        #[arg(long, value_name = "CGROUP", value_parser = canonical)]
+        root: Option<String>,
         /// Configuration file (TOML). Default: /etc/nsgroup/nsgroup.toml if present.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -69,26 +70,46 @@ enum Command {
         log_format: LogFormat,
     },
     /// Show the nodes nested, with the namespaces each differs in, its tasks
-    /// and usage. Reads cgroupfs: works whether the daemon runs or not.
+    /// and usage.
+    ///
+    /// Reads cgroupfs and /proc: works whether the daemon runs or not. Tasks
+    /// whose /proc entries cannot be read (other users' without root) are
+    /// left out and counted on stderr.
     Tree {
         #[command(flatten)]
-        place: Where,
+        at: At,
+        /// The subtree to show: a cgroup path inside the hierarchy, starting
+        /// with /, without . or .. (the same rule as for run). Default: /.
+        #[arg(long, value_name = "CGROUP", value_parser = canonical)]
+        root: Option<String>,
         /// Shorthand for -O json.
         #[arg(long, conflicts_with = "output")]
         json: bool,
         /// Output format.
         #[arg(short = 'O', long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        /// Show every cgroup and task of the subtree, not only nodes.
+        /// Show every cgroup and task of the subtree, not only nodes. Usage
+        /// figures cover the tasks listed.
         #[arg(long)]
         all: bool,
+        /// The figures on each cgroup line of the text output, comma-separated,
+        /// like ps -o (age, creator and uid are the node's, from its record).
+        #[arg(short = 'o', long = "columns", value_name = "LIST", value_enum, value_delimiter = ',', default_values_t = DEFAULT_COLUMNS)]
+        columns: Vec<Column>,
     },
     /// Check the invariant: every task whose namespace set differs from this
     /// command's own is in the node of its set, and every set has one node.
-    /// Exits 1 when it does not hold.
+    ///
+    /// Exits 0 when it holds, 1 when it does not, 2 when it could not be
+    /// checked. Tasks whose /proc entries cannot be read (other users' without
+    /// root) are not checked and are counted on stderr.
     Check {
         #[command(flatten)]
-        place: Where,
+        at: At,
+        /// The subtree to check (a cgroup path inside the hierarchy, starting
+        /// with /, without . or ..). Default: the configuration's root, else /.
+        #[arg(long, value_name = "CGROUP", value_parser = canonical)]
+        root: Option<String>,
         /// Configuration file, for the namespace kinds that count.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -96,6 +117,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a command in new namespaces, in a fresh node of its own from its
+    /// first instruction.
+    ///
+    /// The node node_<pid> is made first, with its record and limits, below
+    /// this command's cgroup; the command is cloned with that pid, on cgroup2
+    /// born in the node (CLONE_INTO_CGROUP), on v1 moved in before it runs,
+    /// and execs once its mirrors are in place. A running daemon adopts the
+    /// node. Exits with the command's status (128 + signal if killed; 127 if
+    /// it could not be started). Needs root.
+    Exec(ExecArgs),
+}
+
+/// `nsgroup exec`'s arguments.
+#[derive(clap::Args, Debug)]
+struct ExecArgs {
+    #[command(flatten)]
+    at: At,
+    /// The namespace kinds the command gets new ones of (/proc/<pid>/ns
+    /// names: cgroup, ipc, mnt, net, pid, time, user, uts).
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', default_value = "mnt,uts,ipc,pid")]
+    unshare: Vec<String>,
+    /// A value for the node, as a cgroup2 file name and value (memory.max,
+    /// memory.high, pids.max, cpu.max, cpu.weight, io.max); v1 equivalents go
+    /// to the configured mirrors. Repeatable.
+    #[arg(long = "limit", value_name = "FILE=VALUE")]
+    limits: Vec<String>,
+    /// Configuration file, for the mirrors. Default: /etc/nsgroup/nsgroup.toml if present.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    command: Vec<std::ffi::OsString>,
+}
+
+/// The hidden `generate-assets --out DIR` (for packaging): kept out of `Cli`
+/// so that the man pages and completions it writes leave it out.
+fn assets_command() -> clap::Command {
+    clap::Command::new("generate-assets")
+        .hide(true)
+        .about("Write the man pages (DIR/man) and shell completions (DIR/completions) of nsgroup")
+        .arg(clap::Arg::new("out").long("out").value_name("DIR").required(true).value_parser(clap::value_parser!(PathBuf)))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -112,15 +174,27 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let matches = Cli::command().subcommand(assets_command()).get_matches();
+    let (result, failure) = match matches.subcommand() {
+        Some(("generate-assets", m)) => {
+            let out = m.get_one::<PathBuf>("out").expect("--out is required");
+            (generate_assets(out).map(|()| ExitCode::SUCCESS), 1)
+        }
+        _ => {
+            let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+            // check's 1 means "does not hold": its failures to run exit 2.
+            let failure = if matches!(cli.command, Command::Check { .. }) { 2 } else { 1 };
+            (dispatch(cli), failure)
+        }
+    };
+    match result {
+        Ok(code) => code,
         Err(e) if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)) => {
             ExitCode::SUCCESS
         }
         Err(e) => {
             let _ = writeln!(io::stderr(), "nsgroup: {}", describe(&e));
-            ExitCode::FAILURE
+            ExitCode::from(failure)
         }
     }
 }
@@ -138,14 +212,14 @@ fn describe(e: &anyhow::Error) -> String {
     text
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<()> {
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { place, config, ring_buffer_bytes, source, log_format } => {
+        Command::Run { at, root, config, ring_buffer_bytes, source, log_format } => {
             let mut config = Config::load(config.as_deref())?;
-            if let Some(h) = place.hierarchy {
+            if let Some(h) = at.hierarchy {
                 config.hierarchy = Some(h);
             }
-            if let Some(r) = place.root {
+            if let Some(r) = root {
                 config.root = r;
             }
             if let Some(rb) = ring_buffer_bytes {
@@ -156,34 +230,84 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             config.check().map_err(|(key, why)| anyhow::anyhow!("--{}: {why}", key.replace('_', "-")))?;
             init_logging(log_format);
-            run(config)
+            run(config)?;
         }
-        Command::Tree { place, json, output, all } => {
+        Command::Tree { at, root, json, output, all, columns } => {
             let output = if json { Output::Json } else { output };
-            tree(place, output, all)
+            tree(at, root, output, all, columns)?;
         }
-        Command::Check { place, config, json } => check(place, config, json),
+        Command::Check { at, root, config, json } => return check(at, root, config, json),
+        Command::Exec(args) => return exec(args),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Exit status 1 with a message, for a check that does not hold.
-#[derive(Debug, thiserror::Error)]
-#[error("the invariant does not hold: {0} misplaced tasks, {1} sets with several nodes")]
-struct Violated(usize, usize);
+fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    use nsgroup::control::{exec, limits::Limit, mirror};
+    use nsgroup::core::nsset::NsKind;
+    let kinds = args
+        .unshare
+        .iter()
+        .map(|n| NsKind::from_proc_name(n).ok_or_else(|| anyhow::anyhow!("--unshare: unknown namespace kind {n:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let limits = args
+        .limits
+        .iter()
+        .map(|l| {
+            let (file, value) = l.split_once('=').ok_or_else(|| anyhow::anyhow!("--limit {l:?}: expected FILE=VALUE"))?;
+            Limit::new(file, value).map_err(|e| anyhow::anyhow!("--limit: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !rustix::process::geteuid().is_root() {
+        bail!("nsgroup exec needs root: it creates a cgroup and clones into it");
+    }
+    let config = Config::load(args.config.as_deref())?;
+    let located = locate(args.at.hierarchy.as_deref().or(config.hierarchy.as_deref()), true)?;
+    let per_process = located.hierarchy.version() == nsgroup::sys::cgroupfs::Version::V2;
+    let mut mirrors = mirror::open_all(&config, per_process)?;
+    let spec = exec::ExecSpec { unshare: kinds, limits, argv: args.command };
+    let status = exec::exec(spec, &located.hierarchy, &mut mirrors, &ProcFs::new("/proc"))?;
+    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
 
-fn check(place: Where, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+/// Says on stderr how many tasks were left out because their /proc entries
+/// could not be read, and that root sees more.
+fn note_unreadable(count: u64) {
+    if count == 0 {
+        return;
+    }
+    let s = if count == 1 { "" } else { "s" };
+    let hint = if rustix::process::geteuid().is_root() { "" } else { "; root is needed for a full view" };
+    let _ = writeln!(io::stderr(), "nsgroup: left out {count} task{s} whose /proc entries could not be read (permission denied){hint}");
+}
+
+fn check(at: At, root: Option<String>, config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config.as_deref())?;
     let mask = config.mask().map_err(anyhow::Error::msg)?;
-    let located = locate(place.hierarchy.as_deref().or(config.hierarchy.as_deref()), false)?;
-    let root = place.root.unwrap_or(config.root);
+    let located = locate(at.hierarchy.as_deref().or(config.hierarchy.as_deref()), false)?;
+    let root = root.unwrap_or(config.root);
     require_cgroup(&located.hierarchy, &root)?;
     let proc = ProcFs::new("/proc");
     let me = std::process::id();
     let base = proc.ns_set(me, me)?.unwrap_or_default();
     let verdict = nsgroup::check::check(&located.hierarchy, &root, &proc, base, mask)?;
+    write_verdict(&verdict, json).context("writing the verdict to stdout")?;
+    note_unreadable(verdict.unreadable_tasks as u64);
+    if verdict.holds() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (misplaced, duplicates) = (verdict.misplaced.len(), verdict.duplicate_nodes.len());
+    let _ = writeln!(
+        io::stderr(),
+        "nsgroup: the invariant does not hold: {misplaced} misplaced tasks, {duplicates} sets with several nodes"
+    );
+    Ok(ExitCode::from(1))
+}
+
+fn write_verdict(verdict: &nsgroup::check::Verdict, json: bool) -> io::Result<()> {
     let mut out = io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, &verdict)?;
+        serde_json::to_writer(&mut out, verdict)?;
         writeln!(out)?;
     } else {
         writeln!(out, "{} tasks, {} nodes", verdict.tasks, verdict.nodes)?;
@@ -207,8 +331,7 @@ fn check(place: Where, config: Option<PathBuf>, json: bool) -> anyhow::Result<()
             writeln!(out, "one set, several nodes: {}", paths.join(" "))?;
         }
     }
-    out.flush()?;
-    if verdict.holds() { Ok(()) } else { Err(Violated(verdict.misplaced.len(), verdict.duplicate_nodes.len()).into()) }
+    out.flush()
 }
 
 fn init_logging(format: LogFormat) {
@@ -269,9 +392,9 @@ fn require_cgroup(hierarchy: &Hierarchy, root: &str) -> anyhow::Result<()> {
     }
 }
 
-fn tree(place: Where, output: Output, all: bool) -> anyhow::Result<()> {
-    let located = locate(place.hierarchy.as_deref(), false)?;
-    let root = place.root.unwrap_or_else(|| "/".into());
+fn tree(at: At, root: Option<String>, output: Output, all: bool, columns: Vec<Column>) -> anyhow::Result<()> {
+    let located = locate(at.hierarchy.as_deref(), false)?;
+    let root = root.unwrap_or_else(|| "/".into());
     require_cgroup(&located.hierarchy, &root)?;
     let proc = ProcFs::new("/proc");
     let Some(sample) = model::sample::sample(&located.hierarchy, &root, &proc)? else {
@@ -284,14 +407,62 @@ fn tree(place: Where, output: Output, all: bool) -> anyhow::Result<()> {
         page_size: rustix::param::page_size() as u64,
     };
     let tree = model::build(&sample, &base, units, all).expect("the top is always kept");
+    let view = View { columns, width: terminal_width(), now_unix: unix_now() };
+    write_tree(&tree, output, &view).context("writing the tree to stdout")?;
+    note_unreadable(tree.unreadable_tasks);
+    Ok(())
+}
+
+fn write_tree(tree: &model::TreeNode, output: Output, view: &View) -> io::Result<()> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     match output {
-        Output::Text => nsgroup::render::text::write(&mut out, &tree)?,
-        Output::Json => nsgroup::render::json::write(&mut out, &tree)?,
-        Output::Openmetrics => nsgroup::render::metrics::write(&mut out, &tree)?,
+        Output::Text => nsgroup::render::text::write(&mut out, tree, view)?,
+        Output::Json => nsgroup::render::json::write(&mut out, tree)?,
+        Output::Openmetrics => nsgroup::render::metrics::write(&mut out, tree)?,
     }
-    out.flush()?;
+    out.flush()
+}
+
+/// The terminal's width when stdout is one ($COLUMNS first, as ps and
+/// systemd-cgls read it); lines are not cut into a pipe or a file.
+fn terminal_width() -> Option<usize> {
+    let stdout = io::stdout();
+    if !stdout.is_terminal() {
+        return None;
+    }
+    let columns = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+    columns.or_else(|| rustix::termios::tcgetwinsize(&stdout).ok().map(|w| usize::from(w.ws_col))).filter(|&w| w > 0)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Writes nsgroup(8) and nsgroup-<subcommand>(8) to `out`/man, and the bash,
+/// zsh and fish completions to `out`/completions.
+fn generate_assets(out: &Path) -> anyhow::Result<()> {
+    let man = out.join("man");
+    std::fs::create_dir_all(&man).map_err(|e| IoError::new("create", &man, e))?;
+    let source = format!("nsgroup {}", env!("CARGO_PKG_VERSION"));
+    // `help` is no page of its own: the pages are the help.
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    let pages = std::iter::once(cli.clone()).chain(cli.get_subcommands().cloned());
+    for page in pages {
+        let name = page.get_display_name().unwrap_or_else(|| page.get_name()).to_string();
+        let path = man.join(format!("{name}.8"));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).title(name.to_uppercase()).section("8").source(&source).render(&mut text)?;
+        std::fs::write(&path, text).map_err(|e| IoError::new("write", &path, e))?;
+    }
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&completions).map_err(|e| IoError::new("create", &completions, e))?;
+    let mut cli = Cli::command();
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cli, "nsgroup", &completions)
+            .with_context(|| format!("writing the {shell} completions to {}", completions.display()))?;
+    }
     Ok(())
 }
 

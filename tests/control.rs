@@ -336,3 +336,74 @@ fn cgroup2_nodes_get_controllers_by_the_leaf_policy() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(h.cgroup_of(p.pid), Some(format!("{node_p}/leaf")));
 }
+
+/// Runs `nsgroup exec ARGS` from inside the tracked root; its status and stdout.
+fn exec_in_root(h: &Hier, args: &[&str]) -> (Option<i32>, String, String) {
+    let procs = h.dir(&h.root).join(if h.kind == Kind::V1 { "tasks" } else { "cgroup.procs" });
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec \"$@\"")
+        .arg(&procs)
+        .arg(NSGROUP)
+        .args(["exec", "--hierarchy"])
+        .arg(&h.mount)
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The node path `cat /proc/self/cgroup` printed for the test hierarchy.
+fn printed_node(h: &Hier, stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| match h.kind {
+            Kind::V1 => l.contains(&format!(":name={}:", h.name)),
+            Kind::V2 => l.starts_with("0::"),
+        })
+        .unwrap_or_else(|| panic!("no line for the hierarchy in {stdout:?}"));
+    line.rsplit(':').next().unwrap().to_string()
+}
+
+#[test]
+fn exec_starts_the_command_in_its_node_with_or_without_the_daemon() {
+    if !privileged() {
+        return;
+    }
+    for kind in [Kind::V1, Kind::V2] {
+        let h = Hier::new(kind);
+        // Without a daemon: the command's first instruction is in its node;
+        // its status comes back; the node goes with it.
+        let (code, out, err) = exec_in_root(&h, &["--unshare", "uts,pid", "--", "sh", "-c", "cat /proc/self/cgroup; exit 7"]);
+        assert_eq!(code, Some(7), "{err}");
+        let node = printed_node(&h, &out);
+        assert!(node.starts_with(&format!("{}/node_", h.root)), "{kind:?}: {node}");
+        assert!(h.node_paths().is_empty(), "{kind:?}: the node went with the command");
+
+        // With a daemon: it adopts the node and makes no second one.
+        let d = Daemon::start(&h, &[]);
+        let (code, out, err) = exec_in_root(&h, &["--unshare", "uts,ipc", "--", "sh", "-c", "cat /proc/self/cgroup; sleep 0.5"]);
+        assert_eq!(code, Some(0), "{err}");
+        let node = printed_node(&h, &out);
+        assert!(node.starts_with(&format!("{}/node_", h.root)), "{kind:?}: {node}");
+        assert_eq!(node.matches("/node_").count(), 1, "{kind:?}: no nested second node: {node}");
+        wait_for("the adoption logged", || d.log_text().contains("node_adopted"));
+        assert!(!d.log_text().contains("node_created"), "{kind:?}: {}", d.log_text());
+        wait_for("the node removed", || h.node_paths().is_empty());
+    }
+}
+
+#[test]
+fn exec_refuses_bad_input() {
+    if !privileged() {
+        return;
+    }
+    let h = Hier::new(Kind::V1);
+    let (code, _, err) = exec_in_root(&h, &["--unshare", "bogus", "--", "true"]);
+    assert!(code != Some(0) && err.contains("bogus"), "{err}");
+    let (code, _, err) = exec_in_root(&h, &["--limit", "pids.max=lots", "--", "true"]);
+    assert!(code != Some(0) && err.contains("pids.max"), "{err}");
+    let (code, _, err) = exec_in_root(&h, &["--", "/nonexistent/command"]);
+    assert_eq!(code, Some(127), "{err}");
+    assert!(err.contains("/nonexistent/command"), "{err}");
+}

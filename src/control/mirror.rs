@@ -207,6 +207,18 @@ impl Mirror {
     }
 }
 
+/// The mirrors `config` lists, opened; `per_process` when the tracked
+/// hierarchy is cgroup2.
+pub fn open_all(config: &crate::config::Config, per_process: bool) -> Result<Vec<Mirror>, MirrorError> {
+    if config.mirror.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mounts = crate::sys::mounts::read_mountinfo(Path::new("/proc/self/mountinfo"))?;
+    let self_cgroup =
+        std::fs::read_to_string("/proc/self/cgroup").map_err(|e| IoError::new("read", "/proc/self/cgroup", e))?;
+    config.mirror.iter().map(|m| Mirror::open(m, &mounts, &self_cgroup, per_process)).collect()
+}
+
 /// Usage figures of v1 controllers in a cgroup directory; missing files are left out.
 pub fn v1_usage(dir: &Path) -> Vec<(String, u64)> {
     let files = [

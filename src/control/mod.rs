@@ -2,5 +2,7 @@
 //! in, mirrors in v1 controller hierarchies, and the verbs (freeze, thaw,
 //! kill) on a node's subtree.
 
+pub mod exec;
 pub mod limits;
 pub mod mirror;
+pub mod verbs;

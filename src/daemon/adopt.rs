@@ -12,7 +12,7 @@ use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, Node, NodeRecord};
 use crate::core::nsset::NsMask;
 use crate::placer::Placer;
-use crate::sys::cgroupfs::{CgroupWriter, Hierarchy};
+use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter, Hierarchy};
 use crate::sys::subtree::LEAF;
 use crate::sys::error::IoError;
 
@@ -121,5 +121,68 @@ mod tests {
         if me != 65534 {
             assert_eq!(usable_record(&record(2), 65534, &base, NsMask::ALL), Err(Unusable::Owner(65534)));
         }
+    }
+}
+
+/// What a cgroup `nsgroup exec` made for a task says.
+pub(super) enum ExecNode {
+    /// No exec record names the task: place it as usual.
+    No,
+    /// Its record is not complete yet (exec is still setting it up; the
+    /// task runs only once it is): leave the task pending.
+    Pending,
+    /// Adopted as the task's node.
+    Adopted(CgroupId),
+}
+
+impl super::Daemon {
+    /// Whether a task about to get a node of its own has one `nsgroup exec`
+    /// made for it: the cgroup it is in (cgroup2: born there), or its
+    /// `node_<tid>` child (v1: moved in by exec), carrying a root-owned
+    /// record that names the task as its creator. A complete one is adopted,
+    /// with its recorded mirrors.
+    pub(super) fn adopt_exec_node(&mut self, entry: &crate::core::tracker::Entry) -> ExecNode {
+        // A cgroup exec made is new to the daemon: found from the task itself.
+        let here = match self.placer.backend().path_of(entry.cgroup) {
+            Ok(Some(p)) => p,
+            _ => {
+                let Ok(Some(p)) = self.proc.cgroup_path(entry.tgid, entry.tid, self.hierarchy.key()) else { return ExecNode::No };
+                if self.placer.backend().id_at(&p).ok().flatten() != Some(entry.cgroup) {
+                    return ExecNode::No;
+                }
+                p
+            }
+        };
+        let inside = self.placer.tracker().node(entry.cgroup).is_none().then(|| here.clone());
+        let child = crate::core::cgpath::join(&here, &crate::core::naming::candidate(entry.tid, 0));
+        for path in inside.into_iter().chain([child]) {
+            let Some(bytes) = self.hierarchy.record_bytes(&path) else { continue };
+            let Some(mut record) = NodeRecord::from_bytes(&bytes) else { continue };
+            if self.hierarchy.owner(&path).ok() != Some(0) || record.creator_pid != entry.tid {
+                continue;
+            }
+            if record.set.is_empty() {
+                return ExecNode::Pending;
+            }
+            let Some((parent_path, name)) = path.rsplit_once('/') else { continue };
+            let parent_path = if parent_path.is_empty() { "/" } else { parent_path };
+            let writer = self.placer.backend();
+            let (Ok(Some(parent)), Ok(Some(id))) = (writer.id_at(parent_path), writer.id_at(&path)) else { continue };
+            record.set = entry.set;
+            record.parent_set = record.parent_set.masked(self.mask);
+            let mirrors = record.mirrors.clone();
+            let node = Node { id, parent, name: name.to_string(), record };
+            if self.placer.tracker_mut().add_node(node).is_err() {
+                return ExecNode::No;
+            }
+            for m in mirrors {
+                if let Some(mirror) = self.mirrors.iter_mut().find(|x| x.controllers() == m.controllers) {
+                    mirror.adopt(id, &m.path);
+                }
+            }
+            tracing::info!(event = "node_adopted", path = %Escaped(&path), creator_pid = entry.tid, "node made by nsgroup exec adopted");
+            return ExecNode::Adopted(id);
+        }
+        ExecNode::No
     }
 }

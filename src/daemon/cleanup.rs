@@ -58,6 +58,7 @@ impl Daemon {
                         usage = %usage.join(" "),
                         "node removed"
                     );
+                    self.api_node_removed(&removal);
                     current = Some(parent).filter(|p| self.placer.tracker().node(*p).is_some());
                 }
                 Ok(None) => {

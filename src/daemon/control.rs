@@ -7,22 +7,11 @@ use super::reports::Kind;
 use super::Daemon;
 use crate::config::{Config, Creation};
 use crate::control::limits::Limit;
-use crate::control::mirror::{Mirror, MirrorError, Mirrored};
+use crate::control::mirror::Mirrored;
 use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, MirrorPath, Node, NodeRecord};
 use crate::core::nsset::NsMask;
 use crate::sys::cgroupfs::{CgroupBackend, Removed, Version};
-
-/// The configured mirrors, opened.
-pub(super) fn open_mirrors(config: &Config, per_process: bool) -> Result<Vec<Mirror>, MirrorError> {
-    if config.mirror.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mounts = crate::sys::mounts::read_mountinfo(std::path::Path::new("/proc/self/mountinfo"))?;
-    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| crate::sys::error::IoError::new("read", "/proc/self/cgroup", e))?;
-    config.mirror.iter().map(|m| Mirror::open(m, &mounts, &self_cgroup, per_process)).collect()
-}
 
 /// The limits of the rules that match the creator of a node with `record`,
 /// made in the cgroup at `parent_path`.

@@ -9,6 +9,7 @@
 //! proportion to the hierarchy's size.
 
 mod adopt;
+mod api;
 mod cleanup;
 mod control;
 mod gate;
@@ -129,6 +130,9 @@ struct Daemon {
     source: Source,
     timers: Timers,
     deferred: HashMap<u32, Deferred>,
+    /// Tasks whose node `nsgroup exec` is still setting up, with the set
+    /// they came from: placed at their exec.
+    awaiting_exec: HashMap<u32, NsSet>,
     /// Where each task (tid → its start time, its cgroup) was last put: the
     /// cgroup later events of it are decided from, whatever their own says.
     last_placed: HashMap<u32, (u64, CgroupId)>,
@@ -152,6 +156,8 @@ struct Daemon {
     reconcile_pending: bool,
     /// Set by SIGTERM and SIGINT; long work looks at it.
     stop: Arc<AtomicBool>,
+    /// The local API's server and strict mode (src/api).
+    api: api::ApiHost,
     /// The v1 controller hierarchies every node is mirrored in.
     mirrors: Vec<crate::control::mirror::Mirror>,
 }
@@ -185,7 +191,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let mut placer = Placer::new(tracker, writer, unix_now);
     let started = Instant::now();
     let adopted = adopt::adopt(&mut placer, &hierarchy, &root, mask)?;
-    let mirrors = control::open_mirrors(&config, hierarchy.version() == crate::sys::cgroupfs::Version::V2)?;
+    let mirrors = crate::control::mirror::open_all(&config, hierarchy.version() == crate::sys::cgroupfs::Version::V2)?;
     let adopt_ms = started.elapsed().as_millis() as u64;
     let quotas = UserQuotas::new(QuotaLimits {
         max_nodes_per_user: config.max_nodes_per_user,
@@ -222,6 +228,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         }
     }
 
+    let api = api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set)?;
     let mut d = Daemon {
         placer,
         hierarchy,
@@ -233,6 +240,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         source,
         timers: Timers::default(),
         deferred: HashMap::new(),
+        awaiting_exec: HashMap::new(),
         last_placed: HashMap::new(),
         arrivals: Arrivals::default(),
         busy: false,
@@ -248,6 +256,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         reconcile_pending: false,
         stop,
         mirrors,
+        api,
     };
     d.adopt_mirrors();
     let reconcile_started = Instant::now();
@@ -312,10 +321,12 @@ impl Daemon {
             let dropped = self.source.dropped();
             if dropped > self.seen_drops {
                 warn!(lost = dropped - self.seen_drops, "events were lost (the ring buffer overflowed); reconciling from /proc");
+                self.api_overflow(dropped - self.seen_drops);
                 self.seen_drops = dropped;
                 self.request_reconcile("overflow");
             }
             self.run_timers();
+            self.api.flush();
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use super::adopt::ExecNode;
 use super::gate::{Checked, Dropped};
 use super::reports::Kind;
 use super::{Daemon, Deferred};
@@ -37,7 +38,8 @@ impl Daemon {
                 }
             }
             EventKind::Exec => {
-                let prev = self.deferred.remove(&ev.tid).map_or(ev.prev, |d| d.first_prev);
+                let awaited = self.awaiting_exec.remove(&ev.tid);
+                let prev = self.deferred.remove(&ev.tid).map(|d| d.first_prev).or(awaited).unwrap_or(ev.prev);
                 self.place_event(&ev, prev);
             }
             EventKind::Fork { ptid } => {
@@ -50,6 +52,7 @@ impl Daemon {
             EventKind::Exit => {
                 debug!(tid = ev.tid, cgroup = ev.cgroup, "exited");
                 self.deferred.remove(&ev.tid);
+                self.awaiting_exec.remove(&ev.tid);
                 // Where it died, and where it was put last: a task moved while
                 // already exiting stays where it was, leaving its new node empty.
                 let put = self.last_placed.remove(&ev.tid).map(|(_, at)| at);
@@ -90,6 +93,24 @@ impl Daemon {
             prev: prev.masked(self.mask),
         };
         let decided = self.placer.tracker().place(&entry);
+        // Only root runs `nsgroup exec` (its records are root's to write).
+        if matches!(decided, Placement::Create(_)) && ev.uid == 0 {
+            match self.adopt_exec_node(&entry) {
+                ExecNode::No => {}
+                // It runs (and execs) once `nsgroup exec` has set its node up.
+                ExecNode::Pending => {
+                    self.awaiting_exec.insert(ev.tid, entry.prev);
+                    return;
+                }
+                ExecNode::Adopted(node) => {
+                    self.source.track(ev.tid, node);
+                    self.last_placed.insert(ev.tid, (ev.start_ns, node));
+                    self.hold_namespace(node, &entry, true);
+                    self.source.settled(ev.tid);
+                    return;
+                }
+            }
+        }
         let checked = {
             let (tracker, writer) = self.placer.parts();
             self.gate.check(tracker, writer, decided, &entry, ev.start_ns, cgroup)
@@ -135,6 +156,7 @@ impl Daemon {
                     );
                 }
                 debug!(tid = ev.tid, kind = ?ev.kind, to, latency_us, "placed");
+                self.api_placed(ev, to, created, latency_us);
                 // Tracked before it stops being pending: its exit is reported.
                 self.source.track(ev.tid, to);
                 // The node it left (setns back, or on to another set's node) may be empty now.

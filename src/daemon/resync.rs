@@ -77,6 +77,7 @@ impl Daemon {
     fn reconcile_snapshot(&mut self, why: &'static str) -> Result<Report, DaemonError> {
         let started = Instant::now();
         let tasks = self.snapshot()?;
+        let api_before = self.api_nodes_before();
         let (config, gate, stop, stats) = (&self.config, &mut self.gate, &self.stop, &mut self.stats);
         let v2 = self.hierarchy.version() == crate::sys::cgroupfs::Version::V2;
         let admitted = |t: &TaskSample| admits(config, &t.comm, t.uid, &t.cgroup_path);
@@ -136,6 +137,7 @@ impl Daemon {
             vanished = report.vanished,
             "reconciled"
         );
+        self.api_reconciled(why, &report, api_before, started);
         Ok(report)
     }
 

@@ -1,0 +1,211 @@
+//! The daemon's side of the local API (src/api): the socket is served by
+//! threads of its own, and the event loop only hands events over. Every call
+//! here is a no-op costing an atomic load while nobody subscribes; with
+//! subscribers, building an event and queueing it never blocks (a full queue
+//! counts the event as lost and tells the subscribers). The loop wakes the
+//! server once per turn ([`ApiHost::flush`]), not once per event.
+//!
+//! Strict mode's LSM program is held here too, for the daemon's lifetime.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use tracing::info;
+
+use super::{Daemon, DaemonError};
+use crate::api::handler::Context;
+use crate::api::listen::{self, Bound, Listening};
+use crate::api::proto::{set_map, ApiEvent, CreatorView};
+use crate::api::server::{Publisher, Server};
+use crate::api::strict::{Strict, StrictScope};
+use crate::bpf::Event;
+use crate::config::Config;
+use crate::control::verbs::Timing;
+use crate::core::node::CgroupId;
+use crate::core::nsset::NsSet;
+use crate::placer::{unix_now, Removal};
+use crate::reconcile::Report;
+use crate::sys::cgroupfs::{CgroupBackend, Hierarchy};
+use crate::sys::procfs::ProcFs;
+
+/// The API server and strict mode, as the daemon holds them.
+pub(super) struct ApiHost {
+    publisher: Option<Publisher>,
+    // Dropped before the socket: the thread stops, then the file goes.
+    server: Option<Server>,
+    socket: Option<Listening>,
+    _strict: Option<Strict>,
+}
+
+impl ApiHost {
+    /// Loads strict mode (when configured: failing says exactly why), binds
+    /// the socket and starts serving it.
+    pub(super) fn start(config: &Config, hierarchy: &Hierarchy, root: &str, proc: &ProcFs, own_set: &NsSet) -> Result<ApiHost, DaemonError> {
+        let user_ns = own_set.get(crate::core::nsset::NsKind::User);
+        let strict = if config.api.strict {
+            let scope = StrictScope::of(hierarchy, root, user_ns).map_err(|e| DaemonError::Config(format!("api.strict: {e}")))?;
+            let s = Strict::load(scope).map_err(|e| DaemonError::Config(format!("api.strict (--strict): {e}")))?;
+            info!(hooks = %s.describe(), "strict mode: direct writes to cgroup.procs/tasks and mkdirs follow the permission model");
+            Some(s)
+        } else {
+            None
+        };
+        let api = &config.api;
+        if api.socket.as_os_str().is_empty() {
+            info!("the API is off (api.socket is empty)");
+            return Ok(ApiHost { publisher: None, server: None, socket: None, _strict: strict });
+        }
+        let gid = match api.socket_group.as_str() {
+            "" => None,
+            g => Some(listen::resolve_group(g).map_err(|e| DaemonError::Config(e.to_string()))?),
+        };
+        let socket = match listen::bind(&api.socket, api.socket_mode, gid) {
+            Ok(Bound::Listening(l)) => l,
+            Ok(Bound::Taken { by }) if api.default_socket() => {
+                let by = by.map_or_else(|| "another daemon".to_string(), |p| format!("pid {p}"));
+                info!(socket = %api.socket.display(), "the API socket is served by {by}; this daemon runs without the API (set api.socket to serve one of its own)");
+                return Ok(ApiHost { publisher: None, server: None, socket: None, _strict: strict });
+            }
+            Ok(Bound::Taken { by }) => {
+                let by = by.map_or_else(|| "another daemon".to_string(), |p| format!("pid {p}"));
+                return Err(DaemonError::Config(format!("api.socket: {} is served by {by} already", api.socket.display())));
+            }
+            Err(e) => return Err(DaemonError::Config(format!("api.socket: {e}"))),
+        };
+        let listener = socket.listener.try_clone().map_err(|e| DaemonError::Config(format!("api.socket: {e}")))?;
+        let ctx = Context {
+            hierarchy: hierarchy.clone(),
+            root: root.to_string(),
+            proc: proc.clone(),
+            user_ns,
+            base_set: *own_set,
+            timing: Timing::default(),
+            events: None,
+        };
+        let server = Server::start(listener, ctx).map_err(|e| DaemonError::Config(format!("api.socket: starting the server: {e}")))?;
+        info!(socket = %socket.path().display(), mode = format!("{:04o}", api.socket_mode), "serving the API");
+        Ok(ApiHost { publisher: Some(server.publisher().clone()), server: Some(server), socket: Some(socket), _strict: strict })
+    }
+
+    /// Whether anybody subscribes (build events only then).
+    pub(super) fn wants_events(&self) -> bool {
+        self.publisher.as_ref().is_some_and(Publisher::wants_events)
+    }
+
+    /// Queues an event for the subscribers; never blocks.
+    pub(super) fn publish(&self, event: ApiEvent) {
+        if let Some(p) = &self.publisher {
+            p.publish(event);
+        }
+    }
+
+    /// Wakes the server if events were queued (once per turn of the loop).
+    pub(super) fn flush(&self) {
+        if let Some(p) = &self.publisher {
+            p.flush();
+        }
+    }
+}
+
+impl Drop for ApiHost {
+    fn drop(&mut self) {
+        self.server.take();
+        self.socket.take();
+    }
+}
+
+impl Daemon {
+    /// After a move of `ev`'s task into `to` (`created`: a node made for it):
+    /// `node_created` (with its creator and set) and `task_placed`.
+    pub(super) fn api_placed(&mut self, ev: &Event, to: CgroupId, created: bool, latency_us: u64) {
+        if !self.api.wants_events() {
+            return;
+        }
+        let path = self.placer.backend().path_of(to).ok().flatten().unwrap_or_default();
+        if created {
+            if let Some(node) = self.placer.tracker().node(to) {
+                let r = &node.record;
+                self.api.publish(ApiEvent::NodeCreated {
+                    path: path.clone(),
+                    cgroup_id: to,
+                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
+                    set: set_map(&r.set),
+                    created_unix: r.created_unix,
+                });
+            }
+        }
+        self.api.publish(ApiEvent::TaskPlaced {
+            pid: ev.tgid,
+            tid: ev.tid,
+            uid: ev.uid,
+            comm: ev.comm.clone(),
+            path,
+            cgroup_id: to,
+            created,
+            latency_us,
+        });
+    }
+
+    /// After cleanup removed a node: `node_removed` with its final usage.
+    pub(super) fn api_node_removed(&self, removal: &Removal) {
+        if !self.api.wants_events() {
+            return;
+        }
+        let r = &removal.node.record;
+        self.api.publish(ApiEvent::NodeRemoved {
+            path: removal.path.clone(),
+            cgroup_id: removal.node.id,
+            creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
+            set: set_map(&r.set),
+            lifetime_s: unix_now().saturating_sub(r.created_unix),
+            usage: removal.usage.iter().cloned().collect(),
+        });
+    }
+
+    /// Before a reconcile: the nodes known, so that those it creates are published.
+    pub(super) fn api_nodes_before(&self) -> Option<HashSet<CgroupId>> {
+        self.api.wants_events().then(|| self.placer.tracker().nodes().map(|n| n.id).collect())
+    }
+
+    /// After a reconcile: `node_created` for each node it made, then `reconcile`.
+    pub(super) fn api_reconciled(&mut self, why: &str, report: &Report, before: Option<HashSet<CgroupId>>, started: Instant) {
+        if !self.api.wants_events() {
+            return;
+        }
+        if let Some(before) = before {
+            let mut fresh: Vec<_> = self.placer.tracker().nodes().filter(|n| !before.contains(&n.id)).cloned().collect();
+            fresh.sort_by_key(|n| (n.record.created_unix, n.id));
+            for node in fresh {
+                let path = self.placer.backend().path_of(node.id).ok().flatten().unwrap_or_default();
+                let r = &node.record;
+                self.api.publish(ApiEvent::NodeCreated {
+                    path,
+                    cgroup_id: node.id,
+                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
+                    set: set_map(&r.set),
+                    created_unix: r.created_unix,
+                });
+            }
+        }
+        self.api.publish(ApiEvent::Reconcile {
+            why: why.to_string(),
+            examined: report.examined as u64,
+            moved: report.moved as u64,
+            created: report.created as u64,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+
+    /// A controller value written by policy on a node (for the lead's limit code).
+    #[allow(dead_code)]
+    pub(super) fn api_limit_applied(&self, path: &str, file: &str, value: &str) {
+        if self.api.wants_events() {
+            self.api.publish(ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None });
+        }
+    }
+
+    /// The ring overflowed (`lost` events).
+    pub(super) fn api_overflow(&self, lost: u64) {
+        self.api.publish(ApiEvent::Overflow { lost });
+    }
+}
