@@ -696,6 +696,26 @@ cgroup = ["/jobs/skip"]
     }
 
     #[test]
+    fn limit_rules_match_creators_and_later_values_win() {
+        let c = parse(
+            "[[limit]]\nset = { \"pids.max\" = 100, \"cpu.weight\" = 50 }\n\
+             [[limit]]\ncomm = [\"bwrap\"]\nentered = [\"net\"]\nset = { \"pids.max\" = \"8\", \"memory.max\" = \"1G\" }\n",
+        )
+        .unwrap();
+        let net = NsMask::of([NsKind::Net]);
+        let uts = NsMask::of([NsKind::Uts]);
+        let at = |comm, entered| {
+            let limits = c.limits_for(Creation { comm, uid: 1000, cgroup: "/a", entered });
+            limits.iter().map(|l| l.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(at("bwrap", net), ["memory.max=1073741824", "pids.max=8", "cpu.weight=50"]);
+        assert_eq!(at("bwrap", uts), ["pids.max=100", "cpu.weight=50"]);
+        assert_eq!(at("sh", net), ["pids.max=100", "cpu.weight=50"]);
+        let e = parse("[[limit]]\nset = { \"cpu.max\" = \"0\" }\n").unwrap_err().to_string();
+        assert!(e.contains("limit.set") && e.contains("line 2") && e.contains("cpu.max"), "{e}");
+    }
+
+    #[test]
     fn filters() {
         let c = parse("[include]\ncomm = [\"unshare\", \"nsenter\"]\n[exclude]\ncgroup = [\"/a/b\"]\nuid = [7]").unwrap();
         let s = |comm, uid, cgroup| Subject { comm, uid, cgroup };

@@ -154,6 +154,7 @@ impl<B: CgroupBackend> Placer<B> {
 pub mod fake {
     //! A backend that records what it was asked to do.
     use super::*;
+    use crate::core::node::NodeRecord;
     use std::collections::{BTreeMap, BTreeSet};
 
     /// An in-memory hierarchy: cgroups by id, members, and a log of calls.
