@@ -3,6 +3,7 @@
 //! base set is outside nodes, and every set has exactly one node.
 
 use std::collections::BTreeMap;
+use crate::sys::scan::{scan, Scan};
 
 use serde::Serialize;
 
@@ -13,7 +14,6 @@ use crate::core::tracker::Granularity;
 use crate::sys::cgroupfs::Hierarchy;
 use crate::sys::error::IoError;
 use crate::sys::procfs::ProcFs;
-use crate::sys::scan::scan;
 
 /// A task that is not where the invariant puts it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -38,6 +38,8 @@ pub struct Verdict {
     pub outside_subtree: Vec<Misplaced>,
     /// Sets with more than one node: the node paths.
     pub duplicate_nodes: Vec<Vec<String>>,
+    /// Tasks in the subtree whose /proc entries could not be read: not checked.
+    pub unreadable_tasks: usize,
 }
 
 impl Verdict {
@@ -61,10 +63,10 @@ pub fn check(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, base: NsSet, mask
             node_paths.insert(path);
         }
     }
-    let tasks = scan(proc, hierarchy, root)?;
+    let Scan { tasks, unreadable: unreadable_tasks } = scan(proc, hierarchy, root)?;
     let per_process = hierarchy.granularity() == Granularity::Process;
     let base = base.masked(mask);
-    let mut verdict = Verdict { tasks: tasks.len(), nodes: node_paths.len(), ..Verdict::default() };
+    let mut verdict = Verdict { tasks: tasks.len(), nodes: node_paths.len(), unreadable_tasks, ..Verdict::default() };
     for t in tasks {
         if per_process && t.tid != t.tgid {
             continue;

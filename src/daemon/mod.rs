@@ -278,10 +278,12 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         reconcile_ms = reconcile_started.elapsed().as_millis() as u64,
         "nsgroup is tracking"
     );
-    if let Err(e) = crate::sys::notify::sd_notify("READY=1") {
-        warn!("could not notify the service manager: {e}");
+    d.notify("READY=1");
+    if let Some(every) = crate::sys::notify::watchdog_interval() {
+        d.timers.schedule(every, Timer::Watchdog(every));
     }
     d.event_loop(&sig_read)?;
+    d.notify("STOPPING=1");
     info!("stopping on signal; nodes stay");
     d.log_stats();
     Ok(())
@@ -379,12 +381,34 @@ impl Daemon {
                     self.request_reconcile("overflow");
                 }
                 Timer::Report => self.write_reports(),
+                Timer::Watchdog(every) => {
+                    self.notify("WATCHDOG=1");
+                    self.timers.schedule(every, Timer::Watchdog(every));
+                }
             }
             if self.stopping() || now.elapsed() >= TIMER_BUDGET {
                 break;
             }
         }
         self.arm_reports();
+    }
+
+    /// Sends `state` and a `STATUS=` line of what the daemon tracks to the
+    /// service manager, if there is one.
+    fn notify(&self, state: &str) {
+        let s = &self.stats;
+        let status = format!(
+            "STATUS=tracking {} in {}: {} nodes, {} placed, {} refused, {} events lost",
+            self.root,
+            self.hierarchy.mount().display(),
+            self.placer.tracker().len(),
+            s.moved,
+            s.refused,
+            self.source.dropped()
+        );
+        if let Err(e) = crate::sys::notify::sd_notify(&format!("{state}\n{status}")) {
+            warn!("could not notify the service manager: {e}");
+        }
     }
 
     /// Starts the report timer when something was counted.

@@ -146,7 +146,7 @@ impl Daemon {
     /// cgroup the daemon has not seen.
     fn snapshot(&mut self) -> Result<Vec<TaskSample>, DaemonError> {
         let Source::Bpf(probe) = &mut self.source else {
-            let mut tasks = scan(&self.proc, &self.hierarchy, &self.root)?;
+            let mut tasks = scan(&self.proc, &self.hierarchy, &self.root)?.tasks;
             let writer = self.placer.backend();
             tasks.iter_mut().for_each(|t| t.cgroup = writer.home(t.cgroup));
             return Ok(tasks);

@@ -21,6 +21,8 @@ pub(super) enum Timer {
     Reconcile,
     /// Write the summaries of refusals and suppressed log lines.
     Report,
+    /// Tell the service manager the daemon is alive (`WATCHDOG=1`), and what it does.
+    Watchdog(Duration),
 }
 
 /// Timers in due order.

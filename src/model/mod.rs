@@ -3,14 +3,14 @@
 
 pub mod sample;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::core::naming;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
-use sample::CgroupSample;
+use sample::{CgroupSample, TaskSample};
 
 /// One cgroup in the tree (the JSON schema is in docs/semantics.md).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -25,10 +25,13 @@ pub struct TreeNode {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub creator: Option<Creator>,
     pub tasks: Vec<TaskView>,
-    /// This cgroup's own tasks.
+    /// This cgroup's listed tasks.
     pub usage: Usage,
-    /// This cgroup and everything below it.
+    /// The listed tasks of this cgroup and everything below it.
     pub subtree_usage: Usage,
+    /// Tasks here and below whose /proc entries could not be read: left out
+    /// of the tree, shown or not.
+    pub unreadable_tasks: u64,
     pub children: Vec<TreeNode>,
 }
 
@@ -45,6 +48,7 @@ pub struct NsEntry {
 pub struct Creator {
     pub pid: u32,
     pub comm: String,
+    pub uid: u32,
     pub created_unix: u64,
 }
 
@@ -66,20 +70,12 @@ pub struct Usage {
     pub processes: u64,
     /// User + system CPU time of the live tasks, in seconds.
     pub cpu_seconds: f64,
-    /// Resident memory of the live processes, in bytes.
+    /// Resident memory of the live processes, in bytes (each process once,
+    /// however many of the cgroups summed its threads are in).
     pub rss_bytes: u64,
     /// What the hierarchy itself keeps (cgroup2 `cpu.stat` usage_usec, `memory.current`, `pids.current`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub cgroup: BTreeMap<String, u64>,
-}
-
-impl Usage {
-    fn add(&mut self, other: &Usage) {
-        self.tasks += other.tasks;
-        self.processes += other.processes;
-        self.cpu_seconds += other.cpu_seconds;
-        self.rss_bytes += other.rss_bytes;
-    }
 }
 
 /// Units of /proc figures.
@@ -89,30 +85,83 @@ pub struct Units {
     pub page_size: u64,
 }
 
+/// Tasks, CPU ticks and the resident pages of each process, summed over
+/// some listed tasks: processes are keyed so that one counts once.
+#[derive(Default)]
+struct Tally {
+    tasks: u64,
+    cpu_ticks: u64,
+    rss_pages: BTreeMap<u32, u64>,
+}
+
+impl Tally {
+    fn of(tasks: &[TaskSample]) -> Tally {
+        let mut t = Tally::default();
+        for task in tasks {
+            t.tasks += 1;
+            t.cpu_ticks += task.cpu_ticks;
+            t.rss_pages.insert(task.tgid, task.rss_pages);
+        }
+        t
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.tasks += other.tasks;
+        self.cpu_ticks += other.cpu_ticks;
+        self.rss_pages.extend(other.rss_pages);
+    }
+
+    fn usage(&self, units: Units, cgroup: BTreeMap<String, u64>) -> Usage {
+        Usage {
+            tasks: self.tasks,
+            processes: self.rss_pages.len() as u64,
+            cpu_seconds: self.cpu_ticks as f64 / units.clock_ticks as f64,
+            rss_bytes: self.rss_pages.values().sum::<u64>() * units.page_size,
+            cgroup,
+        }
+    }
+}
+
 fn entries(set: &NsSet, parent: &NsSet) -> Vec<NsEntry> {
     set.differing(parent).filter(|(_, ino)| *ino != 0).map(|(k, inode)| NsEntry { kind: k.proc_name(), inode }).collect()
 }
 
 /// Builds the tree. `base` is the set of a cgroup that is no node (the
 /// reader's own, masked as the records are); `all` keeps every cgroup and
-/// every task, else only nodes, their tasks and the cgroups leading to them.
+/// lists every task, else only nodes, their tasks and the cgroups leading to
+/// them. Usage figures cover the tasks listed.
 pub fn build(s: &CgroupSample, base: &NsSet, units: Units, all: bool) -> Option<TreeNode> {
-    build_at(s, base, units, all, true)
+    build_at(s, base, units, all, true).node
 }
 
-fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: bool) -> Option<TreeNode> {
+/// A cgroup built: the node if kept, what its listed tasks add up to, and
+/// the unreadable tasks of its subtree.
+struct Built {
+    node: Option<TreeNode>,
+    tally: Tally,
+    unreadable: u64,
+}
+
+fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: bool) -> Built {
     let name = s.path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("/").to_string();
     let member_set = s.tasks.first().map(|t| t.set);
     let node_set = s.record.as_ref().map(|r| r.set).or_else(|| member_set.filter(|_| naming::creator_pid(&name).is_some()));
     let is_node = node_set.is_some() && (s.record.is_some() || naming::creator_pid(&name).is_some());
     let own_set = if is_node { node_set.unwrap_or(*parent_set) } else { *parent_set };
     let diff_from = s.record.as_ref().map_or(*parent_set, |r| if top { r.parent_set } else { *parent_set });
-    let children: Vec<TreeNode> =
-        s.children.iter().filter_map(|c| build_at(c, &own_set, units, all, false)).collect();
-    if !(all || top || is_node || !children.is_empty()) {
-        return None;
+    let mut children = Vec::new();
+    let mut subtree = Tally::default();
+    let mut unreadable = s.unreadable;
+    for c in &s.children {
+        let built = build_at(c, &own_set, units, all, false);
+        unreadable += built.unreadable;
+        subtree.add(built.tally);
+        children.extend(built.node);
     }
-    let show_tasks = all || is_node;
+    if !(all || top || is_node || !children.is_empty()) {
+        return Built { node: None, tally: Tally::default(), unreadable };
+    }
+    let listed: &[TaskSample] = if all || is_node { &s.tasks } else { &[] };
     let mask_like = |t: &NsSet| {
         // Records keep masked sets: compare only the slots the record counts.
         NsSet::new(std::array::from_fn(|i| {
@@ -120,49 +169,42 @@ fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: 
             if own_set.get(k) == 0 { 0 } else { t.get(k) }
         }))
     };
-    let tasks: Vec<TaskView> = if show_tasks {
-        s.tasks
-            .iter()
-            .map(|t| TaskView {
-                pid: t.tgid,
-                tid: t.tid,
-                comm: t.comm.clone(),
-                differs: if is_node { entries(&mask_like(&t.set), &own_set) } else { Vec::new() },
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let processes: BTreeSet<u32> = s.tasks.iter().map(|t| t.tgid).collect();
-    let mut rss_seen = BTreeSet::new();
-    let usage = Usage {
-        tasks: s.tasks.len() as u64,
-        processes: processes.len() as u64,
-        cpu_seconds: s.tasks.iter().map(|t| t.cpu_ticks).sum::<u64>() as f64 / units.clock_ticks as f64,
-        rss_bytes: s.tasks.iter().filter(|t| rss_seen.insert(t.tgid)).map(|t| t.rss_pages * units.page_size).sum(),
-        cgroup: s.usage.iter().cloned().collect(),
-    };
-    let mut subtree_usage = Usage { cgroup: BTreeMap::new(), ..usage.clone() };
-    for c in &children {
-        subtree_usage.add(&c.subtree_usage);
-    }
-    Some(TreeNode {
+    let tasks: Vec<TaskView> = listed
+        .iter()
+        .map(|t| TaskView {
+            pid: t.tgid,
+            tid: t.tid,
+            comm: t.comm.clone(),
+            differs: if is_node { entries(&mask_like(&t.set), &own_set) } else { Vec::new() },
+        })
+        .collect();
+    let own = Tally::of(listed);
+    let usage = own.usage(units, s.usage.iter().cloned().collect());
+    subtree.add(own);
+    let subtree_usage = subtree.usage(units, BTreeMap::new());
+    let node = TreeNode {
         path: s.path.clone(),
         name,
         cgroup_id: s.id,
         node: is_node,
         namespaces: if is_node { entries(&own_set, &diff_from) } else { Vec::new() },
-        creator: s.record.as_ref().map(|r| Creator { pid: r.creator_pid, comm: r.creator_comm.clone(), created_unix: r.created_unix }),
+        creator: s.record.as_ref().map(|r| Creator {
+            pid: r.creator_pid,
+            comm: r.creator_comm.clone(),
+            uid: r.creator_uid,
+            created_unix: r.created_unix,
+        }),
         tasks,
         usage,
         subtree_usage,
+        unreadable_tasks: unreadable,
         children,
-    })
+    };
+    Built { node: Some(node), tally: subtree, unreadable }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::sample::TaskSample;
     use super::*;
     use crate::core::node::NodeRecord;
 
@@ -171,7 +213,7 @@ mod tests {
     }
 
     fn cg(path: &str, record: Option<NodeRecord>, tasks: Vec<TaskSample>, children: Vec<CgroupSample>) -> CgroupSample {
-        CgroupSample { path: path.into(), id: path.len() as u64, record, tasks, usage: vec![], children }
+        CgroupSample { path: path.into(), id: path.len() as u64, record, tasks, unreadable: 0, usage: vec![], children }
     }
 
     fn task(tid: u32, s: NsSet) -> TaskSample {
@@ -202,9 +244,51 @@ mod tests {
         assert_eq!(inner.namespaces, vec![NsEntry { kind: "pid", inode: 3 }]);
         assert_eq!(inner.tasks[0].pid, 6);
         assert_eq!(outer.subtree_usage.tasks, 2);
-        assert_eq!(tree.subtree_usage.cpu_seconds, 3.0);
-        assert_eq!(tree.subtree_usage.rss_bytes, 3 * 8192);
+        assert_eq!(tree.subtree_usage.cpu_seconds, 2.0);
+        assert_eq!(tree.subtree_usage.rss_bytes, 2 * 8192);
         let all = build(&root, &set(1), units, true).unwrap();
         assert_eq!((all.children.len(), all.tasks.len()), (2, 1));
+    }
+
+    fn listed(n: &TreeNode) -> u64 {
+        n.tasks.len() as u64 + n.children.iter().map(listed).sum::<u64>()
+    }
+
+    #[test]
+    fn figures_cover_the_tasks_listed() {
+        let node = cg("/t/node_5", rec(2, 1), vec![task(5, set(2)), task(7, set(2))], vec![]);
+        let root = cg("/t", None, vec![task(1, set(1)), task(2, set(1)), task(3, set(1))], vec![node]);
+        let units = Units { clock_ticks: 100, page_size: 4096 };
+        for all in [false, true] {
+            let tree = build(&root, &set(1), units, all).unwrap();
+            assert_eq!(tree.subtree_usage.tasks, listed(&tree), "all: {all}");
+            assert_eq!(tree.subtree_usage.processes, listed(&tree), "all: {all}");
+        }
+    }
+
+    #[test]
+    fn a_process_split_across_cgroups_counts_its_memory_once() {
+        // Threads 5 and 8 of process 5: one in the node, one left in its parent.
+        let thread = |tid: u32, s: NsSet| TaskSample { tgid: 5, rss_pages: 10, ..task(tid, s) };
+        let node = cg("/t/node_5", rec(2, 1), vec![thread(5, set(2))], vec![]);
+        let root = cg("/t", None, vec![thread(8, set(1))], vec![node]);
+        let units = Units { clock_ticks: 100, page_size: 4096 };
+        let tree = build(&root, &set(1), units, true).unwrap();
+        assert_eq!((tree.usage.rss_bytes, tree.children[0].usage.rss_bytes), (10 * 4096, 10 * 4096));
+        assert_eq!(tree.subtree_usage.rss_bytes, 10 * 4096);
+        assert_eq!((tree.subtree_usage.tasks, tree.subtree_usage.processes), (2, 1));
+    }
+
+    #[test]
+    fn unreadable_tasks_count_in_cgroups_left_out() {
+        let mut plain = cg("/t/other", None, vec![], vec![]);
+        plain.unreadable = 2;
+        let mut node = cg("/t/node_5", rec(2, 1), vec![task(5, set(2))], vec![]);
+        node.unreadable = 1;
+        let root = cg("/t", None, vec![], vec![node, plain]);
+        let units = Units { clock_ticks: 100, page_size: 4096 };
+        let tree = build(&root, &set(1), units, false).unwrap();
+        assert_eq!(tree.children.len(), 1);
+        assert_eq!((tree.unreadable_tasks, tree.children[0].unreadable_tasks), (3, 1));
     }
 }

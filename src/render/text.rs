@@ -3,7 +3,41 @@
 use std::io::{self, Write};
 
 use crate::core::escape::Escaped;
-use crate::model::{TreeNode, Usage};
+use crate::model::TreeNode;
+
+/// A figure a cgroup line can show (`tree -o`, like `ps -o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Column {
+    /// Tasks listed in the cgroup and below.
+    Tasks,
+    /// Processes listed in the cgroup and below.
+    Procs,
+    /// Their CPU time (user + system).
+    Cpu,
+    /// Their resident memory, each process once.
+    Rss,
+    /// Time since the node was created.
+    Age,
+    /// The node's creator: pid and command.
+    Creator,
+    /// The creator's uid.
+    Uid,
+    /// The cgroup id (its directory's inode).
+    Id,
+}
+
+/// The default columns.
+pub const DEFAULT_COLUMNS: [Column; 3] = [Column::Tasks, Column::Cpu, Column::Rss];
+
+/// How the tree is shown.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub columns: Vec<Column>,
+    /// Lines longer than this many characters are cut, ending in `…`.
+    pub width: Option<usize>,
+    /// The time ages are counted to (Unix seconds).
+    pub now_unix: u64,
+}
 
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
@@ -16,35 +50,72 @@ fn bytes(n: u64) -> String {
     if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[u]) }
 }
 
-fn usage(u: &Usage) -> String {
-    format!("tasks {} cpu {:.2}s rss {}", u.tasks, u.cpu_seconds, bytes(u.rss_bytes))
+/// A duration in its two largest units: `42s`, `5m07s`, `3h05m`, `2d04h`.
+fn age(seconds: u64) -> String {
+    let (d, h, m, s) = (seconds / 86400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    match () {
+        _ if d > 0 => format!("{d}d{h:02}h"),
+        _ if h > 0 => format!("{h}h{m:02}m"),
+        _ if m > 0 => format!("{m}m{s:02}s"),
+        _ => format!("{s}s"),
+    }
+}
+
+/// The `(…)` part of a cgroup line: the columns it has a value for.
+fn figures(n: &TreeNode, view: &View) -> String {
+    let u = &n.subtree_usage;
+    let shown: Vec<String> = view
+        .columns
+        .iter()
+        .filter_map(|c| match c {
+            Column::Tasks => Some(format!("tasks {}", u.tasks)),
+            Column::Procs => Some(format!("procs {}", u.processes)),
+            Column::Cpu => Some(format!("cpu {:.2}s", u.cpu_seconds)),
+            Column::Rss => Some(format!("rss {}", bytes(u.rss_bytes))),
+            Column::Age => n.creator.as_ref().map(|c| format!("age {}", age(view.now_unix.saturating_sub(c.created_unix)))),
+            Column::Creator => n.creator.as_ref().map(|c| format!("creator {} {}", c.pid, Escaped(&c.comm))),
+            Column::Uid => n.creator.as_ref().map(|c| format!("uid {}", c.uid)),
+            Column::Id => Some(format!("id {}", n.cgroup_id)),
+        })
+        .collect();
+    if shown.is_empty() { String::new() } else { format!("  ({})", shown.join(" ")) }
+}
+
+/// Writes one line, cut to the view's width.
+fn line(out: &mut impl Write, text: &str, view: &View) -> io::Result<()> {
+    match view.width {
+        Some(w) if text.chars().count() > w => {
+            let cut: String = text.chars().take(w.saturating_sub(1)).collect();
+            writeln!(out, "{cut}…")
+        }
+        _ => writeln!(out, "{text}"),
+    }
 }
 
 /// Writes the tree.
-pub fn write(out: &mut impl Write, tree: &TreeNode) -> io::Result<()> {
-    writeln!(out, "{}  ({})", Escaped(&tree.path), usage(&tree.subtree_usage))?;
-    write_body(out, tree, "")
+pub fn write(out: &mut impl Write, tree: &TreeNode, view: &View) -> io::Result<()> {
+    line(out, &format!("{}{}", Escaped(&tree.path), figures(tree, view)), view)?;
+    write_body(out, tree, "", view)
 }
 
-fn write_body(out: &mut impl Write, node: &TreeNode, indent: &str) -> io::Result<()> {
+fn write_body(out: &mut impl Write, node: &TreeNode, indent: &str, view: &View) -> io::Result<()> {
     let total = node.tasks.len() + node.children.len();
     let mut i = 0;
     for t in &node.tasks {
         i += 1;
-        let (branch, _) = if i == total { ("└─", "  ") } else { ("├─", "│ ") };
+        let branch = if i == total { "└─" } else { "├─" };
         let thread = if t.tid != t.pid { format!(" (thread of {})", t.pid) } else { String::new() };
-        let id = if t.tid != t.pid { t.tid } else { t.pid };
         let differs: Vec<String> = t.differs.iter().map(|e| format!("{}:[{}]", e.kind, e.inode)).collect();
         let differs = if differs.is_empty() { String::new() } else { format!("  in another set: {}", differs.join(" ")) };
-        writeln!(out, "{indent}{branch}{id} {}{thread}{differs}", Escaped(&t.comm))?;
+        line(out, &format!("{indent}{branch}{} {}{thread}{differs}", t.tid, Escaped(&t.comm)), view)?;
     }
     for c in &node.children {
         i += 1;
         let (branch, cont) = if i == total { ("└─", "  ") } else { ("├─", "│ ") };
         let ns: Vec<String> = c.namespaces.iter().map(|e| format!("{}:[{}]", e.kind, e.inode)).collect();
-        let label = if c.node { format!("  {}", ns.join(" ")) } else { String::new() };
-        writeln!(out, "{indent}{branch}{}{label}  ({})", Escaped(&c.name), usage(&c.subtree_usage))?;
-        write_body(out, c, &format!("{indent}{cont}"))?;
+        let label = if ns.is_empty() { String::new() } else { format!("  {}", ns.join(" ")) };
+        line(out, &format!("{indent}{branch}{}{label}{}", Escaped(&c.name), figures(c, view)), view)?;
+        write_body(out, c, &format!("{indent}{cont}"), view)?;
     }
     Ok(())
 }
@@ -52,7 +123,17 @@ fn write_body(out: &mut impl Write, node: &TreeNode, indent: &str) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TaskView;
+    use crate::model::{Creator, TaskView, Usage};
+
+    fn view() -> View {
+        View { columns: DEFAULT_COLUMNS.to_vec(), width: None, now_unix: 10_000 }
+    }
+
+    fn render(tree: &TreeNode, view: &View) -> String {
+        let mut out = Vec::new();
+        write(&mut out, tree, view).unwrap();
+        String::from_utf8(out).unwrap()
+    }
 
     fn cgroup(path: &str, tasks: Vec<TaskView>, children: Vec<TreeNode>) -> TreeNode {
         TreeNode {
@@ -65,6 +146,7 @@ mod tests {
             tasks,
             usage: Usage::default(),
             subtree_usage: Usage::default(),
+            unreadable_tasks: 0,
             children,
         }
     }
@@ -74,11 +156,42 @@ mod tests {
         let task = TaskView { pid: 7, tid: 7, comm: "a\u{1b}[2Jb\nc".into(), differs: vec![] };
         let child = cgroup("/t/x\u{1b}[31my\nz", vec![task], vec![]);
         let tree = cgroup("/t\r", vec![], vec![child]);
-        let mut out = Vec::new();
-        write(&mut out, &tree).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = render(&tree, &view());
         assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
         assert_eq!(text.lines().count(), 3, "{text}");
         assert!(text.contains("└─x\\x1b[31my\\nz  (") && text.contains("7 a\\x1b[2Jb\\nc") && text.starts_with("/t\\r "), "{text}");
+    }
+
+    #[test]
+    fn columns_are_chosen_like_ps() {
+        let mut node = cgroup("/t/node_5", vec![], vec![]);
+        node.node = true;
+        node.creator = Some(Creator { pid: 5, comm: "unshare".into(), uid: 1000, created_unix: 10_000 - 3725 });
+        node.subtree_usage = Usage { tasks: 2, processes: 1, cpu_seconds: 0.5, rss_bytes: 3 << 20, ..Usage::default() };
+        let tree = cgroup("/t", vec![], vec![node]);
+        let text = render(&tree, &view());
+        assert!(text.contains("node_5  (tasks 2 cpu 0.50s rss 3.0M)\n"), "{text}");
+        let picked = View { columns: vec![Column::Age, Column::Creator, Column::Uid, Column::Procs], ..view() };
+        let text = render(&tree, &picked);
+        assert!(text.contains("node_5  (age 1h02m creator 5 unshare uid 1000 procs 1)\n"), "{text}");
+        assert!(text.starts_with("/t  (procs 0)\n"), "a cgroup without a record shows what it has: {text}");
+    }
+
+    #[test]
+    fn ages_show_two_units() {
+        assert_eq!([age(42), age(307), age(11100), age(187200)], ["42s", "5m07s", "3h05m", "2d04h"]);
+    }
+
+    #[test]
+    fn long_lines_are_cut_to_the_width() {
+        let child = cgroup("/t/a-rather-long-cgroup-name-that-goes-on", vec![], vec![]);
+        let tree = cgroup("/t", vec![], vec![child]);
+        let text = render(&tree, &View { width: Some(30), ..view() });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "/t  (tasks 0 cpu 0.00s rss 0B)");
+        assert_eq!(lines[1].chars().count(), 30, "{text}");
+        assert!(lines[1].starts_with("└─a-rather-long") && lines[1].ends_with('…'), "{text}");
+        let full = render(&tree, &view());
+        assert!(full.contains("goes-on  (tasks 0 cpu 0.00s rss 0B)\n"), "no width, no cut: {full}");
     }
 }

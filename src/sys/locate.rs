@@ -28,8 +28,16 @@ pub enum LocateError {
     Hierarchy(#[from] HierarchyError),
     #[error(transparent)]
     Io(#[from] IoError),
-    #[error("no cgroup hierarchy is mounted at /sys/fs/cgroup and no name={OWN_NAME} hierarchy exists; run `nsgroup run` once (it mounts one) or pass --hierarchy")]
+    #[error("no cgroup hierarchy is mounted; `nsgroup run` mounts nsgroup's own (name={OWN_NAME} at {OWN_MOUNT_POINT}), or pass --hierarchy PATH")]
     NotMounted,
+    #[error(
+        "nsgroup's own hierarchy (name={OWN_NAME}), the default on a hybrid or v1 host, is not mounted: `nsgroup run` mounts it at {OWN_MOUNT_POINT}, or pass --hierarchy PATH for another{}",
+        other.as_ref().map(|p| format!(" (cgroup2 is at {})", p.display())).unwrap_or_default()
+    )]
+    OwnNotMounted {
+        /// The cgroup2 mount, if any: the likeliest other choice.
+        other: Option<PathBuf>,
+    },
 }
 
 fn own(mount: &Mount) -> bool {
@@ -62,7 +70,11 @@ pub fn locate(explicit: Option<&Path>, may_mount: bool) -> Result<Located, Locat
         return open(&m.mount_point.clone(), proc_root);
     }
     if !may_mount {
-        return Err(LocateError::NotMounted);
+        if !mounts.iter().any(Mount::is_cgroup) {
+            return Err(LocateError::NotMounted);
+        }
+        let other = mounts.iter().find(|m| m.fstype == "cgroup2").map(|m| m.mount_point.clone());
+        return Err(LocateError::OwnNotMounted { other });
     }
     let point = PathBuf::from(OWN_MOUNT_POINT);
     let favordynmods = mount_named_v1(OWN_NAME, &point)?;

@@ -2,6 +2,14 @@
 
 use std::os::unix::net::UnixDatagram;
 
+/// How often the service manager wants `WATCHDOG=1`: half its
+/// `WATCHDOG_USEC`, if it watches this process.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID").ok().is_none_or(|p| p.parse() == Ok(std::process::id()));
+    (for_us && usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+}
+
 /// Sends `state` (e.g. `READY=1`) to the service manager, if there is one.
 /// Returns whether a message was sent.
 pub fn sd_notify(state: &str) -> std::io::Result<bool> {

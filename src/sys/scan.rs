@@ -27,44 +27,70 @@ pub struct TaskSample {
     pub set: NsSet,
 }
 
+/// A snapshot: the tasks, and how many this process may not read (pid 1's
+/// namespaces on some hosts, other users' tasks without root).
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub tasks: Vec<TaskSample>,
+    pub unreadable: usize,
+}
+
 /// Every user task whose cgroup lies at or below `root`; kernel threads and
-/// tasks that vanish while being read are left out.
-pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Vec<TaskSample>, IoError> {
+/// tasks that vanish while being read are left out, and so are (counted)
+/// tasks this process may not read.
+pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Scan, IoError> {
     let mut ids: HashMap<String, Option<CgroupId>> = HashMap::new();
-    let mut out = Vec::new();
+    let mut out = Scan::default();
     for pid in proc.pids()? {
         for tid in proc.tids(pid)? {
-            let Some(path) = proc.cgroup_path(pid, tid, hierarchy.key())? else { continue };
-            if !within(&path, root) {
-                continue;
+            match sample(proc, hierarchy, root, pid, tid, &mut ids) {
+                Ok(Some(t)) => out.tasks.push(t),
+                Ok(None) => {}
+                Err(e) if e.source.kind() == std::io::ErrorKind::PermissionDenied => out.unreadable += 1,
+                Err(e) => return Err(e),
             }
-            let Some(stat) = proc.stat(pid, tid)? else { continue };
-            if stat.is_kernel_thread() {
-                continue;
-            }
-            let Some(set) = proc.ns_set(pid, tid)? else { continue };
-            let Some(uid) = proc.uid(tid)? else { continue };
-            let id = match ids.get(&path) {
-                Some(id) => *id,
-                None => {
-                    let id = super::error::or_vanished(hierarchy.id(&path))?;
-                    ids.insert(path.clone(), id);
-                    id
-                }
-            };
-            let Some(cgroup) = id else { continue };
-            out.push(TaskSample {
-                tid,
-                tgid: pid,
-                parent: if tid == pid { stat.ppid } else { pid },
-                start: stat.start_ns(),
-                uid,
-                comm: stat.comm,
-                cgroup,
-                cgroup_path: path,
-                set,
-            });
         }
     }
     Ok(out)
+}
+
+/// One task, if it is a user task within `root` and still there.
+fn sample(
+    proc: &ProcFs,
+    hierarchy: &Hierarchy,
+    root: &str,
+    pid: u32,
+    tid: u32,
+    ids: &mut HashMap<String, Option<CgroupId>>,
+) -> Result<Option<TaskSample>, IoError> {
+    let Some(path) = proc.cgroup_path(pid, tid, hierarchy.key())? else { return Ok(None) };
+    if !within(&path, root) {
+        return Ok(None);
+    }
+    let Some(stat) = proc.stat(pid, tid)? else { return Ok(None) };
+    if stat.is_kernel_thread() {
+        return Ok(None);
+    }
+    let Some(set) = proc.ns_set(pid, tid)? else { return Ok(None) };
+    let Some(uid) = proc.uid(tid)? else { return Ok(None) };
+    let id = match ids.get(&path) {
+        Some(id) => *id,
+        None => {
+            let id = super::error::or_vanished(hierarchy.id(&path))?;
+            ids.insert(path.clone(), id);
+            id
+        }
+    };
+    let Some(cgroup) = id else { return Ok(None) };
+    Ok(Some(TaskSample {
+        tid,
+        tgid: pid,
+        parent: if tid == pid { stat.ppid } else { pid },
+        start: stat.start_ns(),
+        uid,
+        comm: stat.comm,
+        cgroup,
+        cgroup_path: path,
+        set,
+    }))
 }
