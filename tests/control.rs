@@ -145,6 +145,12 @@ fn mirrors_follow_nodes_nest_adopt_and_vanish() {
     }
     let record = h.record(&h.path(&node_p)).expect("a record");
     assert_eq!(record["mirrors"].as_array().map(Vec::len), Some(roots.len()), "{record}");
+    // `tree` shows what the mirrors' controllers account, and says so.
+    if roots.iter().any(|r| r.controllers == "pids") {
+        let text = tree(&h, &[]);
+        let line = text.lines().find(|l| l.contains(&format!("node_{p} "))).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("kernel ") && line.contains("pids=2"), "P and C, below it too: {line}");
+    }
 
     // After a crash, the restarted daemon adopts the mirrors: a task joining
     // the set goes into the same mirror, and no second mirror is made.

@@ -7,6 +7,8 @@ use crate::core::node::{CgroupId, NodeRecord};
 use crate::core::nsset::NsSet;
 use crate::sys::cgroupfs::Hierarchy;
 use crate::sys::error::{or_vanished, IoError};
+use crate::control::mirror::v1_usage;
+use crate::sys::mounts::Mount;
 use crate::sys::procfs::ProcFs;
 
 /// One task in a cgroup.
@@ -39,6 +41,12 @@ pub struct CgroupSample {
 /// while being read are left out, tasks that cannot be read are counted.
 /// `None` when `root` itself is gone.
 pub fn sample(hierarchy: &Hierarchy, root: &str, proc: &ProcFs) -> Result<Option<CgroupSample>, IoError> {
+    // Mirrors' figures are read where their hierarchies are mounted.
+    let mounts = crate::sys::mounts::read_mountinfo(std::path::Path::new("/proc/self/mountinfo")).unwrap_or_default();
+    sample_below(hierarchy, root, proc, &mounts)
+}
+
+fn sample_below(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, mounts: &[Mount]) -> Result<Option<CgroupSample>, IoError> {
     let Some(id) = or_vanished(hierarchy.id(root))? else { return Ok(None) };
     let mut tasks = Vec::new();
     let mut unreadable = 0;
@@ -53,19 +61,20 @@ pub fn sample(hierarchy: &Hierarchy, root: &str, proc: &ProcFs) -> Result<Option
     tasks.sort_by_key(|t| (t.tgid, t.tid));
     let mut children = Vec::new();
     for name in hierarchy.children(root)? {
-        if let Some(child) = sample(hierarchy, &join(root, &name), proc)? {
+        if let Some(child) = sample_below(hierarchy, &join(root, &name), proc, mounts)? {
             children.push(child);
         }
     }
-    Ok(Some(CgroupSample {
-        path: root.to_string(),
-        id,
-        record: hierarchy.record(root),
-        tasks,
-        unreadable,
-        usage: hierarchy.usage(root),
-        children,
-    }))
+    let record = hierarchy.record(root);
+    let mut usage = hierarchy.usage(root);
+    for m in record.iter().flat_map(|r| &r.mirrors) {
+        let wanted: Vec<&str> = m.controllers.split(',').collect();
+        let mount = mounts.iter().find(|x| x.fstype == "cgroup" && wanted.iter().all(|c| x.super_opts.iter().any(|o| o == c)));
+        if let Some(mount) = mount {
+            usage.extend(v1_usage(&mount.mount_point.join(m.path.trim_start_matches('/'))));
+        }
+    }
+    Ok(Some(CgroupSample { path: root.to_string(), id, record, tasks, unreadable, usage, children }))
 }
 
 /// One member task; `None` when it is gone.

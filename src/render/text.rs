@@ -24,10 +24,14 @@ pub enum Column {
     Uid,
     /// The cgroup id (its directory's inode).
     Id,
+    /// What the kernel's controllers account for the cgroup itself (cgroup2
+    /// files, and a node's mirrors in v1 controller hierarchies), where it
+    /// has them; the other figures are sums over /proc.
+    Kernel,
 }
 
 /// The default columns.
-pub const DEFAULT_COLUMNS: [Column; 3] = [Column::Tasks, Column::Cpu, Column::Rss];
+pub const DEFAULT_COLUMNS: [Column; 4] = [Column::Tasks, Column::Cpu, Column::Rss, Column::Kernel];
 
 /// How the tree is shown.
 #[derive(Clone, Debug)]
@@ -76,6 +80,10 @@ fn figures(n: &TreeNode, view: &View) -> String {
             Column::Creator => n.creator.as_ref().map(|c| format!("creator {} {}", c.pid, Escaped(&c.comm))),
             Column::Uid => n.creator.as_ref().map(|c| format!("uid {}", c.uid)),
             Column::Id => Some(format!("id {}", n.cgroup_id)),
+            Column::Kernel => (!n.usage.cgroup.is_empty()).then(|| {
+                let figures: Vec<String> = n.usage.cgroup.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("kernel {}", figures.join(" "))
+            }),
         })
         .collect();
     if shown.is_empty() { String::new() } else { format!("  ({})", shown.join(" ")) }

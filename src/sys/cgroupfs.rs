@@ -201,10 +201,18 @@ impl Hierarchy {
                 out.push(("cpu_usec".to_string(), v));
             }
         }
-        for (file, name) in [("memory.current", "memory_bytes"), ("pids.current", "pids")] {
+        for (file, name) in [("memory.current", "memory_bytes"), ("memory.peak", "memory_peak_bytes"), ("pids.current", "pids")] {
             if let Some(v) = fs::read_to_string(dir.join(file)).ok().and_then(|t| t.trim().parse().ok()) {
                 out.push((name.to_string(), v));
             }
+        }
+        if let Ok(text) = fs::read_to_string(dir.join("io.stat")) {
+            // One line per device: `MAJ:MIN rbytes=… wbytes=… …`.
+            let sum = |key: &str| -> u64 {
+                text.split_ascii_whitespace().filter_map(|f| f.strip_prefix(key)?.parse::<u64>().ok()).sum()
+            };
+            out.push(("io_read_bytes".to_string(), sum("rbytes=")));
+            out.push(("io_write_bytes".to_string(), sum("wbytes=")));
         }
         out
     }
