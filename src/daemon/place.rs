@@ -20,6 +20,11 @@ use crate::placer::Outcome;
 use crate::source::monotonic_ns;
 use crate::sys::cgroupfs::CgroupBackend;
 
+/// How many generations of children forked before a move follow it (a
+/// chain of forks that outruns the daemon is bounded work all the same;
+/// reconcile finds the rest).
+const FOLLOW_DEPTH: u32 = 16;
+
 /// Whether the include/exclude filters track a task.
 pub(super) fn admits(config: &Config, comm: &str, uid: u32, cgroup: &str) -> bool {
     config.admits(Subject { comm, uid: Some(uid), cgroup })
@@ -240,6 +245,13 @@ impl Daemon {
     /// cgroup with its new set, follow it (the fork-mid-move race): into the
     /// parent's node, below the cgroup they are in.
     fn follow_children(&mut self, parent: &Entry) {
+        self.follow_children_below(parent, FOLLOW_DEPTH);
+    }
+
+    fn follow_children_below(&mut self, parent: &Entry, depth: u32) {
+        if depth == 0 {
+            return;
+        }
         let Ok(children) = self.proc.children(parent.tgid, parent.tid) else { return };
         for child in children {
             let Ok(Some(path)) = self.proc.cgroup_path(child, child, self.hierarchy.key()) else { continue };
@@ -252,7 +264,7 @@ impl Daemon {
             if let Ok(Outcome::Moved { to, .. }) = self.placer.enter(&entry, "") {
                 self.source.track(child, to);
                 self.follow_in_mirrors(to, child, child);
-                self.follow_children(&entry);
+                self.follow_children_below(&entry, depth - 1);
             }
         }
     }
