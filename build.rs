@@ -16,4 +16,13 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("cannot run {clang} to build the BPF programs ({e}); install clang and libbpf-dev (see README)"));
     assert!(status.success(), "{clang} failed to compile bpf/nsgroup.bpf.c");
+    // Strict mode's LSM program (src/api/strict.rs), a second object.
+    println!("cargo:rerun-if-changed=bpf/lsm.bpf.c");
+    let lsm = out.with_file_name("lsm.bpf.o");
+    let status = Command::new(&clang)
+        .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror", "-c", "bpf/lsm.bpf.c", "-o"])
+        .arg(&lsm)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {clang} to build bpf/lsm.bpf.c ({e})"));
+    assert!(status.success(), "{clang} failed to compile bpf/lsm.bpf.c");
 }

@@ -87,6 +87,12 @@ pub struct Config {
     pub limit: Vec<LimitRule>,
     /// The local API (`[api]`: socket, its mode and group, strict mode; docs/api.md).
     pub api: ApiConfig,
+    /// The metrics endpoint and textfile (`[metrics]`; docs/operations.md).
+    pub metrics: MetricsConfig,
+    /// The history database (`[history]`; docs/operations.md).
+    pub history: HistoryConfig,
+    /// The status file and periodic counters (`[status]`; `nsgroup status`).
+    pub status: StatusConfig,
 }
 
 /// One mirrored v1 hierarchy.
@@ -220,6 +226,9 @@ impl Default for Config {
             leaf: LeafPolicy::Nodes,
             limit: Vec::new(),
             api: ApiConfig::default(),
+            metrics: MetricsConfig::default(),
+            history: HistoryConfig::default(),
+            status: StatusConfig::default(),
         }
     }
 }
@@ -302,6 +311,7 @@ impl Config {
         self.mask().map_err(|why| ("namespaces", why))?;
         self.check_control()?;
         self.api.check()?;
+        self.check_operability()?;
         let rb = self.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
             return Err(("ring_buffer_bytes", format!("{rb} must be a power of two of at least 4096")));
@@ -513,6 +523,90 @@ impl ApiConfig {
     /// Whether the socket path is the default one (another daemon may hold it).
     pub fn default_socket(&self) -> bool {
         self.socket == Path::new(DEFAULT_API_SOCKET)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operability (`[metrics]`, `[history]`, `[status]`): docs/operations.md.
+// ---------------------------------------------------------------------------
+
+/// `[metrics]`: the Prometheus/OpenMetrics endpoint and textfile.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address (`127.0.0.1:9853`) whose `/metrics` serves the daemon's
+    /// metrics; empty: off (`nsgroup run --metrics ADDR` sets it).
+    pub listen: String,
+    /// A file written atomically (rename) for node_exporter's textfile
+    /// collector; empty: off (`nsgroup run --metrics-file PATH` sets it).
+    pub file: PathBuf,
+    /// Seconds between writes of `file` (at least 1).
+    pub file_interval_seconds: u64,
+    /// At most this many per-node series; the rest are counted in
+    /// `nsgroup_node_series_cut`.
+    pub max_node_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig { listen: String::new(), file: PathBuf::new(), file_interval_seconds: 15, max_node_series: 500 }
+    }
+}
+
+/// The default history database.
+pub const DEFAULT_HISTORY_DB: &str = "/var/lib/nsgroup/history.sqlite";
+
+/// `[history]`: every node that existed, in SQLite (`nsgroup history`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// The SQLite database; empty: no history.
+    pub database: PathBuf,
+    /// Removed nodes older than this many days are deleted; 0: no age limit.
+    pub retention_days: u64,
+    /// At most this many nodes are kept (the oldest removed go first); 0: no limit.
+    pub retention_rows: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig { database: PathBuf::from(DEFAULT_HISTORY_DB), retention_days: 30, retention_rows: 1_000_000 }
+    }
+}
+
+/// `[status]`: what `nsgroup status` reads, and counters in the log.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// The directory of the status files (one per hierarchy and root, named
+    /// like the lock file); empty: none written.
+    pub dir: PathBuf,
+    /// Log the counters at most this often (seconds), and only after they
+    /// changed (an idle daemon does not wake for it); 0: only at exit.
+    pub log_counters_seconds: u64,
+}
+
+impl Default for StatusConfig {
+    fn default() -> StatusConfig {
+        StatusConfig { dir: PathBuf::from("/run/nsgroup"), log_counters_seconds: 0 }
+    }
+}
+
+impl Config {
+    fn check_operability(&self) -> Result<(), (&'static str, String)> {
+        let m = &self.metrics;
+        if !m.listen.is_empty() && m.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(("metrics.listen", format!("{:?} is not an address like 127.0.0.1:9853", m.listen)));
+        }
+        if m.file_interval_seconds == 0 {
+            return Err(("metrics.file_interval_seconds", "must be at least 1".into()));
+        }
+        for (key, p) in [("metrics.file", &m.file), ("history.database", &self.history.database), ("status.dir", &self.status.dir)] {
+            if !p.as_os_str().is_empty() && !p.is_absolute() {
+                return Err((key, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        Ok(())
     }
 }
 

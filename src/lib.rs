@@ -19,3 +19,5 @@ pub mod daemon;
 pub mod ffi;
 pub mod model;
 pub mod render;
+pub mod api;
+pub mod history;

@@ -68,6 +68,13 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Strict mode: enforce the API's permission model on direct writes
+        /// to the hierarchy too (an LSM BPF program; fails at start, saying
+        /// why, where the kernel does not run BPF LSM programs).
+        #[arg(long)]
+        strict: bool,
+        #[command(flatten)]
+        metrics: nsgroup::history::cli::MetricsFlags,
     },
     /// Show the nodes nested, with the namespaces each differs in, its tasks
     /// and usage.
@@ -127,6 +134,16 @@ enum Command {
     /// node. Exits with the command's status (128 + signal if killed; 127 if
     /// it could not be started). Needs root.
     Exec(ExecArgs),
+    /// Every node that existed: path, set, creator, created and removed
+    /// times, final usage (from the history database; works whether the
+    /// daemon runs or not).
+    History(nsgroup::history::cli::HistoryArgs),
+    /// What a running daemon tracks and how: hooks and why, what they cost,
+    /// the hierarchy's mount options, counters, uptime.
+    Status(nsgroup::history::cli::StatusArgs),
+    /// The API's verbs: freeze, thaw, kill, limit, attach, create, events, api (docs/api.md).
+    #[command(flatten)]
+    Api(nsgroup::api::cli::ApiCommand),
 }
 
 /// `nsgroup exec`'s arguments.
@@ -214,8 +231,10 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { at, root, config, ring_buffer_bytes, source, log_format } => {
+        Command::Run { at, root, config, ring_buffer_bytes, source, log_format, strict, metrics } => {
             let mut config = Config::load(config.as_deref())?;
+            config.api.strict |= strict;
+            metrics.apply(&mut config);
             if let Some(h) = at.hierarchy {
                 config.hierarchy = Some(h);
             }
@@ -238,6 +257,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { at, root, config, json } => return check(at, root, config, json),
         Command::Exec(args) => return exec(args),
+        Command::History(args) => return nsgroup::history::cli::history(args),
+        Command::Status(args) => return nsgroup::history::cli::status(args),
+        Command::Api(cmd) => return Ok(ExitCode::from(nsgroup::api::cli::run(cmd))),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -335,12 +357,23 @@ fn write_verdict(verdict: &nsgroup::check::Verdict, json: bool) -> io::Result<()
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NSGROUP_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::new(log_filter(std::env::var("NSGROUP_LOG").ok().as_deref()));
     let ansi = io::IsTerminal::is_terminal(&io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(|| LossyStderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The log filter: `NSGROUP_LOG` (EnvFilter syntax), default
+/// `warn,nsgroup=info`; the BPF loader (aya) stays at `warn` unless the
+/// filter names it, so that `NSGROUP_LOG=debug` is nsgroup's debug log.
+fn log_filter(env: Option<&str>) -> String {
+    match env.map(str::trim).filter(|e| !e.is_empty()) {
+        None => "warn,nsgroup=info".into(),
+        Some(f) if f.contains("aya") => f.into(),
+        Some(f) => format!("{f},aya=warn,aya_obj=warn"),
     }
 }
 

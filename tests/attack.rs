@@ -30,7 +30,7 @@ fn storm_by_nobody_leaves_the_daemon_responsive_and_stoppable() {
     assert_nobody_can_attack();
     let storm_args = [WORKLOAD, "userns-storm", "--threads", "100", "--unshares", "150"];
     {
-        let mut h = Hier::new(Kind::V1);
+        let Some(mut h) = Hier::try_new(Kind::V1) else { return };
         let mut d = Daemon::start(&h, &[]);
         let root = h.root.clone();
         let mut storm = h.spawn_as_nobody(&root, &storm_args);
@@ -43,7 +43,7 @@ fn storm_by_nobody_leaves_the_daemon_responsive_and_stoppable() {
         assert!(status.is_some(), "the daemon did not exit within 5 s of SIGTERM after a storm");
         assert!(status.unwrap().success(), "{status:?}");
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let root = h.root.clone();
     let mut storm = h.spawn_as_nobody(&root, &storm_args);
@@ -68,7 +68,7 @@ fn a_pid_reused_between_event_and_move_is_not_moved() {
         return;
     }
     assert_nobody_can_attack();
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let elsewhere = h.outside("elsewhere");
     let d = Daemon::start(&h, &[]);
     let root = h.root.clone();
@@ -125,7 +125,7 @@ fn look_alike_nodes_are_not_adopted() {
     }
     assert_nobody_can_attack();
     // A cgroup delegated to uid 65534, who makes a `node_1` with its own task.
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let u = h.path("u");
     h.mkdir(&u);
     h.chown_cgroup(&u, NOBODY);
@@ -143,7 +143,7 @@ fn look_alike_nodes_are_not_adopted() {
     drop(h);
 
     // A root-made cgroup with a well-formed record claiming the host's set.
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let fake = h.path("fake");
     h.mkdir(&fake);
     let host = own_set_text();
@@ -175,7 +175,7 @@ fn joining_a_set_from_elsewhere_never_moves_sideways() {
         return;
     }
     assert_nobody_can_attack();
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let (a, b) = (h.path("a"), h.path("b"));
     h.mkdir(&a);
     h.mkdir(&b);
@@ -205,7 +205,7 @@ fn other_writers_win_over_pending_events() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let elsewhere = h.outside("elsewhere");
     let other = h.path("other");
     h.mkdir(&other);
@@ -235,7 +235,7 @@ fn max_depth_holds_under_a_nested_storm() {
     }
     assert_nobody_can_attack();
     let (_c, cfg) = config_file("max_depth = 5\n");
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &["--config", &cfg]);
     let root = h.root.clone();
     let watch = NodeWatch::start(h.dir(&root));
@@ -258,7 +258,7 @@ fn default_max_depth_holds_under_nested_unshares_read_late() {
         return;
     }
     assert_nobody_can_attack();
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let root = h.root.clone();
     let watch = NodeWatch::start(h.dir(&root));
@@ -283,7 +283,7 @@ fn a_per_user_quota_bounds_one_users_nodes() {
     }
     assert_nobody_can_attack();
     let (_c, cfg) = config_file("max_nodes_per_user = 20\n");
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &["--config", &cfg]);
     let root = h.root.clone();
     let watch = NodeWatch::start(h.dir(&root));
@@ -316,7 +316,7 @@ fn an_unshare_flood_does_not_flood_the_log() {
         return;
     }
     assert_nobody_can_attack();
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let root = h.root.clone();
     // Each namespace is kept alive: a freed one's inode number would be
@@ -343,7 +343,7 @@ fn a_forged_command_name_cannot_forge_log_lines() {
         return;
     }
     assert_nobody_can_attack();
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let root = h.root.clone();
     let mut odd = h.spawn_as_nobody(&root, &[WORKLOAD, "odd-comm", "--userns"]);
@@ -372,7 +372,7 @@ fn a_recycled_namespace_inode_does_not_join_the_old_node() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let root = h.root.clone();
     let host_uts = ns_inode(std::process::id(), "uts");

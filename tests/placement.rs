@@ -16,7 +16,7 @@ fn only_child(p: &Proc) -> u32 {
 }
 
 fn unshare_fork_pid_nests(kind: Kind) {
-    let mut h = Hier::new(kind);
+    let Some(mut h) = Hier::try_new(kind) else { return };
     let _d = Daemon::start(&h, &[]);
     let p = h.spawn(&["unshare", "--fork", "--pid", "--mount-proc", "--net", "--uts", "--kill-child", "sleep", "60"]);
     let c = only_child(&p);
@@ -49,7 +49,7 @@ fn unshare_without_fork_makes_one_node() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     // unshare() is seen through fentry/fexit where the kernel allows them,
     // else through the syscall tracepoints, saying why.
@@ -67,7 +67,7 @@ fn a_second_unshare_nests_one_level_deeper() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     // One process, two unshares (unshare execs unshare execs sleep).
     let p = h.spawn(&["unshare", "--net", "unshare", "--uts", "sleep", "60"]);
@@ -79,7 +79,7 @@ fn setns_back_returns_to_the_original_cgroup() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "setns-back"]);
     assert_eq!(p.read_json()["state"], "entered");
@@ -94,7 +94,7 @@ fn tasks_that_never_enter_a_set_are_never_moved() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let plain = h.spawn(&["sh", "-c", "sleep 60 & sleep 60 & wait"]);
     let marker = h.spawn(&["unshare", "--uts", "sleep", "60"]);
@@ -111,7 +111,7 @@ fn children_forked_before_the_move_follow_their_parent() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "unshare-fork", "--children", "16"]);
     let info = p.read_json();
@@ -128,7 +128,7 @@ fn clone3_with_new_namespaces_gets_a_node() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "clone3"]);
     let child = p.read_json()["child"].as_u64().unwrap() as u32;
@@ -141,7 +141,7 @@ fn split_threads_are_placed_per_thread_on_v1() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "thread-unshare"]);
     let tid = p.read_json()["thread"].as_u64().unwrap() as u32;
@@ -154,7 +154,7 @@ fn split_threads_are_reported_on_cgroup2() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V2);
+    let Some(mut h) = Hier::try_new(Kind::V2) else { return };
     let d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "thread-unshare"]);
     let tid = p.read_json()["thread"].as_u64().unwrap();
@@ -169,7 +169,7 @@ fn start_up_reconciles_and_adopts_without_duplicates() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     // Entered before any daemon ran.
     let p = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
     let c = only_child(&p);
@@ -192,7 +192,7 @@ fn tree_shows_nodes_namespaces_and_tasks() {
     if !privileged() {
         return;
     }
-    let mut h = Hier::new(Kind::V1);
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let p = h.spawn(&["unshare", "--fork", "--pid", "--mount-proc", "--net", "--uts", "--kill-child", "sleep", "60"]);
     let c = only_child(&p);
@@ -217,4 +217,46 @@ fn tree_shows_nodes_namespaces_and_tasks() {
     let metrics = tree(&h, &["-O", "openmetrics"]);
     assert!(metrics.contains("nsgroup_nodes 2"), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+}
+
+/// The unshare()/setns() hooks are the ones the kernel allows: fentry+fexit
+/// where it accepts them, else the syscall tracepoints with the reason; the
+/// `source=` field of the daemon's `nsgroup is tracking` line lists them.
+/// `NSGROUP_EXPECT_HOOKS=fentry` (set by scripts/vm-test in the guest, whose
+/// kernel allows fentry) or `=tracepoint` (.ci/run on the development machine,
+/// which refuses it) asserts which; unset, exactly one of the two. Both hooks
+/// then fire: an unshare() and a setns() back are placed.
+#[test]
+fn the_syscall_hooks_are_the_ones_the_kernel_allows() {
+    if !privileged() {
+        return;
+    }
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
+    let d = Daemon::start(&h, &[]);
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("nsgroup is tracking")).unwrap_or_else(|| panic!("no start-up line: {log}"));
+    let source = line.split_once(" source=").map(|(_, s)| s.split(" adopt_ms=").next().unwrap()).expect(line);
+    let fentry = ["fentry+fexit/ksys_unshare", "fentry+fexit/__x64_sys_setns"].iter().all(|hook| source.contains(hook));
+    let tracepoints = ["sys_enter_unshare", "sys_exit_unshare", "sys_enter_setns", "sys_exit_setns"]
+        .iter()
+        .all(|tp| source.contains(&format!("tracepoint/syscalls/{tp}")))
+        && source.contains("(fentry/fexit refused: ");
+    let any_tracepoint = source.contains("tracepoint/syscalls/");
+    match std::env::var("NSGROUP_EXPECT_HOOKS").as_deref() {
+        Ok("fentry") => assert!(fentry && !any_tracepoint, "expected fentry+fexit and no syscall tracepoint: source={source}"),
+        Ok("tracepoint") => assert!(tracepoints && !fentry, "expected the syscall tracepoints: source={source}"),
+        Ok(other) => panic!("NSGROUP_EXPECT_HOOKS={other:?}: expected `fentry` or `tracepoint`"),
+        Err(_) => {
+            assert!(fentry != tracepoints && fentry != any_tracepoint, "exactly one kind of hook: source={source}");
+            eprintln!("hooks: {} (NSGROUP_EXPECT_HOOKS unset)", if fentry { "fentry+fexit" } else { "syscall tracepoints" });
+        }
+    }
+    let p = h.spawn(&["unshare", "--uts", "sleep", "60"]);
+    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    let mut back = h.spawn(&[WORKLOAD, "setns-back"]);
+    assert_eq!(back.read_json()["state"], "entered");
+    h.expect_in(back.pid, &h.path(&format!("node_{}", back.pid)));
+    back.poke();
+    assert_eq!(back.read_json()["state"], "back");
+    h.expect_in(back.pid, &h.root);
 }

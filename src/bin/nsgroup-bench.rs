@@ -1,7 +1,7 @@
-//! nsgroup's benchmark suite: placement latency, throughput, cost to the
-//! traced workload, idle cost, start-up reconcile and reading, and an
-//! unprivileged user's storm, side by side on this machine, in a private
-//! named v1 hierarchy. Writes a Markdown table.
+//! nsgroup's benchmark suite: placement latency, throughput (also with
+//! mirrors and a limit), cost to the traced workload, idle cost, start-up
+//! reconcile and reading, and an unprivileged user's storm, side by side on
+//! this machine, in a private named v1 hierarchy. Writes a Markdown table.
 //!
 //!     sudo target/release/nsgroup-bench --write docs/benchmarks.md
 
@@ -41,6 +41,9 @@ struct Args {
 enum Part {
     Latency,
     Storm,
+    /// Latency and storm again with two mirrors (pids, freezer) and a limit
+    /// rule, as ratios to the plain rows of the same run (which it runs too).
+    Control,
     Cost,
     Idle,
     Reconcile,
@@ -90,18 +93,7 @@ impl Bench {
 
     /// Every cgroup below the root, deepest first.
     fn nodes(&self) -> Vec<PathBuf> {
-        let mut out = vec![];
-        let mut stack = vec![self.mount.join("b")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                    out.push(e.path());
-                }
-            }
-        }
-        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        out
+        cgroups_below(&self.mount.join("b"))
     }
 
     fn wait_no_nodes(&self, limit: Duration) -> bool {
@@ -120,6 +112,27 @@ impl Bench {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+/// Every cgroup below `top`, deepest first.
+fn cgroups_below(top: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out
+}
+
+/// Threads in the cgroups below `top` (each read from its `tasks`).
+fn tasks_below(top: &Path) -> u32 {
+    cgroups_below(top).iter().map(|d| std::fs::read_to_string(d.join("tasks")).unwrap_or_default().lines().count() as u32).sum()
 }
 
 impl Drop for Bench {
@@ -294,11 +307,12 @@ impl Kids {
 }
 
 /// Part 1, latency as the task sees it: from unshare() returning until
-/// `/proc/self/cgroup` shows a node. One child per sample, at `rate` per second.
-fn latency(b: &Bench, count: u32, rate: u32) -> Result<Histogram> {
+/// `/proc/self/cgroup` shows a node (every one of `markers`: the tracked
+/// hierarchy's, and the mirrors' where there are mirrors). One child per
+/// sample, at `rate` per second.
+fn latency(markers: &[String], count: u32, rate: u32) -> Result<Histogram> {
     let (rx, tx) = UnixDatagram::pair()?;
     rx.set_nonblocking(true)?;
-    let marker = format!(":name={}:{}/node_", b.name, b.root);
     let period = Duration::from_secs(1) / rate;
     let mut h = Histogram::default();
     let collect = |h: &mut Histogram| {
@@ -318,7 +332,7 @@ fn latency(b: &Bench, count: u32, rate: u32) -> Result<Histogram> {
                 loop {
                     let mut f = std::fs::File::open("/proc/self/cgroup")?;
                     let n = f.read(&mut buf)?;
-                    if std::str::from_utf8(&buf[..n]).is_ok_and(|t| t.contains(&marker)) {
+                    if std::str::from_utf8(&buf[..n]).is_ok_and(|t| markers.iter().all(|m| t.contains(m))) {
                         break;
                     }
                     if now_ns() - t0 > 5_000_000_000 {
@@ -406,13 +420,266 @@ impl Drop for Held {
 
 /// Tasks placed in nodes right now.
 fn placed(b: &Bench) -> u32 {
-    b.nodes().iter().map(|d| std::fs::read_to_string(d.join("tasks")).unwrap_or_default().lines().count() as u32).sum()
+    tasks_below(&b.mount.join("b"))
 }
 
 fn misplaced(b: &Bench) -> Result<usize> {
     let out = Command::new(&b.nsgroup).args(["check", "--json", "--hierarchy"]).arg(&b.mount).args(["--root", &b.root]).output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     Ok(v["misplaced"].as_array().map_or(0, Vec::len))
+}
+
+/// The v1 controller hierarchies the control part mirrors every node in.
+const MIRRORED: [&str; 2] = ["pids", "freezer"];
+/// The control part's limit rule: `pids.max` for every node the suite's
+/// workloads make (freezer carries no limit).
+const PIDS_MAX: u32 = 64;
+
+/// The control part's setting (issue 11): every node mirrored in this
+/// machine's v1 `pids` and `freezer` hierarchies, each mirror confined to a
+/// private subtree `/<name>` the suite makes there (and removes), and a
+/// limit rule. Never the memory hierarchy: this machine's own processes are
+/// accounted there.
+struct Control {
+    /// The mirrored hierarchies whose subtree exists.
+    mirrors: Vec<MirrorRoot>,
+    /// The subtree in each: `/nsgroup-bench-<pid>`.
+    root: String,
+    /// The daemon's configuration file.
+    config: PathBuf,
+}
+
+/// One mirrored v1 hierarchy.
+struct MirrorRoot {
+    controller: &'static str,
+    mount: PathBuf,
+    /// The suite's own cgroup there, where it goes back to.
+    home: String,
+}
+
+impl Control {
+    fn new(b: &Bench) -> Result<Control> {
+        if b.daemon_args.iter().any(|a| a.starts_with("--config")) {
+            bail!("the control part gives the daemon a configuration of its own: run it without --daemon-arg=--config");
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let comm = std::fs::read_to_string("/proc/self/comm")?.trim().to_string();
+        let root = format!("/{}", b.name);
+        let mut c = Control { mirrors: Vec::new(), root, config: b.work.join("control.toml") };
+        let mut text = String::new();
+        for controller in MIRRORED {
+            let mount = Path::new("/sys/fs/cgroup").join(controller);
+            if !mount.join("tasks").exists() {
+                bail!("the control part needs this machine's v1 {controller} hierarchy at {}", mount.display());
+            }
+            let home = own
+                .lines()
+                .find_map(|l| {
+                    let mut f = l.splitn(3, ':');
+                    let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                    (ctrl == controller).then(|| path.to_string())
+                })
+                .with_context(|| format!("/proc/self/cgroup names no {controller} cgroup"))?;
+            let dir = mount.join(&b.name);
+            std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            // From here on, Drop removes it.
+            c.mirrors.push(MirrorRoot { controller, mount, home });
+            text.push_str(&format!("[[mirror]]\ncontrollers = \"{controller}\"\nroot = \"{}\"\n", c.root));
+        }
+        // The workloads' comm is the suite's (they are its forks).
+        text.push_str(&format!("[[limit]]\ncomm = [\"{comm}\"]\nset = {{ \"pids.max\" = {PIDS_MAX} }}\n"));
+        std::fs::write(&c.config, text)?;
+        std::fs::set_permissions(&c.config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        Ok(c)
+    }
+
+    fn dir(&self, m: &MirrorRoot) -> PathBuf {
+        m.mount.join(self.root.trim_start_matches('/'))
+    }
+
+    fn daemon_args(&self) -> Vec<String> {
+        vec!["--config".into(), self.config.display().to_string()]
+    }
+
+    /// What `/proc/self/cgroup` shows of a task in its node's mirrors.
+    fn markers(&self) -> Vec<String> {
+        self.mirrors.iter().map(|m| format!(":{}:{}/node_", m.controller, self.root)).collect()
+    }
+
+    /// Runs `f` with the suite in the subtrees (and so the daemon and every
+    /// workload it forks, as `spawn_everywhere` does in tests/control.rs);
+    /// then moves the suite back and removes the mirrors left.
+    fn inside<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let me = std::process::id().to_string();
+        let entered = self.mirrors.iter().try_for_each(|m| {
+            let procs = self.dir(m).join("cgroup.procs");
+            std::fs::write(&procs, &me).with_context(|| format!("moving the suite into {}", procs.display()))
+        });
+        let out = entered.and_then(|()| f());
+        self.go_home();
+        self.remove_mirrors();
+        out
+    }
+
+    fn go_home(&self) {
+        let me = std::process::id().to_string();
+        for m in &self.mirrors {
+            let procs = m.mount.join(m.home.trim_start_matches('/')).join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, &me) {
+                eprintln!("warning: moving the suite back into {}: {e}", procs.display());
+            }
+        }
+    }
+
+    /// Tasks in the mirrors, per mirrored hierarchy.
+    fn placed(&self) -> Vec<u32> {
+        self.mirrors.iter().map(|m| tasks_below(&self.dir(m))).collect()
+    }
+
+    /// The mirrors in the pids hierarchy with the rule's `pids.max`, and all of them.
+    fn limited(&self) -> (usize, usize) {
+        let Some(pids) = self.mirrors.iter().find(|m| m.controller == "pids") else { return (0, 0) };
+        let all = cgroups_below(&self.dir(pids));
+        let want = PIDS_MAX.to_string();
+        let limited = all.iter().filter(|d| std::fs::read_to_string(d.join("pids.max")).is_ok_and(|v| v.trim() == want)).count();
+        (limited, all.len())
+    }
+
+    fn no_mirrors(&self) -> bool {
+        self.mirrors.iter().all(|m| cgroups_below(&self.dir(m)).is_empty())
+    }
+
+    /// Removes the (empty) mirrors a stopped daemon left.
+    fn remove_mirrors(&self) {
+        for m in &self.mirrors {
+            for d in cgroups_below(&self.dir(m)) {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.go_home();
+        self.remove_mirrors();
+        // Only the suite's own tasks were ever in the subtrees, and it has
+        // reaped them all: the removal can only wait for the kernel.
+        for m in &self.mirrors {
+            let dir = self.dir(m);
+            let removed = (0..200).any(|_| {
+                let gone = std::fs::remove_dir(&dir).is_ok() || !dir.exists();
+                if !gone {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                gone
+            });
+            if !removed {
+                let tasks = std::fs::read_to_string(dir.join("tasks")).unwrap_or_default();
+                eprintln!("warning: could not remove {} (tasks: {})", dir.display(), tasks.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        }
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Runs `f` with the daemon arguments of the control part's setting, inside
+/// its subtrees; or plainly, with none.
+fn under<T>(ctl: Option<&Control>, f: impl FnOnce(&[&str]) -> Result<T>) -> Result<T> {
+    match ctl {
+        None => f(&[]),
+        Some(c) => {
+            let args = c.daemon_args();
+            c.inside(|| f(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        }
+    }
+}
+
+/// Waits until the daemon has removed every node (and, with mirrors, every mirror).
+fn wait_clean(b: &Bench, ctl: Option<&Control>, limit: Duration) {
+    let end = Instant::now() + limit;
+    b.wait_no_nodes(limit);
+    while ctl.is_some_and(|c| !c.no_mirrors()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Part 1 under a fresh daemon (with the control part's mirrors and limit
+/// when `ctl` is given): the latency as the tasks see it, and the daemon's log.
+fn latency_round(b: &Bench, ctl: Option<&Control>, samples: u32) -> Result<(Histogram, String)> {
+    let mut markers = vec![format!(":name={}:{}/node_", b.name, b.root)];
+    markers.extend(ctl.map(Control::markers).unwrap_or_default());
+    under(ctl, |args| {
+        let d = b.start(args)?;
+        let h = latency(&markers, samples, 1000)?;
+        // Nodes stay when the daemon stops: let it remove them first.
+        wait_clean(b, ctl, Duration::from_secs(10));
+        let log = d.stop()?;
+        b.remove_nodes();
+        Ok((h, log))
+    })
+}
+
+/// What part 2 measures in one storm.
+struct Storm {
+    count: u32,
+    fork_rate: f64,
+    /// Until every task is placed (with mirrors: in them too).
+    converged: Duration,
+    /// The daemon's CPU time meanwhile.
+    cpu_ms: u64,
+    misplaced: usize,
+    lost: u64,
+    /// Tasks placed outside a mirror's root, per mirror (the daemon's `not_mirrored=`).
+    not_mirrored: String,
+    /// With mirrors: (mirrors with the rule's `pids.max`, mirrors in pids).
+    limited: Option<(usize, usize)>,
+}
+
+impl Storm {
+    fn placements_per_s(&self) -> f64 {
+        f64::from(self.count) / self.converged.as_secs_f64()
+    }
+
+    fn cpu_us_per_node(&self) -> f64 {
+        self.cpu_ms as f64 * 1000.0 / f64::from(self.count)
+    }
+}
+
+/// Part 2 under a fresh daemon (with the control part's mirrors and limit
+/// when `ctl` is given): `count` children forked as fast as possible, each
+/// entering a new UTS namespace and staying, until all are placed.
+fn storm_round(b: &Bench, ctl: Option<&Control>, count: u32) -> Result<Storm> {
+    under(ctl, |args| {
+        let d = b.start(args)?;
+        let (cpu0, _) = d.cpu_and_wakeups();
+        let start = Instant::now();
+        let (held, fork_rate) = Held::spawn(count)?;
+        // The mirrors follow their node: looked at once every node is full.
+        let all_placed = || placed(b) >= count && ctl.is_none_or(|c| c.placed().iter().all(|&n| n >= count));
+        while !all_placed() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let converged = start.elapsed();
+        let (cpu1, _) = d.cpu_and_wakeups();
+        let misplaced = misplaced(b)?;
+        let limited = ctl.map(Control::limited);
+        held.release();
+        wait_clean(b, ctl, Duration::from_secs(30));
+        let log = d.stop()?;
+        b.remove_nodes();
+        let not_mirrored = log.lines().rev().find_map(|l| l.split(" not_mirrored=").nth(1)?.split(' ').next().map(str::to_string));
+        Ok(Storm {
+            count,
+            fork_rate,
+            converged,
+            cpu_ms: cpu1 - cpu0,
+            misplaced,
+            lost: figure(&log, "ring_dropped").unwrap_or(0),
+            not_mirrored: not_mirrored.unwrap_or_else(|| "?".into()),
+            limited,
+        })
+    })
 }
 
 /// Times `iterations` runs of `body` in forked children (fork, body, exit,
@@ -1105,53 +1372,109 @@ fn main() -> Result<()> {
     b.daemon_args = args.daemon_args.clone();
     let mut r = Report { rows: Vec::new() };
 
+    // The control part (issue 11) runs parts 1 and 2 again, each right after
+    // its plain run (which it needs for its ratios), under a daemon with two
+    // mirrors and a limit rule.
+    let control = if run(Part::Control) { Some(Control::new(&b)?) } else { None };
+    let ctl = control.as_ref();
+    let setting = format!("with two mirrors (pids, freezer) and a limit rule (pids.max = {PIDS_MAX})");
+
     // 1. Latency.
-    if run(Part::Latency) {
-    let samples = if q { 500 } else { 3000 };
-    let d = b.start(&[])?;
-    let h = latency(&b, samples, 1000)?;
-    let log = d.stop()?;
-    let daemon_figure = |key: &str| log.lines().rev().find_map(|l| l.split(&format!("{key}=")).nth(1)?.split(' ').next()?.parse::<u64>().ok()).unwrap_or(0);
-    r.row(
-        &format!("placement latency seen by the task, {} unshares at 1,000/s (p50 / p99 / max)", h.count()),
-        format!("{} / {} / {} µs", h.quantile(0.5), h.quantile(0.99), h.max()),
-        "p50 ≤ 100 µs, p99 ≤ 500 µs",
-        Some(h.quantile(0.5) <= 100 && h.quantile(0.99) <= 500 && h.count() == u64::from(samples)),
-    );
-    r.row(
-        "daemon's event-to-moved latency (p50 / p99 / max)",
-        format!("{} / {} / {} µs", daemon_figure("latency_p50_us"), daemon_figure("latency_p99_us"), daemon_figure("latency_max_us")),
-        "",
-        None,
-    );
-    b.wait_no_nodes(Duration::from_secs(10));
-    }
+    let latencies = if run(Part::Latency) || ctl.is_some() {
+        let samples = if q { 500 } else { 3000 };
+        let (h, log) = latency_round(&b, None, samples)?;
+        let daemon = |log: &str| ["latency_p50_us", "latency_p99_us", "latency_max_us"].map(|k| figure(log, k).unwrap_or(0));
+        r.row(
+            &format!("placement latency seen by the task, {} unshares at 1,000/s (p50 / p99 / max)", h.count()),
+            format!("{} / {} / {} µs", h.quantile(0.5), h.quantile(0.99), h.max()),
+            "p50 ≤ 100 µs, p99 ≤ 500 µs",
+            Some(h.quantile(0.5) <= 100 && h.quantile(0.99) <= 500 && h.count() == u64::from(samples)),
+        );
+        let [p50, p99, max] = daemon(&log);
+        r.row("daemon's event-to-moved latency (p50 / p99 / max)", format!("{p50} / {p99} / {max} µs"), "", None);
+        let mirrored = ctl.map(|c| latency_round(&b, Some(c), samples)).transpose()?;
+        Some((samples, h, daemon(&log), mirrored.map(|(h, log)| (h, daemon(&log)))))
+    } else {
+        None
+    };
 
     // 2. Throughput.
-    if run(Part::Storm) {
-    let storm = if q { 1000 } else { 5000 };
-    let d = b.start(&[])?;
-    let (cpu0, _) = d.cpu_and_wakeups();
-    let start = Instant::now();
-    let (held, fork_rate) = Held::spawn(storm)?;
-    while placed(&b) < storm && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
+    let storms = if run(Part::Storm) || ctl.is_some() {
+        let count = if q { 1000 } else { 5000 };
+        let s = storm_round(&b, None, count)?;
+        r.row(
+            &format!("fork+unshare storm: {count} tasks forked at {:.0}/s, all placed after", s.fork_rate),
+            format!("{} ({:.0} placements/s), daemon CPU {} ms", ms(s.converged), s.placements_per_s(), s.cpu_ms),
+            "",
+            None,
+        );
+        r.row(
+            "tasks misplaced at quiescence; BPF events lost",
+            format!("{}; {}", s.misplaced, s.lost),
+            "0 misplaced, losses reconciled",
+            Some(s.misplaced == 0),
+        );
+        let mirrored = ctl.map(|c| storm_round(&b, Some(c), count)).transpose()?;
+        Some((s, mirrored))
+    } else {
+        None
+    };
+
+    // The control part's rows: the extra cost per node as ratios to the
+    // plain rows above.
+    if let Some((samples, plain, plain_daemon, Some((h, daemon)))) = &latencies {
+        let x = |with: u64, without: u64| format!("{:.2}×", with as f64 / without.max(1) as f64);
+        r.row(
+            &format!(
+                "{setting}: placement latency seen by the task (in its node and both mirrors), {} unshares at 1,000/s (p50 / p99 / max); as a ratio to the plain row",
+                h.count()
+            ),
+            format!(
+                "{} / {} / {} µs; p50 {}, p99 {}",
+                h.quantile(0.5),
+                h.quantile(0.99),
+                h.max(),
+                x(h.quantile(0.5), plain.quantile(0.5)),
+                x(h.quantile(0.99), plain.quantile(0.99))
+            ),
+            "",
+            (h.count() != u64::from(*samples)).then_some(false),
+        );
+        r.row(
+            &format!("{setting}: daemon's event-to-moved latency (to the move in its own hierarchy; the mirrors follow) (p50 / p99 / max); as a ratio to the plain row"),
+            format!("{} / {} / {} µs; p50 {}, p99 {}", daemon[0], daemon[1], daemon[2], x(daemon[0], plain_daemon[0]), x(daemon[1], plain_daemon[1])),
+            "",
+            None,
+        );
     }
-    let converged = start.elapsed();
-    let (cpu1, _) = d.cpu_and_wakeups();
-    let wrong = misplaced(&b)?;
-    held.release();
-    b.wait_no_nodes(Duration::from_secs(30));
-    let log = d.stop()?;
-    let dropped = figure(&log, "ring_dropped").unwrap_or(0);
-    r.row(
-        &format!("fork+unshare storm: {storm} tasks forked at {fork_rate:.0}/s, all placed after"),
-        format!("{} ({:.0} placements/s), daemon CPU {} ms", ms(converged), f64::from(storm) / converged.as_secs_f64(), cpu1 - cpu0),
-        "",
-        None,
-    );
-    r.row("tasks misplaced at quiescence; BPF events lost", format!("{wrong}; {dropped}"), "0 misplaced, losses reconciled", Some(wrong == 0));
+    if let Some((plain, Some(s))) = &storms {
+        r.row(
+            &format!(
+                "{setting}: fork+unshare storm: {} tasks forked at {:.0}/s, all placed (node and both mirrors) after; as a ratio to the plain row",
+                s.count, s.fork_rate
+            ),
+            format!(
+                "{} ({:.0} placements/s), daemon CPU {} ms ({:.0} µs per node); time {:.2}×, placements/s {:.2}×, daemon CPU per node {:.2}×",
+                ms(s.converged),
+                s.placements_per_s(),
+                s.cpu_ms,
+                s.cpu_us_per_node(),
+                s.converged.as_secs_f64() / plain.converged.as_secs_f64(),
+                s.placements_per_s() / plain.placements_per_s(),
+                s.cpu_us_per_node() / plain.cpu_us_per_node().max(f64::MIN_POSITIVE)
+            ),
+            "",
+            None,
+        );
+        let (limited, mirrors) = s.limited.unwrap_or_default();
+        r.row(
+            &format!("{setting}: tasks misplaced at quiescence; BPF events lost; tasks not mirrored (pids, freezer); pids mirrors with pids.max = {PIDS_MAX}"),
+            format!("{}; {}; {}; {limited} of {mirrors}", s.misplaced, s.lost, s.not_mirrored),
+            "0 misplaced, every node mirrored with its limit",
+            Some(s.misplaced == 0 && s.not_mirrored.split(',').all(|n| n == "0") && limited == s.count as usize && mirrors == s.count as usize),
+        );
     }
+    drop(control);
 
     // 3. Cost to the traced workload.
     if run(Part::Cost) {

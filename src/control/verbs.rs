@@ -199,8 +199,9 @@ pub fn tasks(dir: &Path, version: Version) -> Result<Vec<u32>, VerbError> {
     while let Some(d) = stack.pop() {
         match fs::read_to_string(d.join(file)) {
             Ok(text) => out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
-            // A child removed while we looked.
-            Err(e) if crate::sys::error::vanished(&e) && d != dir => continue,
+            // A cgroup removed while we looked (the whole subtree, once
+            // emptied, by the daemon's cleanup) holds no task.
+            Err(e) if crate::sys::error::vanished(&e) || e.raw_os_error() == Some(libc::ENODEV) => continue,
             Err(source) => return Err(VerbError::Read { path: d.join(file), source }),
         }
         if let Ok(entries) = fs::read_dir(&d) {
@@ -234,7 +235,11 @@ pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Resul
     if s.version == Version::V2 && kill_file.exists() {
         write(&kill_file, "1")?;
         wait_until("the subtree did not empty", timing, || {
-            let seen = event_field(&s.dir, "populated")?;
+            if !s.dir.exists() {
+                // Emptied, and removed by the daemon's cleanup already.
+                return Ok((true, String::new()));
+            }
+            let seen = event_field(&s.dir, "populated").or_else(|e| if s.dir.exists() { Err(e) } else { Ok(Some("0".into())) })?;
             Ok((seen.as_deref() == Some("0"), format!("cgroup.events says populated {}", seen.unwrap_or_default())))
         })?;
         return Ok(Outcome { method: "cgroup.kill", rounds: 1, ..Outcome::default() });
@@ -464,6 +469,26 @@ mod tests {
         assert!(out.warning.unwrap().contains("no freezer"));
         let e = freeze(&s, quick()).unwrap_err().to_string();
         assert!(e.contains("has no freezer") && e.contains("\"freezer\""), "{e}");
+    }
+
+    #[test]
+    fn a_subtree_removed_meanwhile_is_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gone = tmp.path().join("node_5");
+        assert!(tasks(&gone, Version::V1).unwrap().is_empty());
+        let s = Subtree { dir: gone.clone(), version: Version::V2, freezer: None };
+        fs::create_dir(&gone).unwrap();
+        fs::write(gone.join("cgroup.kill"), "").unwrap();
+        // The kernel empties it and the daemon removes it before kill looks.
+        let remover = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            fs::remove_dir_all(&gone).unwrap();
+        });
+        let mut sig = FakeSignals { root: tmp.path().to_path_buf(), file: "cgroup.procs", killed: HashSet::new(), forks: 0 };
+        fs::write(tmp.path().join("cgroup.procs"), "").unwrap();
+        let _ = fs::write(s.dir.join("cgroup.events"), "populated 1\n");
+        assert_eq!(kill(&s, &mut sig, quick()).unwrap().method, "cgroup.kill");
+        remover.join().unwrap();
     }
 
     #[test]

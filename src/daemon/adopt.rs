@@ -164,6 +164,10 @@ impl super::Daemon {
             if record.set.is_empty() {
                 return ExecNode::Pending;
             }
+            // A node of an earlier task with this pid names another set.
+            if record.set.masked(self.mask) != entry.set {
+                continue;
+            }
             let Some((parent_path, name)) = path.rsplit_once('/') else { continue };
             let parent_path = if parent_path.is_empty() { "/" } else { parent_path };
             let writer = self.placer.backend();

@@ -81,6 +81,7 @@ impl ApiHost {
             base_set: *own_set,
             timing: Timing::default(),
             events: None,
+            list_cache: Default::default(),
         };
         let server = Server::start(listener, ctx).map_err(|e| DaemonError::Config(format!("api.socket: starting the server: {e}")))?;
         info!(socket = %socket.path().display(), mode = format!("{:04o}", api.socket_mode), "serving the API");

@@ -59,6 +59,7 @@ impl Daemon {
                         "node removed"
                     );
                     self.api_node_removed(&removal);
+                    self.ops_node_removed(&removal);
                     current = Some(parent).filter(|p| self.placer.tracker().node(*p).is_some());
                 }
                 Ok(None) => {

@@ -10,6 +10,7 @@
 
 mod adopt;
 mod api;
+pub mod metrics;
 mod cleanup;
 mod control;
 mod gate;
@@ -158,6 +159,8 @@ struct Daemon {
     stop: Arc<AtomicBool>,
     /// The local API's server and strict mode (src/api).
     api: api::ApiHost,
+    /// Metrics, history, the status file, SIGHUP (see `metrics`).
+    ops: metrics::Ops,
     /// The v1 controller hierarchies every node is mirrored in.
     mirrors: Vec<crate::control::mirror::Mirror>,
 }
@@ -229,6 +232,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     }
 
     let api = api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set)?;
+    let ops = metrics::Ops::start(&config, &hierarchy, &root, &sig_write)?;
     let mut d = Daemon {
         placer,
         hierarchy,
@@ -257,6 +261,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         stop,
         mirrors,
         api,
+        ops,
     };
     d.adopt_mirrors();
     let reconcile_started = Instant::now();
@@ -267,7 +272,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     }
     info!(
         hierarchy = %d.hierarchy.mount().display(),
-        version = ?d.hierarchy.version(),
+        version = if d.hierarchy.version() == crate::sys::cgroupfs::Version::V2 { "v2" } else { "v1" },
         root = %crate::core::escape::Escaped(&d.root),
         adopted,
         moved = report.moved,
@@ -278,6 +283,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         reconcile_ms = reconcile_started.elapsed().as_millis() as u64,
         "nsgroup is tracking"
     );
+    d.ops_started();
     d.notify("READY=1");
     if let Some(every) = crate::sys::notify::watchdog_interval() {
         d.timers.schedule(every, Timer::Watchdog(every));
@@ -286,6 +292,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     d.notify("STOPPING=1");
     info!("stopping on signal; nodes stay");
     d.log_stats();
+    d.ops_stopped();
     Ok(())
 }
 
@@ -329,6 +336,7 @@ impl Daemon {
             }
             self.run_timers();
             self.api.flush();
+            self.ops_turn();
         }
         Ok(())
     }
@@ -381,6 +389,7 @@ impl Daemon {
                     self.request_reconcile("overflow");
                 }
                 Timer::Report => self.write_reports(),
+                Timer::Ops(job) => self.ops_timer(job),
                 Timer::Watchdog(every) => {
                     self.notify("WATCHDOG=1");
                     self.timers.schedule(every, Timer::Watchdog(every));

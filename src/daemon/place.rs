@@ -162,6 +162,7 @@ impl Daemon {
                 }
                 debug!(tid = ev.tid, kind = ?ev.kind, to, latency_us, "placed");
                 self.api_placed(ev, to, created, latency_us);
+                self.ops_placed(to, created, latency_us);
                 // Tracked before it stops being pending: its exit is reported.
                 self.source.track(ev.tid, to);
                 // The node it left (setns back, or on to another set's node) may be empty now.

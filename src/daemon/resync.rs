@@ -78,6 +78,7 @@ impl Daemon {
         let started = Instant::now();
         let tasks = self.snapshot()?;
         let api_before = self.api_nodes_before();
+        let ops_before = self.ops_nodes_before();
         let (config, gate, stop, stats) = (&self.config, &mut self.gate, &self.stop, &mut self.stats);
         let v2 = self.hierarchy.version() == crate::sys::cgroupfs::Version::V2;
         let admitted = |t: &TaskSample| admits(config, &t.comm, t.uid, &t.cgroup_path);
@@ -138,6 +139,7 @@ impl Daemon {
             "reconciled"
         );
         self.api_reconciled(why, &report, api_before, started);
+        self.ops_reconciled(ops_before);
         Ok(report)
     }
 

@@ -21,6 +21,8 @@ pub(super) enum Timer {
     Reconcile,
     /// Write the summaries of refusals and suppressed log lines.
     Report,
+    /// Metrics, status file and counter log work (`metrics`).
+    Ops(super::metrics::OpsJob),
     /// Tell the service manager the daemon is alive (`WATCHDOG=1`), and what it does.
     Watchdog(Duration),
 }

@@ -44,8 +44,116 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 pub enum Kind {
     /// A private named v1 hierarchy `name=nsgroup-test-<random>`.
     V1,
-    /// A fresh subtree of /sys/fs/cgroup/unified.
+    /// A fresh subtree of the cgroup2 hierarchy (see [`cgroup2_base`]).
     V2,
+}
+
+/// Where the cgroup2 (unified) hierarchy is mounted, from /proc/self/mountinfo:
+/// `/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on pure cgroup2
+/// hosts; only a mount of the hierarchy's root counts.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let (root, point) = (*fields.get(3)?, *fields.get(4)?);
+            (right.split(' ').next()? == "cgroup2" && root == "/").then(|| PathBuf::from(unescape_mountinfo(point)))
+        })
+        .collect();
+    // The usual places first, in case the hierarchy is mounted more than once.
+    found.sort_by_key(|p| !p.starts_with("/sys/fs/cgroup"));
+    found.into_iter().next()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// This process's cgroup in the cgroup2 hierarchy (`0::/path`).
+pub fn own_cgroup2() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_end().to_string())
+}
+
+/// Whether a cgroup2 directory was delegated by its manager: systemd marks
+/// units with `Delegate=yes` with the `trusted.delegate` xattr (`user.delegate`
+/// where it cannot write `trusted.*`).
+fn delegated(dir: &std::path::Path) -> bool {
+    let mut buf = [0u8; 16];
+    ["trusted.delegate", "user.delegate"]
+        .iter()
+        .any(|name| rustix::fs::getxattr(dir, *name, &mut buf[..]).is_ok_and(|n| &buf[..n] == b"1"))
+}
+
+/// The cgroup2 mount and the cgroup below which the tests may make their
+/// subtrees without fighting the hierarchy's manager: the test's own cgroup
+/// when it is the root (a host where no manager uses cgroup2, like the hybrid
+/// development machine) or delegated to it (`systemd-run --scope -p
+/// Delegate=yes`, a service with `Delegate=yes`); `Err` says why not.
+/// The tests' processes stay inside that cgroup: none is moved out of its unit.
+pub fn cgroup2_base() -> Result<(PathBuf, String), String> {
+    let mount = cgroup2_mount().ok_or("no cgroup2 hierarchy is mounted")?;
+    let own = own_cgroup2().ok_or("this process has no cgroup2 cgroup (/proc/self/cgroup has no 0:: line)")?;
+    if own == "/" {
+        return Ok((mount, String::new()));
+    }
+    let dir = mount.join(own.trim_start_matches('/'));
+    if delegated(&dir) {
+        return Ok((mount, own));
+    }
+    Err(format!(
+        "this test's cgroup2 cgroup {own} is not delegated to it (no trusted.delegate xattr), and making cgroups \
+         there would fight its manager: run the tests under `systemd-run --scope -p Delegate=yes` (as scripts/vm-test does)"
+    ))
+}
+
+/// Why a named v1 hierarchy cannot be mounted here, if it cannot.
+pub fn v1_unavailable() -> Option<String> {
+    static CACHE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+            if !fs.lines().any(|l| l.split_whitespace().last() == Some("cgroup")) {
+                return Some("the kernel has no cgroup v1 (no `cgroup` in /proc/filesystems: CONFIG_CGROUP_V1=n)".into());
+            }
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            // `cgroup_no_v1=` takes a list of controllers, `all` (controllers
+            // only) and `named`.
+            if let Some(arg) = cmdline
+                .split_whitespace()
+                .find(|a| a.strip_prefix("cgroup_no_v1=").is_some_and(|l| l.split(',').any(|x| x == "named")))
+            {
+                return Some(format!("the kernel was booted with {arg}: named v1 hierarchies cannot be mounted"));
+            }
+            None
+        })
+        .clone()
+}
+
+/// The test's name (its thread's, under the libtest harness).
+fn test_name() -> String {
+    std::thread::current().name().unwrap_or("?").to_string()
+}
+
+/// Says on stderr what the current test skips and why (visible with
+/// `cargo test -- --show-output`; scripts/vm-test lists them).
+pub fn skip(why: &str) {
+    eprintln!("skipped: {}: {why}", test_name());
 }
 
 /// A private hierarchy or subtree, with the test's processes in it.
@@ -54,29 +162,60 @@ pub struct Hier {
     pub mount: PathBuf,
     /// The v1 hierarchy's name.
     pub name: String,
-    /// The tracked subtree, e.g. `/t`.
+    /// The cgroup the test's cgroups go below: empty (the hierarchy's root)
+    /// for a private v1 hierarchy and on a cgroup2 hierarchy no manager uses;
+    /// the test's own delegated cgroup on a systemd host.
+    pub base: String,
+    /// The tracked subtree, e.g. `/t`, or `<base>/nsgroup-test-<random>` on cgroup2.
     pub root: String,
     children: Vec<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Hier {
+    /// A hierarchy of `kind`; panics where there can be none (tests that
+    /// should skip there use [`Hier::try_new`]).
     pub fn new(kind: Kind) -> Hier {
+        Hier::create(kind).unwrap_or_else(|why| panic!("no {kind:?} hierarchy for this test: {why}"))
+    }
+
+    /// A hierarchy of `kind`, or `None` after saying why the test skips.
+    pub fn try_new(kind: Kind) -> Option<Hier> {
+        Hier::create(kind).map_err(|why| skip(&why)).ok()
+    }
+
+    fn create(kind: Kind) -> Result<Hier, String> {
         let name = format!("nsgroup-test-{}", random_suffix());
         match kind {
             Kind::V1 => {
+                if let Some(why) = v1_unavailable() {
+                    return Err(why);
+                }
                 let tmp = tempfile::Builder::new().prefix("nsgroup-test-").tempdir().unwrap();
                 let opts = format!("none,name={name},xattr");
-                let ok = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(tmp.path()).status().unwrap();
-                assert!(ok.success(), "mounting a private v1 hierarchy");
+                let out = Command::new("mount").args(["-t", "cgroup", "-o", &opts, "cgroup"]).arg(tmp.path()).output().unwrap();
+                if !out.status.success() {
+                    return Err(format!(
+                        "a named cgroup v1 hierarchy cannot be mounted here: mount -t cgroup -o {opts}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
                 std::fs::create_dir(tmp.path().join("t")).unwrap();
-                Hier { kind, mount: tmp.path().to_path_buf(), name, root: "/t".into(), children: vec![], _tmp: Some(tmp) }
+                Ok(Hier {
+                    kind,
+                    mount: tmp.path().to_path_buf(),
+                    name,
+                    base: String::new(),
+                    root: "/t".into(),
+                    children: vec![],
+                    _tmp: Some(tmp),
+                })
             }
             Kind::V2 => {
-                let mount = PathBuf::from("/sys/fs/cgroup/unified");
-                let root = format!("/{name}");
-                std::fs::create_dir(mount.join(&name)).unwrap();
-                Hier { kind, mount, name, root, children: vec![], _tmp: None }
+                let (mount, base) = cgroup2_base()?;
+                let root = format!("{base}/{name}");
+                std::fs::create_dir(mount.join(root.trim_start_matches('/'))).unwrap();
+                Ok(Hier { kind, mount, name, base, root, children: vec![], _tmp: None })
             }
         }
     }
@@ -479,9 +618,9 @@ impl Hier {
         std::fs::create_dir(self.dir(rel)).unwrap();
     }
 
-    /// A cgroup outside the tracked root, `/<name>`, removed in its Drop.
+    /// A cgroup outside the tracked root, `<base>/<name>`, removed in its Drop.
     pub fn outside(&self, name: &str) -> Outside {
-        let rel = format!("/{name}");
+        let rel = format!("{}/{name}", self.base);
         assert!(!rel.starts_with(&format!("{}/", self.root)) && rel != self.root);
         self.mkdir(&rel);
         Outside { dir: self.dir(&rel), rel }

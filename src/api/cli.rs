@@ -1,0 +1,371 @@
+//! The command line's API verbs: `freeze`, `thaw`, `kill`, `limit`,
+//! `attach`, `create`, `events`, `api`. Each talks to the daemon's socket
+//! when a daemon listens there, and otherwise (freeze, thaw, kill, limit,
+//! attach, create) acts on cgroupfs directly, which needs root.
+//!
+//! Exit codes: 0 done; 1 the target was not found (no such cgroup, not a
+//! node, no such process); 2 a usage or system error, a refusal, or what the
+//! kernel refused — with a message naming the problem (and the rule).
+
+use std::io::{self, BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::client::{Client, ClientError};
+use super::handler::{self, NodeRef};
+use super::proto::{Code, ErrorBody, Request, Target};
+use crate::config::DEFAULT_API_SOCKET;
+use crate::control::verbs::{self, PidfdSignaller, Timing};
+use crate::core::cgpath::{canonical, join};
+use crate::core::escape::Escaped;
+use crate::sys::cgroupfs::Version;
+use crate::sys::locate::locate;
+use crate::sys::procfs::ProcFs;
+
+/// Where to reach the daemon, and where to act without it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Reach {
+    /// The daemon's API socket (default: $NSGROUP_SOCKET, else /run/nsgroup/api.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Without a daemon: the cgroup hierarchy to act on directly (as root).
+    #[arg(long, value_name = "PATH")]
+    pub hierarchy: Option<PathBuf>,
+    /// Print the daemon's answer (or the same object without a daemon) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The API's subcommands (flattened into `nsgroup`'s own).
+#[derive(clap::Subcommand, Debug)]
+pub enum ApiCommand {
+    /// Freeze every task of a node's subtree (TARGET: a node's cgroup path, or a pid: its node).
+    Freeze {
+        #[command(flatten)]
+        reach: Reach,
+        #[arg(value_name = "TARGET")]
+        target: String,
+    },
+    /// Thaw a node's subtree.
+    Thaw {
+        #[command(flatten)]
+        reach: Reach,
+        #[arg(value_name = "TARGET")]
+        target: String,
+    },
+    /// Kill every task of a node's subtree (freezing first where a freezer is at hand).
+    Kill {
+        #[command(flatten)]
+        reach: Reach,
+        #[arg(value_name = "TARGET")]
+        target: String,
+    },
+    /// Write a controller value of a node: FILE=VALUE (pids.max=64, memory.max=1G, …).
+    Limit {
+        #[command(flatten)]
+        reach: Reach,
+        #[arg(value_name = "TARGET")]
+        target: String,
+        #[arg(value_name = "FILE=VALUE")]
+        setting: String,
+    },
+    /// Move task PID into cgroup CGROUP; or, with `-- CMD…`, move this
+    /// command itself there and run CMD (the seed's rules: only into an
+    /// empty child of one's own cgroup; moving another task needs CAP_SYS_ADMIN).
+    Attach {
+        #[command(flatten)]
+        reach: Reach,
+        #[arg(value_name = "CGROUP")]
+        cgroup: String,
+        /// The task to move.
+        #[arg(value_name = "PID", conflicts_with = "command")]
+        pid: Option<u32>,
+        /// The command to run once moved.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Create a cgroup below PARENT (named NAME, or node_<this pid>); prints its path.
+    Create {
+        #[command(flatten)]
+        reach: Reach,
+        #[arg(value_name = "PARENT")]
+        parent: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the daemon's events as JSON Lines until interrupted.
+    Events {
+        /// The daemon's API socket (default: $NSGROUP_SOCKET, else /run/nsgroup/api.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Send raw request lines (arguments, else stdin) and print every line the daemon answers.
+    Api {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[arg(value_name = "JSON")]
+        lines: Vec<String>,
+    },
+}
+
+/// Exit codes.
+pub const DONE: u8 = 0;
+pub const NOT_FOUND: u8 = 1;
+pub const ERROR: u8 = 2;
+
+fn socket_path(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("NSGROUP_SOCKET").filter(|s| !s.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET))
+}
+
+fn fail(message: impl std::fmt::Display) -> u8 {
+    let _ = writeln!(io::stderr(), "nsgroup: {message}");
+    ERROR
+}
+
+fn exit_code(e: &ErrorBody) -> u8 {
+    let _ = writeln!(io::stderr(), "nsgroup: {}", e.message);
+    if e.code == Code::NotFound {
+        NOT_FOUND
+    } else {
+        ERROR
+    }
+}
+
+/// Runs one subcommand; the exit code.
+pub fn run(cmd: ApiCommand) -> u8 {
+    match cmd {
+        ApiCommand::Freeze { reach, target } => act(&reach, Request::Freeze { target: Target::from_arg(&target) }),
+        ApiCommand::Thaw { reach, target } => act(&reach, Request::Thaw { target: Target::from_arg(&target) }),
+        ApiCommand::Kill { reach, target } => act(&reach, Request::Kill { target: Target::from_arg(&target) }),
+        ApiCommand::Limit { reach, target, setting } => {
+            let Some((file, value)) = setting.split_once('=') else {
+                return fail(format!("\"{}\" is not FILE=VALUE", Escaped(&setting)));
+            };
+            act(&reach, Request::Limit { target: Target::from_arg(&target), file: file.into(), value: value.into() })
+        }
+        ApiCommand::Attach { reach, cgroup, pid, command } => attach(&reach, &cgroup, pid, &command),
+        ApiCommand::Create { reach, parent, name } => act(&reach, Request::Create { parent, name }),
+        ApiCommand::Events { socket } => events(&socket_path(socket.as_deref())),
+        ApiCommand::Api { socket, lines } => raw(&socket_path(socket.as_deref()), &lines),
+    }
+}
+
+/// Through the daemon if one listens, else directly (as root).
+fn act(reach: &Reach, request: Request) -> u8 {
+    let path = socket_path(reach.socket.as_deref());
+    let answer = match Client::connect(&path) {
+        Ok(mut client) => match client.call(&request) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        },
+        Err(ClientError::NoDaemon(p)) => {
+            if !rustix::process::geteuid().is_root() {
+                return fail(format!("no daemon listens on {} and acting on cgroupfs directly needs root", p.display()));
+            }
+            match direct(reach, &request) {
+                Ok(data) => super::proto::answer_ok(&Value::Null, request.name(), data),
+                Err(e) => super::proto::answer_error(&Value::Null, Some(request.name()), &e),
+            }
+        }
+        Err(e) => return fail(e),
+    };
+    report(reach.json, &request, &answer)
+}
+
+/// Prints an answer; the exit code.
+fn report(json: bool, request: &Request, answer: &Value) -> u8 {
+    let mut out = io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{answer}");
+    }
+    if answer["type"] == "error" {
+        let code = serde_json::from_value::<Value>(answer["error"]["code"].clone()).ok();
+        let message = answer["error"]["message"].as_str().unwrap_or("the daemon refused").to_string();
+        let body = ErrorBody::new(if code.as_ref().and_then(Value::as_str) == Some("not_found") { Code::NotFound } else { Code::Failed }, message);
+        return exit_code(&body);
+    }
+    let d = &answer["data"];
+    if let Some(w) = d["warning"].as_str() {
+        let _ = writeln!(io::stderr(), "nsgroup: warning: {w}");
+    }
+    if !json {
+        let path = d["path"].as_str().map(|p| Escaped(p).to_string()).unwrap_or_default();
+        let line = match request {
+            Request::Freeze { .. } => format!("froze {path} ({})", d["method"].as_str().unwrap_or("")),
+            Request::Thaw { .. } => format!("thawed {path} ({})", d["method"].as_str().unwrap_or("")),
+            Request::Kill { .. } => format!(
+                "killed {path}: {} signalled in {} rounds ({})",
+                d["signalled"].as_u64().unwrap_or(0),
+                d["rounds"].as_u64().unwrap_or(0),
+                d["method"].as_str().unwrap_or("")
+            ),
+            Request::Limit { file, value, .. } => format!("{path}: {file} = {}", Escaped(value)),
+            Request::Attach { pid, .. } => format!("moved {pid} into {path}"),
+            _ => path,
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+    DONE
+}
+
+/// Without a daemon: the same request carried out directly, as root, with
+/// no permission model (root may do everything the seed allowed).
+fn direct(reach: &Reach, request: &Request) -> Result<Value, ErrorBody> {
+    let located = locate(reach.hierarchy.as_deref(), false).map_err(|e| ErrorBody::new(Code::Failed, e.to_string()))?;
+    let h = located.hierarchy;
+    let proc = ProcFs::new("/proc");
+    let node = |target: &Target| -> Result<NodeRef, ErrorBody> {
+        let path = handler::target_cgroup(&h, &proc, target)?;
+        handler::node_at(&h, &path, target)
+    };
+    let timing = Timing::default();
+    let outcome = |o: verbs::Outcome, path: &str| {
+        let mut v = serde_json::to_value(o).expect("an outcome serializes");
+        v["path"] = path.into();
+        v
+    };
+    match request {
+        Request::Freeze { target } => {
+            let n = node(target)?;
+            Ok(outcome(verbs::freeze(&handler::subtree(&h, &n), timing)?, &n.path))
+        }
+        Request::Thaw { target } => {
+            let n = node(target)?;
+            Ok(outcome(verbs::thaw(&handler::subtree(&h, &n), timing)?, &n.path))
+        }
+        Request::Kill { target } => {
+            let n = node(target)?;
+            let mut sig = PidfdSignaller { proc: proc.clone(), key: h.key().clone(), subtree: n.path.clone() };
+            Ok(outcome(verbs::kill(&handler::subtree(&h, &n), &mut sig, timing)?, &n.path))
+        }
+        Request::Limit { target, file, value } => {
+            let controller = verbs::limit_controller(file)?.to_string();
+            let n = node(target)?;
+            let dir = handler::limit_dir(&h, &n, &controller)?;
+            let written = verbs::write_limit(&dir, file, value)?;
+            Ok(serde_json::json!({ "path": n.path, "file": file, "value": value, "written": written }))
+        }
+        Request::Attach { pid, target } => {
+            let dest = canonical(target).map_err(|e| ErrorBody::new(Code::Invalid, e.to_string()))?;
+            if !h.dir(&dest).is_dir() {
+                return Err(ErrorBody::new(Code::NotFound, format!("no cgroup {} in {}", Escaped(&dest), h.mount().display())));
+            }
+            let file = if h.version() == Version::V1 { "tasks" } else { "cgroup.procs" };
+            let path = h.dir(&dest).join(file);
+            std::fs::write(&path, pid.to_string()).map_err(|e| ErrorBody::new(Code::Failed, format!("writing {pid} to {}: {e}", path.display())))?;
+            Ok(serde_json::json!({ "pid": pid, "path": dest }))
+        }
+        Request::Create { parent, name } => {
+            let parent = canonical(parent).map_err(|e| ErrorBody::new(Code::Invalid, e.to_string()))?;
+            let name = name.clone().unwrap_or_else(|| format!("node_{}", std::process::id()));
+            let path = join(&parent, &name);
+            std::fs::create_dir(h.dir(&path)).map_err(|e| ErrorBody::new(Code::Failed, format!("mkdir {}: {e}", h.dir(&path).display())))?;
+            Ok(serde_json::json!({ "path": path }))
+        }
+        _ => Err(ErrorBody::new(Code::Invalid, "this request needs the daemon")),
+    }
+}
+
+/// `attach`: another task, or this command itself and then CMD.
+fn attach(reach: &Reach, cgroup: &str, pid: Option<u32>, command: &[String]) -> u8 {
+    let who = match (pid, command.is_empty()) {
+        (Some(p), _) => p,
+        (None, false) => std::process::id(),
+        (None, true) => return fail("attach needs a PID, or -- CMD to run in the cgroup"),
+    };
+    let request = Request::Attach { pid: who, target: cgroup.to_string() };
+    if command.is_empty() {
+        return act(reach, request);
+    }
+    let quiet = Reach { json: false, ..reach.clone() };
+    let path = socket_path(quiet.socket.as_deref());
+    let answer = match Client::connect(&path) {
+        Ok(mut c) => match c.call(&request) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        },
+        Err(ClientError::NoDaemon(p)) if !rustix::process::geteuid().is_root() => {
+            return fail(format!("no daemon listens on {} and acting on cgroupfs directly needs root", p.display()))
+        }
+        Err(ClientError::NoDaemon(_)) => match direct(&quiet, &request) {
+            Ok(d) => super::proto::answer_ok(&Value::Null, "attach", d),
+            Err(e) => super::proto::answer_error(&Value::Null, Some("attach"), &e),
+        },
+        Err(e) => return fail(e),
+    };
+    if answer["type"] == "error" {
+        let code = answer["error"]["code"].as_str() == Some("not_found");
+        let message = answer["error"]["message"].as_str().unwrap_or("refused").to_string();
+        return exit_code(&ErrorBody::new(if code { Code::NotFound } else { Code::Failed }, message));
+    }
+    let e = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+    fail(format!("running {}: {e}", Escaped(&command[0])))
+}
+
+/// `events`: subscribes and prints every line until the daemon closes or stdout does.
+fn events(path: &Path) -> u8 {
+    let mut client = match Client::connect(path) {
+        Ok(c) => c,
+        Err(ClientError::NoDaemon(p)) => return fail(format!("nsgroup events needs the daemon: none listens on {}", p.display())),
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = client.send(&Request::Subscribe {}) {
+        return fail(e);
+    }
+    let mut out = io::stdout().lock();
+    loop {
+        match client.read() {
+            Ok(Some(v)) => {
+                if v["type"] == "error" {
+                    return fail(v["error"]["message"].as_str().unwrap_or("refused"));
+                }
+                if writeln!(out, "{v}").and_then(|()| out.flush()).is_err() {
+                    return DONE;
+                }
+            }
+            Ok(None) => return fail("the daemon closed the stream"),
+            Err(e) => return fail(e),
+        }
+    }
+}
+
+/// `api`: raw lines in, every answer line out (until all are answered).
+fn raw(path: &Path, lines: &[String]) -> u8 {
+    let mut client = match Client::connect(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let lines: Vec<String> = if lines.is_empty() { io::stdin().lock().lines().map_while(Result::ok).collect() } else { lines.to_vec() };
+    let mut out = io::stdout().lock();
+    let mut failed = false;
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        if let Err(e) = client.send_raw(line) {
+            return fail(e);
+        }
+        loop {
+            match client.read() {
+                Ok(Some(v)) => {
+                    let _ = writeln!(out, "{v}");
+                    failed |= v["type"] == "error";
+                    if v["type"] != "event" {
+                        break;
+                    }
+                }
+                Ok(None) => return fail("the daemon closed the connection"),
+                Err(e) => return fail(e),
+            }
+        }
+    }
+    let _ = out.flush();
+    if failed {
+        ERROR
+    } else {
+        DONE
+    }
+}

@@ -1,0 +1,313 @@
+//! Carrying out one request for one caller: resolving the target, asking
+//! the permission model ([`super::perm`]) with facts read from /proc and
+//! cgroupfs, then acting through cgroupfs ([`crate::control::verbs`] for the
+//! verbs). Runs on the API's worker threads, never on the daemon's.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::peer::Peer;
+use super::perm::{self, Refusal};
+use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
+use super::server::Publisher;
+use crate::control::verbs::{self, PidfdSignaller, Subtree, Timing, VerbError};
+use crate::core::cgpath::{canonical, join, within};
+use crate::core::escape::Escaped;
+use crate::core::naming;
+use crate::core::node::NodeRecord;
+use crate::core::nsset::NsSet;
+use crate::model::{self, Units};
+use crate::sys::cgroupfs::{Hierarchy, Version};
+use crate::sys::error::IoError;
+use crate::sys::mounts::read_mountinfo;
+use crate::sys::procfs::ProcFs;
+
+/// What every request needs to know.
+pub struct Context {
+    pub hierarchy: Hierarchy,
+    /// The daemon's tracked subtree.
+    pub root: String,
+    pub proc: ProcFs,
+    /// The daemon's user namespace: CAP_SYS_ADMIN counts only there.
+    pub user_ns: u64,
+    /// The set of cgroups that are no nodes (the daemon's own), for the tree model.
+    pub base_set: NsSet,
+    pub timing: Timing,
+    /// Where `limit` publishes `limits_applied`.
+    pub events: Option<Publisher>,
+    /// The latest `list` answers (by `all`), shared for [`LIST_FRESH`]: a
+    /// hundred clients polling the list cost one read of the hierarchy per
+    /// interval, not a hundred.
+    pub list_cache: std::sync::Mutex<[Option<(std::time::Instant, Value)>; 2]>,
+}
+
+/// How long a `list` answer is served again to other callers.
+pub const LIST_FRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn error(code: Code, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code, message)
+}
+
+impl From<Refusal> for ErrorBody {
+    fn from(r: Refusal) -> ErrorBody {
+        ErrorBody { code: Code::Denied, rule: Some(r.rule.name()), message: r.message }
+    }
+}
+
+impl From<IoError> for ErrorBody {
+    fn from(e: IoError) -> ErrorBody {
+        error(Code::Failed, e.to_string())
+    }
+}
+
+impl From<VerbError> for ErrorBody {
+    fn from(e: VerbError) -> ErrorBody {
+        let code = match &e {
+            VerbError::NoFreezer(_) => Code::Unsupported,
+            VerbError::NotALimit { .. } | VerbError::BadValue { .. } => Code::Invalid,
+            _ => Code::Failed,
+        };
+        error(code, e.to_string())
+    }
+}
+
+/// A node found by its path or by a task in it.
+#[derive(Clone, Debug)]
+pub struct NodeRef {
+    pub path: String,
+    pub record: NodeRecord,
+}
+
+/// A user-given cgroup path in canonical form, or `invalid`.
+fn cgroup_path(p: &str) -> Result<String, ErrorBody> {
+    canonical(p).map_err(|e| error(Code::Invalid, e.to_string()))
+}
+
+/// The cgroup a target names: the path itself, or the cgroup of the pid.
+pub fn target_cgroup(hierarchy: &Hierarchy, proc: &ProcFs, target: &Target) -> Result<String, ErrorBody> {
+    match target {
+        Target::Path(p) => cgroup_path(p),
+        Target::Pid(pid) => {
+            let tgid = proc.tgid(*pid)?.unwrap_or(*pid);
+            proc.cgroup_path(tgid, *pid, hierarchy.key())?.ok_or_else(|| error(Code::NotFound, format!("no process {pid}")))
+        }
+    }
+}
+
+/// The node at `path`: a cgroup that carries a node record on a directory
+/// owned by root (as adoption requires), else `not_found`.
+pub fn node_at(hierarchy: &Hierarchy, path: &str, target: &Target) -> Result<NodeRef, ErrorBody> {
+    let dir = hierarchy.dir(path);
+    if !dir.is_dir() {
+        return Err(error(Code::NotFound, format!("{target}: no cgroup {} in {}", Escaped(path), hierarchy.mount().display())));
+    }
+    let owner = hierarchy.owner(path)?;
+    let own = rustix::process::geteuid().as_raw();
+    match hierarchy.record(path) {
+        Some(record) if owner == 0 || owner == own => Ok(NodeRef { path: path.to_string(), record }),
+        _ => Err(error(Code::NotFound, format!("{target}: {} is not a node (it carries no nsgroup record)", Escaped(path)))),
+    }
+}
+
+/// The subtree of a node as the verbs see it (its freezer mirror on v1).
+pub fn subtree(hierarchy: &Hierarchy, node: &NodeRef) -> Subtree {
+    let freezer = match hierarchy.version() {
+        Version::V2 => None,
+        Version::V1 => {
+            let mounts = read_mountinfo(std::path::Path::new("/proc/self/mountinfo")).unwrap_or_default();
+            if tracked_has_controller(hierarchy, &mounts, "freezer") {
+                Some(hierarchy.dir(&node.path))
+            } else {
+                verbs::mirror_with(&mounts, &node.record.mirrors, "freezer")
+            }
+        }
+    };
+    Subtree { dir: hierarchy.dir(&node.path), version: hierarchy.version(), freezer }
+}
+
+/// Whether the tracked hierarchy itself is a v1 hierarchy with `controller`.
+fn tracked_has_controller(hierarchy: &Hierarchy, mounts: &[crate::sys::mounts::Mount], controller: &str) -> bool {
+    mounts.iter().rev().any(|m| m.mount_point == hierarchy.mount() && m.fstype == "cgroup" && m.super_opts.iter().any(|o| o == controller))
+}
+
+/// The directory whose `file` a limit writes: the node's own on cgroup2 or
+/// on a v1 hierarchy with the controller, else its mirror with the controller.
+pub fn limit_dir(hierarchy: &Hierarchy, node: &NodeRef, controller: &str) -> Result<PathBuf, ErrorBody> {
+    if hierarchy.version() == Version::V2 {
+        return Ok(hierarchy.dir(&node.path));
+    }
+    let mounts = read_mountinfo(std::path::Path::new("/proc/self/mountinfo"))?;
+    if tracked_has_controller(hierarchy, &mounts, controller) {
+        return Ok(hierarchy.dir(&node.path));
+    }
+    verbs::mirror_with(&mounts, &node.record.mirrors, controller).ok_or_else(|| {
+        error(
+            Code::Unsupported,
+            format!("{} has no `{controller}` controller: the tracked hierarchy lacks it and the node has no mirror with it (add it to the mirrored controllers)", Escaped(&node.path)),
+        )
+    })
+}
+
+/// Units of /proc figures.
+fn units() -> Units {
+    Units { clock_ticks: rustix::param::clock_ticks_per_second(), page_size: rustix::param::page_size() as u64 }
+}
+
+impl Context {
+    /// Carries out `request` for `peer`: the answer's `data`, or the error.
+    pub fn handle(&self, peer: &Peer, request: &Request) -> Result<Value, ErrorBody> {
+        match request {
+            Request::List { all } => self.list(*all),
+            Request::Show { target } => self.show(target),
+            Request::Freeze { target } => self.verb(peer, target, "freeze"),
+            Request::Thaw { target } => self.verb(peer, target, "thaw"),
+            Request::Kill { target } => self.verb(peer, target, "kill"),
+            Request::Limit { target, file, value } => self.limit(peer, target, file, value),
+            Request::Attach { pid, target } => self.attach(peer, *pid, target),
+            Request::Create { parent, name } => self.create(peer, parent, name.as_deref()),
+            Request::Subscribe {} => Err(error(Code::Invalid, "subscribe is handled by the server")),
+        }
+    }
+
+    fn caller(&self, peer: &Peer) -> Result<perm::Caller, ErrorBody> {
+        Ok(peer.caller(&self.proc, self.hierarchy.key(), self.user_ns)??)
+    }
+
+    /// A target in the tracked subtree that is a node.
+    fn node(&self, target: &Target) -> Result<NodeRef, ErrorBody> {
+        let path = target_cgroup(&self.hierarchy, &self.proc, target)?;
+        perm::in_scope(&path, &self.root)?;
+        node_at(&self.hierarchy, &path, target)
+    }
+
+    fn list(&self, all: bool) -> Result<Value, ErrorBody> {
+        // Only the API's workers take this lock, never the daemon's loop.
+        let mut cache = self.list_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, v)) = &cache[usize::from(all)] {
+            if at.elapsed() < LIST_FRESH {
+                return Ok(v.clone());
+            }
+        }
+        let tree = self.tree(&self.root.clone(), all)?;
+        let v = json!({ "hierarchy": self.hierarchy.mount(), "root": self.root, "tree": tree });
+        cache[usize::from(all)] = Some((std::time::Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    fn show(&self, target: &Target) -> Result<Value, ErrorBody> {
+        let node = self.node(target)?;
+        let tree = self.tree(&node.path, false)?;
+        Ok(json!({ "node": tree }))
+    }
+
+    fn tree(&self, path: &str, all: bool) -> Result<Value, ErrorBody> {
+        // A cgroup removed while it is read answers ENODEV (kernfs): read again.
+        let mut tries = 0;
+        let sample = loop {
+            match model::sample::sample(&self.hierarchy, path, &self.proc) {
+                Err(e) if e.source.raw_os_error() == Some(libc::ENODEV) && tries < 10 => tries += 1,
+                other => break other?,
+            }
+        };
+        let sample = sample.ok_or_else(|| error(Code::NotFound, format!("{} vanished while being read", Escaped(path))))?;
+        let tree = model::build(&sample, &self.base_set, units(), all).expect("the top is always kept");
+        Ok(serde_json::to_value(&tree).expect("the tree serializes"))
+    }
+
+    fn verb(&self, peer: &Peer, target: &Target, verb: &str) -> Result<Value, ErrorBody> {
+        let node = self.node(target)?;
+        let caller = self.caller(peer)?;
+        perm::may_control(&caller, &node.path, node.record.creator_uid, &self.root)?;
+        let s = subtree(&self.hierarchy, &node);
+        let outcome = match verb {
+            "freeze" => verbs::freeze(&s, self.timing)?,
+            "thaw" => verbs::thaw(&s, self.timing)?,
+            _ => {
+                let mut sig = PidfdSignaller { proc: self.proc.clone(), key: self.hierarchy.key().clone(), subtree: node.path.clone() };
+                verbs::kill(&s, &mut sig, self.timing)?
+            }
+        };
+        let mut data = serde_json::to_value(&outcome).expect("an outcome serializes");
+        data["path"] = node.path.into();
+        Ok(data)
+    }
+
+    fn limit(&self, peer: &Peer, target: &Target, file: &str, value: &str) -> Result<Value, ErrorBody> {
+        let controller = verbs::limit_controller(file)?.to_string();
+        verbs::check_value(file, value)?;
+        let node = self.node(target)?;
+        let caller = self.caller(peer)?;
+        perm::may_control(&caller, &node.path, node.record.creator_uid, &self.root)?;
+        let dir = limit_dir(&self.hierarchy, &node, &controller)?;
+        let written = verbs::write_limit(&dir, file, value)?;
+        if let Some(events) = &self.events {
+            events.publish(ApiEvent::LimitsApplied {
+                path: node.path.clone(),
+                file: file.to_string(),
+                value: value.to_string(),
+                by: "api",
+                uid: Some(caller.uid),
+            });
+            events.flush();
+        }
+        Ok(json!({ "path": node.path, "file": file, "value": value, "written": written }))
+    }
+
+    fn attach(&self, peer: &Peer, tid: u32, target: &str) -> Result<Value, ErrorBody> {
+        let dest = cgroup_path(target)?;
+        let caller = self.caller(peer)?;
+        let gone = || error(Code::NotFound, format!("no task {tid}"));
+        let tgid = self.proc.tgid(tid)?.ok_or_else(gone)?;
+        let stat = self.proc.stat(tgid, tid)?.filter(|s| !s.is_dead()).ok_or_else(gone)?;
+        let task_cgroup = self.proc.cgroup_path(tgid, tid, self.hierarchy.key())?.ok_or_else(gone)?;
+        if !within(&dest, &self.root) {
+            // The scope rule first: nothing about cgroups outside is told.
+            perm::may_attach(&caller, tid, &task_cgroup, &dest, true, &self.root)?;
+        }
+        if !self.hierarchy.dir(&dest).is_dir() {
+            return Err(error(Code::NotFound, format!("no cgroup {} in {}", Escaped(&dest), self.hierarchy.mount().display())));
+        }
+        let empty = self.hierarchy.members(&dest)?.is_empty();
+        perm::may_attach(&caller, tid, &task_cgroup, &dest, empty, &self.root)?;
+        // The task checked is the one moved: same start time, still alive.
+        if !self.proc.stat(tgid, tid)?.is_some_and(|s| s.start_ticks == stat.start_ticks && !s.is_dead()) {
+            return Err(gone());
+        }
+        let (file, who) = match self.hierarchy.version() {
+            Version::V1 => ("tasks", tid),
+            Version::V2 => ("cgroup.procs", tgid),
+        };
+        let path = self.hierarchy.dir(&dest).join(file);
+        std::fs::write(&path, who.to_string()).map_err(|e| error(Code::Failed, IoError::new("move task into", &path, e).to_string()))?;
+        Ok(json!({ "pid": tid, "path": dest, "cgroup_id": self.hierarchy.id(&dest)? }))
+    }
+
+    fn create(&self, peer: &Peer, parent: &str, name: Option<&str>) -> Result<Value, ErrorBody> {
+        let parent = cgroup_path(parent)?;
+        if let Some(n) = name {
+            if n.is_empty() || n.len() > 255 || n.contains(['/', '\0', '\n']) || n == "." || n == ".." {
+                return Err(error(Code::Invalid, format!("\"{}\" is no cgroup name (1 to 255 bytes, no `/`, not `.` or `..`)", Escaped(n))));
+            }
+        }
+        let caller = self.caller(peer)?;
+        perm::may_create(&caller, &parent, &self.root)?;
+        if !self.hierarchy.dir(&parent).is_dir() {
+            return Err(error(Code::NotFound, format!("no cgroup {} in {}", Escaped(&parent), self.hierarchy.mount().display())));
+        }
+        let attempts: Vec<String> = match name {
+            Some(n) => vec![n.to_string()],
+            None => (0..1000).map(|a| naming::candidate(caller.pid, a)).collect(),
+        };
+        for n in attempts {
+            let path = join(&parent, &n);
+            let dir = self.hierarchy.dir(&path);
+            match rustix::fs::mkdir(&dir, rustix::fs::Mode::from_raw_mode(0o755)) {
+                Ok(()) => return Ok(json!({ "path": path, "cgroup_id": self.hierarchy.id(&path)? })),
+                Err(rustix::io::Errno::EXIST) if name.is_none() => continue,
+                Err(e) => return Err(error(Code::Failed, IoError::new("mkdir", &dir, e).to_string())),
+            }
+        }
+        Err(error(Code::Failed, format!("no free node name below {}", Escaped(&parent))))
+    }
+}

@@ -1,0 +1,23 @@
+//! nsgroup's local API: a Unix socket speaking JSON Lines (docs/api.md).
+//!
+//! - [`proto`]: the wire format (requests, answers, error codes, events);
+//! - [`perm`]: the permission model — the kernel's ns subsystem's rules for
+//!   moving and creating, nsgroup's rule for the verbs;
+//! - [`peer`]: who calls (SO_PEERCRED, /proc, pid races);
+//! - [`handler`]: carrying one request out;
+//! - [`server`]: the thread that serves the socket, and the publisher the
+//!   daemon hands events to;
+//! - [`listen`]: the socket on disk (one owner, mode, group);
+//! - [`client`]: the command line's side;
+//! - [`strict`]: strict mode, the LSM BPF program that enforces the same
+//!   rules on direct cgroupfs writes.
+
+pub mod cli;
+pub mod client;
+pub mod handler;
+pub mod listen;
+pub mod peer;
+pub mod perm;
+pub mod proto;
+pub mod server;
+pub mod strict;

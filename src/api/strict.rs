@@ -1,0 +1,140 @@
+//! Strict mode: loads `bpf/lsm.bpf.c` (compiled by build.rs) with aya and
+//! attaches its LSM programs, which enforce the permission model on direct
+//! writes to the tracked hierarchy's `cgroup.procs`/`tasks`/`cgroup.threads`
+//! and on `mkdir`s there.
+//!
+//! It needs a kernel built with `CONFIG_BPF_LSM=y` and `CONFIG_DEBUG_INFO_BTF=y`,
+//! booted with `bpf` among its LSMs (`lsm=…,bpf` on the command line, or
+//! `CONFIG_LSM` containing it), and a kernel that lets BPF trampolines
+//! attach (LSM programs attach through one). [`Strict::load`] checks each of
+//! these in turn and says which one fails.
+
+use std::path::Path;
+
+use aya::maps::{Array, MapData};
+use aya::programs::Lsm;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::sys::cgroupfs::Hierarchy;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lsm.bpf.o"));
+
+/// Where the active LSMs are listed (securityfs).
+pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// The programs and the LSM hooks they attach to.
+const HOOKS: [(&str, &str); 2] = [("nsg_file_permission", "file_permission"), ("nsg_inode_mkdir", "inode_mkdir")];
+
+/// The refusal counters, by index (`strict_stats` in bpf/lsm.bpf.c).
+pub const COUNTERS: [&str; 8] = [
+    "passed",
+    "attach.other_needs_cap_sys_admin",
+    "attach.other_below_mover",
+    "attach.empty_only",
+    "attach.child_only",
+    "create.needs_cap_sys_admin",
+    "create.below_creator",
+    "unreadable_write",
+];
+
+/// What the programs need to know.
+#[derive(Clone, Copy, Debug)]
+pub struct StrictScope {
+    pub hierarchy_id: u32,
+    pub root_cgroup_id: u64,
+    pub root_level: u32,
+    pub daemon_tgid: u32,
+    pub own_user_ns: u32,
+}
+
+impl StrictScope {
+    /// The scope of a daemon tracking `root` of `hierarchy`, in user namespace `user_ns`.
+    pub fn of(hierarchy: &Hierarchy, root: &str, user_ns: u64) -> Result<StrictScope, String> {
+        let root_cgroup_id = hierarchy.id(root).map_err(|e| e.to_string())?;
+        Ok(StrictScope {
+            hierarchy_id: hierarchy.hierarchy_id(),
+            root_cgroup_id,
+            root_level: root.split('/').filter(|c| !c.is_empty()).count() as u32,
+            daemon_tgid: std::process::id(),
+            own_user_ns: u32::try_from(user_ns).map_err(|_| format!("user namespace inode {user_ns} does not fit 32 bits"))?,
+        })
+    }
+}
+
+/// Why strict mode cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum StrictError {
+    #[error("strict mode is for x86_64 only (its LSM program reads x86_64 syscall arguments)")]
+    Arch,
+    #[error("cannot tell whether BPF LSM programs run: reading {LSM_LIST} failed ({0}); mount securityfs there")]
+    LsmList(String),
+    #[error("BPF LSM programs do not run on this kernel: `bpf` is not among the active LSMs ({LSM_LIST}: {0}); boot with lsm=<the list>,bpf on a kernel built with CONFIG_BPF_LSM=y")]
+    NotActive(String),
+    #[error("reading kernel BTF from /sys/kernel/btf/vmlinux (strict mode needs CONFIG_DEBUG_INFO_BTF=y): {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("loading the LSM object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel refused the LSM program for {hook} ({step}): {source}; LSM programs are refused on this kernel")]
+    Refused { hook: &'static str, step: &'static str, source: aya::programs::ProgramError },
+    #[error("the LSM object lacks {0}")]
+    Missing(&'static str),
+}
+
+/// The loaded, attached programs; detached when dropped.
+pub struct Strict {
+    ebpf: Ebpf,
+}
+
+/// The active LSMs, from `LSM_LIST` (where securityfs is not mounted, it is
+/// mounted for the read and unmounted again).
+pub fn active_lsms() -> Result<String, StrictError> {
+    let path = Path::new(LSM_LIST);
+    let mounted = !path.exists()
+        && rustix::mount::mount("securityfs", "/sys/kernel/security", "securityfs", rustix::mount::MountFlags::empty(), None).is_ok();
+    let text = std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| StrictError::LsmList(e.to_string()));
+    if mounted {
+        let _ = rustix::mount::unmount("/sys/kernel/security", rustix::mount::UnmountFlags::empty());
+    }
+    text
+}
+
+impl Strict {
+    /// Checks that BPF LSM programs can run, then loads and attaches them.
+    pub fn load(scope: StrictScope) -> Result<Strict, StrictError> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(StrictError::Arch);
+        }
+        let lsms = active_lsms()?;
+        if !lsms.split(',').any(|l| l == "bpf") {
+            return Err(StrictError::NotActive(lsms));
+        }
+        let btf = Btf::from_sys_fs()?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("hierarchy_id", &scope.hierarchy_id, true)
+            .override_global("root_cgroup_id", &scope.root_cgroup_id, true)
+            .override_global("root_level", &scope.root_level, true)
+            .override_global("daemon_tgid", &scope.daemon_tgid, true)
+            .override_global("own_user_ns", &scope.own_user_ns, true)
+            .load(OBJECT)?;
+        for (name, hook) in HOOKS {
+            let program = ebpf.program_mut(name).ok_or(StrictError::Missing(name))?;
+            let lsm: &mut Lsm = program.try_into().map_err(|source| StrictError::Refused { hook, step: "type", source })?;
+            lsm.load(hook, &btf).map_err(|source| StrictError::Refused { hook, step: "load", source })?;
+            lsm.attach().map_err(|source| StrictError::Refused { hook, step: "attach", source })?;
+        }
+        Ok(Strict { ebpf })
+    }
+
+    /// The hooks attached.
+    pub fn describe(&self) -> String {
+        HOOKS.iter().map(|(_, h)| format!("lsm/{h}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The counters so far: passes, refusals by rule, unreadable writes.
+    pub fn counters(&mut self) -> Vec<(&'static str, u64)> {
+        let Some(map) = self.ebpf.map_mut("strict_stats") else { return Vec::new() };
+        let Ok(array) = Array::<&mut MapData, u64>::try_from(map) else { return Vec::new() };
+        COUNTERS.iter().enumerate().map(|(i, name)| (*name, array.get(&(i as u32), 0).unwrap_or(0))).collect()
+    }
+}

@@ -1,0 +1,468 @@
+//! History: every node that existed (its path, set, creator, created and
+//! removed times, final usage) in an embedded SQLite database, and the
+//! entries coalesced away per minute.
+//!
+//! The daemon never writes it from its loop: [`Writer`] owns the connection
+//! in a thread of its own, fed by a bounded channel; a full channel drops the
+//! record and counts it ([`Writer::dropped`]). The database is in WAL mode, so
+//! `nsgroup history` reads it (read-only) while the daemon writes.
+//!
+//! Rows belong to a hierarchy (its mount point) and root: several daemons may
+//! share one database. At start the daemon sends the nodes that exist
+//! ([`Msg::Start`]); rows of its hierarchy and root still open but no longer
+//! present were removed while no daemon watched: they are closed with the
+//! start's time and `closed_at_start`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub mod cli;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+/// How many records may wait for the writer before new ones are dropped.
+pub const QUEUE: usize = 8192;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY,
+    hierarchy TEXT NOT NULL,
+    root TEXT NOT NULL,
+    cgroup_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    ns_set TEXT NOT NULL,
+    creator_pid INTEGER NOT NULL,
+    creator_comm TEXT NOT NULL,
+    creator_uid INTEGER NOT NULL,
+    created_unix INTEGER NOT NULL,
+    removed_unix INTEGER,
+    closed_at_start INTEGER NOT NULL DEFAULT 0,
+    usage TEXT
+);
+CREATE INDEX IF NOT EXISTS nodes_open ON nodes (hierarchy, root, cgroup_id) WHERE removed_unix IS NULL;
+CREATE INDEX IF NOT EXISTS nodes_created ON nodes (created_unix);
+CREATE TABLE IF NOT EXISTS coalesced (
+    hierarchy TEXT NOT NULL,
+    root TEXT NOT NULL,
+    minute_unix INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    PRIMARY KEY (hierarchy, root, minute_unix)
+);
+";
+
+/// A node as recorded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeRow {
+    pub cgroup_id: u64,
+    pub path: String,
+    /// Namespace kind (`/proc/<pid>/ns` name) → inode, the kinds it has.
+    pub set: BTreeMap<String, u64>,
+    pub creator_pid: u32,
+    pub creator_comm: String,
+    pub creator_uid: u32,
+    pub created_unix: u64,
+}
+
+/// What the daemon hands the writer.
+#[derive(Debug)]
+pub enum Msg {
+    /// The nodes that exist at start (after adoption and the first reconcile).
+    Start { live: Vec<NodeRow>, now_unix: u64 },
+    Created(NodeRow),
+    /// A node removed, with its final usage (controller file key → value).
+    Removed { node: NodeRow, removed_unix: u64, usage: BTreeMap<String, u64> },
+    /// Entries coalesced away (no node made) in the minute starting at `minute_unix`.
+    Coalesced { minute_unix: u64, entries: u64 },
+}
+
+/// The writer thread and its channel.
+pub struct Writer {
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Retention: removed nodes older than `days` (0: none) go, and beyond `rows` (0: no limit).
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub days: u64,
+    pub rows: u64,
+}
+
+/// Opens (creating it and its directory) the database for writing.
+pub fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir);
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    // Creator names and uids: root's and its group's only.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640));
+    Ok(conn)
+}
+
+impl Writer {
+    /// Opens the database and starts the writer thread, for the rows of
+    /// `hierarchy` (its mount point) and `root`.
+    pub fn start(path: &Path, hierarchy: String, root: String, retention: Retention) -> rusqlite::Result<Writer> {
+        let conn = open_rw(path)?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("nsgroup-history".into())
+            .spawn(move || write_all(conn, rx, &hierarchy, &root, retention))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Writer { tx: Some(tx), thread: Some(thread), dropped: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// Queues `msg`; never blocks (a full queue drops it and counts it).
+    pub fn send(&self, msg: Msg) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Records dropped because the queue was full (or the writer had failed).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the writer finish what is queued (at exit).
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &str, retention: Retention) {
+    let mut since_prune = 0u64;
+    while let Ok(first) = rx.recv() {
+        // What has queued up meanwhile goes in one transaction.
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        since_prune += batch.len() as u64;
+        let prune = batch.iter().any(|m| matches!(m, Msg::Start { .. })) || since_prune >= 1000;
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for msg in batch {
+                apply(&tx, hierarchy, root, msg)?;
+            }
+            if prune {
+                apply_retention(&tx, retention, crate::placer::unix_now())?;
+            }
+            tx.commit()
+        })();
+        if prune {
+            since_prune = 0;
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "writing the history database failed; these records are lost");
+        }
+    }
+}
+
+fn set_json(set: &BTreeMap<String, u64>) -> String {
+    serde_json::to_string(set).unwrap_or_else(|_| "{}".into())
+}
+
+fn insert(tx: &Connection, hierarchy: &str, root: &str, n: &NodeRow) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![hierarchy, root, n.cgroup_id as i64, n.path, set_json(&n.set), n.creator_pid, n.creator_comm, n.creator_uid, n.created_unix as i64],
+    )?;
+    Ok(())
+}
+
+fn open_row(tx: &Connection, hierarchy: &str, root: &str, cgroup_id: u64) -> rusqlite::Result<Option<i64>> {
+    tx.query_row(
+        "SELECT id FROM nodes WHERE hierarchy = ?1 AND root = ?2 AND cgroup_id = ?3 AND removed_unix IS NULL ORDER BY id DESC LIMIT 1",
+        params![hierarchy, root, cgroup_id as i64],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn apply(tx: &Connection, hierarchy: &str, root: &str, msg: Msg) -> rusqlite::Result<()> {
+    match msg {
+        Msg::Start { live, now_unix } => {
+            let ids: HashSet<u64> = live.iter().map(|n| n.cgroup_id).collect();
+            let open: Vec<(i64, i64)> = {
+                let mut st = tx.prepare("SELECT id, cgroup_id FROM nodes WHERE hierarchy = ?1 AND root = ?2 AND removed_unix IS NULL")?;
+                let rows = st.query_map(params![hierarchy, root], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut recorded = HashSet::new();
+            for (row, cgroup_id) in open {
+                if ids.contains(&(cgroup_id as u64)) {
+                    recorded.insert(cgroup_id as u64);
+                } else {
+                    tx.execute("UPDATE nodes SET removed_unix = ?1, closed_at_start = 1 WHERE id = ?2", params![now_unix as i64, row])?;
+                }
+            }
+            for n in live.iter().filter(|n| !recorded.contains(&n.cgroup_id)) {
+                insert(tx, hierarchy, root, n)?;
+            }
+        }
+        Msg::Created(n) => {
+            if open_row(tx, hierarchy, root, n.cgroup_id)?.is_none() {
+                insert(tx, hierarchy, root, &n)?;
+            }
+        }
+        Msg::Removed { node, removed_unix, usage } => {
+            let row = match open_row(tx, hierarchy, root, node.cgroup_id)? {
+                Some(row) => row,
+                None => {
+                    insert(tx, hierarchy, root, &node)?;
+                    tx.last_insert_rowid()
+                }
+            };
+            let usage = serde_json::to_string(&usage).unwrap_or_else(|_| "{}".into());
+            tx.execute("UPDATE nodes SET removed_unix = ?1, usage = ?2 WHERE id = ?3", params![removed_unix as i64, usage, row])?;
+        }
+        Msg::Coalesced { minute_unix, entries } => {
+            tx.execute(
+                "INSERT INTO coalesced (hierarchy, root, minute_unix, entries) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (hierarchy, root, minute_unix) DO UPDATE SET entries = entries + excluded.entries",
+                params![hierarchy, root, minute_unix as i64, entries as i64],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes removed nodes older than the retention's days, then the oldest
+/// removed ones beyond its rows.
+pub fn apply_retention(tx: &Connection, r: Retention, now_unix: u64) -> rusqlite::Result<()> {
+    if r.days > 0 {
+        let before = now_unix.saturating_sub(r.days * 86_400) as i64;
+        tx.execute("DELETE FROM nodes WHERE removed_unix IS NOT NULL AND removed_unix < ?1", params![before])?;
+        tx.execute("DELETE FROM coalesced WHERE minute_unix < ?1", params![before])?;
+    }
+    if r.rows > 0 {
+        let total: i64 = tx.query_row("SELECT COUNT(*) FROM nodes", [], |row| row.get(0))?;
+        let excess = total - r.rows as i64;
+        if excess > 0 {
+            tx.execute(
+                "DELETE FROM nodes WHERE id IN (SELECT id FROM nodes WHERE removed_unix IS NOT NULL ORDER BY removed_unix, id LIMIT ?1)",
+                params![excess],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A node as `nsgroup history` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryRow {
+    pub hierarchy: String,
+    pub root: String,
+    pub cgroup_id: u64,
+    pub path: String,
+    pub set: BTreeMap<String, u64>,
+    pub creator_pid: u32,
+    pub creator_comm: String,
+    pub creator_uid: u32,
+    pub created_unix: u64,
+    /// None while the node exists (or existed when its daemon stopped).
+    pub removed_unix: Option<u64>,
+    /// Removed while no daemon watched: closed when the next one started
+    /// (`removed_unix` is that start's time, the latest it can have been).
+    pub closed_at_start: bool,
+    /// Final usage (controller file key → value), when removed by the daemon.
+    pub usage: Option<BTreeMap<String, u64>>,
+}
+
+/// Entries coalesced away in a minute.
+#[derive(Clone, Debug, Serialize)]
+pub struct CoalescedRow {
+    pub hierarchy: String,
+    pub root: String,
+    pub minute_unix: u64,
+    pub entries: u64,
+}
+
+/// What `nsgroup history` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Nodes that existed at or after this time (created, or not yet removed).
+    pub since_unix: Option<u64>,
+    pub comm: Option<String>,
+    pub limit: Option<u64>,
+}
+
+/// Opens the database read-only (works while the daemon writes: WAL).
+pub fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// The nodes matching `q`, oldest first.
+pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> {
+    let since = q.since_unix.map(|s| s as i64);
+    let limit = q.limit.map_or(-1, |l| l as i64);
+    let mut st = conn.prepare(
+        "SELECT hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
+                removed_unix, closed_at_start, usage
+         FROM nodes
+         WHERE (?1 IS NULL OR created_unix >= ?1 OR removed_unix IS NULL OR removed_unix >= ?1)
+           AND (?2 IS NULL OR creator_comm = ?2)
+         ORDER BY created_unix, id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![since, q.comm, limit], |r| {
+        let set: String = r.get(4)?;
+        let usage: Option<String> = r.get(11)?;
+        Ok(HistoryRow {
+            hierarchy: r.get(0)?,
+            root: r.get(1)?,
+            cgroup_id: r.get::<_, i64>(2)? as u64,
+            path: r.get(3)?,
+            set: serde_json::from_str(&set).unwrap_or_default(),
+            creator_pid: r.get(5)?,
+            creator_comm: r.get(6)?,
+            creator_uid: r.get(7)?,
+            created_unix: r.get::<_, i64>(8)? as u64,
+            removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+            closed_at_start: r.get::<_, i64>(10)? != 0,
+            usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+        })
+    })?;
+    rows.collect()
+}
+
+/// The per-minute counts of entries coalesced away, since `since_unix`.
+pub fn coalesced(conn: &Connection, since_unix: Option<u64>) -> rusqlite::Result<Vec<CoalescedRow>> {
+    let mut st = conn.prepare(
+        "SELECT hierarchy, root, minute_unix, entries FROM coalesced WHERE (?1 IS NULL OR minute_unix >= ?1) ORDER BY minute_unix",
+    )?;
+    let rows = st.query_map(params![since_unix.map(|s| (s / 60 * 60) as i64)], |r| {
+        Ok(CoalescedRow {
+            hierarchy: r.get(0)?,
+            root: r.get(1)?,
+            minute_unix: r.get::<_, i64>(2)? as u64,
+            entries: r.get::<_, i64>(3)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Parses `--since`: seconds since the epoch, or a duration ago (`90s`,
+/// `15m`, `2h`, `7d`).
+pub fn parse_since(text: &str, now_unix: u64) -> Result<u64, String> {
+    let text = text.trim();
+    if let Ok(t) = text.parse::<u64>() {
+        return Ok(t);
+    }
+    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{text:?}: want seconds since the epoch or a duration ago like 30m, 2h, 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (s, m, h or d)")),
+    };
+    Ok(now_unix.saturating_sub(n.saturating_mul(secs)))
+}
+
+/// The database path `nsgroup history` reads by default.
+pub fn default_path() -> PathBuf {
+    PathBuf::from(crate::config::DEFAULT_HISTORY_DB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u64, comm: &str) -> NodeRow {
+        NodeRow {
+            cgroup_id: id,
+            path: format!("/t/node_{id}"),
+            set: [("uts".to_string(), 4026531838 + id)].into(),
+            creator_pid: id as u32,
+            creator_comm: comm.into(),
+            creator_uid: 0,
+            created_unix: 1000 + id,
+        }
+    }
+
+    #[test]
+    fn created_removed_and_closed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        let conn = open_rw(&db).unwrap();
+        apply(&conn, "/m", "/t", Msg::Created(row(1, "unshare"))).unwrap();
+        apply(&conn, "/m", "/t", Msg::Created(row(2, "sleep"))).unwrap();
+        apply(&conn, "/m", "/t", Msg::Created(row(3, "sleep"))).unwrap();
+        // Another daemon's rows are left alone.
+        apply(&conn, "/other", "/t", Msg::Created(row(2, "x"))).unwrap();
+        apply(&conn, "/m", "/t", Msg::Removed { node: row(1, "unshare"), removed_unix: 2000, usage: [("pids.peak".into(), 3)].into() })
+            .unwrap();
+        // Restart: 2 is gone, 3 lives on, 4 was adopted.
+        apply(&conn, "/m", "/t", Msg::Start { live: vec![row(3, "sleep"), row(4, "sh")], now_unix: 3000 }).unwrap();
+        apply(&conn, "/m", "/t", Msg::Coalesced { minute_unix: 60, entries: 2 }).unwrap();
+        apply(&conn, "/m", "/t", Msg::Coalesced { minute_unix: 60, entries: 3 }).unwrap();
+        let ro = open_ro(&db).unwrap();
+        let all = query(&ro, &Query::default()).unwrap();
+        let mine: Vec<_> = all.iter().filter(|r| r.hierarchy == "/m").collect();
+        assert_eq!(mine.len(), 4, "{all:?}");
+        assert_eq!((mine[0].removed_unix, mine[0].closed_at_start), (Some(2000), false));
+        assert_eq!(mine[0].usage.as_ref().unwrap()["pids.peak"], 3);
+        assert_eq!((mine[1].removed_unix, mine[1].closed_at_start), (Some(3000), true));
+        assert_eq!(mine[2].removed_unix, None);
+        assert_eq!(mine[3].creator_comm, "sh");
+        assert!(all.iter().any(|r| r.hierarchy == "/other" && r.removed_unix.is_none()));
+        let q = Query { comm: Some("unshare".into()), ..Query::default() };
+        assert_eq!(query(&ro, &q).unwrap().len(), 1);
+        assert_eq!(coalesced(&ro, None).unwrap()[0].entries, 5);
+        // Retention by rows drops the oldest removed first.
+        apply_retention(&conn, Retention { days: 0, rows: 4 }, 4000).unwrap();
+        assert_eq!(query(&ro, &Query::default()).unwrap().len(), 4);
+        assert!(query(&ro, &Query::default()).unwrap().iter().all(|r| r.creator_comm != "unshare"));
+        // And by age.
+        apply_retention(&conn, Retention { days: 1, rows: 0 }, 3000 + 86_400 * 2).unwrap();
+        assert!(query(&ro, &Query::default()).unwrap().iter().all(|r| r.removed_unix.is_none()));
+    }
+
+    #[test]
+    fn since_parses_times_and_durations() {
+        assert_eq!(parse_since("1700000000", 0), Ok(1_700_000_000));
+        assert_eq!(parse_since("2h", 10_000), Ok(10_000 - 7200));
+        assert_eq!(parse_since("7d", 1_000_000), Ok(1_000_000 - 7 * 86_400));
+        assert!(parse_since("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn the_writer_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::start(&dir.path().join("h.sqlite"), "/m".into(), "/t".into(), Retention { days: 0, rows: 0 }).unwrap();
+        for i in 0..(QUEUE as u64 * 3) {
+            w.send(Msg::Created(row(i, "x")));
+        }
+        drop(w);
+    }
+}
