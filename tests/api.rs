@@ -471,7 +471,7 @@ fn the_socket_keeps_out_whom_its_mode_keeps_out() {
     let out = Command::new(NSGROUP)
         .args(["run", "--hierarchy"])
         .arg(&h3.mount)
-        .args(["--root", &h3.root, "--config", config.to_str().unwrap()])
+        .args(["--root", &h3.root, "--history-database", "", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -654,7 +654,7 @@ fn strict_refusal(h: &Hier) -> Option<String> {
     let mut child = Command::new(NSGROUP)
         .args(["run", "--hierarchy"])
         .arg(&h.mount)
-        .args(["--root", &h.root, "--config", config.to_str().unwrap()])
+        .args(["--root", &h.root, "--history-database", "", "--config", config.to_str().unwrap()])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

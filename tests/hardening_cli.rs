@@ -88,7 +88,7 @@ impl OtherDaemon {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("daemon.log");
         let child = Command::new(NSGROUP)
-            .args(["run", "--hierarchy", mount(h), "--root", root])
+            .args(["run", "--history-database", "", "--hierarchy", mount(h), "--root", root])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -365,7 +365,7 @@ fn a_full_log_disk_never_stops_the_daemon() {
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     // stderr on /dev/full: every log line fails with ENOSPC.
     let mut daemon = Command::new(NSGROUP)
-        .args(["run", "--hierarchy"])
+        .args(["run", "--history-database", "", "--hierarchy"])
         .arg(&h.mount)
         .args(["--root", &h.root])
         .env("NSGROUP_LOG", "debug")
@@ -413,7 +413,7 @@ fn the_service_manager_hears_ready_status_watchdog_and_stopping() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
     let mut child = Command::new(NSGROUP)
-        .args(["run", "--hierarchy"])
+        .args(["run", "--history-database", "", "--hierarchy"])
         .arg(&h.mount)
         .args(["--root", &h.root])
         .env("NOTIFY_SOCKET", &sock_path)

@@ -26,6 +26,9 @@ pub struct MetricsFlags {
     /// atomically every metrics.file_interval_seconds.
     #[arg(long = "metrics-file", value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// The history database (history.database); an empty PATH keeps none.
+    #[arg(long = "history-database", value_name = "PATH")]
+    pub history: Option<String>,
 }
 
 impl MetricsFlags {
@@ -36,6 +39,9 @@ impl MetricsFlags {
         }
         if let Some(f) = self.file {
             config.metrics.file = f;
+        }
+        if let Some(h) = self.history {
+            config.history.database = PathBuf::from(h);
         }
     }
 }

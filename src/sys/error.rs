@@ -26,9 +26,10 @@ impl IoError {
     }
 }
 
-/// ENOENT and ESRCH: the thing went away while we looked.
+/// ENOENT, ESRCH and ENODEV (a removed cgroup's open files): the thing went
+/// away while we looked.
 pub fn vanished(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::ENODEV))
         || e.kind() == io::ErrorKind::NotFound
 }
 

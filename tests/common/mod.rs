@@ -415,10 +415,18 @@ impl Daemon {
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let log = tmp.path().join("daemon.log");
+        // The history goes with the test, not into /var/lib/nsgroup.
+        let history = tmp.path().join("history.sqlite");
+        let own_history: &[&std::ffi::OsStr] = if extra.contains(&"--history-database") {
+            &[]
+        } else {
+            &["--history-database".as_ref(), history.as_os_str()]
+        };
         let mut child = Command::new(NSGROUP)
             .args(["run", "--hierarchy"])
             .arg(&h.mount)
             .args(["--root", &h.root])
+            .args(own_history)
             .args(extra)
             .env("NOTIFY_SOCKET", &sock_path)
             .env("NSGROUP_LOG", "nsgroup=debug")
