@@ -82,6 +82,10 @@ pub struct Config {
     /// the tracked subtree: for subtrees delegated to nsgroup) or `never`.
     /// A node that cannot get them is made without, and the log says so.
     pub leaf: LeafPolicy,
+    /// Nodes only inside cgroups delegated to nsgroup (systemd's
+    /// `Delegate=yes` units, marked with the `trusted.delegate` xattr).
+    /// Unset: on when systemd manages the cgroup2 hierarchy at /sys/fs/cgroup.
+    pub delegated_only: Option<bool>,
     /// Limit rules (`[[limit]]` tables): the controller values a new node
     /// gets when its creator matches, written before its first task moves in.
     pub limit: Vec<LimitRule>,
@@ -224,6 +228,7 @@ impl Default for Config {
             mirror: Vec::new(),
             controllers: Vec::new(),
             leaf: LeafPolicy::Nodes,
+            delegated_only: None,
             limit: Vec::new(),
             api: ApiConfig::default(),
             metrics: MetricsConfig::default(),

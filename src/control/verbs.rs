@@ -239,7 +239,9 @@ pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Resul
                 // Emptied, and removed by the daemon's cleanup already.
                 return Ok((true, String::new()));
             }
-            let seen = event_field(&s.dir, "populated").or_else(|e| if s.dir.exists() { Err(e) } else { Ok(Some("0".into())) })?;
+            // Gone meanwhile (its files go with it): emptied and removed.
+            let gone = |e: &VerbError| matches!(e, VerbError::Read { source, .. } if crate::sys::error::vanished(source));
+            let seen = event_field(&s.dir, "populated").or_else(|e| if gone(&e) || !s.dir.exists() { Ok(Some("0".into())) } else { Err(e) })?;
             Ok((seen.as_deref() == Some("0"), format!("cgroup.events says populated {}", seen.unwrap_or_default())))
         })?;
         return Ok(Outcome { method: "cgroup.kill", rounds: 1, ..Outcome::default() });

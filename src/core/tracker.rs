@@ -84,6 +84,8 @@ pub enum Refusal {
     UserRate { uid: u32 },
     #[error("its set's node lies outside the subtree of its cgroup; only a task with CAP_SYS_ADMIN is moved up or sideways (the ns subsystem's rule)")]
     OutsideSubtree,
+    #[error("its cgroup is not in a subtree delegated to nsgroup (systemd's single-writer rule: Delegate=yes units only)")]
+    NotDelegated,
 }
 
 /// Whether the hierarchy places threads (cgroup v1 `tasks`) or whole processes (cgroup2).

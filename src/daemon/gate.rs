@@ -11,6 +11,7 @@ use crate::core::quota::UserQuotas;
 use crate::core::tracker::{Entry, Placement, Refusal, Tracker};
 use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
 use crate::sys::error::IoError;
+use crate::sys::delegation::Delegation;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
 
 /// Why a decided placement was dropped without a word to the task.
@@ -39,11 +40,20 @@ pub(super) struct Gate {
     quotas: UserQuotas,
     /// The daemon's user namespace: CAP_SYS_ADMIN counts only there.
     own_user_ns: u64,
+    /// On a systemd host (unless configured otherwise): nodes only inside
+    /// delegated subtrees.
+    delegation: Option<Delegation>,
 }
 
 impl Gate {
-    pub(super) fn new(proc: ProcFs, key: HierarchyKey, quotas: UserQuotas, own_user_ns: u64) -> Gate {
-        Gate { proc, key, quotas, own_user_ns }
+    pub(super) fn new(
+        proc: ProcFs,
+        key: HierarchyKey,
+        quotas: UserQuotas,
+        own_user_ns: u64,
+        delegation: Option<Delegation>,
+    ) -> Gate {
+        Gate { proc, key, quotas, own_user_ns, delegation }
     }
 
     /// Checks `placement`, decided for `entry` (a task that started at
@@ -88,6 +98,9 @@ impl Gate {
         // A node's leaf counts as the node.
         let here = writer.path_of(expected)?.unwrap_or(here);
         let Some(there) = writer.path_of(destination)? else { return Ok(Checked::Dropped(Dropped::Gone)) };
+        if self.delegation.as_mut().is_some_and(|d| !d.delegated(&there)) {
+            return Ok(Checked::Go(Placement::Refused(Refusal::NotDelegated)));
+        }
         if !within(&there, &here) && !self.proc.has_sys_admin_in(entry.tgid, entry.tid, self.own_user_ns)? {
             return Ok(Checked::Go(Placement::Refused(Refusal::OutsideSubtree)));
         }

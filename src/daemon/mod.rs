@@ -201,7 +201,11 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         creations_per_second: config.max_creations_per_second_per_user,
         exempt_uids: config.quota_exempt_uids.clone(),
     });
-    let gate = Gate::new(proc.clone(), hierarchy.key().clone(), quotas, own_set.get(NsKind::User));
+    let delegation = config
+        .delegated_only
+        .unwrap_or_else(|| crate::sys::delegation::systemd_manages(&hierarchy))
+        .then(|| crate::sys::delegation::Delegation::new(hierarchy.clone()));
+    let gate = Gate::new(proc.clone(), hierarchy.key().clone(), quotas, own_set.get(NsKind::User), delegation);
 
     // Attach before the snapshot: what happens meanwhile queues up and is
     // applied after it (placements are idempotent).

@@ -226,7 +226,8 @@ impl Daemon {
     pub(super) fn refused(&mut self, ev: &Event, why: Refusal) {
         self.stats.refused += 1;
         self.reports.refused(ev.uid, &why);
-        let quota = matches!(why, Refusal::UserQuota { .. } | Refusal::UserRate { .. });
+        // Counted only: a storm, or every sandboxed service of a systemd host.
+        let quota = matches!(why, Refusal::UserQuota { .. } | Refusal::UserRate { .. } | Refusal::NotDelegated);
         if !quota && self.reports.allow(Kind::Refused) {
             warn!(tid = ev.tid, uid = ev.uid, comm = %Escaped(&ev.comm), "left in place: {why}");
         }

@@ -1,6 +1,7 @@
 //! The system edge: procfs, cgroupfs, mounts, service notification.
 pub mod cgroupfs;
 pub mod connector;
+pub mod delegation;
 pub mod error;
 pub mod locate;
 pub mod lock;
