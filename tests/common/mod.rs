@@ -417,7 +417,9 @@ impl Daemon {
         let log = tmp.path().join("daemon.log");
         // The history goes with the test, not into /var/lib/nsgroup.
         let history = tmp.path().join("history.sqlite");
-        let own_history: &[&std::ffi::OsStr] = if extra.contains(&"--history-database") {
+        let config = extra.iter().position(|a| *a == "--config").and_then(|i| extra.get(i + 1));
+        let configured = config.is_some_and(|c| std::fs::read_to_string(c).is_ok_and(|t| t.contains("[history]")));
+        let own_history: &[&std::ffi::OsStr] = if configured || extra.contains(&"--history-database") {
             &[]
         } else {
             &["--history-database".as_ref(), history.as_os_str()]
