@@ -33,6 +33,14 @@ pub struct InstanceLock {
     path: PathBuf,
 }
 
+impl Drop for InstanceLock {
+    /// Removes the lock file while still holding the lock; a waiter that
+    /// opened it meanwhile notices and takes the file's successor.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl InstanceLock {
     /// Takes the lock for `root` of `hierarchy` in `dir` (created 0755 if
     /// missing) and writes our pid into it; fails at once when another
@@ -40,25 +48,33 @@ impl InstanceLock {
     pub fn acquire(dir: &Path, hierarchy: &Hierarchy, root: &str) -> Result<InstanceLock, LockError> {
         let path = dir.join(lock_name(hierarchy, root)?);
         create_dir(dir)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| IoError::new("open", &path, e))?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => {
-                let pid = holder(&file);
-                return Err(LockError::Held { pid, mount: hierarchy.mount().to_path_buf(), root: root.into(), lock: path });
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| IoError::new("open", &path, e))?;
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(Errno::WOULDBLOCK) => {
+                    let pid = holder(&file);
+                    return Err(LockError::Held { pid, mount: hierarchy.mount().to_path_buf(), root: root.into(), lock: path });
+                }
+                Err(e) => return Err(IoError::new("flock", &path, e).into()),
             }
-            Err(e) => return Err(IoError::new("flock", &path, e).into()),
+            // A holder that exited removed the file after we opened it: the
+            // lock taken is on a file nobody else can find. Take the new one.
+            let ours = file.metadata().map(|m| m.ino()).ok();
+            if std::fs::symlink_metadata(&path).map(|m| m.ino()).ok() != ours {
+                continue;
+            }
+            write_pid(&file, &path)?;
+            return Ok(InstanceLock { _file: file, path });
         }
-        write_pid(&file, &path)?;
-        Ok(InstanceLock { _file: file, path })
     }
 
     /// The lock file.
