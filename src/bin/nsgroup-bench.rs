@@ -48,6 +48,8 @@ enum Part {
     Idle,
     Reconcile,
     Attack,
+    /// Part 1 again while 100 clients poll the API's node list.
+    Api,
 }
 
 /// A private hierarchy `name=nsgroup-bench-<pid>` with the subtree `/b`.
@@ -164,6 +166,8 @@ impl Daemon {
             .args(["run", "--hierarchy"])
             .arg(&b.mount)
             .args(["--root", &b.root])
+            // The bench's daemons keep no history in the host's /var/lib.
+            .args(["--history-database", ""])
             .args(extra)
             .args(&b.daemon_args)
             .env("NOTIFY_SOCKET", &sock_path)
@@ -634,6 +638,47 @@ fn latency_round(b: &Bench, ctl: Option<&Control>, samples: u32) -> Result<Laten
         let daemon = ["latency_p50_us", "latency_p99_us", "latency_max_us"].map(|k| figure(&log, k).unwrap_or(0));
         Ok(Latency { task, daemon, run_per_node })
     })
+}
+
+/// How many API clients poll the node list in the API part.
+const API_CLIENTS: u32 = 100;
+
+/// Part 1 under a fresh daemon whose API socket [`API_CLIENTS`] clients
+/// hammer with `list` requests meanwhile (from another process: the
+/// latency part forks, and forks only single-threaded). Returns the round
+/// and how many answers the clients read.
+fn latency_with_clients(b: &Bench, samples: u32) -> Result<(Latency, u64)> {
+    let socket = b.work.join("api.sock");
+    let config = b.work.join("api.toml");
+    std::fs::write(&config, format!("[api]\nsocket = \"{}\"\n", socket.display()))?;
+    let d = b.start(&["--config", config.to_str().context("a UTF-8 path")?])?;
+    let workload = std::env::current_exe()?.with_file_name("nsgroup-workload");
+    let mut clients = Command::new(workload)
+        .args(["api-clients", "--clients", &API_CLIENTS.to_string(), "--socket"])
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(clients.stdout.take().context("piped")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line)?;
+    if !line.contains("ready") {
+        bail!("the API clients did not connect: {line}");
+    }
+    let markers = vec![format!(":name={}:{}/node_", b.name, b.root)];
+    let run0 = d.run_time_ns();
+    let task = latency(&markers, samples, 1000)?;
+    drop(clients.stdin.take());
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line)?;
+    clients.wait()?;
+    let requests = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v["requests"].as_u64()).unwrap_or(0);
+    wait_clean(b, None, Duration::from_secs(10));
+    let run_per_node = Duration::from_nanos((d.run_time_ns() - run0) / u64::from(samples));
+    let log = d.stop()?;
+    b.remove_nodes();
+    let daemon = ["latency_p50_us", "latency_p99_us", "latency_max_us"].map(|k| figure(&log, k).unwrap_or(0));
+    Ok((Latency { task, daemon, run_per_node }, requests))
 }
 
 /// What part 2 measures in one storm.
@@ -1413,6 +1458,26 @@ fn main() -> Result<()> {
     } else {
         None
     };
+
+    // The API part: the same round with clients hammering the socket, next
+    // to a plain round of the same run.
+    if run(Part::Api) {
+        let samples = if q { 500 } else { 3000 };
+        let plain = match &latencies {
+            Some((n, plain, _)) if *n == samples => plain.task.clone(),
+            _ => latency_round(&b, None, samples)?.task,
+        };
+        let (with, requests) = latency_with_clients(&b, samples)?;
+        let h = &with.task;
+        r.row(
+            &format!(
+                "placement latency seen by the task, {samples} unshares at 1,000/s, without / with {API_CLIENTS} API clients polling the node list ({requests} answers meanwhile) (p50 / p99)"
+            ),
+            format!("{} / {} µs without; {} / {} µs with", plain.quantile(0.5), plain.quantile(0.99), h.quantile(0.5), h.quantile(0.99)),
+            "p99 with clients ≤ 500 µs",
+            Some(h.quantile(0.99) <= 500 && h.count() == u64::from(samples)),
+        );
+    }
 
     // 2. Throughput.
     let storms = if run(Part::Storm) || ctl.is_some() {

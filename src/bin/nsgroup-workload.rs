@@ -92,6 +92,15 @@ enum Cmd {
         #[arg(long)]
         outside: bool,
     },
+    /// CLIENTS connections to the daemon's API socket, each asking for the
+    /// node list again as soon as it has the answer; prints `{ready}` once
+    /// all are connected, and `{requests}` (answers read) at stdin EOF.
+    ApiClients {
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        #[arg(long, default_value_t = 100)]
+        clients: u32,
+    },
     /// Sets the command name (prctl PR_SET_NAME, truncated to 15 bytes) to
     /// NAME, by default one with a line break and a terminal sequence
     /// (`a\nFAKE\x1b[31mX`); optionally unshares NEWUSER; then NEWUTS;
@@ -308,6 +317,34 @@ fn main() -> Result<()> {
             };
             say(serde_json::json!({ "pid": me, "child": child, "first_uts": first, "child_uts": child_uts }))?;
             wait_line();
+        }
+        Cmd::ApiClients { socket, clients } => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let answers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut threads = Vec::new();
+            for _ in 0..clients {
+                let stream = std::os::unix::net::UnixStream::connect(&socket).with_context(|| format!("connect {}", socket.display()))?;
+                let (stop, answers) = (stop.clone(), answers.clone());
+                threads.push(std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().expect("a socket clones"));
+                    let mut writer = stream;
+                    let mut line = String::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        line.clear();
+                        if writer.write_all(b"{\"version\":1,\"type\":\"list\"}\n").is_err() || !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                            break;
+                        }
+                        answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }));
+            }
+            say(serde_json::json!({ "pid": me, "ready": clients }))?;
+            wait_line();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for t in threads {
+                let _ = t.join();
+            }
+            say(serde_json::json!({ "pid": me, "requests": answers.load(std::sync::atomic::Ordering::Relaxed) }))?;
         }
         Cmd::Contained { forks, spin_ms, outside } => {
             if !outside {
