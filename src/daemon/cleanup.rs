@@ -47,7 +47,8 @@ impl Daemon {
                     self.pins.release(id);
                     let mirrored = self.remove_mirrors(&removal.node);
                     let r = &removal.node.record;
-                    let usage: Vec<String> = removal.usage.iter().chain(&mirrored).map(|(k, v)| format!("{k}={v}")).collect();
+                    // Typed fields, each where the node's controllers keep it.
+                    let figure = |name: &str| removal.usage.iter().chain(&mirrored).find(|(k, _)| k == name).map(|(_, v)| *v);
                     info!(
                         event = "node_removed",
                         path = %Escaped(&removal.path),
@@ -55,7 +56,13 @@ impl Daemon {
                         creator_uid = r.creator_uid,
                         creator_comm = %Escaped(&r.creator_comm),
                         lifetime_s = unix_now().saturating_sub(r.created_unix),
-                        usage = %usage.join(" "),
+                        cpu_usec = figure("cpu_usec"),
+                        cpu_nsec = figure("cpu_nsec"),
+                        memory_bytes = figure("memory_bytes"),
+                        memory_peak_bytes = figure("memory_peak_bytes"),
+                        pids = figure("pids"),
+                        io_read_bytes = figure("io_read_bytes"),
+                        io_write_bytes = figure("io_write_bytes"),
                         "node removed"
                     );
                     self.api_node_removed(&removal);

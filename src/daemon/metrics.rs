@@ -470,7 +470,10 @@ impl Daemon {
             self.ops.publish_armed = true;
             self.timers.schedule(RETRY_PUBLISH, Timer::Ops(OpsJob::Publish));
         }
-        if self.ops.status_path.is_some() && !self.ops.status_armed && self.ops.status_written.as_ref() != Some(&counters) {
+        if self.ops.status_path.is_some() && self.ops.status_written.is_none() {
+            // The first one at once: an idle daemon then never wakes for it.
+            self.ops_write_status();
+        } else if self.ops.status_path.is_some() && !self.ops.status_armed && self.ops.status_written.as_ref() != Some(&counters) {
             self.ops.status_armed = true;
             self.timers.schedule(STATUS_EVERY, Timer::Ops(OpsJob::Status));
         }

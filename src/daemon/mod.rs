@@ -227,8 +227,6 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
             }
         },
     };
-    // The BTF parse at load left megabytes of freed heap behind.
-    crate::ffi::release_free_memory();
     if config.nice != 0 {
         if let Err(e) = rustix::process::setpriority_process(None, i32::from(config.nice)) {
             warn!("could not set the nice value: {e}");
@@ -288,6 +286,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         "nsgroup is tracking"
     );
     d.ops_started();
+    // The BTF parse at load, and the threads' start, left freed heap behind.
+    crate::ffi::release_free_memory();
     d.notify("READY=1");
     if let Some(every) = crate::sys::notify::watchdog_interval() {
         d.timers.schedule(every, Timer::Watchdog(every));

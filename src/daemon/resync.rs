@@ -127,17 +127,20 @@ impl Daemon {
         }
         self.sweep_empty_nodes(&occupied);
         self.stats.reconciles += 1;
-        info!(
-            why,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            examined = report.examined,
-            moved = report.moved,
-            created = report.created,
-            foreign = report.foreign,
-            refused = report.refused,
-            vanished = report.vanished,
-            "reconciled"
-        );
+        // A periodic rescan (no BPF) that found nothing says nothing.
+        if why != "rescan" || report.moved > 0 {
+            info!(
+                why,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                examined = report.examined,
+                moved = report.moved,
+                created = report.created,
+                foreign = report.foreign,
+                refused = report.refused,
+                vanished = report.vanished,
+                "reconciled"
+            );
+        }
         self.api_reconciled(why, &report, api_before, started);
         self.ops_reconciled(ops_before);
         Ok(report)
