@@ -112,9 +112,11 @@ impl Mirror {
         usable
     }
 
-    /// Puts a task of `node` into the node's mirror, making the mirror (as
-    /// a child of the task's cgroup here, with `files` written first) when
-    /// the node has none yet.
+    /// Puts a task of `node` into the node's mirror, making the mirror (with
+    /// `files` written first) when the node has none yet: as a child of the
+    /// task's cgroup here, or of the mirror of the node's parent node when
+    /// that lies below it (a child forked before its parent moved: mirrors
+    /// nest as their nodes do).
     pub fn place(
         &mut self,
         proc: &ProcFs,
@@ -134,7 +136,11 @@ impl Mirror {
         if !within(&here, &self.root) {
             return Ok(Mirrored::Outside);
         }
-        let Some(path) = self.make(&here, &node.name)? else { return Ok(Mirrored::Gone) };
+        let base = match self.nodes.get(&node.parent) {
+            Some(parent_mirror) if within(parent_mirror, &here) => parent_mirror.clone(),
+            _ => here,
+        };
+        let Some(path) = self.make(&base, &node.name)? else { return Ok(Mirrored::Gone) };
         let dir = self.hierarchy.dir(&path);
         let refused = crate::control::limits::write(&dir, files)
             .into_iter()
