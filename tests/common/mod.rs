@@ -52,36 +52,12 @@ pub enum Kind {
 /// `/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on pure cgroup2
 /// hosts; only a mount of the hierarchy's root counts.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let fields: Vec<&str> = left.split(' ').collect();
-            let (root, point) = (*fields.get(3)?, *fields.get(4)?);
-            (right.split(' ').next()? == "cgroup2" && root == "/").then(|| PathBuf::from(unescape_mountinfo(point)))
-        })
-        .collect();
+    let mounts = nsgroup::sys::mounts::read_mountinfo(std::path::Path::new("/proc/self/mountinfo")).ok()?;
+    let mut found: Vec<PathBuf> =
+        mounts.into_iter().filter(|m| m.fstype == "cgroup2" && m.root == "/").map(|m| m.mount_point).collect();
     // The usual places first, in case the hierarchy is mounted more than once.
     found.sort_by_key(|p| !p.starts_with("/sys/fs/cgroup"));
     found.into_iter().next()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// This process's cgroup in the cgroup2 hierarchy (`0::/path`).
