@@ -227,26 +227,41 @@ fn other_writers_win_over_pending_events() {
     assert_eq!(h.cgroup_of(inside.pid), Some(other.clone()), "moved out of a cgroup another writer chose");
 }
 
-/// `max_depth = 5` holds against 20 threads × 200 nested unshares.
-#[test]
-fn max_depth_holds_under_a_nested_storm() {
-    if !privileged() {
-        return;
-    }
+/// Runs `threads` × 200 nested unshares as uid 65534 (with the daemon paused
+/// meanwhile when `read_late`: every event then carries the cgroup from
+/// before any move), and checks that no node is deeper than `max_depth` and
+/// that at most `threads × max_depth` nodes (and the marker's) exist at once.
+fn depth_bound_holds(config: &str, max_depth: usize, threads: u32, read_late: bool) {
     assert_nobody_can_attack();
-    let (_c, cfg) = config_file("max_depth = 5\n");
+    let (_c, cfg) = config_file(config);
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
-    let _d = Daemon::start(&h, &["--config", &cfg]);
+    let d = Daemon::start(&h, &["--config", &cfg]);
     let root = h.root.clone();
     let watch = NodeWatch::start(h.dir(&root));
-    let mut storm = h.spawn_as_nobody(&root, &[WORKLOAD, "userns-storm", "--threads", "20", "--unshares", "200"]);
-    assert_eq!(storm.read_json()["entered"], 4000);
+    if read_late {
+        d.pause();
+    }
+    let threads_arg = threads.to_string();
+    let mut storm = h.spawn_as_nobody(&root, &[WORKLOAD, "userns-storm", "--threads", &threads_arg, "--unshares", "200"]);
+    assert_eq!(storm.read_json()["entered"], u64::from(threads) * 200);
+    if read_late {
+        d.resume();
+    }
     let _marker = h.marker();
     h.wait_unchanged(Duration::from_millis(500));
     let (most, deepest) = watch.finish();
     eprintln!("at most {most} nodes at once (with the marker's), the deepest {deepest} levels below {root}");
-    assert!(deepest <= 5, "a node {deepest} levels deep with max_depth = 5");
-    assert!(most <= 20 * 5 + 1, "{most} nodes at once for 20 threads with max_depth = 5 (and the marker's)");
+    assert!(deepest <= max_depth, "a node {deepest} levels deep with max_depth = {max_depth}");
+    let bound = threads as usize * max_depth + 1;
+    assert!(most <= bound, "{most} nodes at once for {threads} threads with max_depth = {max_depth} (and the marker's)");
+}
+
+/// `max_depth = 5` holds against 20 threads × 200 nested unshares.
+#[test]
+fn max_depth_holds_under_a_nested_storm() {
+    if privileged() {
+        depth_bound_holds("max_depth = 5\n", 5, 20, false);
+    }
 }
 
 /// The default `max_depth` (32) holds against nested unshares too, also
@@ -254,24 +269,9 @@ fn max_depth_holds_under_a_nested_storm() {
 /// so that each event's cgroup is the one from before any move).
 #[test]
 fn default_max_depth_holds_under_nested_unshares_read_late() {
-    if !privileged() {
-        return;
+    if privileged() {
+        depth_bound_holds("", 32, 8, true);
     }
-    assert_nobody_can_attack();
-    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
-    let d = Daemon::start(&h, &[]);
-    let root = h.root.clone();
-    let watch = NodeWatch::start(h.dir(&root));
-    d.pause();
-    let mut storm = h.spawn_as_nobody(&root, &[WORKLOAD, "userns-storm", "--threads", "8", "--unshares", "200"]);
-    assert_eq!(storm.read_json()["entered"], 1600);
-    d.resume();
-    let _marker = h.marker();
-    h.wait_unchanged(Duration::from_millis(500));
-    let (most, deepest) = watch.finish();
-    eprintln!("at most {most} nodes at once (with the marker's), the deepest {deepest} levels below {root}");
-    assert!(deepest <= 32, "a node {deepest} levels deep with the default max_depth = 32");
-    assert!(most <= 8 * 32 + 1, "{most} nodes at once for 8 threads with max_depth = 32 (and the marker's)");
 }
 
 /// `max_nodes_per_user = 20`: uid 65534 holding 51 sets gets at most 20
