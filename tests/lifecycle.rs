@@ -197,10 +197,13 @@ fn storms_converge_with_bounded_memory_and_leave_nothing() {
     }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let mut d = Daemon::start(&h, &[]);
-    // 200 namespaces at once, each forking children at once.
-    let mut storm = h.spawn(&[WORKLOAD, "storm", "--count", "200", "--children", "3", "--hold-ms", "3000"]);
+    // 200 namespaces at once, each forking children at once; all live until
+    // told to exit (stdin's EOF), so all 200 hold a node at once however long
+    // placing them takes.
+    let mut storm = h.spawn(&[WORKLOAD, "storm", "--count", "200", "--children", "3", "--until-eof"]);
     wait_for("200 nodes", || h.node_paths().len() == 200);
     wait_for("the invariant", || invariant_holds(&h));
+    storm.close_stdin();
     assert_eq!(storm.read_json()["reaped"], 200);
     // stress-ng's unshare and clone stressors.
     let stress = Command::new("sh")

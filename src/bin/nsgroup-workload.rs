@@ -37,7 +37,8 @@ enum Cmd {
         pid: Option<u32>,
     },
     /// COUNT processes at once, each unsharing NEWUTS and forking CHILDREN
-    /// at once; all live HOLD_MS, then exit. Prints a summary when all are gone.
+    /// at once; all live HOLD_MS (or until stdin's EOF with --until-eof), then
+    /// exit. Prints a summary when all are gone.
     Storm {
         #[arg(long, default_value_t = 200)]
         count: u32,
@@ -45,6 +46,9 @@ enum Cmd {
         children: u32,
         #[arg(long, default_value_t = 2000)]
         hold_ms: u64,
+        /// Every member and child lives until stdin reaches EOF instead of HOLD_MS.
+        #[arg(long)]
+        until_eof: bool,
         /// Fork without entering namespaces (a plain fork storm).
         #[arg(long)]
         no_namespaces: bool,
@@ -155,18 +159,35 @@ fn reap_all() -> u32 {
     n
 }
 
-fn storm_member(children: u32, hold: Duration, namespaces: bool) -> ! {
+/// How long a storm's members and their children live.
+#[derive(Clone, Copy)]
+enum Hold {
+    For(Duration),
+    /// Until stdin (shared by all of them) reaches EOF.
+    UntilEof,
+}
+
+impl Hold {
+    fn wait(self) {
+        match self {
+            Hold::For(d) => std::thread::sleep(d),
+            Hold::UntilEof => while wait_line() {},
+        }
+    }
+}
+
+fn storm_member(children: u32, hold: Hold, namespaces: bool) -> ! {
     let code = (|| -> Result<()> {
         if namespaces {
             unshare_namespaces(UnshareFlags::NEWUTS)?;
         }
         for _ in 0..children {
             if let Forked::Child = fork()? {
-                std::thread::sleep(hold);
+                hold.wait();
                 std::process::exit(0);
             }
         }
-        std::thread::sleep(hold);
+        hold.wait();
         reap_all();
         Ok(())
     })()
@@ -201,8 +222,21 @@ fn spawn_child() -> Result<u32> {
     }
 }
 
+/// Raises the open-files soft limit to the hard one: the storms hold one
+/// descriptor per namespace (15,000), more than a service's default 1,024.
+fn raise_nofile() -> Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum })
+            .context("setrlimit(RLIMIT_NOFILE) to the hard limit")?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let me = std::process::id();
+    raise_nofile()?;
     match Cli::parse().command {
         Cmd::SetnsBack => {
             let net = std::fs::File::open("/proc/self/ns/net").context("open /proc/self/ns/net")?;
@@ -235,8 +269,8 @@ fn main() -> Result<()> {
             say(serde_json::json!({ "pid": me, "thread": tid }))?;
             wait_line();
         }
-        Cmd::Storm { count, children, hold_ms, no_namespaces } => {
-            let hold = Duration::from_millis(hold_ms);
+        Cmd::Storm { count, children, hold_ms, until_eof, no_namespaces } => {
+            let hold = if until_eof { Hold::UntilEof } else { Hold::For(Duration::from_millis(hold_ms)) };
             for _ in 0..count {
                 if let Forked::Child = fork()? {
                     storm_member(children, hold, !no_namespaces);
