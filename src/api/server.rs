@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -70,6 +70,9 @@ pub struct Counters {
 /// State shared by the daemon's side and the server thread.
 struct Shared {
     subscribers: AtomicUsize,
+    /// Events in the queue: at most [`EVENT_QUEUE`] (the queue itself grows
+    /// on demand, so an idle server holds no room for them).
+    queued: AtomicUsize,
     /// Events the daemon could not queue (queue full).
     lost: AtomicU64,
     wake_pending: AtomicBool,
@@ -80,7 +83,7 @@ struct Shared {
 /// The daemon's (and the workers') handle for publishing events and waking the server.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: SyncSender<ApiEvent>,
+    tx: Sender<ApiEvent>,
     shared: Arc<Shared>,
     wake: Arc<UnixStream>,
 }
@@ -97,14 +100,15 @@ impl Publisher {
         if !self.wants_events() {
             return;
         }
-        match self.tx.try_send(event) {
-            Ok(()) => self.shared.wake_pending.store(true, Ordering::Relaxed),
-            Err(TrySendError::Full(_)) => {
-                self.shared.lost.fetch_add(1, Ordering::Relaxed);
-                self.shared.wake_pending.store(true, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+        if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= EVENT_QUEUE {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.lost.fetch_add(1, Ordering::Relaxed);
+        } else if self.tx.send(event).is_err() {
+            // The server has stopped.
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            return;
         }
+        self.shared.wake_pending.store(true, Ordering::Relaxed);
     }
 
     /// Wakes the server if events were queued since the last flush (one
@@ -131,12 +135,13 @@ impl Server {
         wake_tx.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             subscribers: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
         });
-        let (tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let (tx, events) = mpsc::channel();
         let publisher = Publisher { tx, shared: shared.clone(), wake: Arc::new(wake_tx) };
         ctx.events = Some(publisher.clone());
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
@@ -503,6 +508,7 @@ impl State {
         loop {
             let mut batch: Vec<ApiEvent> = Vec::new();
             while let Ok(ev) = self.events.try_recv() {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 batch.push(ev);
                 if batch.len() >= 4096 {
                     break;
