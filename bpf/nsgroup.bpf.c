@@ -12,6 +12,11 @@
  *   tp_btf/sched_process_exit   a task living in a node (or not placed yet) exited
  *   iter/task                   a snapshot of every task in scope (reconcile)
  *
+ * With watch_sets (hooks = "no-syscall") no syscall is hooked: fork and exec
+ * compare the task's set with the one it was last seen with (`seen`, seeded
+ * by the snapshot), so an unshare()/setns() caller is reported at its next
+ * fork (as UNSHARE) or execve() (as EXEC), or by the next snapshot.
+ *
  * Only tasks whose cgroup in the tracked hierarchy lies below the tracked root
  * are reported; kernel threads never are.
  */
@@ -27,6 +32,7 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u32 hierarchy_id = 0;   /* 0 is cgroup2 */
 const volatile __u64 root_cgroup_id = 0; /* the tracked subtree's root */
 const volatile __u32 root_level = 0;
+const volatile __u32 watch_sets = 0;     /* 1: no syscall hooks, see above */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -79,6 +85,23 @@ struct {
 	__type(value, struct nsset);
 } syscall_entry SEC(".maps");
 
+/* The set each task in scope was last seen with (watch_sets only; the
+ * loader shrinks the map to one entry otherwise). An evicted or missing
+ * entry delays a report to the next snapshot, which seeds them all. */
+struct seen {
+	__u64 start_ns;   /* tells a reused tid apart */
+	__u64 nsproxy;    /* the pointers the set is read from: unchanged */
+	__u64 user_ns;    /* pointers, unchanged set (the cheap test) */
+	struct nsset set;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct seen);
+} seen SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
@@ -122,6 +145,10 @@ static __always_inline bool same_set(const struct nsset *a, const struct nsset *
 	return true;
 }
 
+/* Before Linux 6.0, struct cgroup held its ancestors' ids (kn->id), not
+ * pointers to them. */
+struct cgroup___pre60 { __u64 ancestor_ids[0]; } __attribute__((preserve_access_index));
+
 /* The most hierarchies (mounted or not) the link walk looks through. */
 #define MAX_HIERARCHIES 1024
 
@@ -151,9 +178,16 @@ static __always_inline __u64 scoped_cgroup(struct task_struct *t)
 	int level = BPF_CORE_READ(cg, level);
 	if (level < (int)root_level)
 		return 0;
-	struct cgroup *anc = NULL;
-	bpf_core_read(&anc, sizeof(anc), &cg->ancestors[root_level]);
-	if (BPF_CORE_READ(anc, kn, id) != root_cgroup_id)
+	__u64 root_id = 0;
+	if (bpf_core_field_exists(struct cgroup, ancestors)) {
+		struct cgroup *anc = NULL;
+		bpf_core_read(&anc, sizeof(anc), &cg->ancestors[root_level]);
+		root_id = BPF_CORE_READ(anc, kn, id);
+	} else {
+		struct cgroup___pre60 *old = (void *)cg;
+		bpf_core_read(&root_id, sizeof(root_id), &old->ancestor_ids[root_level]);
+	}
+	if (root_id != root_cgroup_id)
 		return 0;
 	return BPF_CORE_READ(cg, kn, id);
 }
@@ -186,11 +220,66 @@ static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup
 
 static const __u8 one = 1;
 
+/* Records the set `t` is in now (watch_sets). */
+static __always_inline void remember(struct task_struct *t, __u32 tid, const struct nsset *s)
+{
+	struct seen v = {
+		.start_ns = BPF_CORE_READ(t, start_boottime),
+		.nsproxy = (__u64)BPF_CORE_READ(t, nsproxy),
+		.user_ns = (__u64)BPF_CORE_READ(t, real_cred, user_ns),
+		.set = *s,
+	};
+	bpf_map_update_elem(&seen, &tid, &v, BPF_ANY);
+}
+
+/* watch_sets: whether `t` is in scope and in another set than it was last
+ * seen with; then reports it as `kind` (prev: the set it was seen with),
+ * marks it pending and remembers its set. A task never seen is not
+ * reported; with `seed`, its set is remembered if it is in scope (a task
+ * that came into scope by a move, or whose entry was evicted). */
+static __always_inline bool report_if_moved(struct task_struct *t, __u32 tid, __u32 kind, bool seed)
+{
+	struct seen *v = bpf_map_lookup_elem(&seen, &tid);
+	if (v && v->start_ns != BPF_CORE_READ(t, start_boottime)) { /* an exit not seen */
+		bpf_map_delete_elem(&seen, &tid);
+		v = NULL;
+	}
+	if (!v) {
+		if (seed && scoped_cgroup(t)) {
+			struct nsset s;
+			read_set(t, &s);
+			remember(t, tid, &s);
+		}
+		return false;
+	}
+	__u64 nsproxy = (__u64)BPF_CORE_READ(t, nsproxy);
+	__u64 user_ns = (__u64)BPF_CORE_READ(t, real_cred, user_ns);
+	if (v->nsproxy == nsproxy && v->user_ns == user_ns)
+		return false;
+	struct nsset was = v->set, now;
+	read_set(t, &now);
+	v->nsproxy = nsproxy;
+	v->user_ns = user_ns;
+	v->set = now;
+	if (same_set(&was, &now))
+		return false;
+	__u64 cg = scoped_cgroup(t);
+	if (!cg)
+		return false;
+	bpf_map_update_elem(&pending, &tid, &one, BPF_ANY);
+	emit(kind, t, cg, 0, &now, &was);
+	return true;
+}
+
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
 	__u32 ptid = BPF_CORE_READ(parent, pid);
 	__u32 ctid = BPF_CORE_READ(child, pid);
+	/* No syscall hook: a parent that moved since it was last seen is
+	 * reported first, and its children with it (it is pending). */
+	if (watch_sets)
+		report_if_moved(parent, ptid, NSG_EV_UNSHARE, false);
 	bool parent_pending = bpf_map_lookup_elem(&pending, &ptid) != NULL;
 
 	/* Cheap test first: same nsproxy, user namespace and pid namespace
@@ -201,6 +290,13 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	    active_pid_ns(parent) == active_pid_ns(child)) {
 		if (bpf_map_lookup_elem(&tracked, &ptid))
 			bpf_map_update_elem(&tracked, &ctid, &one, BPF_ANY);
+		/* Same pointers, same set: the child inherits the parent's entry. */
+		struct seen *v = watch_sets ? bpf_map_lookup_elem(&seen, &ptid) : NULL;
+		if (v) {
+			struct seen c = *v;
+			c.start_ns = BPF_CORE_READ(child, start_boottime);
+			bpf_map_update_elem(&seen, &ctid, &c, BPF_ANY);
+		}
 		return 0;
 	}
 	if (BPF_CORE_READ(child, flags) & PF_KTHREAD)
@@ -212,6 +308,8 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	struct nsset p, c;
 	read_set(parent, &p);
 	read_set(child, &c);
+	if (watch_sets)
+		remember(child, ctid, &c);
 	if (!parent_pending && same_set(&p, &c)) {
 		if (bpf_map_lookup_elem(&tracked, &ptid))
 			bpf_map_update_elem(&tracked, &ctid, &one, BPF_ANY);
@@ -226,7 +324,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 
 static __always_inline int on_syscall_enter(void)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = BPF_CORE_READ(t, pid);
 	struct nsset s;
 	read_set(t, &s);
@@ -236,7 +334,7 @@ static __always_inline int on_syscall_enter(void)
 
 static __always_inline int on_syscall_exit(__u32 kind, long ret)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	__u32 tid = BPF_CORE_READ(t, pid);
 	struct nsset *before = bpf_map_lookup_elem(&syscall_entry, &tid);
 	if (!before)
@@ -296,6 +394,8 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *t, int old_pid, void *bprm)
 {
 	__u32 tid = BPF_CORE_READ(t, pid);
+	if (watch_sets && report_if_moved(t, tid, NSG_EV_EXEC, true))
+		return 0;
 	if (!bpf_map_lookup_elem(&pending, &tid))
 		return 0;
 	__u64 cg = scoped_cgroup(t);
@@ -311,6 +411,8 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *t)
 {
 	__u32 tid = BPF_CORE_READ(t, pid);
+	if (watch_sets)
+		bpf_map_delete_elem(&seen, &tid);
 	/* Pending until the daemon has placed it, tracked from then on: an
 	 * exit in between is never missed. */
 	if (!bpf_map_lookup_elem(&tracked, &tid) && !bpf_map_lookup_elem(&pending, &tid))
@@ -334,6 +436,8 @@ int snapshot(struct bpf_iter__task *ctx)
 		return 0;
 	struct nsset s;
 	read_set(t, &s);
+	if (watch_sets)
+		remember(t, BPF_CORE_READ(t, pid), &s);
 	struct nsg_task rec = {};
 	rec.start_ns = BPF_CORE_READ(t, start_boottime);
 	rec.cgroup_id = cg;

@@ -63,6 +63,11 @@ pub struct Config {
     pub coalesce_above_per_second: u32,
     /// Where events come from.
     pub source: Source,
+    /// How the BPF source sees unshare() and setns() callers.
+    pub hooks: Hooks,
+    /// `hooks = "no-syscall"`: milliseconds between task snapshots, which
+    /// find the callers that changed set and did not fork or exec since.
+    pub snapshot_interval_ms: u64,
     /// Run the daemon under SCHED_FIFO at this priority (1–99) so that a
     /// placement does not wait behind the workload for a CPU; 0 keeps the
     /// normal scheduler.
@@ -203,6 +208,22 @@ pub enum Source {
     Proc,
 }
 
+/// How the BPF source sees unshare() and setns() callers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hooks {
+    /// fentry/fexit where the kernel allows them, else the syscall tracepoints.
+    Auto,
+    /// fentry/fexit on the syscalls' kernel functions, or fail.
+    Fentry,
+    /// The `syscalls:sys_{enter,exit}_{unshare,setns}` tracepoints (every
+    /// syscall of every task then takes the kernel's slow path).
+    Tracepoints,
+    /// No syscall hook: a caller is seen at its next fork or exec, or by the
+    /// next snapshot (every `snapshot_interval_ms`).
+    NoSyscall,
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -223,6 +244,8 @@ impl Default for Config {
             batch_window_us: 1000,
             coalesce_above_per_second: 1250,
             source: Source::Auto,
+            hooks: Hooks::Auto,
+            snapshot_interval_ms: 2000,
             realtime_priority: 1,
             nice: 0,
             mirror: Vec::new(),
@@ -329,6 +352,7 @@ impl Config {
         }
         let at_least_one = [
             ("coalesce_above_per_second", self.coalesce_above_per_second == 0),
+            ("snapshot_interval_ms", self.snapshot_interval_ms == 0),
             ("max_depth", self.max_depth == 0),
             ("max_nodes", self.max_nodes == 0),
             ("max_nodes_per_user", self.max_nodes_per_user == 0),
@@ -703,6 +727,8 @@ setns_settle_us = 100
 batch_window_us = 0
 coalesce_above_per_second = 5000
 source = "proc"
+hooks = "no-syscall"
+snapshot_interval_ms = 500
 realtime_priority = 0
 [include]
 comm = ["unshare"]
@@ -717,6 +743,7 @@ cgroup = ["/jobs/skip"]
         assert_eq!(c.quota_exempt_uids, [0, 42]);
         assert_eq!(c.cleanup, Cleanup::Linger);
         assert_eq!(c.source, Source::Proc);
+        assert_eq!((c.hooks, c.snapshot_interval_ms), (Hooks::NoSyscall, 500));
         assert!(!c.mask().unwrap().counts(NsKind::Mnt));
     }
 
@@ -730,6 +757,8 @@ cgroup = ["/jobs/skip"]
         assert!(e.contains("ring_buffer_bytes"), "{e}");
         let e = parse("coalesce_above_per_second = 0\n").unwrap_err().to_string();
         assert!(e.contains("coalesce_above_per_second"), "{e}");
+        let e = parse("hooks = \"kprobe\"\n").unwrap_err().to_string();
+        assert!(e.contains("hooks") && e.contains("no-syscall"), "{e}");
         let e = parse("namespaces = [\"nett\"]\n").unwrap_err().to_string();
         assert!(e.contains("namespaces") && e.contains("nett"), "{e}");
         assert!(parse("root = \"jobs\"").is_err());

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
+use std::time::Duration;
 
 use crate::bpf::{BpfError, Event, EventKind, Probe};
 use crate::core::cgpath::within;
@@ -87,9 +88,21 @@ impl Source {
     }
 
     /// Whether the source misses unshare() and setns() without a later fork
-    /// or exec, so that /proc must be rescanned now and then.
+    /// or exec, so that /proc or the task iterator must be rescanned now and then.
     pub fn needs_rescans(&self) -> bool {
-        matches!(self, Source::Proc(_))
+        match self {
+            Source::Bpf(p) => p.snapshot_interval().is_some(),
+            Source::Proc(_) => true,
+        }
+    }
+
+    /// The fixed time between rescans, if configured (BPF without syscall
+    /// hooks); else rescans back off while they find nothing.
+    pub fn rescan_interval(&self) -> Option<Duration> {
+        match self {
+            Source::Bpf(p) => p.snapshot_interval(),
+            Source::Proc(_) => None,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod event;
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, FExit, Iter, TracePoint};
@@ -11,6 +12,7 @@ use std::io::Read;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 pub use event::{Event, EventKind, TaskRecord};
+pub use crate::config::Hooks;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nsgroup.bpf.o"));
 
@@ -24,6 +26,10 @@ pub struct Scope {
     pub root_level: u32,
     /// The ring buffer's size: a power of two, at least the page size.
     pub ring_buffer_bytes: u32,
+    /// How unshare() and setns() callers are seen.
+    pub hooks: Hooks,
+    /// With [`Hooks::NoSyscall`]: the time between snapshots.
+    pub snapshot_interval: Duration,
 }
 
 /// Why the BPF side could not start.
@@ -35,6 +41,8 @@ pub enum BpfError {
     Btf(#[from] aya::BtfError),
     #[error("the BPF program {name} did not load or attach: {source}")]
     Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("the kernel refused the BPF program {name}: {error}. The verifier's last {VERIFIER_TAIL} lines (all of it at debug level):\n{tail}")]
+    Verifier { name: &'static str, error: std::io::Error, tail: String },
     #[error("BPF map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
     #[error("ring_buffer_bytes must be a power of two of at least 4096, got {0}")]
@@ -45,6 +53,32 @@ pub enum BpfError {
     Read(std::io::Error),
     #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
     Tracefs(rustix::io::Errno),
+}
+
+/// How many of the verifier's last lines a refused program's error keeps.
+const VERIFIER_TAIL: usize = 30;
+
+/// `source` as a [`BpfError`]: a verifier log is logged whole at debug
+/// level and cut to its last [`VERIFIER_TAIL`] lines in the error.
+fn program_error(name: &'static str, source: aya::programs::ProgramError) -> BpfError {
+    match source {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            tracing::debug!(program = name, verifier_log = %log, "the kernel refused a BPF program");
+            BpfError::Verifier { name, error: io_error, tail: last_lines(&log, VERIFIER_TAIL).to_string() }
+        }
+        source => BpfError::Program { name, source },
+    }
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> &str {
+    let text = text.trim_end();
+    match text.rmatch_indices('\n').nth(n.saturating_sub(1)) {
+        Some((at, _)) if n > 0 => &text[at + 1..],
+        _ if n == 0 => "",
+        _ => text,
+    }
 }
 
 /// Where syscall tracepoints are found.
@@ -82,6 +116,11 @@ const SYSCALL_HOOKS: [(&str, &str); 4] = [
     ("on_setns_exit", "sys_exit_setns"),
 ];
 
+/// Entries of the `seen` map with no syscall hook: tasks in scope whose set
+/// is compared at fork and exec (64 bytes each; beyond, the least recently
+/// used wait for the next snapshot).
+const SEEN_ENTRIES: u32 = 65536;
+
 /// The loaded, attached programs and their maps.
 pub struct Probe {
     ebpf: Ebpf,
@@ -91,6 +130,8 @@ pub struct Probe {
     pending: BpfHashMap<MapData, u32, u8>,
     tracked: BpfHashMap<MapData, u32, u8>,
     hooks: Vec<String>,
+    /// With [`Hooks::NoSyscall`]: the time between snapshots.
+    snapshots: Option<Duration>,
 }
 
 impl Probe {
@@ -101,29 +142,40 @@ impl Probe {
             return Err(BpfError::RingSize(size));
         }
         let btf = Btf::from_sys_fs()?;
+        let watching = scope.hooks == Hooks::NoSyscall;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("hierarchy_id", &scope.hierarchy_id, true)
             .override_global("root_cgroup_id", &scope.root_cgroup_id, true)
             .override_global("root_level", &scope.root_level, true)
+            .override_global("watch_sets", &u32::from(watching), true)
             .map_max_entries("events", size)
+            .map_max_entries("seen", if watching { SEEN_ENTRIES } else { 1 })
             .load(OBJECT)?;
         let mut hooks = Vec::new();
         for (name, tp) in BTF_HOOKS {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(tp, &btf).map_err(|source| BpfError::Program { name, source })?;
-            prog.attach().map_err(|source| BpfError::Program { name, source })?;
+            prog.load(tp, &btf).map_err(|source| program_error(name, source))?;
+            prog.attach().map_err(|source| program_error(name, source))?;
             hooks.push(format!("tp_btf/{tp}"));
         }
-        match attach_syscall_functions(&mut ebpf, &btf) {
-            Ok(attached) => hooks.extend(attached),
-            Err(refused) => {
-                hooks.extend(attach_syscall_tracepoints(&mut ebpf)?);
-                hooks.push(format!("(fentry/fexit refused: {refused})"));
-            }
+        match scope.hooks {
+            Hooks::Auto => match attach_syscall_functions(&mut ebpf, &btf) {
+                Ok(attached) => hooks.extend(attached),
+                Err(refused) => {
+                    hooks.extend(attach_syscall_tracepoints(&mut ebpf)?);
+                    hooks.push(format!("(fentry/fexit refused: {refused})"));
+                }
+            },
+            Hooks::Fentry => hooks.extend(attach_syscall_functions(&mut ebpf, &btf)?),
+            Hooks::Tracepoints => hooks.extend(attach_syscall_tracepoints(&mut ebpf)?),
+            Hooks::NoSyscall => hooks.push(format!(
+                "(no syscall hook: sets compared at fork and exec, snapshots every {} ms)",
+                scope.snapshot_interval.as_millis()
+            )),
         }
         let snapshot: &mut Iter = program(&mut ebpf, "snapshot")?;
-        snapshot.load("task", &btf).map_err(|source| BpfError::Program { name: "snapshot", source })?;
+        snapshot.load("task", &btf).map_err(|source| program_error("snapshot", source))?;
         hooks.push("iter/task".to_string());
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(BpfError::Map(name, aya::maps::MapError::InvalidName { name: name.into() }))
@@ -133,19 +185,26 @@ impl Probe {
         let ring_flags = Array::try_from(map(&mut ebpf, "ring_flags")?).map_err(|e| BpfError::Map("ring_flags", e))?;
         let pending = BpfHashMap::try_from(map(&mut ebpf, "pending")?).map_err(|e| BpfError::Map("pending", e))?;
         let tracked = BpfHashMap::try_from(map(&mut ebpf, "tracked")?).map_err(|e| BpfError::Map("tracked", e))?;
-        Ok(Probe { ebpf, ring, stats, ring_flags, pending, tracked, hooks })
+        let snapshots = watching.then_some(scope.snapshot_interval);
+        Ok(Probe { ebpf, ring, stats, ring_flags, pending, tracked, hooks, snapshots })
     }
 
     /// Every task in scope right now, read by the `iter/task` program.
     pub fn snapshot(&mut self) -> Result<Vec<TaskRecord>, BpfError> {
         let name = "snapshot";
         let prog: &mut Iter = program(&mut self.ebpf, name)?;
-        let link_id = prog.attach().map_err(|source| BpfError::Program { name, source })?;
-        let link = prog.take_link(link_id).map_err(|source| BpfError::Program { name, source })?;
+        let link_id = prog.attach().map_err(|source| program_error(name, source))?;
+        let link = prog.take_link(link_id).map_err(|source| program_error(name, source))?;
         let mut file = link.into_file().map_err(BpfError::Iter)?;
         let mut bytes = Vec::with_capacity(1 << 20);
         file.read_to_end(&mut bytes).map_err(BpfError::Read)?;
         Ok(TaskRecord::decode_all(&bytes))
+    }
+
+    /// With no syscall hook: how often a snapshot must find the callers
+    /// that did not fork or exec since they changed set.
+    pub fn snapshot_interval(&self) -> Option<Duration> {
+        self.snapshots
     }
 
     /// The attached hooks, for the start-up log.
@@ -207,11 +266,11 @@ fn attach_syscall_functions(ebpf: &mut Ebpf, btf: &Btf) -> Result<Vec<String>, B
     let mut attach = |ebpf: &mut Ebpf| -> Result<(), BpfError> {
         for (entry, exit, function) in SYSCALL_FUNCTIONS {
             let prog: &mut FEntry = program(ebpf, entry)?;
-            prog.load(function, btf).map_err(|source| BpfError::Program { name: entry, source })?;
-            prog.attach().map_err(|source| BpfError::Program { name: entry, source })?;
+            prog.load(function, btf).map_err(|source| program_error(entry, source))?;
+            prog.attach().map_err(|source| program_error(entry, source))?;
             let prog: &mut FExit = program(ebpf, exit)?;
-            prog.load(function, btf).map_err(|source| BpfError::Program { name: exit, source })?;
-            prog.attach().map_err(|source| BpfError::Program { name: exit, source })?;
+            prog.load(function, btf).map_err(|source| program_error(exit, source))?;
+            prog.attach().map_err(|source| program_error(exit, source))?;
             hooks.push(format!("fentry+fexit/{function}"));
         }
         Ok(())
@@ -239,8 +298,8 @@ fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<String>, BpfError> 
     let mut hooks = Vec::new();
     for (name, tp) in SYSCALL_HOOKS {
         let prog: &mut TracePoint = program(ebpf, name)?;
-        prog.load().map_err(|source| BpfError::Program { name, source })?;
-        prog.attach("syscalls", tp).map_err(|source| BpfError::Program { name, source })?;
+        prog.load().map_err(|source| program_error(name, source))?;
+        prog.attach("syscalls", tp).map_err(|source| program_error(name, source))?;
         hooks.push(format!("tracepoint/syscalls/{tp}"));
     }
     Ok(hooks)
@@ -254,5 +313,21 @@ where
         name,
         source: aya::programs::ProgramError::UnexpectedProgramType,
     })?;
-    prog.try_into().map_err(|source| BpfError::Program { name, source })
+    prog.try_into().map_err(|source| program_error(name, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_last_lines() {
+        let log: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        let tail = last_lines(&log, 30);
+        assert_eq!(tail.lines().count(), 30);
+        assert!(tail.starts_with("line 71\n") && tail.ends_with("line 100"), "{tail}");
+        assert_eq!(last_lines("one\ntwo", 30), "one\ntwo");
+        assert_eq!(last_lines("one\ntwo\n", 1), "two");
+        assert_eq!(last_lines("one", 0), "");
+    }
 }

@@ -215,6 +215,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         root_cgroup_id: root_id,
         root_level,
         ring_buffer_bytes: config.ring_buffer_bytes,
+        hooks: config.hooks,
+        snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
     };
     let source = match config.source {
         SourceChoice::Bpf => Source::Bpf(Box::new(Probe::load(scope)?)),
@@ -270,7 +272,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let report = d.reconcile("start")?;
     d.apply_mode();
     if d.source.needs_rescans() {
-        d.timers.schedule(Duration::from_millis(resync::RESCAN_MIN_MS), Timer::Rescan(resync::RESCAN_MIN_MS));
+        let first = d.source.rescan_interval().map_or(resync::RESCAN_MIN_MS, |i| i.as_millis() as u64);
+        d.timers.schedule(Duration::from_millis(first), Timer::Rescan(first));
     }
     info!(
         hierarchy = %d.hierarchy.mount().display(),

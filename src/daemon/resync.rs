@@ -1,6 +1,6 @@
 //! Restoring the invariant from a snapshot when events may have been lost:
 //! at start, after ring overflows (at most once per [`RECONCILE_EVERY`]), and
-//! on a backing-off timer without BPF. A reconcile is heavy work: it never
+//! on a backing-off timer without BPF (a fixed one without syscall hooks). A reconcile is heavy work: it never
 //! runs under SCHED_FIFO, and a stop signal cuts it short.
 
 use std::collections::HashSet;
@@ -52,6 +52,7 @@ impl Daemon {
     }
 
     /// Without BPF: a reconcile, then the next one sooner if it found work.
+    /// With BPF but no syscall hook: one every configured interval.
     pub(super) fn rescan(&mut self, interval: u64) {
         let found = match self.reconcile("rescan") {
             Ok(r) => r.moved > 0,
@@ -60,7 +61,8 @@ impl Daemon {
                 false
             }
         };
-        let next = if found { RESCAN_MIN_MS } else { (interval * 2).min(RESCAN_MAX_MS) };
+        let backoff = if found { RESCAN_MIN_MS } else { (interval * 2).min(RESCAN_MAX_MS) };
+        let next = self.source.rescan_interval().map_or(backoff, |i| i.as_millis() as u64);
         self.timers.schedule(Duration::from_millis(next), Timer::Rescan(next));
     }
 
