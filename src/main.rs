@@ -397,12 +397,18 @@ fn run(config: Config) -> anyhow::Result<()> {
         bail!("nsgroup run needs root: it creates cgroups, moves other users' tasks and loads BPF programs");
     }
     let located = locate(config.hierarchy.as_deref(), true).context("finding the cgroup hierarchy")?;
-    if let Some(favordynmods) = located.mounted {
-        tracing::info!(
+    match located.mounted {
+        Some(true) => tracing::info!(
             mount = %located.hierarchy.mount().display(),
-            favordynmods,
+            favordynmods = true,
             "mounted nsgroup's own hierarchy (favordynmods stays on until reboot)"
-        );
+        ),
+        Some(false) => tracing::warn!(
+            mount = %located.hierarchy.mount().display(),
+            favordynmods = false,
+            "mounted nsgroup's own hierarchy without favordynmods: the kernel refused it (a Linux 6.0 option); every move waits for an RCU grace period"
+        ),
+        None => {}
     }
     require_cgroup(&located.hierarchy, &config.root)?;
     let lock = InstanceLock::acquire(Path::new(lock::DEFAULT_DIR), &located.hierarchy, &config.root)?;

@@ -3,7 +3,8 @@
 //! testable on a tempdir fixture without root.
 //!
 //! - cgroup2: `cgroup.freeze` (then `cgroup.events` says `frozen 1`),
-//!   `cgroup.kill` (then `populated 0`).
+//!   `cgroup.kill` (then `populated 0`); before Linux 5.14 (no
+//!   `cgroup.kill`), kill takes freeze/signal/thaw rounds as on v1, and says so.
 //! - cgroup v1: the node's `freezer` mirror (`freezer.state`); kill freezes
 //!   first so that a forking task cannot escape, signals every task of the
 //!   subtree, thaws, and repeats until the subtree is empty. Without a
@@ -229,7 +230,12 @@ fn signal_all(s: &Subtree, signaller: &mut dyn Signaller) -> Result<u32, VerbErr
 /// What kill cannot promise without a freezer.
 pub const NO_FREEZER_WARNING: &str = "no freezer for this node: a task that forks between the read of the task list and its signal can outlive a round, so rounds repeat until the subtree is empty; a task that forks faster than the rounds can keep it from ever emptying (add \"freezer\" to the mirrored controllers for a guarantee)";
 
-/// Kills every task of the subtree and waits until it is empty.
+/// Why a cgroup2 kill took rounds of signals.
+pub const NO_CGROUP_KILL_WARNING: &str = "this kernel has no cgroup.kill (Linux 5.14 and later): the node was frozen, its tasks signalled and thawed, in rounds until it was empty";
+
+/// Kills every task of the subtree and waits until it is empty: with
+/// `cgroup.kill` on cgroup2 (Linux 5.14+), else in rounds of freeze,
+/// SIGKILL and thaw (a v1 node without freezer: rounds of SIGKILL).
 pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Result<Outcome, VerbError> {
     let kill_file = s.dir.join("cgroup.kill");
     if s.version == Version::V2 && kill_file.exists() {
@@ -247,9 +253,14 @@ pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Resul
         return Ok(Outcome { method: "cgroup.kill", rounds: 1, ..Outcome::default() });
     }
     let can_freeze = s.version == Version::V2 || s.freezer.is_some();
+    let warning = match (s.version, can_freeze) {
+        (Version::V2, _) => Some(NO_CGROUP_KILL_WARNING),
+        (Version::V1, false) => Some(NO_FREEZER_WARNING),
+        (Version::V1, true) => None,
+    };
     let mut outcome = Outcome {
         method: if can_freeze { "freeze, signals, thaw" } else { "signals" },
-        warning: (!can_freeze).then(|| NO_FREEZER_WARNING.to_string()),
+        warning: warning.map(str::to_string),
         ..Outcome::default()
     };
     let end = Instant::now() + timing.timeout;

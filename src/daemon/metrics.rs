@@ -343,7 +343,9 @@ impl Daemon {
         for cost in &costs {
             warn!(cost = %cost, "what tracking costs this machine");
         }
-        let why = if source.contains("refused") {
+        let why = if source.contains("no syscall hook") {
+            "hooks = \"no-syscall\": no syscall is hooked; unshare/setns callers are seen at their next fork or exec, or by the next snapshot"
+        } else if source.contains("refused") {
             "fentry/fexit on unshare/setns were refused by the kernel; the syscall tracepoints are the fallback"
         } else if tracepoints {
             "fentry/fexit are unavailable here; the syscall tracepoints are the fallback"
