@@ -12,7 +12,7 @@ use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, Node, NodeRecord};
 use crate::core::nsset::NsMask;
 use crate::placer::Placer;
-use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter, Hierarchy};
+use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter, Hierarchy, Surveyed};
 use crate::sys::subtree::LEAF;
 use crate::sys::error::IoError;
 
@@ -57,7 +57,8 @@ pub(super) fn adopt(
     let base = placer.tracker().base_set();
     let mut ids: HashMap<String, CgroupId> = HashMap::new();
     let mut adopted = 0;
-    for (rel, id) in hierarchy.walk(root)? {
+    // One descriptor per cgroup: its id, owner and record read through it.
+    for Surveyed { rel, id, owner, record } in hierarchy.survey(root)? {
         placer.backend().learn(id, rel.clone());
         ids.insert(rel.clone(), id);
         if rel == root {
@@ -66,14 +67,13 @@ pub(super) fn adopt(
         let (parent_rel, name) = rel.rsplit_once('/').expect("below the root");
         let parent_rel = if parent_rel.is_empty() { "/" } else { parent_rel };
         let Some(&parent) = ids.get(parent_rel) else { continue };
-        let Some(bytes) = hierarchy.record_bytes(&rel) else {
+        let Some(bytes) = record else {
             // A node's leaf (cgroup2 controllers): where the node's tasks live.
             if name == LEAF && placer.tracker().node(parent).is_some() {
                 placer.backend().adopt_leaf(parent, id);
             }
             continue;
         };
-        let Ok(owner) = hierarchy.owner(&rel) else { continue };
         let record = match usable_record(&bytes, owner, &base, mask) {
             Ok(r) => r,
             Err(why) => {

@@ -155,16 +155,54 @@ impl Hierarchy {
         Ok(self.child_ids(rel)?.into_iter().map(|(name, _)| name).collect())
     }
 
-    /// Every cgroup at and below `rel`, parents before children, with ids.
+    /// Every cgroup at and below `rel`, parents before children (siblings
+    /// by name), with ids.
     pub fn walk(&self, rel: &str) -> Result<Vec<(String, CgroupId)>, IoError> {
-        let Some(id) = or_vanished(self.id(rel))? else { return Ok(Vec::new()) };
+        Ok(self.visit(rel, false)?.into_iter().map(|c| (c.rel, c.id)).collect())
+    }
+
+    /// [`Hierarchy::walk`] with each cgroup's owner and record, all read
+    /// through one descriptor of its directory (no path looked up twice,
+    /// owner and record of the same directory).
+    pub fn survey(&self, rel: &str) -> Result<Vec<Surveyed>, IoError> {
+        self.visit(rel, true)
+    }
+
+    /// The walk: each directory opened relative to its parent's, listed
+    /// only when its link count says it has subdirectories (kernfs counts
+    /// 2 + subdirectories; any other count is listed), one descriptor open
+    /// per level.
+    fn visit(&self, rel: &str, records: bool) -> Result<Vec<Surveyed>, IoError> {
+        const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+        let top = self.dir(rel);
+        let opened = rustix::fs::open(&top, DIR_FLAGS, Mode::empty()).map_err(|e| IoError::new("open", &top, e));
+        let Some(fd) = or_vanished(opened)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        let mut stack = vec![(rel.to_string(), id)];
-        while let Some((cg, id)) = stack.pop() {
-            for (child, child_id) in self.child_ids(&cg)?.into_iter().rev() {
-                stack.push((join(&cg, &child), child_id));
+        // Directories being visited, each with its subdirectories still to
+        // visit (last first).
+        let mut stack: Vec<(String, rustix::fs::Dir, Vec<String>)> = Vec::new();
+        let mut next = Some((rel.to_string(), fd));
+        loop {
+            if let Some((cg, fd)) = next.take() {
+                let st = rustix::fs::fstat(&fd).map_err(|e| IoError::new("stat", self.dir(&cg), e))?;
+                let record = if records { record_of(&fd) } else { None };
+                out.push(Surveyed { rel: cg.clone(), id: st.st_ino, owner: st.st_uid, record });
+                if st.st_nlink != 2 {
+                    let mut dir = rustix::fs::Dir::new(fd).map_err(|e| IoError::new("list", self.dir(&cg), e))?;
+                    let Some(mut names) = or_vanished(subdirectories(&mut dir).map_err(|e| IoError::new("list", self.dir(&cg), e)))? else { continue };
+                    names.sort_unstable_by(|a, b| b.cmp(a));
+                    stack.push((cg, dir, names));
+                }
             }
-            out.push((cg, id));
+            let Some((cg, dir, names)) = stack.last_mut() else { break };
+            let Some(name) = names.pop() else {
+                stack.pop();
+                continue;
+            };
+            let child = join(cg, &name);
+            let parent = dir.fd().map_err(|e| IoError::new("list", self.dir(cg), e))?;
+            let opened = rustix::fs::openat(parent, name.as_str(), DIR_FLAGS, Mode::empty()).map_err(|e| IoError::new("open", self.dir(&child), e));
+            next = or_vanished(opened)?.map(|fd| (child, fd));
         }
         Ok(out)
     }
@@ -228,6 +266,42 @@ fn v1_hierarchy_id(m: &Mount, self_cgroup: &str) -> Option<u32> {
         (id != 0 && !controllers.is_empty() && controllers.split(',').all(|c| m.super_opts.iter().any(|o| o == c)))
             .then_some(id)
     })
+}
+
+/// A cgroup as [`Hierarchy::survey`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Surveyed {
+    pub rel: String,
+    pub id: CgroupId,
+    /// The uid owning its directory (who may create cgroups in it).
+    pub owner: u32,
+    /// The raw value of its record xattr, if it has one.
+    pub record: Option<Vec<u8>>,
+}
+
+/// The raw record xattr of an open cgroup directory, if it has one.
+fn record_of(dir: &OwnedFd) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::fgetxattr(dir, RECORD_XATTR, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// The names of a directory's subdirectories (names that are not UTF-8 are
+/// left out, as no cgroup nsgroup makes has one).
+fn subdirectories(dir: &mut rustix::fs::Dir) -> Result<Vec<String>, Errno> {
+    let mut names = Vec::new();
+    for entry in dir {
+        let entry = entry?;
+        if entry.file_type() != rustix::fs::FileType::Directory {
+            continue;
+        }
+        let Ok(name) = entry.file_name().to_str() else { continue };
+        if name != "." && name != ".." {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
 }
 
 /// What creating a node's directory found.
@@ -550,5 +624,13 @@ mod tests {
         assert_eq!(h.members("/t/node_1").unwrap(), vec![10, 11]);
         assert_eq!(h.members("/gone").unwrap(), Vec::<u32>::new());
         assert_eq!(h.children("/t").unwrap(), vec!["node_1"]);
+        fs::create_dir_all(tmp.path().join("t/a/b/c")).unwrap();
+        let surveyed = h.survey("/t").unwrap();
+        let paths: Vec<&str> = surveyed.iter().map(|c| c.rel.as_str()).collect();
+        assert_eq!(paths, ["/t", "/t/a", "/t/a/b", "/t/a/b/c", "/t/node_1", "/t/node_1/node_2"]);
+        let me = rustix::process::geteuid().as_raw();
+        assert!(surveyed.iter().all(|c| c.owner == me && c.record.is_none()));
+        assert_eq!(surveyed[3].id, fs::metadata(tmp.path().join("t/a/b/c")).unwrap().ino());
+        assert!(h.survey("/gone").unwrap().is_empty());
     }
 }
