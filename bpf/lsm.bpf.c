@@ -195,10 +195,15 @@ static __always_inline struct cgroup *task_cgroup(struct task_struct *t)
 	return NULL;
 }
 
-/* CAP_SYS_ADMIN in the daemon's user namespace (subjective credentials, as capable() checks). */
+/* CAP_SYS_ADMIN in the daemon's user namespace (subjective credentials, as capable() checks).
+ * kernel_cap_t is `{ u64 val; }` since 6.3 and `{ u32 cap[2]; }` before: the
+ * same 8 bytes on a little-endian machine, read whole (only the field
+ * cap_effective is relocated, whichever its inner layout). */
 static __always_inline bool sys_admin(struct task_struct *t)
 {
-	__u64 caps = BPF_CORE_READ(t, cred, cap_effective.val);
+	const struct cred *cred = BPF_CORE_READ(t, cred);
+	__u64 caps = 0;
+	bpf_core_read(&caps, sizeof(caps), &cred->cap_effective);
 	return (caps & (1ULL << CAP_SYS_ADMIN)) && BPF_CORE_READ(t, cred, user_ns, ns.inum) == own_user_ns;
 }
 
@@ -272,7 +277,14 @@ static __always_inline long written_bytes(struct task_struct *cur, char *buf, un
 	}
 	if (count == 0 || count >= len)
 		return 0;
-	if (bpf_probe_read_user(buf, count & (len - 1), ubuf))
+	/* The verifier must see the size bounded where the helper is called.
+	 * Without the barrier clang folds the mask into the check above (it
+	 * knows count < len) and passes count as it is, whose range the
+	 * verifier did not learn from that check ("R2 min value is negative"
+	 * on 6.1). `len` is a power of two (the callers' buffer size). */
+	barrier_var(count);
+	count &= len - 1;
+	if (bpf_probe_read_user(buf, count, ubuf))
 		return 0;
 	return count;
 }

@@ -3,17 +3,19 @@
 //! writes to the tracked hierarchy's `cgroup.procs`/`tasks`/`cgroup.threads`
 //! and on `mkdir`s there.
 //!
-//! It needs a kernel built with `CONFIG_BPF_LSM=y` and `CONFIG_DEBUG_INFO_BTF=y`,
-//! booted with `bpf` among its LSMs (`lsm=…,bpf` on the command line, or
-//! `CONFIG_LSM` containing it), and a kernel that lets BPF trampolines
-//! attach (LSM programs attach through one). [`Strict::load`] checks each of
-//! these in turn and says which one fails.
+//! It needs Linux 6.0 or later built with `CONFIG_BPF_LSM=y` and
+//! `CONFIG_DEBUG_INFO_BTF=y`, booted with `bpf` among its LSMs (`lsm=…,bpf`
+//! on the command line, or `CONFIG_LSM` containing it), and a kernel that
+//! lets BPF LSM programs load and their trampolines attach. [`Strict::load`]
+//! checks each of these in turn and says which one fails.
 
 use std::path::Path;
 
 use aya::maps::{Array, MapData};
-use aya::programs::Lsm;
+use aya::programs::{Lsm, ProgramError};
+use aya::util::KernelVersion;
 use aya::{Btf, Ebpf, EbpfLoader};
+use tracing::info;
 
 use crate::sys::cgroupfs::Hierarchy;
 
@@ -68,16 +70,53 @@ pub enum StrictError {
     Arch,
     #[error("cannot tell whether BPF LSM programs run: reading {LSM_LIST} failed ({0}); mount securityfs there")]
     LsmList(String),
+    #[error("strict mode needs Linux {MIN_KERNEL} or later (its LSM program reads struct cgroup's `ancestors`, new in 6.0, and calls bpf_task_pt_regs, new in 5.15); this kernel is {0}")]
+    TooOld(String),
     #[error("BPF LSM programs do not run on this kernel: `bpf` is not among the active LSMs ({LSM_LIST}: {0}); boot with lsm=<the list>,bpf on a kernel built with CONFIG_BPF_LSM=y")]
     NotActive(String),
     #[error("reading kernel BTF from /sys/kernel/btf/vmlinux (strict mode needs CONFIG_DEBUG_INFO_BTF=y): {0}")]
     Btf(#[from] aya::BtfError),
     #[error("loading the LSM object failed: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("the kernel refused the LSM program for {hook} ({step}): {source}; LSM programs are refused on this kernel")]
-    Refused { hook: &'static str, step: &'static str, source: aya::programs::ProgramError },
+    #[error("the kernel refused to load the LSM program for {hook} before verifying it ({source}); LSM programs are refused on this kernel")]
+    Refused { hook: &'static str, source: std::io::Error },
+    #[error("the kernel's verifier rejected the LSM program for {hook} ({source}), a bug in bpf/lsm.bpf.c for this kernel; the verifier's last lines:\n{log}")]
+    Verifier { hook: &'static str, source: std::io::Error, log: String },
+    #[error("attaching the LSM program to {hook} failed: {source}; LSM programs are refused on this kernel (they attach through a BPF trampoline)")]
+    Attach { hook: &'static str, source: ProgramError },
+    #[error("preparing the LSM program for {hook}: {source}")]
+    Program { hook: &'static str, source: ProgramError },
     #[error("the LSM object lacks {0}")]
     Missing(&'static str),
+}
+
+/// The oldest kernel strict mode runs on.
+const MIN_KERNEL: KernelVersion = KernelVersion::new(6, 0, 0);
+
+/// How many of the verifier's last lines a refusal quotes.
+const VERIFIER_LINES: usize = 12;
+
+/// A failed `Lsm::load`, by what it says about the kernel: refused before
+/// the verifier ran (no log), or rejected by the verifier.
+fn load_error(hook: &'static str, error: ProgramError) -> StrictError {
+    match error {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                StrictError::Refused { hook, source: io_error }
+            } else {
+                let log = lines[lines.len().saturating_sub(VERIFIER_LINES)..].join("\n");
+                StrictError::Verifier { hook, source: io_error, log }
+            }
+        }
+        source => StrictError::Program { hook, source },
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|e| format!("unknown ({e})"), |r| r.trim().to_string())
 }
 
 /// The loaded, attached programs; detached when dropped.
@@ -104,6 +143,11 @@ impl Strict {
         if !cfg!(target_arch = "x86_64") {
             return Err(StrictError::Arch);
         }
+        match KernelVersion::current() {
+            Ok(v) if v < MIN_KERNEL => return Err(StrictError::TooOld(release())),
+            // Unparsable versions are left to the loader to judge.
+            _ => {}
+        }
         let lsms = active_lsms()?;
         if !lsms.split(',').any(|l| l == "bpf") {
             return Err(StrictError::NotActive(lsms));
@@ -119,9 +163,9 @@ impl Strict {
             .load(OBJECT)?;
         for (name, hook) in HOOKS {
             let program = ebpf.program_mut(name).ok_or(StrictError::Missing(name))?;
-            let lsm: &mut Lsm = program.try_into().map_err(|source| StrictError::Refused { hook, step: "type", source })?;
-            lsm.load(hook, &btf).map_err(|source| StrictError::Refused { hook, step: "load", source })?;
-            lsm.attach().map_err(|source| StrictError::Refused { hook, step: "attach", source })?;
+            let lsm: &mut Lsm = program.try_into().map_err(|source| StrictError::Program { hook, source })?;
+            lsm.load(hook, &btf).map_err(|e| load_error(hook, e))?;
+            lsm.attach().map_err(|source| StrictError::Attach { hook, source })?;
         }
         Ok(Strict { ebpf })
     }
@@ -136,5 +180,25 @@ impl Strict {
         let Some(map) = self.ebpf.map_mut("strict_stats") else { return Vec::new() };
         let Ok(array) = Array::<&mut MapData, u64>::try_from(map) else { return Vec::new() };
         COUNTERS.iter().enumerate().map(|(i, name)| (*name, array.get(&(i as u32), 0).unwrap_or(0))).collect()
+    }
+}
+
+impl Drop for Strict {
+    /// Logs the counters as the programs are detached.
+    fn drop(&mut self) {
+        let c: Vec<u64> = self.counters().into_iter().map(|(_, n)| n).collect();
+        if let [passed, other_cap, other_below, empty, child, create_cap, create_below, unreadable] = c[..] {
+            info!(
+                passed,
+                attach.other_needs_cap_sys_admin = other_cap,
+                attach.other_below_mover = other_below,
+                attach.empty_only = empty,
+                attach.child_only = child,
+                create.needs_cap_sys_admin = create_cap,
+                create.below_creator = create_below,
+                unreadable_write = unreadable,
+                "strict mode: detached; direct writes passed and refused by rule"
+            );
+        }
     }
 }
