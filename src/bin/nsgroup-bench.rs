@@ -50,6 +50,11 @@ enum Part {
     Attack,
     /// Part 1 again while 100 clients poll the API's node list.
     Api,
+    /// What each `hooks` setting costs a null syscall (getppid) and the
+    /// fork/unshare loop: the default (fentry where the kernel allows it,
+    /// else the syscall tracepoints) and "no-syscall", each against no
+    /// daemon. Small enough to run in the guest (`--only hooks --quick`).
+    Hooks,
 }
 
 /// A private hierarchy `name=nsgroup-bench-<pid>` with the subtree `/b`.
@@ -892,14 +897,15 @@ fn pinned<T>(f: impl FnOnce() -> T) -> Result<T> {
 
 /// Times `f` in `pairs` pairs of rounds, one without and one with the daemon,
 /// alternating which comes first (ABBA: drift of the machine cancels out).
-fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) -> Result<Cost> {
+/// `extra`: arguments for the daemon's `nsgroup run`.
+fn compare(b: &Bench, extra: &[&str], pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) -> Result<Cost> {
     let (mut wakeups, mut placed) = (0, 0);
     let mut round = |traced: bool| -> Result<Round> {
         if !traced {
             std::thread::sleep(SETTLE);
             return Ok(Round::of(pinned(&mut f)??));
         }
-        let ((samples, woke), log) = under_daemon(b, |d| {
+        let ((samples, woke), log) = under_daemon(b, extra, |d| {
             let before = d.cpu_and_wakeups().1;
             let samples = pinned(&mut f)??;
             Ok((samples, d.cpu_and_wakeups().1 - before))
@@ -920,7 +926,7 @@ fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) 
     }
     // One more round with the kernel's BPF run-time statistics on (they cost
     // a clock read per program run, so not in the timed pairs).
-    let (bpf_per_sample, _) = under_daemon(b, |_| {
+    let (bpf_per_sample, _) = under_daemon(b, extra, |_| {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
         let before = bpf_run_time();
         let samples = pinned(&mut f)??;
@@ -953,8 +959,8 @@ fn compare(b: &Bench, pairs: u32, mut f: impl FnMut() -> Result<Vec<Duration>>) 
 
 /// Runs `f` under a fresh daemon, left alone for [`SETTLE`] after it is
 /// ready; stops it and removes the nodes it leaves. `f`'s result and the log.
-fn under_daemon<T>(b: &Bench, f: impl FnOnce(&Daemon) -> Result<T>) -> Result<(T, String)> {
-    let d = b.start(&[])?;
+fn under_daemon<T>(b: &Bench, extra: &[&str], f: impl FnOnce(&Daemon) -> Result<T>) -> Result<(T, String)> {
+    let d = b.start(extra)?;
     std::thread::sleep(SETTLE);
     let out = f(&d)?;
     let log = d.stop()?;
@@ -971,6 +977,54 @@ fn bpf_run_time() -> Duration {
         .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("on_")))
         .map(|p| p.run_time())
         .sum()
+}
+
+/// Part 3b: for each `hooks` setting, the null syscall and the
+/// fork/unshare(CLONE_NEWNS)/exit loop without and with the daemon. The
+/// label names the hooks the daemon attached (its `source=`).
+fn hooks_cost(b: &Bench, r: &mut Report, q: bool) -> Result<()> {
+    let (pairs, batches, per_batch, forks) = if q { (4, 20, 10_000, 200) } else { (10, 100, 10_000, 2000) };
+    let per_call = |d: Duration| format!("{:.0} ns", d.as_nanos() as f64 / f64::from(per_batch));
+    let micros = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+    for mode in ["auto", "no-syscall"] {
+        let config = b.work.join(format!("hooks-{mode}.toml"));
+        std::fs::write(&config, format!("hooks = \"{mode}\"\n"))?;
+        let config = config.to_str().context("a UTF-8 temporary directory")?.to_string();
+        let extra = ["--config", config.as_str()];
+        let (_, log) = under_daemon(b, &extra, |_| Ok(()))?;
+        let hooks = syscall_hooks(&log);
+        let c = compare(b, &extra, pairs, || Ok(getppid_loop(batches, per_batch)))?;
+        r.row(
+            &format!("hooks = \"{mode}\" ({hooks}): getppid(), {pairs} pairs of {batches} × {per_batch} calls: without / with"),
+            c.summary("call", per_call),
+            if hooks.starts_with("fentry") || mode == "no-syscall" { "≤ 1.02× (no hook on this syscall)" } else { "(every task takes the slow syscall path)" },
+            (hooks.starts_with("fentry") || mode == "no-syscall").then(|| c.ratio() <= 1.02),
+        );
+        let c = compare(b, &extra, pairs, || fork_loop(forks, unshare_newns))?;
+        r.row(
+            &format!("hooks = \"{mode}\" ({hooks}): fork/unshare(CLONE_NEWNS)/exit, {pairs} pairs of {forks}-iteration rounds: without / with"),
+            c.summary("iteration", micros),
+            "≤ 1.2×",
+            Some(c.ratio() <= 1.2),
+        );
+    }
+    Ok(())
+}
+
+/// What the daemon of `log` hooked unshare()/setns() with, from the
+/// `source=` of its start-up line: "fentry+fexit", "syscall tracepoints" or
+/// "no syscall hook".
+fn syscall_hooks(log: &str) -> &'static str {
+    let source = log.lines().find(|l| l.contains("nsgroup is tracking")).and_then(|l| l.split_once(" source=")).map_or("", |(_, s)| s);
+    if source.contains("fentry+fexit/") {
+        "fentry+fexit"
+    } else if source.contains("tracepoint/syscalls/") {
+        "syscall tracepoints"
+    } else if source.contains("no syscall hook") {
+        "no syscall hook"
+    } else {
+        "unknown hooks"
+    }
 }
 
 /// Median wall time of `runs` runs of a command, stdout discarded.
@@ -1578,7 +1632,7 @@ fn main() -> Result<()> {
         ("fork/exec(/bin/true)/exit", exec_true, 50, 200, 1.02),
     ] {
         let (pairs, n) = if q { (2, n / 4) } else { (pairs, n) };
-        let c = compare(&b, pairs, || fork_loop(n, body))?;
+        let c = compare(&b, &[], pairs, || fork_loop(n, body))?;
         r.row(
             &format!("{what}, {pairs} pairs of {n}-iteration rounds: without / with the daemon"),
             c.summary("iteration", micros),
@@ -1588,7 +1642,7 @@ fn main() -> Result<()> {
     }
     let pairs = if q { 2 } else { 10 };
     let (batches, per_batch) = (if q { 20 } else { 100 }, 10_000);
-    let c = compare(&b, pairs, || Ok(getppid_loop(batches, per_batch)))?;
+    let c = compare(&b, &[], pairs, || Ok(getppid_loop(batches, per_batch)))?;
     let per_call = |d: Duration| format!("{:.0} ns", d.as_nanos() as f64 / f64::from(per_batch));
     r.row(
         &format!("getppid(), {pairs} pairs of {batches} × {per_batch} calls: without / with"),
@@ -1596,6 +1650,11 @@ fn main() -> Result<()> {
         "(syscall tracepoints: every task takes the slow syscall path)",
         None,
     );
+    }
+
+    // 3b. Each way of hooking unshare()/setns().
+    if run(Part::Hooks) {
+        hooks_cost(&b, &mut r, q)?;
     }
 
     // 4. Idle.
