@@ -1,6 +1,7 @@
 //! Control, end to end: mirrors in this machine's v1 controller hierarchies
 //! (each confined to a private subtree the test makes and removes), limits
-//! that bite, and bad control configuration. Never the memory hierarchy here
+//! that bite (v1 mirrors here; memory, pids and cpu on cgroup2 in the systemd
+//! guest), and bad control configuration. Never the memory hierarchy here
 //! (this machine's own processes are accounted there).
 
 mod common;
@@ -344,6 +345,111 @@ fn cgroup2_nodes_get_controllers_by_the_leaf_policy() {
     // The node's leaf stands for the node: its task is not moved again.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(h.cgroup_of(p.pid), Some(format!("{node_p}/leaf")));
+}
+
+/// cgroup2 with memory, pids and cpu (the systemd guest): a subtree of a
+/// delegated scope the test starts, whose cgroup passes the controllers on,
+/// and a daemon with one limit rule for the workload's sets. `leaf =
+/// "everywhere"`: the subtree is delegated to nsgroup, so the tracked root's
+/// own tasks move into its `leaf` and the nodes below it get the
+/// controllers (with `nodes`, a node directly below a cgroup nsgroup did not
+/// make lacks them: §14). Fields drop in order: daemon, subtree, scope.
+struct LimitBed {
+    d: Daemon,
+    h: Hier,
+    _config: tempfile::TempDir,
+    _scope: DelegatedScope,
+}
+
+impl LimitBed {
+    /// `None` (after saying why) off the guest bed.
+    fn new(set: &str) -> Option<LimitBed> {
+        let scope = DelegatedScope::start(&["memory", "pids", "cpu"]).map_err(|why| skip(&why)).ok()?;
+        let h = Hier::v2_in(&scope.cgroup);
+        let config = format!(
+            "controllers = [\"memory\", \"pids\", \"cpu\"]\nleaf = \"everywhere\"\n[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = {{ {set} }}\n"
+        );
+        let (config_dir, config) = config_file(&config);
+        let d = Daemon::start(&h, &["--config", &config]);
+        Some(LimitBed { d, h, _config: config_dir, _scope: scope })
+    }
+
+    /// A file of the workload `pid`'s node.
+    fn node_file(&self, pid: u32, file: &str) -> String {
+        let path = self.h.dir(&self.h.path(&format!("node_{pid}"))).join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), self.d.log_text()))
+    }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`memory.events`, `cpu.stat`).
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("no {key} in {text:?}"))
+}
+
+#[test]
+fn a_cgroup2_memory_limit_oom_kills_inside_the_set_only() {
+    if !privileged() {
+        return;
+    }
+    let Some(bed) = LimitBed::new("\"memory.max\" = \"64M\"") else { return };
+    // Outside the set first (a task in the tracked root: the first node moves
+    // it into the root's leaf), then the same hog inside it.
+    let (mut outside, mut out) = spawn_everywhere(&bed.h, &[], &[WORKLOAD, "contained", "--outside", "--forks", "1", "--hog-mb", "192"]);
+    assert_eq!(read_json(&mut out)["hogged_mb"], 192, "outside the set the hog keeps its 192 MiB");
+    // Its lingering child keeps stdout open: the hog's end is its exit.
+    let (mut inside, _out) = spawn_everywhere(&bed.h, &[], &[WORKLOAD, "contained", "--forks", "1", "--hog-mb", "192"]);
+    let mut status = None;
+    wait_for("the hog inside to end", || {
+        status = inside.try_wait().unwrap();
+        status.is_some()
+    });
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.and_then(|s| s.signal()), Some(9), "inside a 64 MiB node the hog was SIGKILLed: {status:?}");
+    // The node lives on in the workload's lingering child.
+    assert_eq!(bed.node_file(inside.id(), "memory.max").trim(), (64u64 << 20).to_string());
+    let events = bed.node_file(inside.id(), "memory.events");
+    assert!(keyed(&events, "oom_kill") >= 1, "the kernel's OOM killer did it, in the node: {events}");
+    assert!(outside.try_wait().unwrap().is_none(), "the hog outside runs on");
+    assert_eq!(bed.h.cgroup_of(outside.id()), Some(bed.h.path("leaf")), "outside the node, in the root's leaf");
+    finish(vec![outside]);
+}
+
+#[test]
+fn a_cgroup2_pids_limit_stops_a_fork_loop_inside_the_set_only() {
+    if !privileged() {
+        return;
+    }
+    let Some(bed) = LimitBed::new("\"pids.max\" = 8") else { return };
+    let (outside, mut out) = spawn_everywhere(&bed.h, &[], &[WORKLOAD, "contained", "--outside", "--forks", "20"]);
+    assert_eq!(read_json(&mut out)["forked"], 20, "outside the set the loop runs on");
+    let (inside, mut out) = spawn_everywhere(&bed.h, &[], &[WORKLOAD, "contained", "--forks", "20"]);
+    let v = read_json(&mut out);
+    assert_eq!(v["forked"], 7, "pids.max = 8 holds the workload and 7 children: {v}");
+    assert_eq!(bed.node_file(inside.id(), "pids.max").trim(), "8");
+    assert_eq!(bed.node_file(inside.id(), "pids.current").trim(), "8");
+    let events = bed.node_file(inside.id(), "pids.events");
+    assert!(keyed(&events, "max") >= 1, "the kernel refused the 9th fork: {events}");
+    finish(vec![inside, outside]);
+}
+
+#[test]
+fn a_cgroup2_cpu_quota_gives_a_busy_loop_its_share() {
+    if !privileged() {
+        return;
+    }
+    let Some(bed) = LimitBed::new("\"cpu.max\" = \"20000 100000\"") else { return };
+    let spin_ms = 3000;
+    let (inside, mut out) = spawn_everywhere(&bed.h, &[], &[WORKLOAD, "contained", "--spin-ms", &spin_ms.to_string()]);
+    let v = read_json(&mut out);
+    assert_eq!(bed.node_file(inside.id(), "cpu.max").trim(), "20000 100000");
+    // A 20 % quota, asserted generously: at most half of the spin's wall time
+    // (the node's usage covers its whole life, a little more than the spin).
+    let stat = bed.node_file(inside.id(), "cpu.stat");
+    let usage_us = keyed(&stat, "usage_usec");
+    assert!(usage_us <= spin_ms * 1000 / 2, "the node used {usage_us} µs of CPU in a {spin_ms} ms spin: {stat}");
+    assert!(keyed(&stat, "nr_throttled") >= 1, "the quota throttled it: {stat}");
+    assert!(v["cpu_ms"].as_u64().unwrap() <= spin_ms / 2, "{v}");
+    finish(vec![inside]);
 }
 
 /// Runs `nsgroup exec ARGS` from inside the tracked root; its status and stdout.

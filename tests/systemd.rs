@@ -1,0 +1,337 @@
+//! nsgroup on a systemd host (docs/semantics.md §16), against real systemd
+//! on pure cgroup2: the guest bed (scripts/vm-test, docs/vm.md). Every unit
+//! here is one the test starts, in a slice of its own that is also the
+//! daemon's tracked root, so the daemon cannot touch anything else; the test
+//! stops them all. Elsewhere every test skips and says why.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const MOUNT: &str = "/sys/fs/cgroup";
+
+/// A slice of the test's own (`nsgrouptest<random>.slice`: no dash, which
+/// would nest it), started empty; Drop stops it and every unit in it.
+struct Slice {
+    name: String,
+    cgroup: String,
+}
+
+impl Slice {
+    fn start() -> Slice {
+        let name = format!("{}.slice", unit_name().replace('-', ""));
+        systemctl(&["start", &name]).unwrap();
+        let cgroup = systemctl(&["show", "-p", "ControlGroup", "--value", &name]).unwrap();
+        assert!(cgroup.ends_with(&name), "{name}: {cgroup:?}");
+        wait_for("the slice's cgroup", || dir(&cgroup).is_dir());
+        Slice { name, cgroup }
+    }
+
+    /// Starts `cmd` as a transient service in this slice (`systemd-run`,
+    /// `Type=exec`), with `Delegate=yes` if asked.
+    fn service(&self, delegate: bool, cmd: &[&str]) -> Service {
+        let name = format!("{}.service", unit_name());
+        let mut args = vec!["--quiet", "--service-type=exec", "--unit", &name, "--slice", &self.name];
+        if delegate {
+            args.extend(["-p", "Delegate=yes"]);
+        }
+        let out = Command::new("systemd-run").args(&args).arg("--").args(cmd).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "systemd-run {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let cgroup = systemctl(&["show", "-p", "ControlGroup", "--value", &name]).unwrap();
+        assert_eq!(cgroup, format!("{}/{name}", self.cgroup));
+        let main = systemctl(&["show", "-p", "MainPID", "--value", &name]).unwrap().parse().unwrap();
+        Service { name, cgroup, main }
+    }
+}
+
+impl Drop for Slice {
+    fn drop(&mut self) {
+        if let Err(e) = systemctl(&["stop", &self.name]) {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
+/// A service the test started; Drop stops it (and forgets a failure).
+struct Service {
+    name: String,
+    cgroup: String,
+    main: u32,
+}
+
+impl Service {
+    fn stop(&self) {
+        systemctl(&["stop", &self.name]).unwrap();
+    }
+
+    /// The pids in the unit's cgroup and below, with their cgroups.
+    fn tasks(&self) -> Vec<(u32, String)> {
+        let mut out = vec![];
+        let mut stack = vec![dir(&self.cgroup)];
+        while let Some(d) = stack.pop() {
+            let rel = format!("/{}", d.strip_prefix(MOUNT).unwrap().display());
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()) {
+                out.push((pid, rel.clone()));
+            }
+            stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+        out.sort();
+        out
+    }
+
+    /// Every cgroup below the unit's, relative to it, sorted.
+    fn below(&self) -> Vec<String> {
+        let base = dir(&self.cgroup);
+        let mut out = vec![];
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path().strip_prefix(&base).unwrap().display().to_string());
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A file of the unit's cgroup or of one below it (`rel` relative to it).
+    fn read(&self, rel: &str, file: &str) -> String {
+        std::fs::read_to_string(dir(&self.cgroup).join(rel).join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = systemctl(&["stop", &self.name]);
+        let _ = systemctl(&["reset-failed", &self.name]);
+    }
+}
+
+fn dir(cgroup: &str) -> PathBuf {
+    Path::new(MOUNT).join(cgroup.trim_start_matches('/'))
+}
+
+/// The cgroup named `name` below `cgroup`, if there is one.
+fn find_cgroup(cgroup: &str, name: &str) -> Option<String> {
+    let mut stack = vec![dir(cgroup)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if e.file_name().to_str() == Some(name) {
+                    return Some(format!("/{}", e.path().strip_prefix(MOUNT).unwrap().display()));
+                }
+                stack.push(e.path());
+            }
+        }
+    }
+    None
+}
+
+/// A task's cgroup2 path.
+fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
+/// The daemon on the real hierarchy, tracking only the test's slice.
+fn daemon(slice: &Slice, config: &str) -> (Daemon, tempfile::TempDir) {
+    let (dir, path) = config_file(config);
+    (Daemon::start_at(Path::new(MOUNT), &slice.cgroup, &["--config", &path]), dir)
+}
+
+/// The test runs only on a systemd host on pure cgroup2, as root.
+fn systemd_host() -> bool {
+    if !privileged() {
+        return false;
+    }
+    match systemd_unavailable() {
+        Some(why) => {
+            skip(&why);
+            false
+        }
+        None => true,
+    }
+}
+
+/// The `refused_other` count of the daemon's per-interval report for `uid`
+/// (0 until one is written: every 10 s while something was counted).
+fn refused_other(d: &Daemon, uid: u32) -> u64 {
+    d.log_lines_with("entries refused")
+        .iter()
+        .filter(|l| l.contains(&format!("uid={uid} ")))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("refused_other=")?.parse::<u64>().ok()))
+        .sum()
+}
+
+/// `unshare --fork --pid --uts sleep 600`: the unshare process P and its
+/// child C, C in a new pid namespace. Waits for both; returns (P, C).
+fn sandbox_of(svc: &Service) -> (u32, u32) {
+    wait_for("the sandbox's child", || !children_of(svc.main).is_empty());
+    (svc.main, children_of(svc.main)[0])
+}
+
+const SANDBOX: [&str; 6] = ["unshare", "--fork", "--pid", "--uts", "sleep", "600"];
+
+#[test]
+fn a_service_that_is_not_delegated_keeps_its_tasks_where_systemd_put_them() {
+    if !systemd_host() {
+        return;
+    }
+    let slice = Slice::start();
+    // Not even leaf = "everywhere" with controllers moves a task of a unit
+    // that is not delegated, or enables a controller in its cgroup.
+    let (d, _c) = daemon(&slice, "controllers = [\"memory\", \"pids\"]\nleaf = \"everywhere\"\n");
+    let svc = slice.service(false, &SANDBOX);
+    let (p, c) = sandbox_of(&svc);
+    let subtree_control = svc.read("", "cgroup.subtree_control");
+    // The refusals are counted for uid 0, in the report written every 10 s.
+    wait_for("the refusals reported", || refused_other(&d, 0) >= 1);
+    assert_eq!(svc.tasks(), vec![(p, svc.cgroup.clone()), (c, svc.cgroup.clone())], "both stay in the unit's cgroup");
+    assert!(svc.below().is_empty(), "no node, no leaf in the unit: {:?}", svc.below());
+    assert_eq!(svc.read("", "cgroup.subtree_control"), subtree_control);
+    assert!(d.log_lines_with("node_created").is_empty(), "{}", d.log_text());
+    // Counted, not logged per event.
+    assert!(d.log_lines_with("left in place").is_empty(), "{}", d.log_text());
+}
+
+#[test]
+fn a_delegated_service_gets_nodes_and_stopping_it_ends_the_sandbox() {
+    if !systemd_host() {
+        return;
+    }
+    let slice = Slice::start();
+    let (mut d, _c) = daemon(&slice, "");
+    let svc = slice.service(true, &SANDBOX);
+    let (p, c) = sandbox_of(&svc);
+    let (node_p, node_c) = (format!("{}/node_{p}", svc.cgroup), format!("{}/node_{p}/node_{c}", svc.cgroup));
+    wait_for("P and C in their nodes", || cgroup_of(p).as_ref() == Some(&node_p) && cgroup_of(c).as_ref() == Some(&node_c));
+    assert_eq!(svc.below(), vec![format!("node_{p}"), format!("node_{p}/node_{c}")]);
+    let text = tree_at(&slice, &[]);
+    assert!(text.contains(&format!("node_{p}")) && text.contains(&format!("node_{c}")), "{text}");
+
+    // systemctl stop kills the unit's whole cgroup, the sandbox's nodes
+    // included, and the cgroups go; the daemon runs on.
+    svc.stop();
+    for pid in [p, c] {
+        wait_for(&format!("{pid} gone"), || !Path::new(&format!("/proc/{pid}")).exists());
+    }
+    wait_for("the unit's cgroup gone", || !dir(&svc.cgroup).exists());
+    assert!(d.running(), "{}", d.log_text());
+    assert!(!tree_at(&slice, &[]).contains("node_"), "no node left");
+    assert!(d.log_lines_with(" ERROR ").is_empty(), "{}", d.log_text());
+}
+
+/// `nsgroup tree` of the test's slice.
+fn tree_at(slice: &Slice, extra: &[&str]) -> String {
+    let out = Command::new(NSGROUP).args(["tree", "--hierarchy", MOUNT, "--root", &slice.cgroup]).args(extra).output().unwrap();
+    assert!(out.status.success(), "tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The unit's main process M (a shell) stays; A (`unshare --uts sh`) makes a
+/// node, and B (`unshare --uts sleep`), started by A, a node inside A's.
+const NESTED: [&str; 3] = ["sh", "-c", "unshare --uts sh -c 'unshare --uts sleep 600 & wait' & wait"];
+
+/// Waits for A's and B's nodes; returns (M, A, B).
+fn nested_of(svc: &Service) -> (u32, u32, u32) {
+    let m = svc.main;
+    wait_for("A and B", || children_of(m).first().is_some_and(|a| !children_of(*a).is_empty()));
+    let a = children_of(m)[0];
+    let b = children_of(a)[0];
+    let node_b = format!("node_{a}/node_{b}");
+    wait_for("B in its node", || cgroup_of(b).is_some_and(|g| g.ends_with(&node_b)));
+    (m, a, b)
+}
+
+#[test]
+fn the_leaf_policy_against_real_systemd() {
+    if !systemd_host() {
+        return;
+    }
+    let controllers = "controllers = [\"memory\", \"pids\"]\n[[limit]]\nset = { \"pids.max\" = 64 }\n";
+    let slice = Slice::start();
+
+    // Default `nodes`: the unit's own process stays where systemd put it, so
+    // its cgroup cannot pass controllers on: the nodes lack them, and say so.
+    let (d, _c) = daemon(&slice, controllers);
+    let svc = slice.service(true, &NESTED);
+    let subtree_control = svc.read("", "cgroup.subtree_control");
+    let (m, a, b) = nested_of(&svc);
+    let (node_a, node_b) = (format!("node_{a}"), format!("node_{a}/node_{b}"));
+    assert_eq!(cgroup_of(m), Some(svc.cgroup.clone()), "M stays in the unit's cgroup");
+    assert_eq!(cgroup_of(a), Some(format!("{}/{node_a}", svc.cgroup)), "A in its node, no leaf");
+    assert_eq!(svc.below(), vec![node_a.clone(), node_b.clone()], "no leaf anywhere");
+    assert_eq!(svc.read("", "cgroup.subtree_control"), subtree_control, "nothing enabled in the unit's cgroup");
+    assert!(!svc.read(&node_a, "cgroup.controllers").contains("pids"), "A's node lacks them");
+    assert!(!svc.read(&node_b, "cgroup.controllers").contains("pids"), "so does B's");
+    wait_for("the lack logged", || d.log_text().contains("lacks memory pids"));
+    drop(d);
+    drop(svc);
+
+    // `everywhere` inside a delegated unit: its processes move into its
+    // leaf, the unit's cgroup passes the controllers on, the nodes get them
+    // and their limits, and A's own task moves into its node's leaf.
+    let (_d, _c) = daemon(&slice, &format!("leaf = \"everywhere\"\n{controllers}"));
+    let svc = slice.service(true, &NESTED);
+    let (m, a, b) = nested_of(&svc);
+    let (node_a, node_b) = (format!("node_{a}"), format!("node_{a}/node_{b}"));
+    assert_eq!(cgroup_of(m), Some(format!("{}/leaf", svc.cgroup)), "M in the unit's leaf");
+    assert_eq!(cgroup_of(a), Some(format!("{}/{node_a}/leaf", svc.cgroup)), "A in its node's leaf");
+    assert_eq!(cgroup_of(b), Some(format!("{}/{node_b}", svc.cgroup)));
+    let enabled = svc.read("", "cgroup.subtree_control");
+    assert!(enabled.contains("memory") && enabled.contains("pids"), "{enabled}");
+    for node in [&node_a, &node_b] {
+        assert!(svc.read(node, "cgroup.controllers").contains("pids"), "{node}");
+        assert_eq!(svc.read(node, "pids.max").trim(), "64", "{node}");
+    }
+}
+
+#[test]
+fn a_user_managers_units_get_nodes() {
+    if !systemd_host() {
+        return;
+    }
+    let manager = format!("user@{NOBODY}.service");
+    if let Err(e) = systemctl(&["start", &manager]) {
+        skip(&format!("no user manager for uid {NOBODY}: {e}"));
+        return;
+    }
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = systemctl(&["stop", &self.0]);
+        }
+    }
+    let _stop = Stop(manager.clone());
+    let manager_cgroup = systemctl(&["show", "-p", "ControlGroup", "--value", &manager]).unwrap();
+    // A transient service of uid 65534's own manager, started through its
+    // private socket: an unprivileged sandbox (user and uts namespaces).
+    let name = format!("{}.service", unit_name());
+    let runtime = format!("XDG_RUNTIME_DIR=/run/user/{NOBODY}");
+    let mut args = as_nobody(&["env", &runtime, "systemd-run", "--user", "--quiet", "--service-type=exec", "--unit", &name, "--"]);
+    args.extend(["unshare", "--user", "--map-root-user", "--uts", "sleep", "600"]);
+    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output().unwrap();
+    if !out.status.success() {
+        skip(&format!("uid {NOBODY}'s manager would not start a unit: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return;
+    }
+    let mut unit_cgroup = String::new();
+    wait_for("the user's unit's cgroup", || {
+        find_cgroup(&manager_cgroup, &name).map(|c| unit_cgroup = c).is_some()
+    });
+    let pid: u32 = std::fs::read_to_string(dir(&unit_cgroup).join("cgroup.procs")).unwrap().trim().parse().unwrap();
+    // Only the test's unit is tracked: the manager's own processes are not.
+    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{unit_cgroup}\"]\n"));
+    let d = Daemon::start_at(Path::new(MOUNT), &manager_cgroup, &["--config", &config]);
+    let node = format!("{unit_cgroup}/node_{pid}");
+    wait_for("the sandbox in its node", || cgroup_of(pid).as_ref() == Some(&node));
+    let mut buf = vec![0u8; 65536];
+    assert!(rustix::fs::getxattr(dir(&node), "trusted.nsgroup", &mut buf[..]).is_ok(), "the node has its record: {}", d.log_text());
+    // Stopping the user's manager ends its units, the sandbox with them.
+    systemctl(&["stop", &manager]).unwrap();
+    wait_for("the sandbox gone", || !Path::new(&format!("/proc/{pid}")).exists());
+    wait_for("its node gone", || !dir(&node).exists());
+}
