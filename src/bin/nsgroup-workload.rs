@@ -84,14 +84,17 @@ enum Cmd {
     /// number is free for the next namespace).
     NestChild,
     /// A workload for limits: unshare(NEWUTS) (unless --outside) and wait
-    /// until placed (its /proc/self/cgroup changed), then fork up to FORKS
-    /// children that linger, then spin for SPIN_MS of wall time; prints
-    /// `{pid, forked, cpu_ms}` and waits.
+    /// until placed (its /proc/self/cgroup names its node), then fork up to FORKS
+    /// children that linger, then spin for SPIN_MS of wall time, then fill
+    /// HOG_MB MiB of memory and keep it; prints `{pid, forked, cpu_ms,
+    /// hogged_mb}` and waits.
     Contained {
         #[arg(long, default_value_t = 0)]
         forks: u32,
         #[arg(long, default_value_t = 0)]
         spin_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        hog_mb: usize,
         /// Stay in the cgroup it was started in (the comparison).
         #[arg(long)]
         outside: bool,
@@ -380,12 +383,14 @@ fn main() -> Result<()> {
             }
             say(serde_json::json!({ "pid": me, "requests": answers.load(std::sync::atomic::Ordering::Relaxed) }))?;
         }
-        Cmd::Contained { forks, spin_ms, outside } => {
+        Cmd::Contained { forks, spin_ms, hog_mb, outside } => {
             if !outside {
-                let before = std::fs::read_to_string("/proc/self/cgroup")?;
+                // In its own node, not on the way there (a leaf, on cgroup2).
                 unshare_namespaces(UnshareFlags::NEWUTS)?;
                 let placed_by = std::time::Instant::now() + Duration::from_secs(30);
-                while std::fs::read_to_string("/proc/self/cgroup")? == before {
+                let (node, renamed) = (format!("/node_{me}"), format!("/node_{me}~"));
+                let placed = |text: String| text.lines().any(|l| l.ends_with(&node) || l.contains(&renamed));
+                while !placed(std::fs::read_to_string("/proc/self/cgroup")?) {
                     if std::time::Instant::now() > placed_by {
                         bail!("not placed within 30 s");
                     }
@@ -407,8 +412,11 @@ fn main() -> Result<()> {
                 std::hint::black_box(0u64.wrapping_add(1));
             }
             let cpu_ms = (cpu() - cpu0).as_millis() as u64;
-            say(serde_json::json!({ "pid": me, "forked": forked, "cpu_ms": cpu_ms }))?;
+            // Every page written: resident, charged to the cgroup.
+            let hog = std::hint::black_box(vec![1u8; hog_mb << 20]);
+            say(serde_json::json!({ "pid": me, "forked": forked, "cpu_ms": cpu_ms, "hogged_mb": hog.len() >> 20 }))?;
             wait_line();
+            drop(hog);
         }
         Cmd::OddComm { name, userns } => {
             let name = name.map_or_else(|| ODD_COMM.to_vec(), String::into_bytes);
