@@ -799,7 +799,7 @@ fn strict_table(kind: Kind) {
             StrictRow { name: "mkdir below C", script: format!("mkdir '{}'", h.dir(&format!("{c}/made")).display()), rule: create(true) },
             StrictRow { name: "mkdir outside C", script: format!("mkdir '{}'", h.dir(&format!("{o}/made")).display()), rule: create(false) },
         ];
-        moved.push((caller, "another task in C into an empty child of C", victim, format!("{c}/k3")));
+        moved.push((caller, "another task in C into an empty child of C", victim, if cap { format!("{c}/k3") } else { c.clone() }));
         moved.push((caller, "another task in C into a grandchild of C", victim2, c.clone()));
         moved.push((caller, "another task in O into an empty child of O", outsider, o.clone()));
         made.push((caller, "mkdir below C", format!("{c}/made"), cap));
