@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -171,26 +171,56 @@ impl Hierarchy {
     /// The walk: each directory opened relative to its parent's, listed
     /// only when its link count says it has subdirectories (kernfs counts
     /// 2 + subdirectories; any other count is listed), one descriptor open
-    /// per level.
+    /// per level. The subtrees of a top with many children are walked on
+    /// several threads (each through its own descriptors).
     fn visit(&self, rel: &str, records: bool) -> Result<Vec<Surveyed>, IoError> {
-        const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
         let top = self.dir(rel);
         let opened = rustix::fs::open(&top, DIR_FLAGS, Mode::empty()).map_err(|e| IoError::new("open", &top, e));
         let Some(fd) = or_vanished(opened)? else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
+        let (me, children) = self.look(rel, fd, records)?;
+        let mut out = vec![me];
+        let Some((dir, names)) = children else { return Ok(out) };
+        let parent = dir.fd().map_err(|e| IoError::new("list", &top, e))?;
+        let walk_some = |names: &[String]| -> Result<Vec<Surveyed>, IoError> {
+            let mut out = Vec::new();
+            for name in names {
+                self.descend(parent, rel, name, records, &mut out)?;
+            }
+            Ok(out)
+        };
+        let threads = if names.len() < PARALLEL_WALK_FROM {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WALK_THREADS)
+        };
+        if threads <= 1 {
+            out.extend(walk_some(&names)?);
+            return Ok(out);
+        }
+        let per_thread = names.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<Surveyed>, IoError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = names.chunks(per_thread).map(|chunk| scope.spawn(move || walk_some(chunk))).collect();
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// Visits `parent_rel/name` (opened in `parent`) and everything below
+    /// it, parents first, siblings by name.
+    fn descend(&self, parent: BorrowedFd<'_>, parent_rel: &str, name: &str, records: bool, out: &mut Vec<Surveyed>) -> Result<(), IoError> {
         // Directories being visited, each with its subdirectories still to
         // visit (last first).
         let mut stack: Vec<(String, rustix::fs::Dir, Vec<String>)> = Vec::new();
-        let mut next = Some((rel.to_string(), fd));
+        let mut next = self.open_child(parent, parent_rel, name)?;
         loop {
             if let Some((cg, fd)) = next.take() {
-                let st = rustix::fs::fstat(&fd).map_err(|e| IoError::new("stat", self.dir(&cg), e))?;
-                let record = if records { record_of(&fd) } else { None };
-                out.push(Surveyed { rel: cg.clone(), id: st.st_ino, owner: st.st_uid, record });
-                if st.st_nlink != 2 {
-                    let mut dir = rustix::fs::Dir::new(fd).map_err(|e| IoError::new("list", self.dir(&cg), e))?;
-                    let Some(mut names) = or_vanished(subdirectories(&mut dir).map_err(|e| IoError::new("list", self.dir(&cg), e)))? else { continue };
-                    names.sort_unstable_by(|a, b| b.cmp(a));
+                let (me, children) = self.look(&cg, fd, records)?;
+                out.push(me);
+                if let Some((dir, mut names)) = children {
+                    names.reverse();
                     stack.push((cg, dir, names));
                 }
             }
@@ -199,12 +229,33 @@ impl Hierarchy {
                 stack.pop();
                 continue;
             };
-            let child = join(cg, &name);
             let parent = dir.fd().map_err(|e| IoError::new("list", self.dir(cg), e))?;
-            let opened = rustix::fs::openat(parent, name.as_str(), DIR_FLAGS, Mode::empty()).map_err(|e| IoError::new("open", self.dir(&child), e));
-            next = or_vanished(opened)?.map(|fd| (child, fd));
+            next = self.open_child(parent, cg, &name)?;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Opens the directory `name` in `parent`; `None` when it is gone.
+    fn open_child(&self, parent: BorrowedFd<'_>, parent_rel: &str, name: &str) -> Result<Option<(String, OwnedFd)>, IoError> {
+        let rel = join(parent_rel, name);
+        let opened = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(|e| IoError::new("open", self.dir(&rel), e));
+        Ok(or_vanished(opened)?.map(|fd| (rel, fd)))
+    }
+
+    /// What one open cgroup directory tells: its id, owner and record, and
+    /// (sorted by name) its subdirectories, if it has any.
+    fn look(&self, rel: &str, fd: OwnedFd, records: bool) -> Result<(Surveyed, Option<Listing>), IoError> {
+        let st = rustix::fs::fstat(&fd).map_err(|e| IoError::new("stat", self.dir(rel), e))?;
+        let record = if records { record_of(&fd) } else { None };
+        let me = Surveyed { rel: rel.to_string(), id: st.st_ino, owner: st.st_uid, record };
+        if st.st_nlink == 2 {
+            return Ok((me, None));
+        }
+        let mut dir = rustix::fs::Dir::new(fd).map_err(|e| IoError::new("list", self.dir(rel), e))?;
+        let listed = subdirectories(&mut dir).map_err(|e| IoError::new("list", self.dir(rel), e));
+        let Some(mut names) = or_vanished(listed)? else { return Ok((me, None)) };
+        names.sort_unstable();
+        Ok((me, Some((dir, names))))
     }
 
     /// The node record stored on a cgroup, if any.
@@ -267,6 +318,16 @@ fn v1_hierarchy_id(m: &Mount, self_cgroup: &str) -> Option<u32> {
             .then_some(id)
     })
 }
+
+/// How [`Hierarchy::walk`] opens directories.
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+/// From this many children of the top, its subtrees are walked on several threads.
+const PARALLEL_WALK_FROM: usize = 512;
+/// At most this many threads walk.
+const MAX_WALK_THREADS: usize = 4;
+
+/// A directory being walked, and its subdirectories' names.
+type Listing = (rustix::fs::Dir, Vec<String>);
 
 /// A cgroup as [`Hierarchy::survey`] found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -611,6 +672,25 @@ mod tests {
         let h = Hierarchy::at(Path::new("/cg/u"), &mounts, self_cg).unwrap();
         assert_eq!((h.version(), h.granularity()), (Version::V2, Granularity::Process));
         assert!(matches!(Hierarchy::at(Path::new("/nope"), &mounts, self_cg), Err(HierarchyError::NotACgroupMount(_))));
+    }
+
+    #[test]
+    fn a_wide_top_is_walked_on_threads_in_the_same_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = Hierarchy::new(tmp.path().to_path_buf(), Version::V1, HierarchyKey::V1(5));
+        let count = PARALLEL_WALK_FROM + 37;
+        for i in 0..count {
+            fs::create_dir_all(tmp.path().join(format!("t/node_{i}/child"))).unwrap();
+        }
+        let mut expected = vec!["/t".to_string()];
+        let mut names: Vec<String> = (0..count).map(|i| format!("node_{i}")).collect();
+        names.sort();
+        for n in names {
+            expected.push(format!("/t/{n}"));
+            expected.push(format!("/t/{n}/child"));
+        }
+        let walked: Vec<String> = h.walk("/t").unwrap().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(walked, expected);
     }
 
     #[test]
