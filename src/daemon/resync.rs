@@ -3,7 +3,7 @@
 //! on a backing-off timer without BPF (a fixed one without syscall hooks). A reconcile is heavy work: it never
 //! runs under SCHED_FIFO, and a stop signal cuts it short.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,6 @@ use super::control::limits_for;
 use super::place::admits;
 use crate::control::limits::Limit;
 use super::{Daemon, DaemonError, Timer};
-use crate::core::node::CgroupId;
 use crate::core::tracker::Placement;
 use crate::reconcile::{reconcile, Report};
 use crate::source::Source;
@@ -111,20 +110,15 @@ impl Daemon {
         let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admitted, check)?;
         self.last_placed = placed.iter().map(|p| (p.tid, (p.start, p.cgroup))).collect();
         let mut occupied = HashSet::new();
-        // Each node's tasks in its set, in order: its pin comes from the
-        // first of them that still has the namespace.
-        let mut in_set: HashMap<CgroupId, Vec<(u32, u32)>> = HashMap::new();
         for p in placed {
             let Some(node) = self.placer.tracker().node(p.cgroup) else { continue };
             self.source.track(p.tid, p.cgroup);
             occupied.insert(p.cgroup);
             if p.set == node.record.set {
-                in_set.entry(p.cgroup).or_default().push((p.tgid, p.tid));
+                self.pins.pin(&self.proc, node, p.tgid, p.tid);
             }
             self.follow_in_mirrors(p.cgroup, p.tgid, p.tid);
         }
-        let tracker = self.placer.tracker();
-        self.pins.pin_all(&self.proc, in_set.into_iter().filter_map(|(id, tasks)| Some((tracker.node(id)?, tasks))));
         self.report_refused_files();
         // A node none of whose tasks is in its set any more (adopted, or
         // emptied while events were lost) cannot tell its set's recycled
