@@ -14,9 +14,10 @@ use std::path::Path;
 use aya::maps::{Array, MapData};
 use aya::programs::{Lsm, ProgramError};
 use aya::util::KernelVersion;
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf};
 use tracing::info;
 
+use crate::bpf::{verifier_tail, Subtree};
 use crate::sys::cgroupfs::Hierarchy;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lsm.bpf.o"));
@@ -42,9 +43,7 @@ pub const COUNTERS: [&str; 8] = [
 /// What the programs need to know.
 #[derive(Clone, Copy, Debug)]
 pub struct StrictScope {
-    pub hierarchy_id: u32,
-    pub root_cgroup_id: u64,
-    pub root_level: u32,
+    pub subtree: Subtree,
     pub daemon_tgid: u32,
     pub own_user_ns: u32,
 }
@@ -54,9 +53,7 @@ impl StrictScope {
     pub fn of(hierarchy: &Hierarchy, root: &str, user_ns: u64) -> Result<StrictScope, String> {
         let root_cgroup_id = hierarchy.id(root).map_err(|e| e.to_string())?;
         Ok(StrictScope {
-            hierarchy_id: hierarchy.hierarchy_id(),
-            root_cgroup_id,
-            root_level: root.split('/').filter(|c| !c.is_empty()).count() as u32,
+            subtree: Subtree::at(hierarchy, root, root_cgroup_id),
             daemon_tgid: std::process::id(),
             own_user_ns: u32::try_from(user_ns).map_err(|_| format!("user namespace inode {user_ns} does not fit 32 bits"))?,
         })
@@ -100,16 +97,10 @@ const VERIFIER_LINES: usize = 12;
 /// the verifier ran (no log), or rejected by the verifier.
 fn load_error(hook: &'static str, error: ProgramError) -> StrictError {
     match error {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            let log = verifier_log.to_string();
-            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-            if lines.is_empty() {
-                StrictError::Refused { hook, source: io_error }
-            } else {
-                let log = lines[lines.len().saturating_sub(VERIFIER_LINES)..].join("\n");
-                StrictError::Verifier { hook, source: io_error, log }
-            }
-        }
+        ProgramError::LoadError { io_error, verifier_log } => match verifier_tail(hook, &verifier_log, VERIFIER_LINES) {
+            log if log.trim().is_empty() => StrictError::Refused { hook, source: io_error },
+            log => StrictError::Verifier { hook, source: io_error, log },
+        },
         source => StrictError::Program { hook, source },
     }
 }
@@ -153,11 +144,9 @@ impl Strict {
             return Err(StrictError::NotActive(lsms));
         }
         let btf = Btf::from_sys_fs()?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("hierarchy_id", &scope.hierarchy_id, true)
-            .override_global("root_cgroup_id", &scope.root_cgroup_id, true)
-            .override_global("root_level", &scope.root_level, true)
+        let mut ebpf = scope
+            .subtree
+            .loader(&btf)
             .override_global("daemon_tgid", &scope.daemon_tgid, true)
             .override_global("own_user_ns", &scope.own_user_ns, true)
             .load(OBJECT)?;

@@ -11,19 +11,51 @@ use aya::programs::{BtfTracePoint, FEntry, FExit, Iter, TracePoint};
 use std::io::Read;
 use aya::{Btf, Ebpf, EbpfLoader};
 
+use crate::sys::cgroupfs::Hierarchy;
+
 pub use event::{Event, EventKind, TaskRecord};
 pub use crate::config::Hooks;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nsgroup.bpf.o"));
 
-/// Where the BPF programs look.
+/// The tracked subtree as every BPF object of ours sees it: its
+/// `hierarchy_id`, `root_cgroup_id` and `root_level` globals.
 #[derive(Clone, Copy, Debug)]
-pub struct Scope {
+pub struct Subtree {
     /// The tracked hierarchy's id (0: cgroup2).
     pub hierarchy_id: u32,
     /// The tracked subtree's root cgroup id and depth.
     pub root_cgroup_id: u64,
     pub root_level: u32,
+}
+
+impl Subtree {
+    /// The subtree `root` of `hierarchy`, whose cgroup id is `root_cgroup_id`.
+    pub fn at(hierarchy: &Hierarchy, root: &str, root_cgroup_id: u64) -> Subtree {
+        Subtree {
+            hierarchy_id: hierarchy.hierarchy_id(),
+            root_cgroup_id,
+            root_level: root.split('/').filter(|c| !c.is_empty()).count() as u32,
+        }
+    }
+
+    /// A loader for an object of ours: kernel BTF given, the subtree's
+    /// globals set.
+    pub fn loader<'a>(&'a self, btf: &'a Btf) -> EbpfLoader<'a> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(btf))
+            .override_global("hierarchy_id", &self.hierarchy_id, true)
+            .override_global("root_cgroup_id", &self.root_cgroup_id, true)
+            .override_global("root_level", &self.root_level, true);
+        loader
+    }
+}
+
+/// Where the daemon's BPF programs look, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope {
+    pub subtree: Subtree,
     /// The ring buffer's size: a power of two, at least the page size.
     pub ring_buffer_bytes: u32,
     /// How unshare() and setns() callers are seen.
@@ -58,17 +90,24 @@ pub enum BpfError {
 /// How many of the verifier's last lines a refused program's error keeps.
 const VERIFIER_TAIL: usize = 30;
 
-/// `source` as a [`BpfError`]: a verifier log is logged whole at debug
-/// level and cut to its last [`VERIFIER_TAIL`] lines in the error.
+/// `source` as a [`BpfError`]: a verifier log is cut to its last
+/// [`VERIFIER_TAIL`] lines in the error (see [`verifier_tail`]).
 fn program_error(name: &'static str, source: aya::programs::ProgramError) -> BpfError {
     match source {
         aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
-            let log = verifier_log.to_string();
-            tracing::debug!(program = name, verifier_log = %log, "the kernel refused a BPF program");
-            BpfError::Verifier { name, error: io_error, tail: last_lines(&log, VERIFIER_TAIL).to_string() }
+            BpfError::Verifier { name, error: io_error, tail: verifier_tail(name, &verifier_log, VERIFIER_TAIL) }
         }
         source => BpfError::Program { name, source },
     }
+}
+
+/// The last `lines` lines of the verifier's log of the refused `program`
+/// (empty when the kernel refused it before verifying); the whole log goes
+/// to the debug level.
+pub fn verifier_tail(program: &str, log: &impl std::fmt::Display, lines: usize) -> String {
+    let log = log.to_string();
+    tracing::debug!(program, verifier_log = %log, "the kernel refused a BPF program");
+    last_lines(log.trim_start(), lines).to_string()
 }
 
 /// The last `n` lines of `text`.
@@ -143,11 +182,9 @@ impl Probe {
         }
         let btf = Btf::from_sys_fs()?;
         let watching = scope.hooks == Hooks::NoSyscall;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("hierarchy_id", &scope.hierarchy_id, true)
-            .override_global("root_cgroup_id", &scope.root_cgroup_id, true)
-            .override_global("root_level", &scope.root_level, true)
+        let mut ebpf = scope
+            .subtree
+            .loader(&btf)
             .override_global("watch_sets", &u32::from(watching), true)
             .map_max_entries("events", size)
             .map_max_entries("seen", if watching { SEEN_ENTRIES } else { 1 })

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags};
 use tracing::{info, warn};
 
-use crate::bpf::{Event, EventKind, Probe, Scope};
+use crate::bpf::{Event, EventKind, Probe, Scope, Subtree};
 use crate::config::{Config, Source as SourceChoice};
 use crate::core::histogram::Histogram;
 use crate::core::node::CgroupId;
@@ -209,11 +209,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
 
     // Attach before the snapshot: what happens meanwhile queues up and is
     // applied after it (placements are idempotent).
-    let root_level = root.split('/').filter(|c| !c.is_empty()).count() as u32;
     let scope = Scope {
-        hierarchy_id: hierarchy.hierarchy_id(),
-        root_cgroup_id: root_id,
-        root_level,
+        subtree: Subtree::at(&hierarchy, &root, root_id),
         ring_buffer_bytes: config.ring_buffer_bytes,
         hooks: config.hooks,
         snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
