@@ -258,7 +258,7 @@ impl Tracker {
     }
 
     /// How many nodes exist.
-    pub fn len(&self) -> usize {
+    pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
 
@@ -410,7 +410,7 @@ mod tests {
         t.add_node(node(2000, CG, set(2), set(1))).unwrap();
         t.add_node(node(2002, CG, set(3), set(1))).unwrap();
         t.add_node(node(2001, CG, set(4), set(1))).unwrap();
-        assert_eq!((t.nodes_of_uid(0), t.nodes_of_uid(1), t.len()), (2, 1, 3));
+        assert_eq!((t.nodes_of_uid(0), t.nodes_of_uid(1), t.node_count()), (2, 1, 3));
         t.remove_node(2002);
         assert_eq!(t.nodes_of_uid(0), 1);
     }

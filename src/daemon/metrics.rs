@@ -318,7 +318,7 @@ impl Daemon {
             ring_dropped: self.source.dropped(),
             coalesced_entries: self.ops.coalesced,
             history_dropped: self.ops.history.as_ref().map_or(0, Writer::dropped),
-            live_nodes: self.placer.tracker().len() as u64,
+            live_nodes: self.placer.tracker().node_count() as u64,
             latency_buckets: self.ops.latency.clone(),
             latency_sum_us: self.ops.latency_sum_us,
             latency_count: s.latency.count(),

@@ -414,7 +414,7 @@ impl Daemon {
             "STATUS=tracking {} in {}: {} nodes, {} placed, {} refused, {} events lost",
             self.root,
             self.hierarchy.mount().display(),
-            self.placer.tracker().len(),
+            self.placer.tracker().node_count(),
             s.moved,
             s.refused,
             self.source.dropped()
