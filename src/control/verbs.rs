@@ -265,11 +265,11 @@ pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Resul
     };
     let end = Instant::now() + timing.timeout;
     loop {
-        if tasks(&s.dir, s.version)?.is_empty() {
+        if left(s)? == 0 {
             return Ok(outcome);
         }
         if Instant::now() >= end {
-            let left = tasks(&s.dir, s.version)?.len();
+            let left = left(s)?;
             if can_freeze {
                 let _ = set_frozen(s, false, timing);
             }
@@ -280,20 +280,42 @@ pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Resul
             });
         }
         outcome.rounds += 1;
-        if can_freeze {
-            set_frozen(s, true, timing)?;
-            let signalled = signal_all(s, signaller);
-            // Thawed whatever happened: frozen tasks with SIGKILL pending die now.
-            set_frozen(s, false, timing)?;
-            outcome.signalled += signalled?;
-        } else {
-            outcome.signalled += signal_all(s, signaller)?;
+        match kill_round(s, signaller, can_freeze, timing, &mut outcome.signalled) {
+            Ok(()) => {}
+            // Emptied and removed by the daemon's cleanup meanwhile: its
+            // files went with it.
+            Err(_) if !s.dir.exists() => return Ok(outcome),
+            Err(e) => return Err(e),
         }
         // Let the killed tasks leave before looking again.
         let settle = Instant::now() + Duration::from_millis(200).min(timing.timeout);
-        while Instant::now() < settle && !tasks(&s.dir, s.version)?.is_empty() {
+        while Instant::now() < settle && left(s)? > 0 {
             std::thread::sleep(timing.poll);
         }
+    }
+}
+
+/// One round of a kill without `cgroup.kill`: freeze (where it can), SIGKILL
+/// every task, thaw; counts the tasks signalled into `signalled`.
+fn kill_round(s: &Subtree, signaller: &mut dyn Signaller, can_freeze: bool, timing: Timing, signalled: &mut u32) -> Result<(), VerbError> {
+    if !can_freeze {
+        *signalled += signal_all(s, signaller)?;
+        return Ok(());
+    }
+    set_frozen(s, true, timing)?;
+    let result = signal_all(s, signaller);
+    // Thawed whatever happened: frozen tasks with SIGKILL pending die now.
+    set_frozen(s, false, timing)?;
+    *signalled += result?;
+    Ok(())
+}
+
+/// The tasks left in the subtree; none once it is gone (emptied and removed
+/// by the daemon's cleanup).
+fn left(s: &Subtree) -> Result<usize, VerbError> {
+    match tasks(&s.dir, s.version) {
+        Err(_) if !s.dir.exists() => Ok(0),
+        r => r.map(|t| t.len()),
     }
 }
 
@@ -502,6 +524,28 @@ mod tests {
         let _ = fs::write(s.dir.join("cgroup.events"), "populated 1\n");
         assert_eq!(kill(&s, &mut sig, quick()).unwrap().method, "cgroup.kill");
         remover.join().unwrap();
+    }
+
+    #[test]
+    fn a_subtree_removed_during_a_round_is_killed() {
+        // cgroup2 before 5.14: rounds. The daemon removes the node once the
+        // signal emptied it, before the round's thaw.
+        let tmp = tempfile::tempdir().unwrap();
+        let node = tmp.path().join("node_5");
+        fs::create_dir(&node).unwrap();
+        fs::write(node.join("cgroup.procs"), "5\n").unwrap();
+        fs::write(node.join("cgroup.freeze"), "0").unwrap();
+        fs::write(node.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        struct Cleanup(PathBuf);
+        impl Signaller for Cleanup {
+            fn kill(&mut self, _: u32) -> io::Result<bool> {
+                fs::remove_dir_all(&self.0)?;
+                Ok(true)
+            }
+        }
+        let s = Subtree { dir: node.clone(), version: Version::V2, freezer: None };
+        let out = kill(&s, &mut Cleanup(node), quick()).unwrap();
+        assert_eq!((out.method, out.rounds), ("freeze, signals, thaw", 1));
     }
 
     #[test]
