@@ -73,6 +73,9 @@ enum Command {
         /// why, where the kernel does not run BPF LSM programs).
         #[arg(long)]
         strict: bool,
+        /// The API's socket (api.socket); an empty PATH serves no API.
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<std::path::PathBuf>,
         #[command(flatten)]
         metrics: nsgroup::history::cli::MetricsFlags,
     },
@@ -231,9 +234,12 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { at, root, config, ring_buffer_bytes, source, log_format, strict, metrics } => {
+        Command::Run { at, root, config, ring_buffer_bytes, source, log_format, strict, api_socket, metrics } => {
             let mut config = Config::load(config.as_deref())?;
             config.api.strict |= strict;
+            if let Some(socket) = api_socket {
+                config.api.socket = socket;
+            }
             metrics.apply(&mut config);
             if let Some(h) = at.hierarchy {
                 config.hierarchy = Some(h);

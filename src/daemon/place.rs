@@ -207,7 +207,7 @@ impl Daemon {
     fn dropped(&mut self, why: Dropped, ev: &Event) {
         self.stats.count_dropped(why);
         match why {
-            Dropped::Gone => {}
+            Dropped::Gone => debug!(tid = ev.tid, kind = ?ev.kind, "not moved: the task or its destination is gone"),
             Dropped::Reused => {
                 if self.reports.allow(Kind::Reused) {
                     warn!(tid = ev.tid, "not moved: the tid belongs to another task now");

@@ -418,11 +418,20 @@ impl Daemon {
         } else {
             &["--history-database".as_ref(), history.as_os_str()]
         };
+        // So does the API's socket, unless the test configures one.
+        let api = tmp.path().join("api.sock");
+        let api_configured = config.is_some_and(|c| std::fs::read_to_string(c).is_ok_and(|t| t.contains("[api]")));
+        let own_api: &[&std::ffi::OsStr] = if api_configured || extra.contains(&"--api-socket") {
+            &[]
+        } else {
+            &["--api-socket".as_ref(), api.as_os_str()]
+        };
         let mut child = Command::new(NSGROUP)
             .args(["run", "--hierarchy"])
             .arg(mount)
             .args(["--root", root])
             .args(own_history)
+            .args(own_api)
             .args(extra)
             .env("NOTIFY_SOCKET", &sock_path)
             .env("NSGROUP_LOG", "nsgroup=debug")
