@@ -173,7 +173,13 @@ fn lost_events_are_counted_and_reconciled() {
     }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let mut d = Daemon::start(&h, &["--ring-buffer-bytes", "4096"]);
+    // The daemon stopped while the storm starts: the events of its first
+    // 100 tasks cannot fit in a ring of a few dozen, whatever the speed of
+    // the machine.
+    signal(d.pid(), rustix::process::Signal::STOP);
     let mut storm = h.spawn(&[WORKLOAD, "storm", "--count", "200", "--children", "2", "--hold-ms", "3000"]);
+    wait_for("the storm's first 100 tasks", || h.processes().len() >= 100);
+    signal(d.pid(), rustix::process::Signal::CONT);
     wait_for("an overflow reconcile", || d.log_text().contains("the ring buffer overflowed"));
     wait_for("the invariant", || invariant_holds(&h));
     let summary = storm.read_json();
