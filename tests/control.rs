@@ -52,19 +52,7 @@ impl ControllerRoot {
 
     /// Every cgroup below the root, relative to it, sorted.
     fn below(&self) -> Vec<String> {
-        let base = self.dir(&self.root);
-        let mut out = vec![];
-        let mut stack = vec![base.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path().strip_prefix(&base).unwrap().display().to_string());
-                    stack.push(e.path());
-                }
-            }
-        }
-        out.sort();
-        out
+        subdirs(&self.dir(&self.root))
     }
 }
 

@@ -82,19 +82,7 @@ impl Service {
 
     /// Every cgroup below the unit's, relative to it, sorted.
     fn below(&self) -> Vec<String> {
-        let base = dir(&self.cgroup);
-        let mut out = vec![];
-        let mut stack = vec![base.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path().strip_prefix(&base).unwrap().display().to_string());
-                    stack.push(e.path());
-                }
-            }
-        }
-        out.sort();
-        out
+        subdirs(&dir(&self.cgroup))
     }
 
     /// A file of the unit's cgroup or of one below it (`rel` relative to it).

@@ -936,3 +936,19 @@ impl Drop for DelegatedScope {
         let _ = systemctl(&["stop", "--quiet", &self.unit]);
     }
 }
+
+/// Every directory below `base` (cgroups below a cgroup), relative to it, sorted.
+pub fn subdirs(base: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path().strip_prefix(base).unwrap().display().to_string());
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
