@@ -42,7 +42,6 @@ struct pid_namespace { struct ns_common ns; } __core;
 struct net { struct ns_common ns; } __core;
 struct time_namespace { struct ns_common ns; } __core;
 struct cgroup_namespace { struct ns_common ns; } __core;
-struct user_namespace { struct ns_common ns; } __core;
 
 struct nsproxy {
 	struct uts_namespace *uts_ns;
@@ -56,6 +55,11 @@ struct nsproxy {
 } __core;
 
 typedef struct { __u32 val; } kuid_t;
+struct user_namespace {
+	struct user_namespace *parent;
+	kuid_t owner;
+	struct ns_common ns;
+} __core;
 struct cred { kuid_t uid; struct user_namespace *user_ns; } __core;
 struct upid { int nr; struct pid_namespace *ns; } __core;
 struct pid { unsigned int level; struct upid numbers[1]; } __core;

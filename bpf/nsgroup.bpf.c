@@ -33,6 +33,7 @@ const volatile __u32 hierarchy_id = 0;   /* 0 is cgroup2 */
 const volatile __u64 root_cgroup_id = 0; /* the tracked subtree's root */
 const volatile __u32 root_level = 0;
 const volatile __u32 watch_sets = 0;     /* 1: no syscall hooks, see above */
+const volatile __u32 base_userns = 0;    /* the daemon's user namespace (inode) */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -192,6 +193,28 @@ static __always_inline __u64 scoped_cgroup(struct task_struct *t)
 	return BPF_CORE_READ(cg, kn, id);
 }
 
+/* How deep user namespaces nest (the kernel's limit is 32). */
+#define USERNS_MAX_DEPTH 33
+
+/* Who owns `t`'s set: the owner of its outermost user namespace below the
+ * daemon's (the uid that created it, kernel-global), else its real uid.
+ * A user's subordinate uids live in user namespaces that user owns, so
+ * they are that user. Bounded: one read per nesting level. */
+static __always_inline __u32 owner_of(struct task_struct *t)
+{
+	__u32 uid = BPF_CORE_READ(t, real_cred, uid.val);
+	struct user_namespace *ns = BPF_CORE_READ(t, real_cred, user_ns);
+	struct user_namespace *below = NULL;
+	for (int i = 0; i < USERNS_MAX_DEPTH && ns; i++) {
+		if (BPF_CORE_READ(ns, ns.inum) == base_userns)
+			return below ? BPF_CORE_READ(below, owner.val) : uid;
+		below = ns;
+		ns = BPF_CORE_READ(ns, parent);
+	}
+	/* Not below the daemon's user namespace: its own uid. */
+	return uid;
+}
+
 static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup_id,
 				 __u32 ptid, const struct nsset *now, const struct nsset *prev)
 {
@@ -211,7 +234,7 @@ static __always_inline void emit(__u32 kind, struct task_struct *t, __u64 cgroup
 	__builtin_memcpy(e->prev_ns, prev->ns, sizeof(e->prev_ns));
 	BPF_CORE_READ_STR_INTO(&e->comm, t, comm);
 	e->uid = BPF_CORE_READ(t, real_cred, uid.val);
-	e->pad = 0;
+	e->owner = owner_of(t);
 	__u32 zero = 0;
 	__u64 *flags = bpf_map_lookup_elem(&ring_flags, &zero);
 	bpf_ringbuf_submit(e, flags ? *flags : 0);
@@ -445,6 +468,7 @@ int snapshot(struct bpf_iter__task *ctx)
 	rec.tgid = BPF_CORE_READ(t, tgid);
 	rec.parent = rec.tid == rec.tgid ? BPF_CORE_READ(t, real_parent, tgid) : rec.tgid;
 	rec.uid = BPF_CORE_READ(t, real_cred, uid.val);
+	rec.owner = owner_of(t);
 	__builtin_memcpy(rec.ns, s.ns, sizeof(rec.ns));
 	BPF_CORE_READ_STR_INTO(&rec.comm, t, comm);
 	bpf_seq_write(seq, &rec, sizeof(rec));

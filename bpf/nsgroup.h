@@ -41,7 +41,7 @@ struct nsg_event {
 	__u32 prev_ns[NSG_NS_COUNT]; /* the set it was in before (FORK: the parent's) */
 	char comm[16];
 	__u32 uid;        /* the task's real uid (in the initial user namespace) */
-	__u32 pad;
+	__u32 owner;      /* who owns its set: see owner_of() */
 };
 
 /* One task of the start-up/overflow snapshot (iter/task), in scope only. */
@@ -54,6 +54,8 @@ struct nsg_task {
 	__u32 uid;       /* the task's real uid (in the initial user namespace) */
 	__u32 ns[NSG_NS_COUNT];
 	char comm[16];
+	__u32 owner;     /* who owns its set: see owner_of() */
+	__u32 pad;
 };
 
 #endif

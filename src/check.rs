@@ -63,7 +63,7 @@ pub fn check(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, base: NsSet, mask
             node_paths.insert(path);
         }
     }
-    let Scan { tasks, unreadable: unreadable_tasks } = scan(proc, hierarchy, root)?;
+    let Scan { tasks, unreadable: unreadable_tasks } = scan(proc, hierarchy, root, own_user_ns)?;
     let per_process = hierarchy.granularity() == Granularity::Process;
     let base = base.masked(mask);
     let mut verdict = Verdict { tasks: tasks.len(), nodes: node_paths.len(), unreadable_tasks, ..Verdict::default() };

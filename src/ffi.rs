@@ -1,6 +1,6 @@
 //! The crate's only `unsafe` code: process creation for the workload
-//! generators (tests and benchmarks), and the daemon's scheduling and memory
-//! housekeeping.
+//! generators (tests and benchmarks), the daemon's scheduling and memory
+//! housekeeping, and the nsfs ioctls that name a user namespace's owner.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -132,5 +132,34 @@ pub fn set_realtime(priority: Option<i32>) -> io::Result<()> {
     match unsafe { libc::sched_setscheduler(0, policy, &param) } {
         0 => Ok(()),
         _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// `NS_GET_PARENT` and `NS_GET_OWNER_UID` (linux/nsfs.h): `_IO(0xb7, 2)`, `_IO(0xb7, 4)`.
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+
+/// The parent of the user namespace `ns` (an open nsfs descriptor);
+/// `EPERM` when the parent lies outside the caller's user namespace.
+pub fn user_ns_parent(ns: std::os::fd::BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: NS_GET_PARENT takes no argument and returns a new descriptor
+    // (or -1), which nothing else owns.
+    match unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT) } {
+        -1 => Err(io::Error::last_os_error()),
+        // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+        fd => Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+    }
+}
+
+/// The uid (in the caller's user namespace) that created the user namespace `ns`.
+pub fn user_ns_owner(ns: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
+    // points at a live local of that type.
+    match unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_OWNER_UID, &mut uid as *mut libc::uid_t) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(uid),
     }
 }

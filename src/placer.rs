@@ -258,7 +258,7 @@ mod tests {
     }
 
     fn entry(tid: u32, cgroup: CgroupId, s: u64, prev: u64) -> Entry {
-        Entry { tid, tgid: tid, uid: 0, cgroup, set: set(s), prev: set(prev) }
+        Entry { tid, tgid: tid, uid: 0, owner: 0, cgroup, set: set(s), prev: set(prev) }
     }
 
     #[test]

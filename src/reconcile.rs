@@ -64,7 +64,7 @@ pub fn reconcile<B: CgroupBackend>(
         };
         let set = t.set.masked(mask);
         let prev = placer.tracker().home_set(effective).masked(mask);
-        let entry = Entry { tid: t.tid, tgid: t.tgid, uid: t.uid, cgroup: effective, set, prev };
+        let entry = Entry { tid: t.tid, tgid: t.tgid, uid: t.uid, owner: t.owner, cgroup: effective, set, prev };
         let here = |cgroup| Placed { tid: t.tid, tgid: t.tgid, start: t.start, set, cgroup };
         let mut placement = if admits(t) { placer.tracker().place(&entry) } else { Placement::Stay };
         if placement == Placement::Stay && effective != t.cgroup && !(per_process && t.tid != t.tgid) {
@@ -123,6 +123,7 @@ mod tests {
             parent,
             start,
             uid: 0,
+            owner: 0,
             comm: format!("t{tid}"),
             cgroup,
             cgroup_path: String::new(),

@@ -113,6 +113,8 @@ pub struct ProcSource {
     hierarchy: Hierarchy,
     root: String,
     ids: HashMap<String, Option<CgroupId>>,
+    /// The daemon's user namespace (inode): owners are read against it.
+    user_ns: u64,
     /// Tasks living in nodes, by node: their exits are reported.
     members: HashMap<u32, CgroupId>,
     overflows: u64,
@@ -121,13 +123,14 @@ pub struct ProcSource {
 
 impl ProcSource {
     /// Subscribes to the proc connector.
-    pub fn open(proc: ProcFs, hierarchy: Hierarchy, root: &str) -> Result<ProcSource, IoError> {
+    pub fn open(proc: ProcFs, hierarchy: Hierarchy, root: &str, user_ns: u64) -> Result<ProcSource, IoError> {
         Ok(ProcSource {
             connector: Connector::open()?,
             proc,
             hierarchy,
             root: root.to_string(),
             ids: HashMap::new(),
+            user_ns,
             members: HashMap::new(),
             overflows: 0,
             delivered: 0,
@@ -169,7 +172,8 @@ impl ProcSource {
     fn event(&self, kind: EventKind, tgid: u32, tid: u32, cgroup: CgroupId, set: NsSet, prev: NsSet) -> Event {
         let (comm, start_ns) = self.proc.stat(tgid, tid).ok().flatten().map(|s| (s.start_ns(), s.comm)).map_or_else(Default::default, |(start, comm)| (comm, start));
         let uid = self.proc.uid(tid).ok().flatten().unwrap_or(u32::MAX);
-        Event { kind, ktime_ns: monotonic_ns(), start_ns, cgroup, tid, tgid, set, prev, comm, uid }
+        let owner = crate::sys::owner::owner(&self.proc, tgid, tid, self.user_ns).ok().flatten().unwrap_or(uid);
+        Event { kind, ktime_ns: monotonic_ns(), start_ns, cgroup, tid, tgid, set, prev, comm, uid, owner }
     }
 
     fn convert(&mut self, pe: ProcEvent, out: &mut Vec<Event>) {
@@ -211,6 +215,7 @@ impl ProcSource {
                     prev: none,
                     comm: String::new(),
                     uid: 0,
+                    owner: 0,
                 });
             }
         }

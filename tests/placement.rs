@@ -325,3 +325,45 @@ fn without_syscall_hooks_a_caller_that_never_forks_is_placed_by_the_next_snapsho
     assert_eq!(p.read_json()["state"], "back");
     h.expect_in(p.pid, &h.root);
 }
+
+/// Named network namespaces (`ip netns add`), deleted when dropped.
+struct NamedNetns(Vec<String>);
+
+impl NamedNetns {
+    fn add(count: usize) -> NamedNetns {
+        let names: Vec<String> = (0..count).map(|i| format!("nsgroup-test-{}-{i}", std::process::id())).collect();
+        for n in &names {
+            let out = std::process::Command::new("ip").args(["netns", "add", n]).output().unwrap();
+            assert!(out.status.success(), "ip netns add {n}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        NamedNetns(names)
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", n]).status();
+        }
+    }
+}
+
+/// `ip netns exec NS cmd`: setns(CLONE_NEWNET) into the named netns, then
+/// unshare(CLONE_NEWNS), then exec. The set it ends in (a new mount
+/// namespace, the named netns) gets a node, even though the setns was
+/// still settling when the unshare came.
+#[test]
+fn ip_netns_exec_is_placed_in_a_node_of_its_own() {
+    if !privileged() {
+        return;
+    }
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
+    let _d = Daemon::start(&h, &[]);
+    let named = NamedNetns::add(20);
+    let sleepers: Vec<Proc> = named.0.iter().map(|n| h.spawn(&["ip", "netns", "exec", n, "sleep", "60"])).collect();
+    for p in &sleepers {
+        wait_for("the sleeper in its netns", || ns_inode_of(p.pid, "net") != ns_inode_of(std::process::id(), "net"));
+        h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    }
+    h.kill_all();
+}

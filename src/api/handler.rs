@@ -218,7 +218,7 @@ impl Context {
     fn verb(&self, peer: &Peer, target: &Target, verb: &str) -> Result<Value, ErrorBody> {
         let node = self.node(target)?;
         let caller = self.caller(peer)?;
-        perm::may_control(&caller, &node.path, node.record.creator_uid, &self.root)?;
+        perm::may_control(&caller, &node.path, node.record.owner(), &self.root)?;
         let s = subtree(&self.hierarchy, &node);
         let outcome = match verb {
             "freeze" => verbs::freeze(&s, self.timing)?,
@@ -238,7 +238,7 @@ impl Context {
         verbs::check_value(file, value)?;
         let node = self.node(target)?;
         let caller = self.caller(peer)?;
-        perm::may_control(&caller, &node.path, node.record.creator_uid, &self.root)?;
+        perm::may_control(&caller, &node.path, node.record.owner(), &self.root)?;
         let dir = limit_dir(&self.hierarchy, &node, &controller)?;
         let written = verbs::write_limit(&dir, file, value)?;
         if let Some(events) = &self.events {

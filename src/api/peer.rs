@@ -22,6 +22,10 @@ pub struct Peer {
     pub pid: u32,
     /// The effective uid at connect time (SO_PEERCRED).
     pub uid: u32,
+    /// Who owns the peer's set at connect time ([`crate::sys::owner`]): the
+    /// user its per-user bounds count against. A user's subordinate uids are
+    /// that user.
+    pub owner: u32,
     pub gid: u32,
     /// The pid's start time (clock ticks after boot) when the connection was accepted.
     pub start_ticks: u64,
@@ -46,7 +50,8 @@ impl Peer {
     /// Identifies the process at the other end of `stream`. `seen_ticks`
     /// is the boot time (in clock ticks) at which the connection was known
     /// to be pending: a process that started later cannot have made it.
-    pub fn of(stream: &UnixStream, proc: &ProcFs, seen_ticks: Option<u64>) -> Result<Peer, PeerError> {
+    /// `user_ns` is the inode of the daemon's user namespace.
+    pub fn of(stream: &UnixStream, proc: &ProcFs, seen_ticks: Option<u64>, user_ns: u64) -> Result<Peer, PeerError> {
         let cred = rustix::net::sockopt::socket_peercred(stream).map_err(|e| PeerError::Cred(e.into()))?;
         let pid = cred.pid.as_raw_nonzero().get();
         // 0: the peer is in a pid namespace the daemon cannot see into's parent.
@@ -55,7 +60,12 @@ impl Peer {
         if seen_ticks.is_some_and(|seen| stat.start_ticks > seen) {
             return Err(PeerError::Reused(pid));
         }
-        Ok(Peer { pid, uid: cred.uid.as_raw(), gid: cred.gid.as_raw(), start_ticks: stat.start_ticks })
+        let owner = crate::sys::owner::owner(proc, pid, pid, user_ns)?.ok_or(PeerError::Gone(pid))?;
+        // Read after the stat: the owner is the connecting process's.
+        if !(Peer { pid, uid: 0, owner, gid: 0, start_ticks: stat.start_ticks }).alive(proc)? {
+            return Err(PeerError::Gone(pid));
+        }
+        Ok(Peer { pid, uid: cred.uid.as_raw(), owner, gid: cred.gid.as_raw(), start_ticks: stat.start_ticks })
     }
 
     /// Whether the pid still names the process that connected.
@@ -74,7 +84,7 @@ impl Peer {
         let cgroup = proc.cgroup_path(self.pid, self.pid, key)?;
         let cap_sys_admin = proc.has_sys_admin_in(self.pid, self.pid, user_ns)?;
         let (Some(cgroup), true) = (cgroup, self.alive(proc)?) else { return Ok(Err(peer_gone(self.pid))) };
-        Ok(Ok(Caller { pid: self.pid, uid: self.uid, cap_sys_admin, cgroup }))
+        Ok(Ok(Caller { pid: self.pid, uid: self.uid, owner: self.owner, cap_sys_admin, cgroup }))
     }
 }
 
@@ -93,11 +103,13 @@ mod tests {
     fn identifies_its_own_end_and_refuses_a_later_start() {
         let (a, _b) = UnixStream::pair().unwrap();
         let proc = ProcFs::new("/proc");
-        let me = Peer::of(&a, &proc, Some(boot_ticks_now())).unwrap();
+        let own_ns = proc.ns_inode(std::process::id(), std::process::id(), crate::core::nsset::NsKind::User).unwrap().unwrap();
+        let me = Peer::of(&a, &proc, Some(boot_ticks_now()), own_ns).unwrap();
         assert_eq!(me.pid, std::process::id());
         assert_eq!(me.uid, rustix::process::geteuid().as_raw());
+        assert_eq!(me.owner, rustix::process::getuid().as_raw());
         assert!(me.alive(&proc).unwrap());
-        assert!(matches!(Peer::of(&a, &proc, Some(0)), Err(PeerError::Reused(_))));
+        assert!(matches!(Peer::of(&a, &proc, Some(0), own_ns), Err(PeerError::Reused(_))));
         let other = Peer { start_ticks: me.start_ticks + 1, ..me.clone() };
         assert!(!other.alive(&proc).unwrap());
         let refusal = other.caller(&proc, &HierarchyKey::Unified, 0).unwrap().unwrap_err();

@@ -84,6 +84,8 @@ impl Refusal {
 pub struct Caller {
     pub pid: u32,
     pub uid: u32,
+    /// Who owns the caller's set (its user namespaces' owner, else `uid`).
+    pub owner: u32,
     /// CAP_SYS_ADMIN in its effective set, in the daemon's user namespace.
     pub cap_sys_admin: bool,
     /// Its cgroup in the tracked hierarchy.
@@ -151,16 +153,16 @@ pub fn may_create(caller: &Caller, parent: &str, root: &str) -> Result<(), Refus
     Ok(())
 }
 
-/// Whether `caller` may freeze, thaw, kill or limit node `node`, whose creator had `creator_uid`.
-pub fn may_control(caller: &Caller, node: &str, creator_uid: u32, root: &str) -> Result<(), Refusal> {
+/// Whether `caller` may freeze, thaw, kill or limit node `node`, owned by `owner`.
+pub fn may_control(caller: &Caller, node: &str, owner: u32, root: &str) -> Result<(), Refusal> {
     in_scope(node, root)?;
     if caller.cap_sys_admin {
         return Ok(());
     }
-    if creator_uid != caller.uid {
+    if owner != caller.owner {
         return Err(Refusal::new(
             Rule::ControlCreatorUid,
-            format!("{} was created by uid {creator_uid}, not by the caller's uid {}; without CAP_SYS_ADMIN only one's own nodes", Escaped(node), caller.uid),
+            format!("{} is owned by uid {owner}, not by the caller's owner uid {}; without CAP_SYS_ADMIN only one's own nodes", Escaped(node), caller.owner),
         ));
     }
     if !within(node, &caller.cgroup) {
@@ -191,7 +193,7 @@ mod tests {
     use super::*;
 
     fn caller(cap: bool) -> Caller {
-        Caller { pid: 10, uid: 65534, cap_sys_admin: cap, cgroup: "/t/a".into() }
+        Caller { pid: 10, uid: 65534, owner: 65534, cap_sys_admin: cap, cgroup: "/t/a".into() }
     }
 
     fn rule<T>(r: Result<T, Refusal>) -> Option<&'static str> {

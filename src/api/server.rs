@@ -147,6 +147,7 @@ impl Server {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let (results_tx, results) = mpsc::channel::<Done>();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let user_ns = ctx.user_ns;
         let ctx = Arc::new(ctx);
         for i in 0..WORKERS {
             let (jobs, results, ctx, wake) = (jobs_rx.clone(), results_tx.clone(), ctx.clone(), publisher.wake.clone());
@@ -164,6 +165,7 @@ impl Server {
             in_flight: 0,
             seq: 0,
             seen_lost: 0,
+            user_ns,
         };
         let thread = std::thread::Builder::new().name("nsgroup-api".into()).spawn(move || state.run())?;
         Ok(Server { publisher, thread: Some(thread) })
@@ -270,6 +272,8 @@ struct State {
     /// The sequence number of the latest event sent.
     seq: u64,
     seen_lost: u64,
+    /// The daemon's user namespace (inode): callers' owners are read against it.
+    user_ns: u64,
 }
 
 impl State {
@@ -374,9 +378,9 @@ impl State {
                 continue;
             }
             self.shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-            let peer = Peer::of(&stream, &ctx_proc(), Some(seen_ticks)).map_err(|e| e.to_string());
-            let uid = peer.as_ref().map(|p| p.uid).ok();
-            let same_uid = uid.map_or(0, |u| self.conns.values().filter(|c| c.peer.as_ref().ok().map(|p| p.uid) == Some(u)).count());
+            let peer = Peer::of(&stream, &ctx_proc(), Some(seen_ticks), self.user_ns).map_err(|e| e.to_string());
+            let uid = peer.as_ref().map(|p| p.owner).ok();
+            let same_uid = uid.map_or(0, |u| self.conns.values().filter(|c| c.peer.as_ref().ok().map(|p| p.owner) == Some(u)).count());
             let mut conn = Conn::new(stream, peer);
             let why = if self.conns.len() >= MAX_CONNECTIONS {
                 Some(format!("too many connections ({MAX_CONNECTIONS}); retry later"))

@@ -37,6 +37,9 @@ pub struct Event {
     pub comm: String,
     /// The task's real uid (initial user namespace).
     pub uid: u32,
+    /// Who owns its set: the owner of its outermost user namespace below
+    /// the daemon's, else `uid` (docs/semantics.md §13, "Owners").
+    pub owner: u32,
 }
 
 /// Why bytes from the ring buffer are not an event.
@@ -85,6 +88,7 @@ impl Event {
         let prev = r.set();
         let comm = comm(r.take());
         let uid = r.u32();
+        let owner = r.u32();
         let kind = match kind {
             1 => EventKind::Fork { ptid },
             2 => EventKind::Unshare,
@@ -93,7 +97,7 @@ impl Event {
             5 => EventKind::Exit,
             k => return Err(DecodeError::Kind(k)),
         };
-        Ok(Event { kind, ktime_ns, start_ns, cgroup, tid, tgid, set, prev, comm, uid })
+        Ok(Event { kind, ktime_ns, start_ns, cgroup, tid, tgid, set, prev, comm, uid, owner })
     }
 
     /// Encodes an event as the kernel would (tests, fuzzing, benchmarks).
@@ -121,7 +125,7 @@ impl Event {
         let b = self.comm.as_bytes();
         comm[..b.len().min(15)].copy_from_slice(&b[..b.len().min(15)]);
         out.extend_from_slice(&comm);
-        for v in [self.uid, 0] {
+        for v in [self.uid, self.owner] {
             out.extend_from_slice(&v.to_ne_bytes());
         }
         out
@@ -129,7 +133,7 @@ impl Event {
 }
 
 /// Size in bytes of `struct nsg_task`.
-pub const TASK_RECORD_SIZE: usize = 8 * 2 + 4 * 4 + 4 * 10 + 16;
+pub const TASK_RECORD_SIZE: usize = 8 * 2 + 4 * 4 + 4 * 10 + 16 + 4 * 2;
 
 /// One task of an `iter/task` snapshot (`struct nsg_task`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +147,8 @@ pub struct TaskRecord {
     pub parent: u32,
     /// The task's real uid (initial user namespace).
     pub uid: u32,
+    /// Who owns its set (as [`Event::owner`]).
+    pub owner: u32,
     pub set: NsSet,
     pub comm: String,
 }
@@ -163,7 +169,8 @@ impl TaskRecord {
                 let cgroup = r.u64();
                 let (tid, tgid, parent, uid) = (r.u32(), r.u32(), r.u32(), r.u32());
                 let set = r.set();
-                TaskRecord { start_ns, cgroup, tid, tgid, parent, uid, set, comm: comm(r.take()) }
+                let comm = comm(r.take());
+                TaskRecord { start_ns, cgroup, tid, tgid, parent, uid, owner: r.u32(), set, comm }
             })
             .collect()
     }
@@ -186,11 +193,15 @@ mod tests {
             bytes.extend_from_slice(&(100 + i).to_ne_bytes());
         }
         bytes.extend_from_slice(b"sleep\0\0\0\0\0\0\0\0\0\0\0");
+        for v in [1000u32, 0] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
         assert_eq!(bytes.len(), TASK_RECORD_SIZE);
         bytes.extend_from_slice(&[1, 2, 3]);
         let recs = TaskRecord::decode_all(&bytes);
         assert_eq!(recs.len(), 1);
         assert_eq!((recs[0].start_ns, recs[0].cgroup, recs[0].tid, recs[0].parent, recs[0].uid), (7, 9, 10, 1, 65534));
+        assert_eq!(recs[0].owner, 1000);
         assert_eq!(recs[0].set.get(crate::core::nsset::NsKind::Uts), 109);
         assert_eq!(recs[0].comm, "sleep");
     }
@@ -228,7 +239,8 @@ mod tests {
             set: NsSet::new([5; 10]),
             prev: NsSet::new([4; 10]),
             comm: "sleep".into(),
-            uid: 65534,
+            uid: 200_005,
+            owner: 65534,
         };
         let bytes = e.encode();
         assert_eq!(bytes.len(), EVENT_SIZE);

@@ -58,6 +58,9 @@ pub struct Scope {
     pub subtree: Subtree,
     /// The ring buffer's size: a power of two, at least the page size.
     pub ring_buffer_bytes: u32,
+    /// The daemon's user namespace (inode): a set's owner is the owner of
+    /// its outermost user namespace below this one.
+    pub base_user_ns: u64,
     /// How unshare() and setns() callers are seen.
     pub hooks: Hooks,
     /// With [`Hooks::NoSyscall`]: the time between snapshots.
@@ -186,6 +189,7 @@ impl Probe {
             .subtree
             .loader(&btf)
             .override_global("watch_sets", &u32::from(watching), true)
+            .override_global("base_userns", &(scope.base_user_ns as u32), true)
             .map_max_entries("events", size)
             .map_max_entries("seen", if watching { SEEN_ENTRIES } else { 1 })
             .load(OBJECT)?;

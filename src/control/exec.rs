@@ -97,6 +97,7 @@ pub fn exec(spec: ExecSpec, hierarchy: &Hierarchy, mirrors: &mut [Mirror], proc:
             creator_pid: pid,
             creator_comm: comm.clone().unwrap_or_default(),
             creator_uid: rustix::process::getuid().as_raw(),
+            owner: None,
             created_unix: unix_now(),
             mirrors: Vec::new(),
         };

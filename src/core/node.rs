@@ -29,10 +29,15 @@ pub struct NodeRecord {
     pub parent_set: NsSet,
     pub creator_pid: u32,
     pub creator_comm: String,
-    /// The creator's real uid: whose quota the node counts against, and who
-    /// may act on it. Records written before it existed read as root's.
+    /// The creator's real uid. Records written before it existed read as root's.
     #[serde(default)]
     pub creator_uid: u32,
+    /// Who owns the node: the owner of the creator's outermost user
+    /// namespace below the daemon's, else `creator_uid` (docs/semantics.md
+    /// §13 "Owners"). Whose quota it counts against and who may act on it.
+    /// Records written before it existed read as their creator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: u64,
     /// The node's mirrors in controller hierarchies (cgroup v1 mirrors, see
@@ -64,6 +69,11 @@ mod as_text {
 }
 
 impl NodeRecord {
+    /// Who owns the node (see [`NodeRecord::owner`]'s field).
+    pub fn owner(&self) -> u32 {
+        self.owner.unwrap_or(self.creator_uid)
+    }
+
     /// The xattr value.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a record always serializes")
@@ -86,11 +96,16 @@ mod tests {
             parent_set: NsSet::new([1; 10]),
             creator_pid: 77,
             creator_comm: "odd\nname\u{fffd}".into(),
-            creator_uid: 65534,
+            creator_uid: 200_005,
+            owner: Some(65534),
             created_unix: 1_800_000_000,
             mirrors: vec![MirrorPath { controllers: "pids".into(), path: "/j/node_77".into() }],
         };
-        assert_eq!(NodeRecord::from_bytes(&r.to_bytes()), Some(r));
+        assert_eq!(NodeRecord::from_bytes(&r.to_bytes()).as_ref(), Some(&r));
         assert_eq!(NodeRecord::from_bytes(b"garbage"), None);
+        // A record from before owners: its creator owns it.
+        let mut old: serde_json::Value = serde_json::from_slice(&r.to_bytes()).unwrap();
+        old.as_object_mut().unwrap().remove("owner");
+        assert_eq!(NodeRecord::from_bytes(old.to_string().as_bytes()).unwrap().owner(), 200_005);
     }
 }

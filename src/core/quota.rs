@@ -1,5 +1,7 @@
 //! Per-user bounds on node creation: how many live nodes a user's tasks may
-//! have, and how fast they may create them (a token bucket per uid). One user
+//! have, and how fast they may create them (a token bucket per owner: the
+//! uid a set is owned by, so that a user's subordinate uids are that user,
+//! see [`crate::sys::owner`]). One user
 //! holding or churning sets never locks the others out.
 
 use std::collections::HashMap;
@@ -50,14 +52,15 @@ impl UserQuotas {
         b.at = now;
     }
 
-    /// Whether a task of `uid`, whose tasks have `live` nodes, may create one
+    /// Whether a task owned by `owner`, who has `live` nodes, may create one
     /// more at `now`; an admitted creation takes a token.
-    pub fn admit(&mut self, uid: u32, live: usize, now: Instant) -> Result<(), Refusal> {
+    pub fn admit(&mut self, owner: u32, live: usize, now: Instant) -> Result<(), Refusal> {
+        let uid = owner;
         if self.limits.exempt_uids.contains(&uid) {
             return Ok(());
         }
         if live >= self.limits.max_nodes_per_user {
-            return Err(Refusal::UserQuota { uid, live });
+            return Err(Refusal::UserQuota { owner, live });
         }
         if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&uid) {
             self.forget_idle(now);
@@ -69,7 +72,7 @@ impl UserQuotas {
             b.tokens -= 1.0;
         }
         self.buckets.insert(uid, b);
-        if admitted { Ok(()) } else { Err(Refusal::UserRate { uid }) }
+        if admitted { Ok(()) } else { Err(Refusal::UserRate { owner }) }
     }
 
     /// Forgets the buckets that have filled up again: they say nothing a new one would not.
@@ -93,7 +96,7 @@ mod tests {
         let mut q = quotas();
         let now = Instant::now();
         assert_eq!(q.admit(1000, 2, now), Ok(()));
-        assert_eq!(q.admit(1000, 3, now), Err(Refusal::UserQuota { uid: 1000, live: 3 }));
+        assert_eq!(q.admit(1000, 3, now), Err(Refusal::UserQuota { owner: 1000, live: 3 }));
         assert_eq!(q.admit(1001, 0, now), Ok(()), "another user is not affected");
         assert_eq!(q.admit(0, 1_000_000, now), Ok(()));
     }
@@ -104,7 +107,7 @@ mod tests {
         let t0 = Instant::now();
         let admitted = (0..100).filter(|_| q.admit(7, 0, t0).is_ok()).count();
         assert_eq!(admitted, 20, "a burst of twice the rate");
-        assert_eq!(q.admit(7, 0, t0), Err(Refusal::UserRate { uid: 7 }));
+        assert_eq!(q.admit(7, 0, t0), Err(Refusal::UserRate { owner: 7 }));
         assert_eq!(q.admit(8, 0, t0), Ok(()), "other users keep their own bucket");
         let later = t0 + Duration::from_millis(500);
         let refilled = (0..100).filter(|_| q.admit(7, 0, later).is_ok()).count();

@@ -14,6 +14,8 @@ pub struct Entry {
     pub tgid: u32,
     /// Its real uid: the creator's, should it get a node.
     pub uid: u32,
+    /// Who owns its set (see [`crate::sys::owner`]): whose quota a node counts against.
+    pub owner: u32,
     /// The cgroup the task is in now.
     pub cgroup: CgroupId,
     /// Its set now, masked.
@@ -42,6 +44,7 @@ pub struct NewNode {
     /// The first candidate name; see [`naming`] for the rest.
     pub creator_pid: u32,
     pub creator_uid: u32,
+    pub owner: u32,
     pub set: NsSet,
     pub parent_set: NsSet,
     /// Controller files to write after mkdir, before the first task moves
@@ -58,6 +61,7 @@ impl NewNode {
             creator_pid: self.creator_pid,
             creator_comm: comm.to_string(),
             creator_uid: self.creator_uid,
+            owner: Some(self.owner),
             created_unix,
             mirrors: Vec::new(),
         }
@@ -78,10 +82,10 @@ pub enum Refusal {
     TooMany { count: usize },
     #[error("a thread other than the leader changed set; cgroup2 places whole processes, so it stays with its leader")]
     SplitThread,
-    #[error("uid {uid} has {live} live nodes, the max_nodes_per_user limit")]
-    UserQuota { uid: u32, live: usize },
-    #[error("uid {uid} creates nodes faster than max_creations_per_second_per_user")]
-    UserRate { uid: u32 },
+    #[error("owner uid {owner} has {live} live nodes, the max_nodes_per_user limit")]
+    UserQuota { owner: u32, live: usize },
+    #[error("owner uid {owner} creates nodes faster than max_creations_per_second_per_user")]
+    UserRate { owner: u32 },
     #[error("its set's node lies outside the subtree of its cgroup; only a task with CAP_SYS_ADMIN is moved up or sideways (the ns subsystem's rule)")]
     OutsideSubtree,
     #[error("its cgroup is not in a subtree delegated to nsgroup (systemd's single-writer rule: Delegate=yes units only)")]
@@ -117,8 +121,8 @@ pub struct Tracker {
     /// How many child nodes each node has.
     child_nodes: HashMap<CgroupId, usize>,
     by_set: HashMap<NsSet, CgroupId>,
-    /// How many nodes each creator uid has.
-    by_uid: HashMap<u32, usize>,
+    /// How many nodes each owner has.
+    by_owner: HashMap<u32, usize>,
     /// The set of cgroups that are not nodes (the daemon's own, masked).
     base_set: NsSet,
     granularity: Granularity,
@@ -132,7 +136,7 @@ impl Tracker {
             nodes: HashMap::new(),
             child_nodes: HashMap::new(),
             by_set: HashMap::new(),
-            by_uid: HashMap::new(),
+            by_owner: HashMap::new(),
             base_set,
             granularity,
             limits,
@@ -174,6 +178,7 @@ impl Tracker {
             parent: cgroup,
             creator_pid: entry.tid,
             creator_uid: entry.uid,
+            owner: entry.owner,
             set: entry.set,
             parent_set: entry.prev,
             files: Vec::new(),
@@ -218,10 +223,10 @@ impl Tracker {
         self.by_set.insert(node.record.set, node.id);
         if let Some(old) = self.nodes.insert(node.id, node.clone()) {
             uncount(&mut self.child_nodes, old.parent);
-            uncount(&mut self.by_uid, old.record.creator_uid);
+            uncount(&mut self.by_owner, old.record.owner());
         }
         *self.child_nodes.entry(node.parent).or_default() += 1;
-        *self.by_uid.entry(node.record.creator_uid).or_default() += 1;
+        *self.by_owner.entry(node.record.owner()).or_default() += 1;
         Ok(())
     }
 
@@ -230,7 +235,7 @@ impl Tracker {
         self.retire_set(id);
         let node = self.nodes.remove(&id)?;
         uncount(&mut self.child_nodes, node.parent);
-        uncount(&mut self.by_uid, node.record.creator_uid);
+        uncount(&mut self.by_owner, node.record.owner());
         Some(node)
     }
 
@@ -245,9 +250,9 @@ impl Tracker {
         }
     }
 
-    /// How many nodes tasks of `uid` created.
-    pub fn nodes_of_uid(&self, uid: u32) -> usize {
-        self.by_uid.get(&uid).copied().unwrap_or(0)
+    /// How many nodes `owner` owns.
+    pub fn nodes_of_owner(&self, owner: u32) -> usize {
+        self.by_owner.get(&owner).copied().unwrap_or(0)
     }
 
     /// Sets a node's mirrors in its record (the caller stores the record).
@@ -320,7 +325,7 @@ mod tests {
     }
 
     fn entry(tid: u32, cgroup: CgroupId, set: NsSet, prev: NsSet) -> Entry {
-        Entry { tid, tgid: tid, uid: 0, cgroup, set, prev }
+        Entry { tid, tgid: tid, uid: 0, owner: 0, cgroup, set, prev }
     }
 
     fn node(id: CgroupId, parent: CgroupId, s: NsSet, parent_set: NsSet) -> Node {
@@ -334,6 +339,7 @@ mod tests {
                 creator_pid: id as u32,
                 creator_comm: "x".into(),
                 creator_uid: (id % 2) as u32,
+                owner: None,
                 created_unix: 0,
                 mirrors: vec![],
             },
@@ -389,7 +395,7 @@ mod tests {
     #[test]
     fn cgroup2_places_processes_by_their_leader() {
         let t = Tracker::new(set(1), Granularity::Process, Limits::default());
-        let thread = Entry { tid: 11, tgid: 10, uid: 0, cgroup: CG, set: set(2), prev: set(1) };
+        let thread = Entry { tid: 11, tgid: 10, uid: 0, owner: 0, cgroup: CG, set: set(2), prev: set(1) };
         assert_eq!(t.place(&thread), Placement::Refused(Refusal::SplitThread));
         assert!(matches!(t.place(&Entry { tid: 10, ..thread }), Placement::Create(_)));
     }
@@ -405,14 +411,32 @@ mod tests {
     }
 
     #[test]
-    fn counts_nodes_per_creator_uid() {
+    fn counts_nodes_per_owner() {
         let mut t = tracker();
         t.add_node(node(2000, CG, set(2), set(1))).unwrap();
         t.add_node(node(2002, CG, set(3), set(1))).unwrap();
         t.add_node(node(2001, CG, set(4), set(1))).unwrap();
-        assert_eq!((t.nodes_of_uid(0), t.nodes_of_uid(1), t.node_count()), (2, 1, 3));
+        assert_eq!((t.nodes_of_owner(0), t.nodes_of_owner(1), t.node_count()), (2, 1, 3));
         t.remove_node(2002);
-        assert_eq!(t.nodes_of_uid(0), 1);
+        assert_eq!(t.nodes_of_owner(0), 1);
+        // Subordinate uids (creators 200001.., 200002..) count as their owner, 65534.
+        for (i, id) in [3000u64, 3001, 3002].into_iter().enumerate() {
+            let mut n = node(id, CG, set(10 + id), set(1));
+            n.record.creator_uid = 200_001 + i as u32;
+            n.record.owner = Some(65534);
+            t.add_node(n).unwrap();
+        }
+        assert_eq!((t.nodes_of_owner(65534), t.nodes_of_owner(200_001)), (3, 0));
+        t.remove_node(3001);
+        assert_eq!(t.nodes_of_owner(65534), 2);
+    }
+
+    #[test]
+    fn a_new_node_is_owned_by_the_entrys_owner() {
+        let e = Entry { uid: 200_007, owner: 65534, ..entry(10, CG, set(2), set(1)) };
+        let Placement::Create(new) = tracker().place(&e) else { panic!() };
+        let record = new.record("sh", 0);
+        assert_eq!((record.creator_uid, record.owner()), (200_007, 65534));
     }
 
     #[test]

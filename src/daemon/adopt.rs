@@ -104,6 +104,7 @@ mod tests {
             creator_pid: 5,
             creator_comm: "unshare".into(),
             creator_uid: 0,
+            owner: None,
             created_unix: 0,
             mirrors: vec![],
         }

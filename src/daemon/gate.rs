@@ -75,7 +75,7 @@ impl Gate {
             Placement::Stay | Placement::Refused(_) => return Ok(Checked::Go(placement)),
             Placement::Move(to) => *to,
             Placement::Create(new) => {
-                if let Err(refusal) = self.quotas.admit(entry.uid, tracker.nodes_of_uid(entry.uid), Instant::now()) {
+                if let Err(refusal) = self.quotas.admit(entry.owner, tracker.nodes_of_owner(entry.owner), Instant::now()) {
                     return Ok(Checked::Go(Placement::Refused(refusal)));
                 }
                 new.parent

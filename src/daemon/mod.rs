@@ -128,6 +128,8 @@ struct Daemon {
     mask: NsMask,
     own_hierarchy: bool,
     proc: ProcFs,
+    /// The daemon's user namespace (inode): owners are read against it.
+    user_ns: u64,
     source: Source,
     timers: Timers,
     deferred: HashMap<u32, Deferred>,
@@ -205,24 +207,26 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         .delegated_only
         .unwrap_or_else(|| crate::sys::delegation::systemd_manages(&hierarchy))
         .then(|| crate::sys::delegation::Delegation::new(hierarchy.clone()));
-    let gate = Gate::new(proc.clone(), hierarchy.key().clone(), quotas, own_set.get(NsKind::User), delegation);
+    let user_ns = own_set.get(NsKind::User);
+    let gate = Gate::new(proc.clone(), hierarchy.key().clone(), quotas, user_ns, delegation);
 
     // Attach before the snapshot: what happens meanwhile queues up and is
     // applied after it (placements are idempotent).
     let scope = Scope {
         subtree: Subtree::at(&hierarchy, &root, root_id),
         ring_buffer_bytes: config.ring_buffer_bytes,
+        base_user_ns: user_ns,
         hooks: config.hooks,
         snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
     };
     let source = match config.source {
         SourceChoice::Bpf => Source::Bpf(Box::new(Probe::load(scope)?)),
-        SourceChoice::Proc => Source::Proc(Box::new(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?)),
+        SourceChoice::Proc => Source::Proc(Box::new(ProcSource::open(proc.clone(), hierarchy.clone(), &root, user_ns)?)),
         SourceChoice::Auto => match Probe::load(scope) {
             Ok(probe) => Source::Bpf(Box::new(probe)),
             Err(e) => {
                 warn!("BPF unavailable, falling back to the proc connector: {e}");
-                Source::Proc(Box::new(ProcSource::open(proc.clone(), hierarchy.clone(), &root)?))
+                Source::Proc(Box::new(ProcSource::open(proc.clone(), hierarchy.clone(), &root, user_ns)?))
             }
         },
     };
@@ -242,6 +246,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         mask,
         own_hierarchy,
         proc,
+        user_ns,
         source,
         timers: Timers::default(),
         deferred: HashMap::new(),
@@ -437,13 +442,13 @@ impl Daemon {
         for (kind, suppressed) in summary.suppressed {
             warn!(kind, suppressed, interval_s = REPORT_INTERVAL.as_secs(), "log lines suppressed");
         }
-        for (uid, r) in summary.users {
+        for (owner_uid, r) in summary.users {
             warn!(
-                uid,
+                owner_uid,
                 refused_quota = r.quota,
                 refused_rate = r.rate,
                 refused_other = r.other,
-                live_nodes = self.placer.tracker().nodes_of_uid(uid),
+                live_nodes = self.placer.tracker().nodes_of_owner(owner_uid),
                 max_nodes_per_user = self.config.max_nodes_per_user,
                 interval_s = REPORT_INTERVAL.as_secs(),
                 "entries refused (quota, rate or rules); their tasks stay where they are"

@@ -53,7 +53,13 @@ impl Daemon {
                 }
                 self.place_event(&ev, ev.prev);
             }
-            EventKind::Unshare => self.place_event(&ev, ev.prev),
+            // A later unshare() supersedes a setns() still settling (`ip netns
+            // exec`: setns into the named netns, then unshare(CLONE_NEWNS)):
+            // the set it came from is the one before the setns.
+            EventKind::Unshare => {
+                let prev = self.deferred.remove(&ev.tid).map_or(ev.prev, |d| d.first_prev);
+                self.place_event(&ev, prev);
+            }
             EventKind::Exit => {
                 debug!(tid = ev.tid, cgroup = ev.cgroup, "exited");
                 self.deferred.remove(&ev.tid);
@@ -93,6 +99,7 @@ impl Daemon {
             tid: ev.tid,
             tgid: ev.tgid,
             uid: ev.uid,
+            owner: ev.owner,
             cgroup,
             set: ev.set.masked(self.mask),
             prev: prev.masked(self.mask),
@@ -156,6 +163,7 @@ impl Daemon {
                         path = %Escaped(&path),
                         creator_pid = ev.tid,
                         creator_uid = ev.uid,
+                        owner_uid = ev.owner,
                         creator_comm = %Escaped(&ev.comm),
                         "node created"
                     );
@@ -225,11 +233,11 @@ impl Daemon {
     /// per-interval report, others also get a (rate-limited) line.
     pub(super) fn refused(&mut self, ev: &Event, why: Refusal) {
         self.stats.refused += 1;
-        self.reports.refused(ev.uid, &why);
+        self.reports.refused(ev.owner, &why);
         // Counted only: a storm, or every sandboxed service of a systemd host.
         let quota = matches!(why, Refusal::UserQuota { .. } | Refusal::UserRate { .. } | Refusal::NotDelegated);
         if !quota && self.reports.allow(Kind::Refused) {
-            warn!(tid = ev.tid, uid = ev.uid, comm = %Escaped(&ev.comm), "left in place: {why}");
+            warn!(tid = ev.tid, uid = ev.uid, owner_uid = ev.owner, comm = %Escaped(&ev.comm), "left in place: {why}");
         }
     }
 
@@ -262,7 +270,7 @@ impl Daemon {
             if cgroup != parent.cgroup || set.masked(self.mask) != parent.set {
                 continue;
             }
-            let entry = Entry { tid: child, tgid: child, uid: parent.uid, cgroup, set: parent.set, prev: parent.set };
+            let entry = Entry { tid: child, tgid: child, uid: parent.uid, owner: parent.owner, cgroup, set: parent.set, prev: parent.set };
             if let Ok(Outcome::Moved { to, .. }) = self.placer.enter(&entry, "") {
                 self.source.track(child, to);
                 self.follow_in_mirrors(to, child, child);

@@ -91,9 +91,9 @@ impl Reports {
         }
     }
 
-    /// Counts a refused entry of `uid`.
-    pub(super) fn refused(&mut self, uid: u32, why: &Refusal) {
-        let u = self.users.entry(uid).or_default();
+    /// Counts a refused entry of a set owned by `owner`.
+    pub(super) fn refused(&mut self, owner: u32, why: &Refusal) {
+        let u = self.users.entry(owner).or_default();
         match why {
             Refusal::UserQuota { .. } => u.quota += 1,
             Refusal::UserRate { .. } => u.rate += 1,
@@ -146,10 +146,10 @@ mod tests {
         assert!(!r.arm(), "nothing to report: no timer");
         for uid in 0..30u32 {
             for _ in 0..=uid {
-                r.refused(uid, &Refusal::UserQuota { uid, live: 1 });
+                r.refused(uid, &Refusal::UserQuota { owner: uid, live: 1 });
             }
         }
-        r.refused(29, &Refusal::UserRate { uid: 29 });
+        r.refused(29, &Refusal::UserRate { owner: 29 });
         r.refused(29, &Refusal::TooDeep { depth: 40 });
         let s = r.take();
         assert_eq!(s.users.len(), USERS_PER_REPORT);

@@ -153,7 +153,7 @@ impl Daemon {
     /// cgroup the daemon has not seen.
     fn snapshot(&mut self) -> Result<Vec<TaskSample>, DaemonError> {
         let Source::Bpf(probe) = &mut self.source else {
-            let mut tasks = scan(&self.proc, &self.hierarchy, &self.root)?.tasks;
+            let mut tasks = scan(&self.proc, &self.hierarchy, &self.root, self.user_ns)?.tasks;
             let writer = self.placer.backend();
             tasks.iter_mut().for_each(|t| t.cgroup = writer.home(t.cgroup));
             return Ok(tasks);
@@ -172,6 +172,7 @@ impl Daemon {
                 parent: r.parent,
                 start: r.start_ns,
                 uid: r.uid,
+                owner: r.owner,
                 comm: r.comm,
                 cgroup: writer.home(r.cgroup),
                 cgroup_path,

@@ -7,6 +7,7 @@ pub mod locate;
 pub mod lock;
 pub mod mounts;
 pub mod notify;
+pub mod owner;
 pub mod procfs;
 pub mod scan;
 pub mod subtree;

@@ -21,6 +21,8 @@ pub struct TaskSample {
     pub start: u64,
     /// Its real uid.
     pub uid: u32,
+    /// Who owns its set ([`super::owner`]).
+    pub owner: u32,
     pub comm: String,
     pub cgroup: CgroupId,
     pub cgroup_path: String,
@@ -38,12 +40,13 @@ pub struct Scan {
 /// Every user task whose cgroup lies at or below `root`; kernel threads and
 /// tasks that vanish while being read are left out, and so are (counted)
 /// tasks this process may not read.
-pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str) -> Result<Scan, IoError> {
+/// `user_ns` is the inode of the daemon's user namespace (owners are read against it).
+pub fn scan(proc: &ProcFs, hierarchy: &Hierarchy, root: &str, user_ns: u64) -> Result<Scan, IoError> {
     let mut ids: HashMap<String, Option<CgroupId>> = HashMap::new();
     let mut out = Scan::default();
     for pid in proc.pids()? {
         for tid in proc.tids(pid)? {
-            match sample(proc, hierarchy, root, pid, tid, &mut ids) {
+            match sample(proc, hierarchy, root, user_ns, pid, tid, &mut ids) {
                 Ok(Some(t)) => out.tasks.push(t),
                 Ok(None) => {}
                 Err(e) if e.source.kind() == std::io::ErrorKind::PermissionDenied => out.unreadable += 1,
@@ -59,6 +62,7 @@ fn sample(
     proc: &ProcFs,
     hierarchy: &Hierarchy,
     root: &str,
+    user_ns: u64,
     pid: u32,
     tid: u32,
     ids: &mut HashMap<String, Option<CgroupId>>,
@@ -73,6 +77,7 @@ fn sample(
     }
     let Some(set) = proc.ns_set(pid, tid)? else { return Ok(None) };
     let Some(uid) = proc.uid(tid)? else { return Ok(None) };
+    let Some(owner) = super::owner::owner(proc, pid, tid, user_ns)? else { return Ok(None) };
     let id = match ids.get(&path) {
         Some(id) => *id,
         None => {
@@ -88,6 +93,7 @@ fn sample(
         parent: if tid == pid { stat.ppid } else { pid },
         start: stat.start_ns(),
         uid,
+        owner,
         comm: stat.comm,
         cgroup,
         cgroup_path: path,
