@@ -14,9 +14,17 @@ fn nodes_owned_by(h: &Hier, owner: u64) -> Vec<serde_json::Value> {
 /// 40 subordinate uids of uid 65534, each entering 4 sets (a user namespace,
 /// then a uts namespace on each of 3 threads): 160 entries, one owner.
 fn subordinate_storm(h: &mut Hier) -> Proc {
+    storm_in_user_namespace(h, &["--owner", "65534", "--base", "200000"])
+}
+
+/// 40 inner uids of a user namespace made by `subuids` with `how`, each
+/// entering 4 sets as above.
+fn storm_in_user_namespace(h: &mut Hier, how: &[&str]) -> Proc {
     let root = h.root.clone();
     let storm = [WORKLOAD, "userns-storm", "--threads", "3", "--unshares", "1"];
-    let mut args = vec![WORKLOAD, "subuids", "--owner", "65534", "--base", "200000", "--uids", "40", "--"];
+    let mut args = vec![WORKLOAD, "subuids", "--uids", "40"];
+    args.extend_from_slice(how);
+    args.push("--");
     args.extend_from_slice(&storm);
     let mut p = h.spawn_in(&root, &args);
     let info = p.read_json();
@@ -87,5 +95,46 @@ fn subordinate_uids_share_their_owners_creation_rate() {
     // What the bucket can have given since the storm began (plus one second of slack).
     let bound = 20 + 10 * (started.elapsed().as_secs() as usize + 1);
     assert!(owned <= bound, "{owned} nodes owned by 65534 within {:?}; the rate allows {bound}", started.elapsed());
+    h.kill_all();
+}
+
+/// An unprivileged container that root starts (LXC's shape): a user
+/// namespace root made, mapping inner uids 0.. to 300000..: its kernel owner
+/// is root, but it belongs to its range (the uid its inner root maps to),
+/// bound by the quota like any user. A namespace root made for itself
+/// (systemd's `PrivateUsers=`: inner 0 is root) stays root's, exempt.
+#[test]
+fn a_user_namespace_root_made_for_a_range_is_the_ranges() {
+    if privileged() {
+        root_made_namespaces_are_their_ranges("");
+    }
+}
+
+#[test]
+fn a_user_namespace_root_made_for_a_range_is_the_ranges_without_bpf() {
+    if privileged() {
+        root_made_namespaces_are_their_ranges("source = \"proc\"\n");
+    }
+}
+
+fn root_made_namespaces_are_their_ranges(extra: &str) {
+    assert_nobody_can_attack();
+    let (_c, cfg) = config_file(&format!("{extra}max_nodes_per_user = 30\nmax_creations_per_second_per_user = 10000\n"));
+    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
+    let _d = Daemon::start(&h, &["--config", &cfg]);
+    let mut container = storm_in_user_namespace(&mut h, &["--owner", "0", "--range-root", "--base", "300000"]);
+    h.wait_unchanged(std::time::Duration::from_millis(500));
+    let owned = nodes_owned_by(&h, 300_000);
+    assert!(!owned.is_empty() && owned.len() <= 30, "{} nodes owned by the range 300000 with max_nodes_per_user = 30", owned.len());
+    // Only the namespace's own set, entered by root before it was mapped, is root's.
+    let payload_as_root: Vec<_> = nodes_owned_by(&h, 0).into_iter().filter(|r| r["creator_uid"].as_u64() != Some(0)).collect();
+    assert!(payload_as_root.is_empty(), "the container's nodes counted as root's: {payload_as_root:?}");
+    container.close_stdin();
+    h.reap(container.pid);
+    h.wait_unchanged(std::time::Duration::from_millis(500));
+    let _private = storm_in_user_namespace(&mut h, &["--owner", "0", "--base", "300000"]);
+    h.wait_unchanged(std::time::Duration::from_millis(500));
+    let roots = nodes_owned_by(&h, 0).len();
+    assert!(roots > 30, "{roots} nodes owned by root: root's own user namespace is exempt");
     h.kill_all();
 }
