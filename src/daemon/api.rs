@@ -129,7 +129,7 @@ impl Daemon {
                 self.api.publish(ApiEvent::NodeCreated {
                     path: path.clone(),
                     cgroup_id: to,
-                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
+                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone(), owner: r.owner() },
                     set: set_map(&r.set),
                     created_unix: r.created_unix,
                 });
@@ -156,7 +156,7 @@ impl Daemon {
         self.api.publish(ApiEvent::NodeRemoved {
             path: removal.path.clone(),
             cgroup_id: removal.node.id,
-            creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
+            creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone(), owner: r.owner() },
             set: set_map(&r.set),
             lifetime_s: unix_now().saturating_sub(r.created_unix),
             usage: removal.usage.iter().cloned().collect(),
@@ -182,7 +182,7 @@ impl Daemon {
                 self.api.publish(ApiEvent::NodeCreated {
                     path,
                     cgroup_id: node.id,
-                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
+                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone(), owner: r.owner() },
                     set: set_map(&r.set),
                     created_unix: r.created_unix,
                 });

@@ -195,6 +195,7 @@ fn node_row(node: &Node, path: String) -> NodeRow {
         creator_pid: r.creator_pid,
         creator_comm: r.creator_comm.clone(),
         creator_uid: r.creator_uid,
+        owner_uid: r.owner(),
         created_unix: r.created_unix,
     }
 }
