@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::timers::Timer;
+use super::Timer;
 use super::{Daemon, DaemonError};
 use crate::config::Config;
 use crate::core::node::{CgroupId, Node};

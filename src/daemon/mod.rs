@@ -48,7 +48,7 @@ use gate::Gate;
 use mode::Arrivals;
 use pins::Pins;
 use reports::{Kind, Reports, REPORT_INTERVAL};
-use timers::{Timer, Timers};
+use timers::Timers;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,27 @@ const TURN_BUDGET: Duration = Duration::from_millis(20);
 const TIMER_BUDGET: Duration = Duration::from_millis(20);
 /// Events taken from the source at a time.
 const BATCH: usize = 4096;
+
+/// Work the daemon does later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// A setns caller's set has settled.
+    Settle(u32),
+    /// Look for empty nodes whose exit events may have been lost.
+    Sweep,
+    /// Without BPF: rescan /proc; the interval (ms) backs off while nothing is found.
+    Rescan(u64),
+    /// See whether a node emptied; the attempt number backs off.
+    Cleanup(CgroupId, u32),
+    /// A reconcile asked for while the last one was too recent.
+    Reconcile,
+    /// Write the summaries of refusals and suppressed log lines.
+    Report,
+    /// Metrics, status file and counter log work (`metrics`).
+    Ops(metrics::OpsJob),
+    /// Tell the service manager the daemon is alive (`WATCHDOG=1`), and what it does.
+    Watchdog(Duration),
+}
 
 /// A setns caller waiting for its last setns.
 struct Deferred {
@@ -131,7 +152,7 @@ struct Daemon {
     /// The daemon's user namespace (inode): owners are read against it.
     user_ns: u64,
     source: Source,
-    timers: Timers,
+    timers: Timers<Timer>,
     deferred: HashMap<u32, Deferred>,
     /// Tasks whose node `nsgroup exec` is still setting up, with the set
     /// they came from: placed at their exec.
