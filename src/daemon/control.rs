@@ -3,6 +3,7 @@
 
 use tracing::{info, warn};
 
+use super::outcome::Outcome;
 use super::reports::Kind;
 use super::Daemon;
 use crate::config::{Config, Creation};
@@ -23,6 +24,11 @@ pub(super) fn limits_for(config: &Config, record: &NodeRecord, parent_path: &str
     config.limits_for(Creation { comm: &record.creator_comm, uid: record.creator_uid, cgroup: parent_path, entered })
 }
 
+/// The files of `files` that `refused` (`file=value: error` each) does not name.
+pub(super) fn applied<'a>(files: &'a [(&'static str, String)], refused: &'a [String]) -> impl Iterator<Item = &'a (&'static str, String)> {
+    files.iter().filter(move |(file, value)| !refused.iter().any(|r| r.starts_with(&format!("{file}={value}:"))))
+}
+
 impl Daemon {
     /// The files a node about to be made gets in the tracked hierarchy: its
     /// limits where that hierarchy is cgroup2 (v1 hierarchies take them in mirrors).
@@ -34,14 +40,16 @@ impl Daemon {
         limits_for(&self.config, record, &parent_path).iter().map(Limit::v2).collect()
     }
 
-    /// Logs the limit files the kernel refused for new nodes.
-    pub(super) fn report_refused_files(&mut self) {
-        for (node, refused) in self.placer.take_refused_files() {
+    /// Logs the limit files the kernel refused for new nodes; returns them.
+    pub(super) fn report_refused_files(&mut self) -> Vec<String> {
+        let refused = self.placer.take_refused_files();
+        for (node, r) in &refused {
             if self.reports.allow(Kind::Failed) {
-                let path = self.placer.backend().path_of(node).ok().flatten().unwrap_or_default();
-                warn!(node = %Escaped(&path), "limit not applied (the task is placed anyway): {refused}");
+                let path = self.placer.backend().path_of(*node).ok().flatten().unwrap_or_default();
+                warn!(node = %Escaped(&path), "limit not applied (the task is placed anyway): {r}");
             }
         }
+        refused.into_iter().map(|(_, r)| r).collect()
     }
 
     /// A task is in node `id` now: it goes into the node's mirror in every
@@ -62,10 +70,13 @@ impl Daemon {
             };
             match mirror.place(&self.proc, &node, tgid, tid, &files) {
                 Ok(Mirrored::Created { path, refused }) => {
-                    for r in refused {
+                    for r in &refused {
                         if self.reports.allow(Kind::Failed) {
                             warn!(mirror = %Escaped(&path), controllers = mirror.controllers(), "limit not applied (the task is placed anyway): {r}");
                         }
+                    }
+                    for (file, value) in applied(&files, &refused) {
+                        self.sinks.publish(Outcome::LimitApplied { path: &path, file, value });
                     }
                     created.push(MirrorPath { controllers: mirror.controllers().to_string(), path });
                 }
@@ -124,5 +135,18 @@ impl Daemon {
             }
         }
         usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::applied;
+
+    #[test]
+    fn applied_files_are_those_not_refused() {
+        let files = vec![("pids.max", "32".to_string()), ("memory.max", "64M".to_string()), ("pids.max", "320".to_string())];
+        let refused = vec!["memory.max=64M: Invalid argument".to_string(), "pids.max=3: x".to_string()];
+        let got: Vec<_> = applied(&files, &refused).map(|(f, v)| format!("{f}={v}")).collect();
+        assert_eq!(got, ["pids.max=32", "pids.max=320"]);
     }
 }

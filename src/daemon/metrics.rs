@@ -14,7 +14,7 @@
 //! [`STATUS_EVERY`], and only after the counters changed: an idle daemon
 //! does not wake for it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -26,13 +26,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::outcome::{Outcome, Sink};
 use super::Timer;
 use super::{Daemon, DaemonError};
 use crate::config::Config;
 use crate::core::node::{CgroupId, Node};
 use crate::core::nsset::NsKind;
 use crate::history::{Msg, NodeRow, Retention, Writer};
-use crate::placer::{unix_now, Removal};
+use crate::placer::unix_now;
 use crate::sys::cgroupfs::{CgroupBackend, Hierarchy, Version};
 
 /// The upper bounds (seconds) of the event-to-moved latency histogram's buckets.
@@ -120,7 +121,7 @@ pub(super) struct Ops {
     latency: Vec<u64>,
     latency_sum_us: u64,
     /// Entries coalesced away (no node made), in total and not yet sent to history.
-    pub(super) coalesced: u64,
+    coalesced: u64,
     coalesced_sent: u64,
     published: Option<Counters>,
     publish_armed: bool,
@@ -303,6 +304,44 @@ impl Ops {
     }
 }
 
+impl Sink for Ops {
+    fn follows_nodes(&self) -> bool {
+        self.follow
+    }
+
+    /// Latencies and coalesced entries counted; nodes made and removed to
+    /// the metrics' node series and the history.
+    fn take(&mut self, outcome: &Outcome<'_>) {
+        match *outcome {
+            Outcome::Placed { latency_us, .. } => {
+                let secs = latency_us as f64 / 1e6;
+                let bucket = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
+                self.latency[bucket] += 1;
+                self.latency_sum_us += latency_us;
+            }
+            Outcome::Created { node, path, .. } if self.follow => {
+                if self.metrics_on {
+                    self.pending.push(Change::Add(node.id, label_of(node, path.to_string())));
+                }
+                if let Some(h) = &self.history {
+                    h.send(Msg::Created(node_row(node, path.to_string())));
+                }
+            }
+            Outcome::Removed { removal, .. } => {
+                if self.metrics_on {
+                    self.pending.push(Change::Remove(removal.node.id));
+                }
+                if let Some(h) = &self.history {
+                    let usage = removal.usage.iter().cloned().collect();
+                    h.send(Msg::Removed { node: node_row(&removal.node, removal.path.clone()), removed_unix: unix_now(), usage });
+                }
+            }
+            Outcome::Coalesced { entries } => self.coalesced += entries,
+            Outcome::Created { .. } | Outcome::Reconciled { .. } | Outcome::LimitApplied { .. } | Outcome::Overflow { .. } => {}
+        }
+    }
+}
+
 impl Daemon {
     fn ops_counters(&self) -> Counters {
         let s = &self.stats;
@@ -317,11 +356,11 @@ impl Daemon {
             dropped_reused: s.dropped_reused,
             dropped_other_writer: s.dropped_other_writer,
             ring_dropped: self.source.dropped(),
-            coalesced_entries: self.ops.coalesced,
-            history_dropped: self.ops.history.as_ref().map_or(0, Writer::dropped),
+            coalesced_entries: self.sinks.ops.coalesced,
+            history_dropped: self.sinks.ops.history.as_ref().map_or(0, Writer::dropped),
             live_nodes: self.placer.tracker().node_count() as u64,
-            latency_buckets: self.ops.latency.clone(),
-            latency_sum_us: self.ops.latency_sum_us,
+            latency_buckets: self.sinks.ops.latency.clone(),
+            latency_sum_us: self.sinks.ops.latency_sum_us,
             latency_count: s.latency.count(),
         }
     }
@@ -355,7 +394,7 @@ impl Daemon {
         } else {
             "the preferred hooks loaded"
         };
-        self.ops.status = StatusFile {
+        self.sinks.ops.status = StatusFile {
             mount_options: options,
             favordynmods,
             source,
@@ -363,19 +402,19 @@ impl Daemon {
             hooks_why: why.into(),
             costs,
             own_hierarchy: self.own_hierarchy,
-            ..std::mem::take(&mut self.ops.status)
+            ..std::mem::take(&mut self.sinks.ops.status)
         };
-        if self.ops.follow {
+        if self.sinks.ops.follow {
             let nodes: Vec<Node> = self.placer.tracker().nodes().cloned().collect();
             let mut live = Vec::with_capacity(nodes.len());
             for node in nodes {
                 let path = self.placer.backend().path_of(node.id).ok().flatten().unwrap_or_default();
-                if self.ops.metrics_on {
-                    self.ops.pending.push(Change::Add(node.id, label_of(&node, path.clone())));
+                if self.sinks.ops.metrics_on {
+                    self.sinks.ops.pending.push(Change::Add(node.id, label_of(&node, path.clone())));
                 }
                 live.push(node_row(&node, path));
             }
-            if let Some(h) = &self.ops.history {
+            if let Some(h) = &self.sinks.ops.history {
                 h.send(Msg::Start { live, now_unix: unix_now() });
             }
         }
@@ -383,80 +422,30 @@ impl Daemon {
         self.ops_write_status();
     }
 
-    /// After a move (`created`: a node made for it).
-    pub(super) fn ops_placed(&mut self, to: CgroupId, created: bool, latency_us: u64) {
-        let secs = latency_us as f64 / 1e6;
-        let bucket = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
-        self.ops.latency[bucket] += 1;
-        self.ops.latency_sum_us += latency_us;
-        if created {
-            self.ops_created(to);
-        }
-    }
-
-    fn ops_created(&mut self, id: CgroupId) {
-        if !self.ops.follow {
-            return;
-        }
-        let Some(node) = self.placer.tracker().node(id).cloned() else { return };
-        let path = self.placer.backend().path_of(id).ok().flatten().unwrap_or_default();
-        if self.ops.metrics_on {
-            self.ops.pending.push(Change::Add(id, label_of(&node, path.clone())));
-        }
-        if let Some(h) = &self.ops.history {
-            h.send(Msg::Created(node_row(&node, path)));
-        }
-    }
-
-    /// After cleanup removed a node.
-    pub(super) fn ops_node_removed(&mut self, removal: &Removal) {
-        if self.ops.metrics_on {
-            self.ops.pending.push(Change::Remove(removal.node.id));
-        }
-        if let Some(h) = &self.ops.history {
-            let usage = removal.usage.iter().cloned().collect();
-            h.send(Msg::Removed { node: node_row(&removal.node, removal.path.clone()), removed_unix: unix_now(), usage });
-        }
-    }
-
-    /// Before a reconcile: the nodes known (when followed).
-    pub(super) fn ops_nodes_before(&self) -> Option<HashSet<CgroupId>> {
-        self.ops.follow.then(|| self.placer.tracker().nodes().map(|n| n.id).collect())
-    }
-
-    /// After a reconcile: the nodes it made.
-    pub(super) fn ops_reconciled(&mut self, before: Option<HashSet<CgroupId>>) {
-        let Some(before) = before else { return };
-        let fresh: Vec<CgroupId> = self.placer.tracker().nodes().map(|n| n.id).filter(|id| !before.contains(id)).collect();
-        for id in fresh {
-            self.ops_created(id);
-        }
-    }
-
     /// Once per turn of the loop: SIGHUP, the counters and node changes to
     /// the metrics, coalesced counts to the history, the status and counter
     /// timers armed after a change.
     pub(super) fn ops_turn(&mut self) {
-        if self.ops.hup.swap(false, Ordering::Relaxed) {
+        if self.sinks.ops.hup.swap(false, Ordering::Relaxed) {
             info!(
                 signal = "SIGHUP",
                 "ignored: the configuration is read at start only (restart nsgroup to apply a change; nodes stay)"
             );
         }
-        let unsent = self.ops.coalesced - self.ops.coalesced_sent;
+        let unsent = self.sinks.ops.coalesced - self.sinks.ops.coalesced_sent;
         if unsent > 0 {
-            if let Some(h) = &self.ops.history {
+            if let Some(h) = &self.sinks.ops.history {
                 h.send(Msg::Coalesced { minute_unix: unix_now() / 60 * 60, entries: unsent });
             }
-            self.ops.coalesced_sent = self.ops.coalesced;
+            self.sinks.ops.coalesced_sent = self.sinks.ops.coalesced;
         }
         let counters = self.ops_counters();
-        let changed = self.ops.published.as_ref() != Some(&counters) || !self.ops.pending.is_empty();
+        let changed = self.sinks.ops.published.as_ref() != Some(&counters) || !self.sinks.ops.pending.is_empty();
         if !changed {
             return;
         }
-        if let Ok(mut state) = self.ops.state.try_lock() {
-            for change in self.ops.pending.drain(..) {
+        if let Ok(mut state) = self.sinks.ops.state.try_lock() {
+            for change in self.sinks.ops.pending.drain(..) {
                 match change {
                     Change::Add(id, label) => {
                         state.nodes.insert(id, label);
@@ -468,21 +457,21 @@ impl Daemon {
             }
             state.counters = counters.clone();
             drop(state);
-            self.ops.published = Some(counters.clone());
-        } else if !self.ops.publish_armed {
-            self.ops.publish_armed = true;
+            self.sinks.ops.published = Some(counters.clone());
+        } else if !self.sinks.ops.publish_armed {
+            self.sinks.ops.publish_armed = true;
             self.timers.schedule(RETRY_PUBLISH, Timer::Ops(OpsJob::Publish));
         }
-        if self.ops.status_path.is_some() && self.ops.status_written.is_none() {
+        if self.sinks.ops.status_path.is_some() && self.sinks.ops.status_written.is_none() {
             // The first one at once: an idle daemon then never wakes for it.
             self.ops_write_status();
-        } else if self.ops.status_path.is_some() && !self.ops.status_armed && self.ops.status_written.as_ref() != Some(&counters) {
-            self.ops.status_armed = true;
+        } else if self.sinks.ops.status_path.is_some() && !self.sinks.ops.status_armed && self.sinks.ops.status_written.as_ref() != Some(&counters) {
+            self.sinks.ops.status_armed = true;
             self.timers.schedule(STATUS_EVERY, Timer::Ops(OpsJob::Status));
         }
         let every = self.config.status.log_counters_seconds;
-        if every > 0 && !self.ops.log_armed && self.ops.logged.as_ref() != Some(&counters) {
-            self.ops.log_armed = true;
+        if every > 0 && !self.sinks.ops.log_armed && self.sinks.ops.logged.as_ref() != Some(&counters) {
+            self.sinks.ops.log_armed = true;
             self.timers.schedule(Duration::from_secs(every), Timer::Ops(OpsJob::LogCounters));
         }
     }
@@ -490,17 +479,17 @@ impl Daemon {
     pub(super) fn ops_timer(&mut self, job: OpsJob) {
         match job {
             OpsJob::Publish => {
-                self.ops.publish_armed = false;
-                self.ops.published = None;
+                self.sinks.ops.publish_armed = false;
+                self.sinks.ops.published = None;
                 self.ops_turn();
             }
             OpsJob::Status => {
-                self.ops.status_armed = false;
+                self.sinks.ops.status_armed = false;
                 self.ops_write_status();
             }
             OpsJob::LogCounters => {
-                self.ops.log_armed = false;
-                self.ops.logged = Some(self.ops_counters());
+                self.sinks.ops.log_armed = false;
+                self.sinks.ops.logged = Some(self.ops_counters());
                 self.log_stats();
             }
         }
@@ -508,12 +497,12 @@ impl Daemon {
 
     /// Writes the status file atomically (a temporary file renamed over it).
     fn ops_write_status(&mut self) {
-        let Some(path) = self.ops.status_path.clone() else { return };
+        let Some(path) = self.sinks.ops.status_path.clone() else { return };
         let counters = self.ops_counters();
-        self.ops.status.counters = counters.clone();
-        self.ops.status.written_unix = unix_now();
-        self.ops.status_written = Some(counters);
-        let text = serde_json::to_vec_pretty(&self.ops.status).unwrap_or_default();
+        self.sinks.ops.status.counters = counters.clone();
+        self.sinks.ops.status.written_unix = unix_now();
+        self.sinks.ops.status_written = Some(counters);
+        let text = serde_json::to_vec_pretty(&self.sinks.ops.status).unwrap_or_default();
         if let Err(e) = write_atomically(&path, &text, 0o644) {
             if self.reports.allow(super::reports::Kind::Failed) {
                 warn!(file = %path.display(), error = %e, "writing the status file failed");
@@ -525,10 +514,10 @@ impl Daemon {
     /// finishes what is queued.
     pub(super) fn ops_stopped(&mut self) {
         self.ops_turn();
-        if let Some(path) = &self.ops.status_path {
+        if let Some(path) = &self.sinks.ops.status_path {
             let _ = std::fs::remove_file(path);
         }
-        self.ops.history.take();
+        self.sinks.ops.history.take();
     }
 }
 

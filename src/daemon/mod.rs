@@ -15,6 +15,7 @@ mod cleanup;
 mod control;
 mod gate;
 mod mode;
+mod outcome;
 mod pins;
 mod place;
 mod reports;
@@ -45,6 +46,7 @@ use crate::sys::error::IoError;
 use crate::sys::procfs::ProcFs;
 
 use gate::Gate;
+use outcome::{Outcome, Sinks};
 use mode::Arrivals;
 use pins::Pins;
 use reports::{Kind, Reports, REPORT_INTERVAL};
@@ -180,10 +182,10 @@ struct Daemon {
     reconcile_pending: bool,
     /// Set by SIGTERM and SIGINT; long work looks at it.
     stop: Arc<AtomicBool>,
-    /// The local API's server and strict mode (src/api).
-    api: api::ApiHost,
-    /// Metrics, history, the status file, SIGHUP (see `metrics`).
-    ops: metrics::Ops,
+    /// Who hears of outcomes: the log, the local API's subscribers (and
+    /// strict mode, held there), metrics and history (`metrics`: also the
+    /// status file and SIGHUP).
+    sinks: Sinks,
     /// The v1 controller hierarchies every node is mirrored in.
     mirrors: Vec<crate::control::mirror::Mirror>,
 }
@@ -287,8 +289,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         reconcile_pending: false,
         stop,
         mirrors,
-        api,
-        ops,
+        sinks: Sinks::new(api, ops),
     };
     d.adopt_mirrors();
     let reconcile_started = Instant::now();
@@ -360,12 +361,12 @@ impl Daemon {
             let dropped = self.source.dropped();
             if dropped > self.seen_drops {
                 warn!(lost = dropped - self.seen_drops, "events were lost (the ring buffer overflowed); reconciling from /proc");
-                self.api_overflow(dropped - self.seen_drops);
+                self.sinks.publish(Outcome::Overflow { lost: dropped - self.seen_drops });
                 self.seen_drops = dropped;
                 self.request_reconcile("overflow");
             }
             self.run_timers();
-            self.api.flush();
+            self.sinks.api.flush();
             self.ops_turn();
         }
         Ok(())
