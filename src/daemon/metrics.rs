@@ -87,6 +87,7 @@ struct NodeLabel {
     name: String,
     path: String,
     created_unix: u64,
+    owner: u32,
 }
 
 enum Change {
@@ -202,7 +203,7 @@ fn node_row(node: &Node, path: String) -> NodeRow {
 }
 
 fn label_of(node: &Node, path: String) -> NodeLabel {
-    NodeLabel { name: node.name.clone(), path, created_unix: node.record.created_unix }
+    NodeLabel { name: node.name.clone(), path, created_unix: node.record.created_unix, owner: node.record.owner() }
 }
 
 impl Ops {
@@ -623,8 +624,26 @@ fn render(state: &Mutex<State>, view: &View, format: Format) -> String {
     for (id, l) in nodes.iter().take(cap) {
         let _ = writeln!(o, "nsgroup_node_created_timestamp_seconds{{id=\"{id}\",name=\"{}\"}} {}", label_value(&l.name), l.created_unix);
     }
+    family(&mut o, format, "nsgroup_node_owner", "gauge", "Who owns a node (docs/semantics.md §13 \"Owners\"), by node id and name: 1.");
+    for (id, l) in nodes.iter().take(cap) {
+        let _ = writeln!(o, "nsgroup_node_owner{{id=\"{id}\",name=\"{}\",owner=\"{}\"}} 1", label_value(&l.name), l.owner);
+    }
     family(&mut o, format, "nsgroup_node_series_cut", "gauge", "Nodes left without per-node series by metrics.max_node_series.");
     let _ = writeln!(o, "nsgroup_node_series_cut {}", nodes.len() - cap);
+    // Per owner: the owners with most nodes first, as many as per-node series.
+    let mut per_owner: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, l) in nodes.iter() {
+        *per_owner.entry(l.owner).or_default() += 1;
+    }
+    let mut owners: Vec<(u32, u64)> = per_owner.into_iter().collect();
+    owners.sort_by_key(|&(owner, n)| (std::cmp::Reverse(n), owner));
+    let shown = view.max_node_series.min(owners.len());
+    family(&mut o, format, "nsgroup_owner_nodes", "gauge", "Live nodes per owner (the owners with most nodes, as many as metrics.max_node_series).");
+    for (owner, n) in &owners[..shown] {
+        let _ = writeln!(o, "nsgroup_owner_nodes{{owner=\"{owner}\"}} {n}");
+    }
+    family(&mut o, format, "nsgroup_owner_series_cut", "gauge", "Owners left without a series by metrics.max_node_series.");
+    let _ = writeln!(o, "nsgroup_owner_series_cut {}", owners.len() - shown);
     family(&mut o, format, "nsgroup_start_time_seconds", "gauge", "When the daemon started (unix time).");
     let _ = writeln!(o, "nsgroup_start_time_seconds {}", view.started_unix);
     family(&mut o, format, "nsgroup_build_info", "gauge", "The daemon's version.");
@@ -710,6 +729,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn owners_are_counted_and_their_series_capped_most_nodes_first() {
+        let state = Mutex::new(State::default());
+        {
+            let mut s = state.lock().unwrap();
+            s.counters.latency_buckets = vec![0; LATENCY_BUCKETS.len() + 1];
+            // Owner 7 has 3 nodes, 8 has 2, every other owner one.
+            for (id, owner) in [(1, 7), (2, 8), (3, 7), (4, 9), (5, 8), (6, 7), (7, 10)] {
+                s.nodes.insert(id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10, owner });
+            }
+        }
+        let view = View { mount: "/nonexistent".into(), v2: false, max_node_series: 2, started_unix: 1 };
+        let text = render(&state, &view, Format::Prometheus);
+        let owners: Vec<&str> = text.lines().filter(|l| l.starts_with("nsgroup_owner_nodes{")).collect();
+        assert_eq!(owners, ["nsgroup_owner_nodes{owner=\"7\"} 3", "nsgroup_owner_nodes{owner=\"8\"} 2"]);
+        assert!(text.contains("nsgroup_owner_series_cut 2\n"), "{text}");
+        assert_eq!(text.matches("nsgroup_node_owner{").count(), 2);
+    }
+
+    #[test]
     fn exposition_is_well_formed_and_capped() {
         let state = Mutex::new(State::default());
         {
@@ -718,7 +756,7 @@ mod tests {
             s.counters.latency_buckets = vec![0; LATENCY_BUCKETS.len() + 1];
             s.counters.latency_buckets[3] = 2;
             for id in 1..=5 {
-                s.nodes.insert(id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10 });
+                s.nodes.insert(id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10, owner: 1000 });
             }
         }
         let view = View { mount: "/nonexistent".into(), v2: false, max_node_series: 3, started_unix: 1 };
@@ -728,6 +766,9 @@ mod tests {
         assert!(om.contains("nsgroup_placement_latency_seconds_bucket{le=\"+Inf\"} 2"));
         assert_eq!(om.matches("nsgroup_node_tasks{").count(), 3);
         assert!(om.contains("nsgroup_node_series_cut 2"));
+        assert!(om.contains("nsgroup_node_owner{id=\"1\",name=\"node_1\",owner=\"1000\"} 1"), "{om}");
+        assert!(om.contains("nsgroup_owner_nodes{owner=\"1000\"} 5\n"), "{om}");
+        assert!(om.contains("nsgroup_owner_series_cut 0\n"), "{om}");
         let prom = render(&state, &view, Format::Prometheus);
         assert!(prom.contains("# TYPE nsgroup_events_total counter\n"));
         assert!(!prom.contains("# EOF"));
