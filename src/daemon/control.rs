@@ -12,7 +12,8 @@ use crate::control::mirror::Mirrored;
 use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, MirrorPath, Node, NodeRecord};
 use crate::core::nsset::NsMask;
-use crate::sys::cgroupfs::{CgroupBackend, Removed, Version};
+use crate::core::tracker::Placement;
+use crate::sys::cgroupfs::{CgroupBackend, Removed};
 
 /// The limits of the rules that match the creator of a node with `record`,
 /// made in the cgroup at `parent_path`.
@@ -29,17 +30,23 @@ pub(super) fn applied<'a>(files: &'a [(&'static str, String)], refused: &'a [Str
     files.iter().filter(move |(file, value)| !refused.iter().any(|r| r.starts_with(&format!("{file}={value}:"))))
 }
 
-impl Daemon {
-    /// The files a node about to be made gets in the tracked hierarchy: its
-    /// limits where that hierarchy is cgroup2 (v1 hierarchies take them in mirrors).
-    pub(super) fn files_for_new(&mut self, record: &NodeRecord, parent: CgroupId) -> Vec<(&'static str, String)> {
-        if self.hierarchy.version() != Version::V2 || self.config.limit.is_empty() {
-            return Vec::new();
+/// The pipeline's "prepare" step, the same for events, reconcile and
+/// children: a node about to be made for a task named `comm` gets the files
+/// of its policy limits where the tracked hierarchy is cgroup2 (`v2`; v1
+/// hierarchies take them in mirrors). Other placements pass as they are.
+pub(super) fn with_policy_limits<B: CgroupBackend>(config: &Config, v2: bool, backend: &mut B, placement: Placement, comm: &str) -> Placement {
+    match placement {
+        Placement::Create(mut new) if v2 && !config.limit.is_empty() => {
+            let record = new.record(comm, 0);
+            let parent_path = backend.path_of(new.parent).ok().flatten().unwrap_or_default();
+            new.files = limits_for(config, &record, &parent_path).iter().map(Limit::v2).collect();
+            Placement::Create(new)
         }
-        let parent_path = self.placer.backend().path_of(parent).ok().flatten().unwrap_or_default();
-        limits_for(&self.config, record, &parent_path).iter().map(Limit::v2).collect()
+        other => other,
     }
+}
 
+impl Daemon {
     /// Logs the limit files the kernel refused for new nodes; returns them.
     pub(super) fn report_refused_files(&mut self) -> Vec<String> {
         let refused = self.placer.take_refused_files();

@@ -128,7 +128,7 @@ impl Daemon {
             let (tracker, writer) = self.placer.parts();
             self.gate.check(tracker, writer, decided, &entry, ev.start_ns, cgroup)
         };
-        let mut placement = match checked {
+        let placement = match checked {
             Ok(Checked::Go(p)) => p,
             Ok(Checked::Dropped(why)) => {
                 self.dropped(why, ev);
@@ -143,10 +143,8 @@ impl Daemon {
                 return;
             }
         };
-        if let Placement::Create(new) = &mut placement {
-            let record = new.record(&ev.comm, 0);
-            new.files = self.files_for_new(&record, new.parent);
-        }
+        let v2 = self.hierarchy.version() == crate::sys::cgroupfs::Version::V2;
+        let placement = super::control::with_policy_limits(&self.config, v2, self.placer.backend(), placement, &ev.comm);
         let policy = match &placement {
             Placement::Create(new) => new.files.clone(),
             _ => Vec::new(),

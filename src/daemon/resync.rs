@@ -12,9 +12,8 @@ use tracing::{info, warn};
 use super::gate::Checked;
 use super::outcome::{Cause, Outcome};
 use crate::core::node::{CgroupId, Node};
-use super::control::limits_for;
+use super::control::with_policy_limits;
 use super::place::admits;
-use crate::control::limits::Limit;
 use super::{Daemon, DaemonError, Timer};
 use crate::core::tracker::Placement;
 use crate::reconcile::{reconcile, Report};
@@ -91,13 +90,7 @@ impl Daemon {
             }
             let (tracker, writer) = placer.parts();
             match gate.check(tracker, writer, placement, entry, t.start, t.cgroup) {
-                Ok(Checked::Go(Placement::Create(mut new))) if v2 && !config.limit.is_empty() => {
-                    let record = new.record(&t.comm, 0);
-                    let parent_path = writer.path_of(new.parent).ok().flatten().unwrap_or_default();
-                    new.files = limits_for(config, &record, &parent_path).iter().map(Limit::v2).collect();
-                    Placement::Create(new)
-                }
-                Ok(Checked::Go(p)) => p,
+                Ok(Checked::Go(p)) => with_policy_limits(config, v2, writer, p, &t.comm),
                 Ok(Checked::Dropped(why)) => {
                     stats.count_dropped(why);
                     Placement::Stay
