@@ -11,7 +11,7 @@ use super::{coalesced, open_ro, parse_since, query, HistoryRow, Query};
 use crate::config::Config;
 use crate::core::cgpath::canonical;
 use crate::core::escape::Escaped;
-use crate::daemon::metrics::{status_path, StatusFile};
+use crate::sys::status_file::{status_path, StatusFile};
 use crate::placer::unix_now;
 
 /// `nsgroup run`'s metrics flags.
