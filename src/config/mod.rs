@@ -193,7 +193,7 @@ pub enum Cleanup {
 }
 
 /// The event source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// eBPF, falling back to the proc connector where it cannot load.
