@@ -8,12 +8,13 @@
 //! - [`server`]: the thread that serves the socket, and the publisher the
 //!   daemon hands events to;
 //! - [`listen`]: the socket on disk (one owner, mode, group);
-//! - [`client`]: the command line's side;
+//! - [`client`]: the command line's side of the socket;
+//! - [`direct`]: the answer through the daemon, or without it (as root);
 //! - [`strict`]: strict mode, the LSM BPF program that enforces the same
 //!   rules on direct cgroupfs writes.
 
-pub mod cli;
 pub mod client;
+pub mod direct;
 pub mod handler;
 pub mod listen;
 pub mod peer;

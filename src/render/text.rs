@@ -6,7 +6,7 @@ use crate::core::escape::Escaped;
 use crate::model::TreeNode;
 
 /// A figure a cgroup line can show (`tree -o`, like `ps -o`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
     /// Tasks listed in the cgroup and below.
     Tasks,
