@@ -65,6 +65,8 @@ enum ColumnArg {
     Creator,
     /// The creator's uid.
     Uid,
+    /// Who owns the node (docs/semantics.md §13 "Owners").
+    Owner,
     /// The cgroup id (its directory's inode).
     Id,
     /// What the kernel's controllers account for the cgroup itself (cgroup2
@@ -83,6 +85,7 @@ impl ColumnArg {
             ColumnArg::Age => Column::Age,
             ColumnArg::Creator => Column::Creator,
             ColumnArg::Uid => Column::Uid,
+            ColumnArg::Owner => Column::Owner,
             ColumnArg::Id => Column::Id,
             ColumnArg::Kernel => Column::Kernel,
         }
@@ -100,6 +103,7 @@ impl From<Column> for ColumnArg {
             Column::Age => ColumnArg::Age,
             Column::Creator => ColumnArg::Creator,
             Column::Uid => ColumnArg::Uid,
+            Column::Owner => ColumnArg::Owner,
             Column::Id => ColumnArg::Id,
             Column::Kernel => ColumnArg::Kernel,
         }
