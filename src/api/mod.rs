@@ -3,6 +3,8 @@
 //! - [`proto`]: the wire format (requests, answers, error codes, events);
 //! - [`perm`]: the permission model — the kernel's ns subsystem's rules for
 //!   moving and creating, nsgroup's rule for the verbs;
+//! - [`territory`]: where a caller may act on its own nodes (its cgroup; on
+//!   systemd hosts its owner's user slice too);
 //! - [`peer`]: who calls (SO_PEERCRED, /proc, pid races);
 //! - [`handler`]: carrying one request out;
 //! - [`server`]: the thread that serves the socket, and the publisher the
@@ -22,3 +24,4 @@ pub mod perm;
 pub mod proto;
 pub mod server;
 pub mod strict;
+pub mod territory;
