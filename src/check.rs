@@ -11,7 +11,7 @@ use crate::core::cgpath::within;
 use crate::core::naming;
 use crate::core::nsset::{NsMask, NsSet};
 use crate::core::tracker::Granularity;
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::error::IoError;
 use crate::sys::procfs::ProcFs;
 

@@ -9,7 +9,7 @@ use crate::bpf::{BpfError, Event, EventKind, Probe};
 use crate::core::cgpath::within;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::connector::{Connector, ProcEvent, Received};
 use crate::sys::error::IoError;
 use crate::sys::procfs::ProcFs;

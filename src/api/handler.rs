@@ -19,7 +19,7 @@ use crate::core::naming;
 use crate::core::node::NodeRecord;
 use crate::core::nsset::NsSet;
 use crate::model::{self, Units};
-use crate::sys::cgroupfs::{Hierarchy, Version};
+use crate::sys::hierarchy::{Hierarchy, Version};
 use crate::sys::error::IoError;
 use crate::sys::mounts::read_mountinfo;
 use crate::sys::procfs::ProcFs;
@@ -277,12 +277,7 @@ impl Context {
         if !self.proc.stat(tgid, tid)?.is_some_and(|s| s.start_ticks == stat.start_ticks && !s.is_dead()) {
             return Err(gone());
         }
-        let (file, who) = match self.hierarchy.version() {
-            Version::V1 => ("tasks", tid),
-            Version::V2 => ("cgroup.procs", tgid),
-        };
-        let path = self.hierarchy.dir(&dest).join(file);
-        std::fs::write(&path, who.to_string()).map_err(|e| error(Code::Failed, IoError::new("move task into", &path, e).to_string()))?;
+        crate::sys::cgroupfs::attach_to(&self.hierarchy, &dest, tgid, tid).map_err(|e| error(Code::Failed, e.to_string()))?;
         Ok(json!({ "pid": tid, "path": dest, "cgroup_id": self.hierarchy.id(&dest)? }))
     }
 
@@ -304,11 +299,11 @@ impl Context {
         };
         for n in attempts {
             let path = join(&parent, &n);
-            let dir = self.hierarchy.dir(&path);
-            match rustix::fs::mkdir(&dir, rustix::fs::Mode::from_raw_mode(0o755)) {
-                Ok(()) => return Ok(json!({ "path": path, "cgroup_id": self.hierarchy.id(&path)? })),
-                Err(rustix::io::Errno::EXIST) if name.is_none() => continue,
-                Err(e) => return Err(error(Code::Failed, IoError::new("mkdir", &dir, e).to_string())),
+            match crate::sys::cgroupfs::make_cgroup(&self.hierarchy, &path) {
+                Ok(true) => return Ok(json!({ "path": path, "cgroup_id": self.hierarchy.id(&path)? })),
+                Ok(false) if name.is_none() => continue,
+                Ok(false) => return Err(error(Code::Failed, format!("mkdir {}: {}", self.hierarchy.dir(&path).display(), std::io::Error::from(rustix::io::Errno::EXIST)))),
+                Err(e) => return Err(error(Code::Failed, e.to_string())),
             }
         }
         Err(error(Code::Failed, format!("no free node name below {}", Escaped(&parent))))

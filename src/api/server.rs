@@ -646,7 +646,7 @@ impl Conn {
 mod tests {
     use super::*;
     use crate::control::verbs::Timing;
-    use crate::sys::cgroupfs::{Hierarchy, Version};
+    use crate::sys::hierarchy::{Hierarchy, Version};
     use crate::sys::procfs::{HierarchyKey, ProcFs};
     use std::io::{BufRead, BufReader};
 

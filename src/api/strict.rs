@@ -18,7 +18,7 @@ use aya::{Btf, Ebpf};
 use tracing::info;
 
 use crate::bpf::{verifier_tail, Subtree};
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lsm.bpf.o"));
 

@@ -15,7 +15,7 @@
 
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 
 /// Whether the tracked hierarchy is systemd's, which lays out a slice per user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

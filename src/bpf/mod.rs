@@ -11,7 +11,7 @@ use aya::programs::{BtfTracePoint, FEntry, FExit, Iter, TracePoint};
 use std::io::Read;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 
 pub use event::{Event, EventKind, TaskRecord};
 pub use crate::config::Hooks;

@@ -11,7 +11,7 @@ use nsgroup::config::Config;
 use nsgroup::control::limits::Limit;
 use nsgroup::control::{exec, mirror};
 use nsgroup::core::nsset::NsKind;
-use nsgroup::sys::cgroupfs::Version;
+use nsgroup::sys::hierarchy::Version;
 use nsgroup::sys::locate::locate;
 use nsgroup::sys::procfs::ProcFs;
 

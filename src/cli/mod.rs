@@ -21,7 +21,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 use nsgroup::core::escape::Escaped;
-use nsgroup::sys::cgroupfs::Hierarchy;
+use nsgroup::sys::hierarchy::Hierarchy;
 use nsgroup::sys::error::IoError;
 
 /// Gives every set of Linux namespaces its own cgroup, automatically.

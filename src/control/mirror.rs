@@ -17,7 +17,8 @@ use rustix::io::Errno;
 use crate::config::MirrorConfig;
 use crate::core::cgpath::{join, within};
 use crate::core::node::{CgroupId, Node};
-use crate::sys::cgroupfs::{Hierarchy, Removed};
+use crate::sys::cgroupfs::Removed;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::error::{or_vanished, IoError};
 use crate::sys::mounts::Mount;
 use crate::sys::procfs::ProcFs;
@@ -34,7 +35,7 @@ pub enum MirrorError {
     #[error("mirror {controllers}: its root {root} does not exist in {mount}")]
     NoRoot { controllers: String, root: String, mount: String },
     #[error(transparent)]
-    Hierarchy(#[from] crate::sys::cgroupfs::HierarchyError),
+    Hierarchy(#[from] crate::sys::hierarchy::HierarchyError),
     #[error(transparent)]
     Io(#[from] IoError),
 }
@@ -178,7 +179,8 @@ impl Mirror {
     /// Moves a thread (or, under a cgroup2 tracked hierarchy, its process)
     /// into `path`; false when it is gone.
     fn attach(&self, path: &str, tgid: u32, tid: u32) -> Result<bool, IoError> {
-        let (file, who) = if self.per_process { ("cgroup.procs", tgid) } else { ("tasks", tid) };
+        let version = if self.per_process { crate::sys::hierarchy::Version::V2 } else { crate::sys::hierarchy::Version::V1 };
+        let (file, who) = (version.attach_file(), version.attach_id(tgid, tid));
         let target = self.hierarchy.dir(path).join(file);
         let written = std::fs::OpenOptions::new().write(true).open(&target).and_then(|mut f| f.write_all(format!("{who}\n").as_bytes()));
         match written {

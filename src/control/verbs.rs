@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
 use crate::core::node::MirrorPath;
-use crate::sys::cgroupfs::Version;
+use crate::sys::hierarchy::Version;
 use crate::sys::mounts::Mount;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
 

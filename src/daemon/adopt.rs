@@ -12,7 +12,8 @@ use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, Node, NodeRecord};
 use crate::core::nsset::NsMask;
 use crate::placer::Placer;
-use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter, Hierarchy, Surveyed};
+use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
+use crate::sys::hierarchy::{Hierarchy, Surveyed};
 use crate::sys::subtree::LEAF;
 use crate::sys::error::IoError;
 

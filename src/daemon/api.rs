@@ -21,7 +21,7 @@ use crate::control::verbs::Timing;
 use crate::core::node::Node;
 use crate::core::nsset::NsSet;
 use crate::placer::unix_now;
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
 
 /// The API server and strict mode, as the daemon holds them.

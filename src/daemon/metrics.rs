@@ -33,7 +33,8 @@ use crate::core::node::{CgroupId, Node};
 use crate::core::nsset::NsKind;
 use crate::history::{Msg, NodeRow, Retention, Writer};
 use crate::placer::unix_now;
-use crate::sys::cgroupfs::{CgroupBackend, Hierarchy, Version};
+use crate::sys::cgroupfs::CgroupBackend;
+use crate::sys::hierarchy::{Hierarchy, Version};
 use crate::sys::status_file::{status_path, write_atomically, Counters, StatusFile};
 
 /// The upper bounds (seconds) of the event-to-moved latency histogram's buckets.

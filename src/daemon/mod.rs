@@ -41,7 +41,8 @@ use crate::core::quota::{QuotaLimits, UserQuotas};
 use crate::core::tracker::{Limits, Tracker};
 use crate::placer::{unix_now, Placer};
 use crate::source::{ProcSource, Source};
-use crate::sys::cgroupfs::{CgroupWriter, Hierarchy};
+use crate::sys::cgroupfs::CgroupWriter;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::error::IoError;
 use crate::sys::procfs::ProcFs;
 
@@ -219,7 +220,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let mut placer = Placer::new(tracker, writer, unix_now);
     let started = Instant::now();
     let adopted = adopt::adopt(&mut placer, &hierarchy, &root, mask)?;
-    let mirrors = crate::control::mirror::open_all(&config, hierarchy.version() == crate::sys::cgroupfs::Version::V2)?;
+    let mirrors = crate::control::mirror::open_all(&config, hierarchy.version() == crate::sys::hierarchy::Version::V2)?;
     let adopt_ms = started.elapsed().as_millis() as u64;
     let quotas = UserQuotas::new(QuotaLimits {
         max_nodes_per_user: config.max_nodes_per_user,
@@ -301,7 +302,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     }
     info!(
         hierarchy = %d.hierarchy.mount().display(),
-        version = if d.hierarchy.version() == crate::sys::cgroupfs::Version::V2 { "v2" } else { "v1" },
+        version = if d.hierarchy.version() == crate::sys::hierarchy::Version::V2 { "v2" } else { "v1" },
         root = %crate::core::escape::Escaped(&d.root),
         adopted,
         moved = report.moved,

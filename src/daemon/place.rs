@@ -143,7 +143,7 @@ impl Daemon {
                 return;
             }
         };
-        let v2 = self.hierarchy.version() == crate::sys::cgroupfs::Version::V2;
+        let v2 = self.hierarchy.version() == crate::sys::hierarchy::Version::V2;
         let placement = super::control::with_policy_limits(&self.config, v2, self.placer.backend(), placement, &ev.comm);
         let policy = match &placement {
             Placement::Create(new) => new.files.clone(),

@@ -5,7 +5,7 @@ use std::io::ErrorKind;
 use crate::core::cgpath::join;
 use crate::core::node::{CgroupId, NodeRecord};
 use crate::core::nsset::NsSet;
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::error::{or_vanished, IoError};
 use crate::control::mirror::v1_usage;
 use crate::sys::mounts::Mount;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::cgroupfs::Hierarchy;
+use super::hierarchy::Hierarchy;
 
 /// The xattrs systemd sets on delegated cgroups.
 const DELEGATE_XATTRS: [&str; 2] = ["trusted.delegate", "user.delegate"];
@@ -59,7 +59,7 @@ impl Delegation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::cgroupfs::Version;
+    use crate::sys::hierarchy::Version;
     use crate::sys::procfs::HierarchyKey;
 
     #[test]

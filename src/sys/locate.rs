@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cgroupfs::{Hierarchy, HierarchyError};
+use super::hierarchy::{Hierarchy, HierarchyError};
 use super::error::IoError;
 use super::mounts::{mount_named_v1, read_mountinfo, Mount};
 

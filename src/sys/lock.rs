@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
-use super::cgroupfs::Hierarchy;
+use super::hierarchy::Hierarchy;
 use super::error::IoError;
 use crate::core::escape::Escaped;
 
@@ -113,7 +113,7 @@ fn holder(mut file: &File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::cgroupfs::Version;
+    use crate::sys::hierarchy::Version;
     use crate::sys::procfs::HierarchyKey;
 
     #[test]

@@ -4,6 +4,7 @@ pub mod cgroupfs;
 pub mod connector;
 pub mod delegation;
 pub mod error;
+pub mod hierarchy;
 pub mod locate;
 pub mod lock;
 pub mod mounts;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::cgroupfs::Hierarchy;
+use super::hierarchy::Hierarchy;
 use super::error::IoError;
 use super::procfs::ProcFs;
 use crate::core::cgpath::within;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::cgroupfs::Hierarchy;
+use crate::sys::hierarchy::Hierarchy;
 
 /// The daemon's counters, as published.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::fs;
 
 use rustix::io::Errno;
 
-use super::cgroupfs::Hierarchy;
+use super::hierarchy::Hierarchy;
 use super::error::IoError;
 use crate::core::cgpath::join;
 
