@@ -537,17 +537,26 @@ struct OwnSandbox {
     stdin: std::process::ChildStdin,
     out: BufReader<std::process::ChildStdout>,
     socket: String,
+    _bin: tempfile::TempDir,
 }
 
 impl OwnSandbox {
-    /// Starts it in the tracked root and in each of `roots`.
+    /// Starts it in the tracked root and in each of `roots`. It runs a copy
+    /// of `nsgroup` any user may run from inside a user namespace (the
+    /// guest's 9p share of the build refuses that: `Permission denied`).
     fn start(h: &Hier, roots: &[&ControllerRoot], socket: &str) -> OwnSandbox {
-        let script = format!("while read -r setting; do '{NSGROUP}' limit --socket '{socket}' $$ \"$setting\" 2>&1; echo \"exit $?\"; done");
+        use std::os::unix::fs::PermissionsExt;
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nsgroup = bin.path().join("nsgroup");
+        std::fs::copy(NSGROUP, &nsgroup).unwrap();
+        let nsgroup = nsgroup.display();
+        let script = format!("while read -r setting; do '{nsgroup}' limit --socket '{socket}' $$ \"$setting\" 2>&1; echo \"exit $?\"; done");
         let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
         let args: Vec<&str> = nobody.into_iter().chain(["unshare", "--user", "--uts", "sh", "-c", &script]).collect();
         let (mut child, out) = spawn_everywhere(h, roots, &args);
         let stdin = child.stdin.take().unwrap();
-        OwnSandbox { child, stdin, out, socket: socket.to_string() }
+        OwnSandbox { child, stdin, out, socket: socket.to_string(), _bin: bin }
     }
 
     fn pid(&self) -> u32 {
