@@ -55,7 +55,19 @@ struct nsproxy {
 } __core;
 
 typedef struct { __u32 val; } kuid_t;
+struct uid_gid_extent { __u32 first; __u32 lower_first; __u32 count; } __core;
+struct uid_gid_map {
+	__u32 nr_extents;
+	union {
+		struct uid_gid_extent extent[5];
+		struct {
+			struct uid_gid_extent *forward; /* beyond 5 extents: sorted by first */
+			struct uid_gid_extent *reverse;
+		};
+	};
+} __core;
 struct user_namespace {
+	struct uid_gid_map uid_map;
 	struct user_namespace *parent;
 	kuid_t owner;
 	struct ns_common ns;

@@ -196,18 +196,48 @@ static __always_inline __u64 scoped_cgroup(struct task_struct *t)
 /* How deep user namespaces nest (the kernel's limit is 32). */
 #define USERNS_MAX_DEPTH 33
 
-/* Who owns `t`'s set: the owner of its outermost user namespace below the
- * daemon's (the uid that created it, kernel-global), else its real uid.
- * A user's subordinate uids live in user namespaces that user owns, so
- * they are that user. Bounded: one read per nesting level. */
+/* The kernel uid that user namespace `ns` maps its lowest inner uid to
+ * (0 while unmapped). Bounded: at most 5 extents are stored inline; beyond
+ * that the kernel keeps them sorted by inner uid. */
+static __always_inline __u32 range_of(struct user_namespace *ns)
+{
+	__u32 n = BPF_CORE_READ(ns, uid_map.nr_extents);
+	if (n > 5) {
+		struct uid_gid_extent *sorted = BPF_CORE_READ(ns, uid_map.forward);
+		return BPF_CORE_READ(sorted, lower_first);
+	}
+	__u32 lowest = ~0u, lower = 0;
+	for (int i = 0; i < 5 && i < n; i++) {
+		__u32 first = 0, low = 0;
+		bpf_core_read(&first, sizeof(first), &ns->uid_map.extent[i].first);
+		bpf_core_read(&low, sizeof(low), &ns->uid_map.extent[i].lower_first);
+		if (first < lowest) {
+			lowest = first;
+			lower = low;
+		}
+	}
+	return lower;
+}
+
+/* Who owns `t`'s set (docs/semantics.md §13 "Owners"; src/sys/owner.rs is
+ * the /proc side): the owner of its outermost user namespace below the
+ * daemon's (the kernel uid that created it), else its real uid. A user's
+ * subordinate uids live in user namespaces that user owns, so they are that
+ * user. A namespace root made for another range (an unprivileged container
+ * root started) belongs to that range: to the uid its lowest inner uid maps
+ * to. Bounded: one read per nesting level. */
 static __always_inline __u32 owner_of(struct task_struct *t)
 {
 	__u32 uid = BPF_CORE_READ(t, real_cred, uid.val);
 	struct user_namespace *ns = BPF_CORE_READ(t, real_cred, user_ns);
 	struct user_namespace *below = NULL;
 	for (int i = 0; i < USERNS_MAX_DEPTH && ns; i++) {
-		if (BPF_CORE_READ(ns, ns.inum) == base_userns)
-			return below ? BPF_CORE_READ(below, owner.val) : uid;
+		if (BPF_CORE_READ(ns, ns.inum) == base_userns) {
+			if (!below)
+				return uid;
+			__u32 owner = BPF_CORE_READ(below, owner.val);
+			return owner ? owner : range_of(below);
+		}
 		below = ns;
 		ns = BPF_CORE_READ(ns, parent);
 	}

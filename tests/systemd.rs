@@ -277,56 +277,203 @@ fn the_leaf_policy_against_real_systemd() {
     }
 }
 
+/// Only one test at a time uses uid 65534's manager (each stops it at the end).
+static USER_MANAGER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// uid 65534's user manager, `user@65534.service` (delegated by systemd),
+/// started by the test; Drop stops it, which ends every unit it started.
+struct UserManager {
+    unit: String,
+    cgroup: String,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl UserManager {
+    /// Starts it, or says why it cannot run here.
+    fn start() -> Result<UserManager, String> {
+        let one = USER_MANAGER.lock().unwrap_or_else(|e| e.into_inner());
+        // The user manager's session comes from pam_systemd (XDG_RUNTIME_DIR
+        // among it); without it `systemd --user` exits at once.
+        let pam = ["/lib/x86_64-linux-gnu/security", "/usr/lib/x86_64-linux-gnu/security", "/lib/security", "/usr/lib/security"];
+        if !pam.iter().any(|d| Path::new(d).join("pam_systemd.so").exists()) {
+            return Err("no pam_systemd.so here (libpam-systemd is not installed): user@.service cannot start a user manager (it gets no XDG_RUNTIME_DIR)".into());
+        }
+        let unit = format!("user@{NOBODY}.service");
+        systemctl(&["start", &unit]).map_err(|e| format!("no user manager for uid {NOBODY}: {e}"))?;
+        let mut manager = UserManager { unit, cgroup: String::new(), _one: one };
+        manager.cgroup = systemctl(&["show", "-p", "ControlGroup", "--value", &manager.unit])?;
+        Ok(manager)
+    }
+
+    /// `args` run as uid 65534 with its manager's runtime directory, where
+    /// `systemd-run --user` finds the manager's private socket.
+    fn command(&self, args: &[&str]) -> Command {
+        let runtime = format!("XDG_RUNTIME_DIR=/run/user/{NOBODY}");
+        let mut v = as_nobody(&["env", &runtime]);
+        v.extend_from_slice(args);
+        let mut c = Command::new(v[0]);
+        c.args(&v[1..]).stdin(Stdio::null());
+        c
+    }
+
+    fn stop(&self) {
+        systemctl(&["stop", &self.unit]).unwrap();
+    }
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        let _ = systemctl(&["stop", &self.unit]);
+    }
+}
+
 #[test]
 fn a_user_managers_units_get_nodes() {
     if !systemd_host() {
         return;
     }
-    let manager = format!("user@{NOBODY}.service");
-    // The user manager's session comes from pam_systemd (XDG_RUNTIME_DIR
-    // among it); without it `systemd --user` exits at once.
-    let pam = ["/lib/x86_64-linux-gnu/security", "/usr/lib/x86_64-linux-gnu/security", "/lib/security", "/usr/lib/security"];
-    if !pam.iter().any(|d| Path::new(d).join("pam_systemd.so").exists()) {
-        skip("no pam_systemd.so here (libpam-systemd is not installed): user@.service cannot start a user manager (it gets no XDG_RUNTIME_DIR)");
-        return;
-    }
-    if let Err(e) = systemctl(&["start", &manager]) {
-        skip(&format!("no user manager for uid {NOBODY}: {e}"));
-        return;
-    }
-    struct Stop(String);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = systemctl(&["stop", &self.0]);
-        }
-    }
-    let _stop = Stop(manager.clone());
-    let manager_cgroup = systemctl(&["show", "-p", "ControlGroup", "--value", &manager]).unwrap();
+    let manager = match UserManager::start() {
+        Ok(m) => m,
+        Err(why) => return skip(&why),
+    };
     // A transient service of uid 65534's own manager, started through its
     // private socket: an unprivileged sandbox (user and uts namespaces).
     let name = format!("{}.service", unit_name());
-    let runtime = format!("XDG_RUNTIME_DIR=/run/user/{NOBODY}");
-    let mut args = as_nobody(&["env", &runtime, "systemd-run", "--user", "--quiet", "--service-type=exec", "--unit", &name, "--"]);
-    args.extend(["unshare", "--user", "--map-root-user", "--uts", "sleep", "600"]);
-    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output().unwrap();
+    let out = manager
+        .command(&["systemd-run", "--user", "--quiet", "--service-type=exec", "--unit", &name, "--"])
+        .args(["unshare", "--user", "--map-root-user", "--uts", "sleep", "600"])
+        .output()
+        .unwrap();
     if !out.status.success() {
         skip(&format!("uid {NOBODY}'s manager would not start a unit: {}", String::from_utf8_lossy(&out.stderr).trim()));
         return;
     }
     let mut unit_cgroup = String::new();
     wait_for("the user's unit's cgroup", || {
-        find_cgroup(&manager_cgroup, &name).map(|c| unit_cgroup = c).is_some()
+        find_cgroup(&manager.cgroup, &name).map(|c| unit_cgroup = c).is_some()
     });
     let pid: u32 = std::fs::read_to_string(dir(&unit_cgroup).join("cgroup.procs")).unwrap().trim().parse().unwrap();
     // Only the test's unit is tracked: the manager's own processes are not.
     let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{unit_cgroup}\"]\n"));
-    let d = Daemon::start_at(Path::new(MOUNT), &manager_cgroup, &["--config", &config]);
+    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
     let node = format!("{unit_cgroup}/node_{pid}");
     wait_for("the sandbox in its node", || cgroup_of(pid).as_ref() == Some(&node));
     let mut buf = vec![0u8; 65536];
     assert!(rustix::fs::getxattr(dir(&node), "trusted.nsgroup", &mut buf[..]).is_ok(), "the node has its record: {}", d.log_text());
     // Stopping the user's manager ends its units, the sandbox with them.
-    systemctl(&["stop", &manager]).unwrap();
+    manager.stop();
     wait_for("the sandbox gone", || !Path::new(&format!("/proc/{pid}")).exists());
     wait_for("its node gone", || !dir(&node).exists());
+}
+
+/// A process the test started; Drop kills it by pid and reaps it.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Another uid than the sandbox's user, with no session of its own.
+const OTHER_USER: u32 = 65533;
+
+#[test]
+fn a_user_controls_her_sandbox_from_another_unit_of_her_manager() {
+    if !systemd_host() {
+        return;
+    }
+    let manager = match UserManager::start() {
+        Ok(m) => m,
+        Err(why) => return skip(&why),
+    };
+    // The sandbox, started the way desktops start apps: an app scope of her
+    // manager (Delegate=yes, so its cgroup can pass pids on to the nodes).
+    // The scope's process P is the test's child; C is P's child in a new
+    // pid namespace.
+    let scope = format!("app-{}.scope", unit_name());
+    let mut sandbox = manager
+        .command(&["systemd-run", "--user", "--scope", "--quiet", "-p", "Delegate=yes", "--slice", "app.slice", "--unit", &scope, "--"])
+        .args(["unshare", "--user", "--map-root-user", "--uts", "--pid", "--fork", "sleep", "600"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = sandbox.id();
+    let scope_cgroup = format!("{}/app.slice/{scope}", manager.cgroup);
+    wait_for("the sandbox in its app scope", || {
+        if let Ok(Some(status)) = sandbox.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(sandbox.stderr.as_mut().unwrap(), &mut err);
+            panic!("systemd-run --user --scope exited ({status}): {err}");
+        }
+        cgroup_of(p).as_ref() == Some(&scope_cgroup) && !children_of(p).is_empty()
+    });
+    let mut sandbox = Started(sandbox);
+    let c = children_of(p)[0];
+
+    // The daemon tracks her manager's subtree, which lies in her user slice,
+    // and places only the test's sandbox. (A domain controller with pids:
+    // pids alone is enabled in the scope while it holds tasks, which makes
+    // it a thread root its node cannot take tasks in, EOPNOTSUPP.)
+    let api = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(api.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = api.path().join("api.sock").display().to_string();
+    // Her own copy of the command: the guest's binaries lie in a directory
+    // only root may enter, which a unit of her manager cannot exec from.
+    let her_nsgroup = api.path().join("nsgroup");
+    std::fs::copy(NSGROUP, &her_nsgroup).unwrap();
+    std::fs::set_permissions(&her_nsgroup, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let her_nsgroup = her_nsgroup.display().to_string();
+    let config = api.path().join("nsgroup.toml");
+    std::fs::write(
+        &config,
+        format!("controllers = [\"memory\", \"pids\"]\nleaf = \"everywhere\"\n[include]\ncgroup = [\"{scope_cgroup}\"]\n[api]\nsocket = \"{socket}\"\n"),
+    )
+    .unwrap();
+    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", config.to_str().unwrap()]);
+    let node_p = format!("{scope_cgroup}/node_{p}");
+    let node_c = format!("{node_p}/node_{c}");
+    wait_for("C in its node", || cgroup_of(c).as_ref() == Some(&node_c));
+    let c_text = c.to_string();
+    let node_file = |file: &str| std::fs::read_to_string(dir(&node_c).join(file)).unwrap_or_default();
+
+    // Her tool, run by another unit of her manager: never an ancestor of the app scope.
+    let from_her_unit = |verb: &[&str]| {
+        let out = manager
+            .command(&["systemd-run", "--user", "--quiet", "--wait", "--pipe", "--", &her_nsgroup, verb[0], "--socket", &socket, &c_text])
+            .args(&verb[1..])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "nsgroup {verb:?} from her unit: {}\nstdout: {stdout}\nstderr: {stderr}\n{}", out.status, d.log_text());
+    };
+    from_her_unit(&["freeze"]);
+    assert_eq!(node_file("cgroup.freeze").trim(), "1");
+    wait_for("the node frozen", || node_file("cgroup.events").lines().any(|l| l == "frozen 1"));
+
+    // Another user's attempt is refused, and changes nothing.
+    let other = format!("--reuid={OTHER_USER}");
+    let out = Command::new("setpriv")
+        .args([&other, &format!("--regid={OTHER_USER}"), "--clear-groups", NSGROUP, "thaw", "--socket", &socket, &c_text])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "another user's thaw: {stderr}");
+    assert!(stderr.contains("(rule control.creator_uid)"), "{stderr}");
+    assert_eq!(node_file("cgroup.freeze").trim(), "1", "still frozen");
+
+    from_her_unit(&["thaw"]);
+    assert_eq!(node_file("cgroup.freeze").trim(), "0");
+    wait_for("the node thawed", || node_file("cgroup.events").lines().any(|l| l == "frozen 0"));
+
+    from_her_unit(&["limit", "pids.max=32"]);
+    assert_eq!(node_file("pids.max").trim(), "32");
+
+    // Kill: C is gone, and with it P, which waited for it.
+    from_her_unit(&["kill"]);
+    wait_for("P exited", || sandbox.0.try_wait().unwrap().is_some());
+    wait_for("C gone", || !Path::new(&format!("/proc/{c}")).exists());
+    assert!(d.log_lines_with(" ERROR ").is_empty(), "{}", d.log_text());
 }

@@ -11,6 +11,7 @@ use super::peer::Peer;
 use super::perm::{self, Refusal};
 use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
 use super::server::Publisher;
+use super::territory::Host;
 use crate::control::limits::{self, Limit};
 use crate::control::tighten::{self, TightenError};
 use crate::control::verbs::{self, PidfdSignaller, Subtree, Timing, VerbError};
@@ -209,8 +210,10 @@ impl Context {
         }
     }
 
+    /// The caller's facts; on a systemd host its territory holds its
+    /// owner's user slice ([`super::territory`]).
     fn caller(&self, peer: &Peer) -> Result<perm::Caller, ErrorBody> {
-        Ok(peer.caller(&self.proc, self.hierarchy.key(), self.user_ns)??)
+        Ok(peer.caller(&self.proc, self.hierarchy.key(), self.user_ns, Host::of(&self.hierarchy))??)
     }
 
     /// A target in the tracked subtree that is a node.

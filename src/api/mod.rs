@@ -3,17 +3,20 @@
 //! - [`proto`]: the wire format (requests, answers, error codes, events);
 //! - [`perm`]: the permission model — the kernel's ns subsystem's rules for
 //!   moving and creating, nsgroup's rule for the verbs;
+//! - [`territory`]: where a caller may act on its own nodes (its cgroup; on
+//!   systemd hosts its owner's user slice too);
 //! - [`peer`]: who calls (SO_PEERCRED, /proc, pid races);
 //! - [`handler`]: carrying one request out;
 //! - [`server`]: the thread that serves the socket, and the publisher the
 //!   daemon hands events to;
 //! - [`listen`]: the socket on disk (one owner, mode, group);
-//! - [`client`]: the command line's side;
+//! - [`client`]: the command line's side of the socket;
+//! - [`direct`]: the answer through the daemon, or without it (as root);
 //! - [`strict`]: strict mode, the LSM BPF program that enforces the same
 //!   rules on direct cgroupfs writes.
 
-pub mod cli;
 pub mod client;
+pub mod direct;
 pub mod handler;
 pub mod listen;
 pub mod peer;
@@ -21,3 +24,4 @@ pub mod perm;
 pub mod proto;
 pub mod server;
 pub mod strict;
+pub mod territory;

@@ -13,6 +13,7 @@
 use std::os::unix::net::UnixStream;
 
 use super::perm::{peer_gone, Caller, Refusal};
+use super::territory::Host;
 use crate::sys::error::IoError;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
 
@@ -74,17 +75,18 @@ impl Peer {
     }
 
     /// The caller's facts, read now from /proc: its cgroup in the tracked
-    /// hierarchy, and CAP_SYS_ADMIN in the user namespace `user_ns`. The
-    /// start time is checked after the reads, so that they describe the
-    /// process that connected.
-    pub fn caller(&self, proc: &ProcFs, key: &HierarchyKey, user_ns: u64) -> Result<Result<Caller, Refusal>, IoError> {
+    /// hierarchy, and CAP_SYS_ADMIN in the user namespace `user_ns`; its
+    /// owner is the peer's, and `host` the hierarchy's kind. The start time
+    /// is checked after the reads, so that they describe the process that
+    /// connected.
+    pub fn caller(&self, proc: &ProcFs, key: &HierarchyKey, user_ns: u64, host: Host) -> Result<Result<Caller, Refusal>, IoError> {
         if !self.alive(proc)? {
             return Ok(Err(peer_gone(self.pid)));
         }
         let cgroup = proc.cgroup_path(self.pid, self.pid, key)?;
         let cap_sys_admin = proc.has_sys_admin_in(self.pid, self.pid, user_ns)?;
         let (Some(cgroup), true) = (cgroup, self.alive(proc)?) else { return Ok(Err(peer_gone(self.pid))) };
-        Ok(Ok(Caller { pid: self.pid, uid: self.uid, owner: self.owner, cap_sys_admin, cgroup }))
+        Ok(Ok(Caller { pid: self.pid, uid: self.uid, owner: self.owner, cap_sys_admin, cgroup, host }))
     }
 }
 
@@ -112,7 +114,7 @@ mod tests {
         assert!(matches!(Peer::of(&a, &proc, Some(0), own_ns), Err(PeerError::Reused(_))));
         let other = Peer { start_ticks: me.start_ticks + 1, ..me.clone() };
         assert!(!other.alive(&proc).unwrap());
-        let refusal = other.caller(&proc, &HierarchyKey::Unified, 0).unwrap().unwrap_err();
+        let refusal = other.caller(&proc, &HierarchyKey::Unified, 0, Host::Plain).unwrap().unwrap_err();
         assert_eq!(refusal.rule.name(), "peer.identity");
     }
 }

@@ -5,6 +5,7 @@
 //! request. The table is in docs/semantics.md
 //! ("The API's permission table").
 
+use super::territory::{Host, Territory};
 use crate::control::tighten::Bound;
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
@@ -30,6 +31,9 @@ pub enum Rule {
     ControlCreatorUid,
     /// nsgroup's rule: without CAP_SYS_ADMIN, only nodes at or below the caller's cgroup.
     ControlBelowCaller,
+    /// nsgroup's rule on systemd hosts: without CAP_SYS_ADMIN, only nodes at
+    /// or below the caller's cgroup or in its owner's user slice.
+    ControlUserSlice,
     /// `limit` without CAP_SYS_ADMIN: never a file whose values nsgroup does not order.
     LimitNeedsCap,
     /// `limit` without CAP_SYS_ADMIN: no protection (`memory.min`, `memory.low`, `io.latency`).
@@ -57,6 +61,7 @@ impl Rule {
             Rule::CreateBelowCreator => "create.below_creator",
             Rule::ControlCreatorUid => "control.creator_uid",
             Rule::ControlBelowCaller => "control.below_caller",
+            Rule::ControlUserSlice => "control.user_slice",
             Rule::LimitNeedsCap => "limit.needs_cap_sys_admin",
             Rule::LimitNoProtection => "limit.no_protection",
             Rule::LimitWeightDefault => "limit.weight_default",
@@ -67,7 +72,7 @@ impl Rule {
     }
 
     /// Every rule, in the order of the table.
-    pub const ALL: [Rule; 14] = [
+    pub const ALL: [Rule; 15] = [
         Rule::AttachOtherNeedsCap,
         Rule::AttachOtherBelowMover,
         Rule::AttachEmptyOnly,
@@ -76,6 +81,7 @@ impl Rule {
         Rule::CreateBelowCreator,
         Rule::ControlCreatorUid,
         Rule::ControlBelowCaller,
+        Rule::ControlUserSlice,
         Rule::LimitNeedsCap,
         Rule::LimitNoProtection,
         Rule::LimitWeightDefault,
@@ -109,6 +115,15 @@ pub struct Caller {
     pub cap_sys_admin: bool,
     /// Its cgroup in the tracked hierarchy.
     pub cgroup: String,
+    /// The kind of host, which decides its territory ([`Territory`]).
+    pub host: Host,
+}
+
+impl Caller {
+    /// Where it may act on its own nodes without CAP_SYS_ADMIN.
+    pub fn territory(&self) -> Territory {
+        Territory::of(self.host, self.owner, &self.cgroup)
+    }
 }
 
 /// The scope rule: everything acted on lies in the tracked subtree.
@@ -184,11 +199,13 @@ pub fn may_control(caller: &Caller, node: &str, owner: u32, root: &str) -> Resul
             format!("{} is owned by uid {owner}, not by the caller's owner uid {}; without CAP_SYS_ADMIN only one's own nodes", Escaped(node), caller.owner),
         ));
     }
-    if !within(node, &caller.cgroup) {
-        return Err(Refusal::new(
-            Rule::ControlBelowCaller,
-            format!("{} does not lie below the caller's cgroup {}", Escaped(node), Escaped(&caller.cgroup)),
-        ));
+    let territory = caller.territory();
+    if !territory.contains(node) {
+        let rule = match territory {
+            Territory::BelowCaller { .. } => Rule::ControlBelowCaller,
+            Territory::UserSlice { .. } => Rule::ControlUserSlice,
+        };
+        return Err(Refusal::new(rule, territory.outside(node)));
     }
     Ok(())
 }
@@ -224,7 +241,7 @@ mod tests {
     use super::*;
 
     fn caller(cap: bool) -> Caller {
-        Caller { pid: 10, uid: 65534, owner: 65534, cap_sys_admin: cap, cgroup: "/t/a".into() }
+        Caller { pid: 10, uid: 65534, owner: 65534, cap_sys_admin: cap, cgroup: "/t/a".into(), host: Host::Plain }
     }
 
     fn rule<T>(r: Result<T, Refusal>) -> Option<&'static str> {
@@ -271,6 +288,31 @@ mod tests {
         assert_eq!(rule(may_control(&c, "/t/b/node_5", 65534, "/t")), Some("control.below_caller"));
         assert_eq!(rule(may_control(&caller(true), "/t/b/node_5", 0, "/t")), None);
         assert_eq!(rule(may_control(&caller(true), "/u/node_5", 0, "/t")), Some("scope.tracked_root"));
+    }
+
+    #[test]
+    fn control_on_systemd_reaches_the_owners_user_slice_only() {
+        let slice = "/user.slice/user-65534.slice";
+        let shell = Caller { cgroup: format!("{slice}/user@65534.service/app.slice/run-u3.service"), host: Host::Systemd, ..caller(false) };
+        let sandbox = format!("{slice}/user@65534.service/app.slice/app-sandbox1.scope/node_7");
+        assert_eq!(rule(may_control(&shell, &sandbox, 65534, "/")), None, "another unit of her manager");
+        assert_eq!(rule(may_control(&shell, &format!("{slice}/session-2.scope/node_8"), 65534, "/")), None);
+        assert_eq!(rule(may_control(&Caller { host: Host::Plain, ..shell.clone() }, &sandbox, 65534, "/")), Some("control.below_caller"));
+        // The owner still decides first: not another's node inside her slice.
+        assert_eq!(rule(may_control(&shell, &sandbox, 0, "/")), Some("control.creator_uid"));
+        // Her own node outside her slice and her cgroup.
+        for outside in ["/user.slice/user-0.slice/session-1.scope/node_9", "/system.slice/x.service/node_9", "/user.slice/user-655340.slice/node_9"] {
+            assert_eq!(rule(may_control(&shell, outside, 65534, "/")), Some("control.user_slice"), "{outside}");
+        }
+        // A look-alike she made below her manager names nothing but her own slice.
+        let fake = Caller { cgroup: format!("{slice}/user@65534.service/app.slice/user-0.slice"), ..shell.clone() };
+        assert_eq!(rule(may_control(&fake, "/user.slice/user-0.slice/session-1.scope/node_9", 65534, "/")), Some("control.user_slice"));
+        // The tracked subtree still bounds everything; CAP_SYS_ADMIN reaches all of it.
+        assert_eq!(rule(may_control(&shell, &sandbox, 65534, "/system.slice")), Some("scope.tracked_root"));
+        let admin = Caller { cap_sys_admin: true, ..shell.clone() };
+        assert_eq!(rule(may_control(&admin, "/system.slice/x.service/node_9", 0, "/")), None);
+        let e = may_control(&shell, "/system.slice/x.service/node_9", 65534, "/").unwrap_err();
+        assert!(e.message.contains("nor in the user slice of its owner (uid 65534), /user.slice/user-65534.slice"), "{}", e.message);
     }
 
     #[test]

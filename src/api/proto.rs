@@ -229,6 +229,8 @@ pub struct CreatorView {
     pub pid: u32,
     pub uid: u32,
     pub comm: String,
+    /// Who owns the node (docs/semantics.md §13 "Owners").
+    pub owner: u32,
 }
 
 /// What the daemon (and the API itself, for `limit`) publishes to

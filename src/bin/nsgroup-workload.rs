@@ -121,7 +121,8 @@ enum Cmd {
     },
     /// What `newuidmap` sets up for a user with a subordinate range (run as
     /// root): a process of uid OWNER unshares NEWUSER; root maps its inner
-    /// uid 0 to OWNER and inner uids 1..=UIDS to BASE.. (and the same gids).
+    /// uid 0 to OWNER and inner uids 1..=UIDS to BASE.. (and the same gids;
+    /// with --range-root, inner uids 0..=UIDS to BASE..).
     /// Then every inner uid k runs COMMAND as uid k (no capabilities), its
     /// stdout read back. Prints `{pid, user_ns, children, lines}` (each
     /// child's first line) once all have answered; the children share stdin
@@ -133,6 +134,10 @@ enum Cmd {
         base: u32,
         #[arg(long, default_value_t = 10)]
         uids: u32,
+        /// Map inner uid 0 into the range too (`0 BASE UIDS+1`), as an
+        /// unprivileged container that root starts does.
+        #[arg(long)]
+        range_root: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -513,7 +518,7 @@ fn main() -> Result<()> {
             say(serde_json::json!({ "pid": me, "comm": String::from_utf8_lossy(&comm).trim_end_matches('\n') }))?;
             wait_line();
         }
-        Cmd::Subuids { owner, base, uids, command } => {
+        Cmd::Subuids { owner, base, uids, range_root, command } => {
             let (ready_r, ready_w) = std::io::pipe().context("pipe")?;
             let (mapped_r, mapped_w) = std::io::pipe().context("pipe")?;
             match fork()? {
@@ -531,7 +536,7 @@ fn main() -> Result<()> {
                 Forked::Parent { child } => {
                     drop((ready_w, mapped_r));
                     await_signal(&ready_r)?;
-                    let map = format!("0 {owner} 1\n1 {base} {uids}\n");
+                    let map = if range_root { format!("0 {base} {}\n", uids + 1) } else { format!("0 {owner} 1\n1 {base} {uids}\n") };
                     for file in ["uid_map", "gid_map"] {
                         let path = format!("/proc/{child}/{file}");
                         std::fs::write(&path, &map).with_context(|| format!("writing {path}"))?;

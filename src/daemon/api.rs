@@ -7,25 +7,21 @@
 //!
 //! Strict mode's LSM program is held here too, for the daemon's lifetime.
 
-use std::collections::HashSet;
-use std::time::Instant;
-
 use tracing::info;
 
-use super::{Daemon, DaemonError};
+use super::outcome::{Outcome, Sink};
+use super::DaemonError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
 use crate::api::proto::{set_map, ApiEvent, CreatorView};
 use crate::api::server::{Publisher, Server};
 use crate::api::strict::{Strict, StrictScope};
-use crate::bpf::Event;
 use crate::config::Config;
 use crate::control::verbs::Timing;
-use crate::core::node::CgroupId;
+use crate::core::node::Node;
 use crate::core::nsset::NsSet;
-use crate::placer::{unix_now, Removal};
-use crate::reconcile::Report;
-use crate::sys::cgroupfs::{CgroupBackend, Hierarchy};
+use crate::placer::unix_now;
+use crate::sys::cgroupfs::Hierarchy;
 use crate::sys::procfs::ProcFs;
 
 /// The API server and strict mode, as the daemon holds them.
@@ -119,98 +115,60 @@ impl Drop for ApiHost {
     }
 }
 
-impl Daemon {
-    /// After a move of `ev`'s task into `to` (`created`: a node made for it):
-    /// `node_created` (with its creator and set) and `task_placed`.
-    pub(super) fn api_placed(&mut self, ev: &Event, to: CgroupId, created: bool, latency_us: u64) {
-        if !self.api.wants_events() {
+impl Sink for ApiHost {
+    fn follows_nodes(&self) -> bool {
+        self.wants_events()
+    }
+
+    /// `node_created`, `task_placed`, `node_removed`, `reconcile`,
+    /// `limits_applied` and `overflow`, built only while somebody subscribes.
+    fn take(&mut self, outcome: &Outcome<'_>) {
+        if !self.wants_events() {
             return;
         }
-        let path = self.placer.backend().path_of(to).ok().flatten().unwrap_or_default();
-        if created {
-            if let Some(node) = self.placer.tracker().node(to) {
-                let r = &node.record;
-                self.api.publish(ApiEvent::NodeCreated {
-                    path: path.clone(),
-                    cgroup_id: to,
-                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
-                    set: set_map(&r.set),
-                    created_unix: r.created_unix,
-                });
+        let creator = |n: &Node| {
+            let r = &n.record;
+            CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone(), owner: r.owner() }
+        };
+        let event = match *outcome {
+            Outcome::Created { node, path, .. } => ApiEvent::NodeCreated {
+                path: path.to_string(),
+                cgroup_id: node.id,
+                creator: creator(node),
+                set: set_map(&node.record.set),
+                created_unix: node.record.created_unix,
+            },
+            Outcome::Placed { task, to, path, created, latency_us } => ApiEvent::TaskPlaced {
+                pid: task.tgid,
+                tid: task.tid,
+                uid: task.uid,
+                comm: task.comm.clone(),
+                path: path.to_string(),
+                cgroup_id: to,
+                created,
+                latency_us,
+            },
+            Outcome::Removed { removal, .. } => ApiEvent::NodeRemoved {
+                path: removal.path.clone(),
+                cgroup_id: removal.node.id,
+                creator: creator(&removal.node),
+                set: set_map(&removal.node.record.set),
+                lifetime_s: unix_now().saturating_sub(removal.node.record.created_unix),
+                usage: removal.usage.iter().cloned().collect(),
+            },
+            Outcome::Reconciled { why, report, elapsed } => ApiEvent::Reconcile {
+                why: why.to_string(),
+                examined: report.examined as u64,
+                moved: report.moved as u64,
+                created: report.created as u64,
+                elapsed_ms: elapsed.as_millis() as u64,
+            },
+            Outcome::LimitApplied { path, file, value } => {
+                ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
-        }
-        self.api.publish(ApiEvent::TaskPlaced {
-            pid: ev.tgid,
-            tid: ev.tid,
-            uid: ev.uid,
-            comm: ev.comm.clone(),
-            path,
-            cgroup_id: to,
-            created,
-            latency_us,
-        });
-    }
-
-    /// After cleanup removed a node: `node_removed` with its final usage.
-    pub(super) fn api_node_removed(&self, removal: &Removal) {
-        if !self.api.wants_events() {
-            return;
-        }
-        let r = &removal.node.record;
-        self.api.publish(ApiEvent::NodeRemoved {
-            path: removal.path.clone(),
-            cgroup_id: removal.node.id,
-            creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
-            set: set_map(&r.set),
-            lifetime_s: unix_now().saturating_sub(r.created_unix),
-            usage: removal.usage.iter().cloned().collect(),
-        });
-    }
-
-    /// Before a reconcile: the nodes known, so that those it creates are published.
-    pub(super) fn api_nodes_before(&self) -> Option<HashSet<CgroupId>> {
-        self.api.wants_events().then(|| self.placer.tracker().nodes().map(|n| n.id).collect())
-    }
-
-    /// After a reconcile: `node_created` for each node it made, then `reconcile`.
-    pub(super) fn api_reconciled(&mut self, why: &str, report: &Report, before: Option<HashSet<CgroupId>>, started: Instant) {
-        if !self.api.wants_events() {
-            return;
-        }
-        if let Some(before) = before {
-            let mut fresh: Vec<_> = self.placer.tracker().nodes().filter(|n| !before.contains(&n.id)).cloned().collect();
-            fresh.sort_by_key(|n| (n.record.created_unix, n.id));
-            for node in fresh {
-                let path = self.placer.backend().path_of(node.id).ok().flatten().unwrap_or_default();
-                let r = &node.record;
-                self.api.publish(ApiEvent::NodeCreated {
-                    path,
-                    cgroup_id: node.id,
-                    creator: CreatorView { pid: r.creator_pid, uid: r.creator_uid, comm: r.creator_comm.clone() },
-                    set: set_map(&r.set),
-                    created_unix: r.created_unix,
-                });
-            }
-        }
-        self.api.publish(ApiEvent::Reconcile {
-            why: why.to_string(),
-            examined: report.examined as u64,
-            moved: report.moved as u64,
-            created: report.created as u64,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        });
-    }
-
-    /// A controller value written by policy on a node (for the lead's limit code).
-    #[allow(dead_code)]
-    pub(super) fn api_limit_applied(&self, path: &str, file: &str, value: &str) {
-        if self.api.wants_events() {
-            self.api.publish(ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None });
-        }
-    }
-
-    /// The ring overflowed (`lost` events).
-    pub(super) fn api_overflow(&self, lost: u64) {
-        self.api.publish(ApiEvent::Overflow { lost });
+            Outcome::Overflow { lost } => ApiEvent::Overflow { lost },
+            Outcome::Coalesced { .. } => return,
+        };
+        self.publish(event);
     }
 }

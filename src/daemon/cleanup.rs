@@ -5,14 +5,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::warn;
 
+use super::outcome::Outcome;
 use super::reports::Kind;
 use super::{Daemon, Timer};
 use crate::config::Cleanup;
-use crate::core::escape::Escaped;
 use crate::core::node::CgroupId;
-use crate::placer::unix_now;
 
 /// Back-off of the emptiness checks after an exit: an exiting task stays in
 /// its cgroup for a moment after its exit event.
@@ -46,27 +45,7 @@ impl Daemon {
                     self.stats.removed += 1;
                     self.pins.release(id);
                     let mirrored = self.remove_mirrors(&removal.node);
-                    let r = &removal.node.record;
-                    // Typed fields, each where the node's controllers keep it.
-                    let figure = |name: &str| removal.usage.iter().chain(&mirrored).find(|(k, _)| k == name).map(|(_, v)| *v);
-                    info!(
-                        event = "node_removed",
-                        path = %Escaped(&removal.path),
-                        creator_pid = r.creator_pid,
-                        creator_uid = r.creator_uid,
-                        creator_comm = %Escaped(&r.creator_comm),
-                        lifetime_s = unix_now().saturating_sub(r.created_unix),
-                        cpu_usec = figure("cpu_usec"),
-                        cpu_nsec = figure("cpu_nsec"),
-                        memory_bytes = figure("memory_bytes"),
-                        memory_peak_bytes = figure("memory_peak_bytes"),
-                        pids = figure("pids"),
-                        io_read_bytes = figure("io_read_bytes"),
-                        io_write_bytes = figure("io_write_bytes"),
-                        "node removed"
-                    );
-                    self.api_node_removed(&removal);
-                    self.ops_node_removed(&removal);
+                    self.sinks.publish(Outcome::Removed { removal: &removal, mirrored: &mirrored });
                     current = Some(parent).filter(|p| self.placer.tracker().node(*p).is_some());
                 }
                 Ok(None) => {

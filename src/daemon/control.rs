@@ -3,6 +3,7 @@
 
 use tracing::{info, warn};
 
+use super::outcome::Outcome;
 use super::reports::Kind;
 use super::Daemon;
 use crate::config::{Config, Creation};
@@ -11,7 +12,8 @@ use crate::control::mirror::Mirrored;
 use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, MirrorPath, Node, NodeRecord};
 use crate::core::nsset::NsMask;
-use crate::sys::cgroupfs::{CgroupBackend, Removed, Version};
+use crate::core::tracker::Placement;
+use crate::sys::cgroupfs::{CgroupBackend, Removed};
 
 /// The limits of the rules that match the creator of a node with `record`,
 /// made in the cgroup at `parent_path`.
@@ -23,25 +25,38 @@ pub(super) fn limits_for(config: &Config, record: &NodeRecord, parent_path: &str
     config.limits_for(Creation { comm: &record.creator_comm, uid: record.creator_uid, cgroup: parent_path, entered })
 }
 
-impl Daemon {
-    /// The files a node about to be made gets in the tracked hierarchy: its
-    /// limits where that hierarchy is cgroup2 (v1 hierarchies take them in mirrors).
-    pub(super) fn files_for_new(&mut self, record: &NodeRecord, parent: CgroupId) -> Vec<(&'static str, String)> {
-        if self.hierarchy.version() != Version::V2 || self.config.limit.is_empty() {
-            return Vec::new();
-        }
-        let parent_path = self.placer.backend().path_of(parent).ok().flatten().unwrap_or_default();
-        limits_for(&self.config, record, &parent_path).iter().map(Limit::v2).collect()
-    }
+/// The files of `files` that `refused` (`file=value: error` each) does not name.
+pub(super) fn applied<'a>(files: &'a [(&'static str, String)], refused: &'a [String]) -> impl Iterator<Item = &'a (&'static str, String)> {
+    files.iter().filter(move |(file, value)| !refused.iter().any(|r| r.starts_with(&format!("{file}={value}:"))))
+}
 
-    /// Logs the limit files the kernel refused for new nodes.
-    pub(super) fn report_refused_files(&mut self) {
-        for (node, refused) in self.placer.take_refused_files() {
+/// The pipeline's "prepare" step, the same for events, reconcile and
+/// children: a node about to be made for a task named `comm` gets the files
+/// of its policy limits where the tracked hierarchy is cgroup2 (`v2`; v1
+/// hierarchies take them in mirrors). Other placements pass as they are.
+pub(super) fn with_policy_limits<B: CgroupBackend>(config: &Config, v2: bool, backend: &mut B, placement: Placement, comm: &str) -> Placement {
+    match placement {
+        Placement::Create(mut new) if v2 && !config.limit.is_empty() => {
+            let record = new.record(comm, 0);
+            let parent_path = backend.path_of(new.parent).ok().flatten().unwrap_or_default();
+            new.files = limits_for(config, &record, &parent_path).iter().map(Limit::v2).collect();
+            Placement::Create(new)
+        }
+        other => other,
+    }
+}
+
+impl Daemon {
+    /// Logs the limit files the kernel refused for new nodes; returns them.
+    pub(super) fn report_refused_files(&mut self) -> Vec<String> {
+        let refused = self.placer.take_refused_files();
+        for (node, r) in &refused {
             if self.reports.allow(Kind::Failed) {
-                let path = self.placer.backend().path_of(node).ok().flatten().unwrap_or_default();
-                warn!(node = %Escaped(&path), "limit not applied (the task is placed anyway): {refused}");
+                let path = self.placer.backend().path_of(*node).ok().flatten().unwrap_or_default();
+                warn!(node = %Escaped(&path), "limit not applied (the task is placed anyway): {r}");
             }
         }
+        refused.into_iter().map(|(_, r)| r).collect()
     }
 
     /// A task is in node `id` now: it goes into the node's mirror in every
@@ -62,10 +77,13 @@ impl Daemon {
             };
             match mirror.place(&self.proc, &node, tgid, tid, &files) {
                 Ok(Mirrored::Created { path, refused }) => {
-                    for r in refused {
+                    for r in &refused {
                         if self.reports.allow(Kind::Failed) {
                             warn!(mirror = %Escaped(&path), controllers = mirror.controllers(), "limit not applied (the task is placed anyway): {r}");
                         }
+                    }
+                    for (file, value) in applied(&files, &refused) {
+                        self.sinks.publish(Outcome::LimitApplied { path: &path, file, value });
                     }
                     created.push(MirrorPath { controllers: mirror.controllers().to_string(), path });
                 }
@@ -124,5 +142,18 @@ impl Daemon {
             }
         }
         usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::applied;
+
+    #[test]
+    fn applied_files_are_those_not_refused() {
+        let files = vec![("pids.max", "32".to_string()), ("memory.max", "64M".to_string()), ("pids.max", "320".to_string())];
+        let refused = vec!["memory.max=64M: Invalid argument".to_string(), "pids.max=3: x".to_string()];
+        let got: Vec<_> = applied(&files, &refused).map(|(f, v)| format!("{f}={v}")).collect();
+        assert_eq!(got, ["pids.max=32", "pids.max=320"]);
     }
 }

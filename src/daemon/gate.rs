@@ -26,8 +26,9 @@ pub(super) enum Dropped {
     OtherWriter,
 }
 
-/// The outcome of the checks.
+/// The outcome of the checks (one at a time, on the stack: not boxed).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Checked {
     Go(Placement),
     Dropped(Dropped),

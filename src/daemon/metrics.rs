@@ -14,7 +14,7 @@
 //! [`STATUS_EVERY`], and only after the counters changed: an idle daemon
 //! does not wake for it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -23,17 +23,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::timers::Timer;
+use super::outcome::{Outcome, Sink};
+use super::Timer;
 use super::{Daemon, DaemonError};
 use crate::config::Config;
 use crate::core::node::{CgroupId, Node};
 use crate::core::nsset::NsKind;
 use crate::history::{Msg, NodeRow, Retention, Writer};
-use crate::placer::{unix_now, Removal};
+use crate::placer::unix_now;
 use crate::sys::cgroupfs::{CgroupBackend, Hierarchy, Version};
+use crate::sys::status_file::{status_path, write_atomically, Counters, StatusFile};
 
 /// The upper bounds (seconds) of the event-to-moved latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 16] =
@@ -58,34 +59,13 @@ pub(super) enum OpsJob {
     Publish,
 }
 
-/// The daemon's counters, as published.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Counters {
-    pub events: u64,
-    pub placements: u64,
-    pub nodes_created: u64,
-    pub nodes_removed: u64,
-    pub reconciles: u64,
-    pub refusals: u64,
-    pub dropped_gone: u64,
-    pub dropped_reused: u64,
-    pub dropped_other_writer: u64,
-    pub ring_dropped: u64,
-    pub coalesced_entries: u64,
-    pub history_dropped: u64,
-    pub live_nodes: u64,
-    /// Per bucket of [`LATENCY_BUCKETS`] (not cumulative), then above them.
-    pub latency_buckets: Vec<u64>,
-    pub latency_sum_us: u64,
-    pub latency_count: u64,
-}
-
 /// A node as the metrics show it.
 #[derive(Clone, Debug)]
 struct NodeLabel {
     name: String,
     path: String,
     created_unix: u64,
+    owner: u32,
 }
 
 enum Change {
@@ -120,7 +100,7 @@ pub(super) struct Ops {
     latency: Vec<u64>,
     latency_sum_us: u64,
     /// Entries coalesced away (no node made), in total and not yet sent to history.
-    pub(super) coalesced: u64,
+    coalesced: u64,
     coalesced_sent: u64,
     published: Option<Counters>,
     publish_armed: bool,
@@ -131,42 +111,6 @@ pub(super) struct Ops {
     log_armed: bool,
     logged: Option<Counters>,
     hup: Arc<AtomicBool>,
-}
-
-/// The status file: what `nsgroup status` shows.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct StatusFile {
-    pub pid: u32,
-    pub version: String,
-    pub started_unix: u64,
-    pub written_unix: u64,
-    pub hierarchy: String,
-    pub cgroup_version: String,
-    pub root: String,
-    pub own_hierarchy: bool,
-    /// The mount's options and its superblock's, from /proc/self/mountinfo.
-    pub mount_options: String,
-    pub favordynmods: bool,
-    /// The event source and its hooks.
-    pub source: String,
-    pub syscall_tracepoints: bool,
-    /// Why these hooks: the fallbacks taken.
-    pub hooks_why: String,
-    /// What tracking costs the machine, one line each.
-    pub costs: Vec<String>,
-    pub metrics_listen: Option<String>,
-    pub metrics_file: Option<String>,
-    pub history_database: Option<String>,
-    pub counters: Counters,
-}
-
-/// The status file of `root` in `hierarchy`: `<dir>/<st_dev of the mount
-/// point>-<inode of the root cgroup>.status.json`, like the lock file.
-pub fn status_path(dir: &Path, hierarchy: &Hierarchy, root: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(hierarchy.mount())?.dev();
-    let id = hierarchy.id(root).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(dir.join(format!("{dev}-{id}.status.json")))
 }
 
 /// The options of the mount at `mount` (mount options, then superblock
@@ -195,12 +139,13 @@ fn node_row(node: &Node, path: String) -> NodeRow {
         creator_pid: r.creator_pid,
         creator_comm: r.creator_comm.clone(),
         creator_uid: r.creator_uid,
+        owner_uid: r.owner(),
         created_unix: r.created_unix,
     }
 }
 
 fn label_of(node: &Node, path: String) -> NodeLabel {
-    NodeLabel { name: node.name.clone(), path, created_unix: node.record.created_unix }
+    NodeLabel { name: node.name.clone(), path, created_unix: node.record.created_unix, owner: node.record.owner() }
 }
 
 impl Ops {
@@ -302,6 +247,44 @@ impl Ops {
     }
 }
 
+impl Sink for Ops {
+    fn follows_nodes(&self) -> bool {
+        self.follow
+    }
+
+    /// Latencies and coalesced entries counted; nodes made and removed to
+    /// the metrics' node series and the history.
+    fn take(&mut self, outcome: &Outcome<'_>) {
+        match *outcome {
+            Outcome::Placed { latency_us, .. } => {
+                let secs = latency_us as f64 / 1e6;
+                let bucket = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
+                self.latency[bucket] += 1;
+                self.latency_sum_us += latency_us;
+            }
+            Outcome::Created { node, path, .. } if self.follow => {
+                if self.metrics_on {
+                    self.pending.push(Change::Add(node.id, label_of(node, path.to_string())));
+                }
+                if let Some(h) = &self.history {
+                    h.send(Msg::Created(node_row(node, path.to_string())));
+                }
+            }
+            Outcome::Removed { removal, .. } => {
+                if self.metrics_on {
+                    self.pending.push(Change::Remove(removal.node.id));
+                }
+                if let Some(h) = &self.history {
+                    let usage = removal.usage.iter().cloned().collect();
+                    h.send(Msg::Removed { node: node_row(&removal.node, removal.path.clone()), removed_unix: unix_now(), usage });
+                }
+            }
+            Outcome::Coalesced { entries } => self.coalesced += entries,
+            Outcome::Created { .. } | Outcome::Reconciled { .. } | Outcome::LimitApplied { .. } | Outcome::Overflow { .. } => {}
+        }
+    }
+}
+
 impl Daemon {
     fn ops_counters(&self) -> Counters {
         let s = &self.stats;
@@ -316,11 +299,11 @@ impl Daemon {
             dropped_reused: s.dropped_reused,
             dropped_other_writer: s.dropped_other_writer,
             ring_dropped: self.source.dropped(),
-            coalesced_entries: self.ops.coalesced,
-            history_dropped: self.ops.history.as_ref().map_or(0, Writer::dropped),
+            coalesced_entries: self.sinks.ops.coalesced,
+            history_dropped: self.sinks.ops.history.as_ref().map_or(0, Writer::dropped),
             live_nodes: self.placer.tracker().node_count() as u64,
-            latency_buckets: self.ops.latency.clone(),
-            latency_sum_us: self.ops.latency_sum_us,
+            latency_buckets: self.sinks.ops.latency.clone(),
+            latency_sum_us: self.sinks.ops.latency_sum_us,
             latency_count: s.latency.count(),
         }
     }
@@ -354,7 +337,7 @@ impl Daemon {
         } else {
             "the preferred hooks loaded"
         };
-        self.ops.status = StatusFile {
+        self.sinks.ops.status = StatusFile {
             mount_options: options,
             favordynmods,
             source,
@@ -362,19 +345,19 @@ impl Daemon {
             hooks_why: why.into(),
             costs,
             own_hierarchy: self.own_hierarchy,
-            ..std::mem::take(&mut self.ops.status)
+            ..std::mem::take(&mut self.sinks.ops.status)
         };
-        if self.ops.follow {
+        if self.sinks.ops.follow {
             let nodes: Vec<Node> = self.placer.tracker().nodes().cloned().collect();
             let mut live = Vec::with_capacity(nodes.len());
             for node in nodes {
                 let path = self.placer.backend().path_of(node.id).ok().flatten().unwrap_or_default();
-                if self.ops.metrics_on {
-                    self.ops.pending.push(Change::Add(node.id, label_of(&node, path.clone())));
+                if self.sinks.ops.metrics_on {
+                    self.sinks.ops.pending.push(Change::Add(node.id, label_of(&node, path.clone())));
                 }
                 live.push(node_row(&node, path));
             }
-            if let Some(h) = &self.ops.history {
+            if let Some(h) = &self.sinks.ops.history {
                 h.send(Msg::Start { live, now_unix: unix_now() });
             }
         }
@@ -382,80 +365,30 @@ impl Daemon {
         self.ops_write_status();
     }
 
-    /// After a move (`created`: a node made for it).
-    pub(super) fn ops_placed(&mut self, to: CgroupId, created: bool, latency_us: u64) {
-        let secs = latency_us as f64 / 1e6;
-        let bucket = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
-        self.ops.latency[bucket] += 1;
-        self.ops.latency_sum_us += latency_us;
-        if created {
-            self.ops_created(to);
-        }
-    }
-
-    fn ops_created(&mut self, id: CgroupId) {
-        if !self.ops.follow {
-            return;
-        }
-        let Some(node) = self.placer.tracker().node(id).cloned() else { return };
-        let path = self.placer.backend().path_of(id).ok().flatten().unwrap_or_default();
-        if self.ops.metrics_on {
-            self.ops.pending.push(Change::Add(id, label_of(&node, path.clone())));
-        }
-        if let Some(h) = &self.ops.history {
-            h.send(Msg::Created(node_row(&node, path)));
-        }
-    }
-
-    /// After cleanup removed a node.
-    pub(super) fn ops_node_removed(&mut self, removal: &Removal) {
-        if self.ops.metrics_on {
-            self.ops.pending.push(Change::Remove(removal.node.id));
-        }
-        if let Some(h) = &self.ops.history {
-            let usage = removal.usage.iter().cloned().collect();
-            h.send(Msg::Removed { node: node_row(&removal.node, removal.path.clone()), removed_unix: unix_now(), usage });
-        }
-    }
-
-    /// Before a reconcile: the nodes known (when followed).
-    pub(super) fn ops_nodes_before(&self) -> Option<HashSet<CgroupId>> {
-        self.ops.follow.then(|| self.placer.tracker().nodes().map(|n| n.id).collect())
-    }
-
-    /// After a reconcile: the nodes it made.
-    pub(super) fn ops_reconciled(&mut self, before: Option<HashSet<CgroupId>>) {
-        let Some(before) = before else { return };
-        let fresh: Vec<CgroupId> = self.placer.tracker().nodes().map(|n| n.id).filter(|id| !before.contains(id)).collect();
-        for id in fresh {
-            self.ops_created(id);
-        }
-    }
-
     /// Once per turn of the loop: SIGHUP, the counters and node changes to
     /// the metrics, coalesced counts to the history, the status and counter
     /// timers armed after a change.
     pub(super) fn ops_turn(&mut self) {
-        if self.ops.hup.swap(false, Ordering::Relaxed) {
+        if self.sinks.ops.hup.swap(false, Ordering::Relaxed) {
             info!(
                 signal = "SIGHUP",
                 "ignored: the configuration is read at start only (restart nsgroup to apply a change; nodes stay)"
             );
         }
-        let unsent = self.ops.coalesced - self.ops.coalesced_sent;
+        let unsent = self.sinks.ops.coalesced - self.sinks.ops.coalesced_sent;
         if unsent > 0 {
-            if let Some(h) = &self.ops.history {
+            if let Some(h) = &self.sinks.ops.history {
                 h.send(Msg::Coalesced { minute_unix: unix_now() / 60 * 60, entries: unsent });
             }
-            self.ops.coalesced_sent = self.ops.coalesced;
+            self.sinks.ops.coalesced_sent = self.sinks.ops.coalesced;
         }
         let counters = self.ops_counters();
-        let changed = self.ops.published.as_ref() != Some(&counters) || !self.ops.pending.is_empty();
+        let changed = self.sinks.ops.published.as_ref() != Some(&counters) || !self.sinks.ops.pending.is_empty();
         if !changed {
             return;
         }
-        if let Ok(mut state) = self.ops.state.try_lock() {
-            for change in self.ops.pending.drain(..) {
+        if let Ok(mut state) = self.sinks.ops.state.try_lock() {
+            for change in self.sinks.ops.pending.drain(..) {
                 match change {
                     Change::Add(id, label) => {
                         state.nodes.insert(id, label);
@@ -467,21 +400,21 @@ impl Daemon {
             }
             state.counters = counters.clone();
             drop(state);
-            self.ops.published = Some(counters.clone());
-        } else if !self.ops.publish_armed {
-            self.ops.publish_armed = true;
+            self.sinks.ops.published = Some(counters.clone());
+        } else if !self.sinks.ops.publish_armed {
+            self.sinks.ops.publish_armed = true;
             self.timers.schedule(RETRY_PUBLISH, Timer::Ops(OpsJob::Publish));
         }
-        if self.ops.status_path.is_some() && self.ops.status_written.is_none() {
+        if self.sinks.ops.status_path.is_some() && self.sinks.ops.status_written.is_none() {
             // The first one at once: an idle daemon then never wakes for it.
             self.ops_write_status();
-        } else if self.ops.status_path.is_some() && !self.ops.status_armed && self.ops.status_written.as_ref() != Some(&counters) {
-            self.ops.status_armed = true;
+        } else if self.sinks.ops.status_path.is_some() && !self.sinks.ops.status_armed && self.sinks.ops.status_written.as_ref() != Some(&counters) {
+            self.sinks.ops.status_armed = true;
             self.timers.schedule(STATUS_EVERY, Timer::Ops(OpsJob::Status));
         }
         let every = self.config.status.log_counters_seconds;
-        if every > 0 && !self.ops.log_armed && self.ops.logged.as_ref() != Some(&counters) {
-            self.ops.log_armed = true;
+        if every > 0 && !self.sinks.ops.log_armed && self.sinks.ops.logged.as_ref() != Some(&counters) {
+            self.sinks.ops.log_armed = true;
             self.timers.schedule(Duration::from_secs(every), Timer::Ops(OpsJob::LogCounters));
         }
     }
@@ -489,17 +422,17 @@ impl Daemon {
     pub(super) fn ops_timer(&mut self, job: OpsJob) {
         match job {
             OpsJob::Publish => {
-                self.ops.publish_armed = false;
-                self.ops.published = None;
+                self.sinks.ops.publish_armed = false;
+                self.sinks.ops.published = None;
                 self.ops_turn();
             }
             OpsJob::Status => {
-                self.ops.status_armed = false;
+                self.sinks.ops.status_armed = false;
                 self.ops_write_status();
             }
             OpsJob::LogCounters => {
-                self.ops.log_armed = false;
-                self.ops.logged = Some(self.ops_counters());
+                self.sinks.ops.log_armed = false;
+                self.sinks.ops.logged = Some(self.ops_counters());
                 self.log_stats();
             }
         }
@@ -507,12 +440,12 @@ impl Daemon {
 
     /// Writes the status file atomically (a temporary file renamed over it).
     fn ops_write_status(&mut self) {
-        let Some(path) = self.ops.status_path.clone() else { return };
+        let Some(path) = self.sinks.ops.status_path.clone() else { return };
         let counters = self.ops_counters();
-        self.ops.status.counters = counters.clone();
-        self.ops.status.written_unix = unix_now();
-        self.ops.status_written = Some(counters);
-        let text = serde_json::to_vec_pretty(&self.ops.status).unwrap_or_default();
+        self.sinks.ops.status.counters = counters.clone();
+        self.sinks.ops.status.written_unix = unix_now();
+        self.sinks.ops.status_written = Some(counters);
+        let text = serde_json::to_vec_pretty(&self.sinks.ops.status).unwrap_or_default();
         if let Err(e) = write_atomically(&path, &text, 0o644) {
             if self.reports.allow(super::reports::Kind::Failed) {
                 warn!(file = %path.display(), error = %e, "writing the status file failed");
@@ -524,30 +457,11 @@ impl Daemon {
     /// finishes what is queued.
     pub(super) fn ops_stopped(&mut self) {
         self.ops_turn();
-        if let Some(path) = &self.ops.status_path {
+        if let Some(path) = &self.sinks.ops.status_path {
             let _ = std::fs::remove_file(path);
         }
-        self.ops.history.take();
+        self.sinks.ops.history.take();
     }
-}
-
-/// Writes `path` through a temporary file in its directory and a rename.
-pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 // ---------------------------------------------------------------------------
@@ -633,8 +547,26 @@ fn render(state: &Mutex<State>, view: &View, format: Format) -> String {
     for (id, l) in nodes.iter().take(cap) {
         let _ = writeln!(o, "nsgroup_node_created_timestamp_seconds{{id=\"{id}\",name=\"{}\"}} {}", label_value(&l.name), l.created_unix);
     }
+    family(&mut o, format, "nsgroup_node_owner", "gauge", "Who owns a node (docs/semantics.md §13 \"Owners\"), by node id and name: 1.");
+    for (id, l) in nodes.iter().take(cap) {
+        let _ = writeln!(o, "nsgroup_node_owner{{id=\"{id}\",name=\"{}\",owner=\"{}\"}} 1", label_value(&l.name), l.owner);
+    }
     family(&mut o, format, "nsgroup_node_series_cut", "gauge", "Nodes left without per-node series by metrics.max_node_series.");
     let _ = writeln!(o, "nsgroup_node_series_cut {}", nodes.len() - cap);
+    // Per owner: the owners with most nodes first, as many as per-node series.
+    let mut per_owner: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, l) in nodes.iter() {
+        *per_owner.entry(l.owner).or_default() += 1;
+    }
+    let mut owners: Vec<(u32, u64)> = per_owner.into_iter().collect();
+    owners.sort_by_key(|&(owner, n)| (std::cmp::Reverse(n), owner));
+    let shown = view.max_node_series.min(owners.len());
+    family(&mut o, format, "nsgroup_owner_nodes", "gauge", "Live nodes per owner (the owners with most nodes, as many as metrics.max_node_series).");
+    for (owner, n) in &owners[..shown] {
+        let _ = writeln!(o, "nsgroup_owner_nodes{{owner=\"{owner}\"}} {n}");
+    }
+    family(&mut o, format, "nsgroup_owner_series_cut", "gauge", "Owners left without a series by metrics.max_node_series.");
+    let _ = writeln!(o, "nsgroup_owner_series_cut {}", owners.len() - shown);
     family(&mut o, format, "nsgroup_start_time_seconds", "gauge", "When the daemon started (unix time).");
     let _ = writeln!(o, "nsgroup_start_time_seconds {}", view.started_unix);
     family(&mut o, format, "nsgroup_build_info", "gauge", "The daemon's version.");
@@ -720,6 +652,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn owners_are_counted_and_their_series_capped_most_nodes_first() {
+        let state = Mutex::new(State::default());
+        {
+            let mut s = state.lock().unwrap();
+            s.counters.latency_buckets = vec![0; LATENCY_BUCKETS.len() + 1];
+            // Owner 7 has 3 nodes, 8 has 2, every other owner one.
+            for (id, owner) in [(1, 7), (2, 8), (3, 7), (4, 9), (5, 8), (6, 7), (7, 10)] {
+                s.nodes.insert(id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10, owner });
+            }
+        }
+        let view = View { mount: "/nonexistent".into(), v2: false, max_node_series: 2, started_unix: 1 };
+        let text = render(&state, &view, Format::Prometheus);
+        let owners: Vec<&str> = text.lines().filter(|l| l.starts_with("nsgroup_owner_nodes{")).collect();
+        assert_eq!(owners, ["nsgroup_owner_nodes{owner=\"7\"} 3", "nsgroup_owner_nodes{owner=\"8\"} 2"]);
+        assert!(text.contains("nsgroup_owner_series_cut 2\n"), "{text}");
+        assert_eq!(text.matches("nsgroup_node_owner{").count(), 2);
+    }
+
+    #[test]
     fn exposition_is_well_formed_and_capped() {
         let state = Mutex::new(State::default());
         {
@@ -728,7 +679,7 @@ mod tests {
             s.counters.latency_buckets = vec![0; LATENCY_BUCKETS.len() + 1];
             s.counters.latency_buckets[3] = 2;
             for id in 1..=5 {
-                s.nodes.insert(id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10 });
+                s.nodes.insert(id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10, owner: 1000 });
             }
         }
         let view = View { mount: "/nonexistent".into(), v2: false, max_node_series: 3, started_unix: 1 };
@@ -738,6 +689,9 @@ mod tests {
         assert!(om.contains("nsgroup_placement_latency_seconds_bucket{le=\"+Inf\"} 2"));
         assert_eq!(om.matches("nsgroup_node_tasks{").count(), 3);
         assert!(om.contains("nsgroup_node_series_cut 2"));
+        assert!(om.contains("nsgroup_node_owner{id=\"1\",name=\"node_1\",owner=\"1000\"} 1"), "{om}");
+        assert!(om.contains("nsgroup_owner_nodes{owner=\"1000\"} 5\n"), "{om}");
+        assert!(om.contains("nsgroup_owner_series_cut 0\n"), "{om}");
         let prom = render(&state, &view, Format::Prometheus);
         assert!(prom.contains("# TYPE nsgroup_events_total counter\n"));
         assert!(!prom.contains("# EOF"));

@@ -15,6 +15,7 @@ mod cleanup;
 mod control;
 mod gate;
 mod mode;
+mod outcome;
 mod pins;
 mod place;
 mod reports;
@@ -45,10 +46,11 @@ use crate::sys::error::IoError;
 use crate::sys::procfs::ProcFs;
 
 use gate::Gate;
+use outcome::{Outcome, Sinks};
 use mode::Arrivals;
 use pins::Pins;
 use reports::{Kind, Reports, REPORT_INTERVAL};
-use timers::{Timer, Timers};
+use timers::Timers;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,27 @@ const TURN_BUDGET: Duration = Duration::from_millis(20);
 const TIMER_BUDGET: Duration = Duration::from_millis(20);
 /// Events taken from the source at a time.
 const BATCH: usize = 4096;
+
+/// Work the daemon does later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// A setns caller's set has settled.
+    Settle(u32),
+    /// Look for empty nodes whose exit events may have been lost.
+    Sweep,
+    /// Without BPF: rescan /proc; the interval (ms) backs off while nothing is found.
+    Rescan(u64),
+    /// See whether a node emptied; the attempt number backs off.
+    Cleanup(CgroupId, u32),
+    /// A reconcile asked for while the last one was too recent.
+    Reconcile,
+    /// Write the summaries of refusals and suppressed log lines.
+    Report,
+    /// Metrics, status file and counter log work (`metrics`).
+    Ops(metrics::OpsJob),
+    /// Tell the service manager the daemon is alive (`WATCHDOG=1`), and what it does.
+    Watchdog(Duration),
+}
 
 /// A setns caller waiting for its last setns.
 struct Deferred {
@@ -131,7 +154,7 @@ struct Daemon {
     /// The daemon's user namespace (inode): owners are read against it.
     user_ns: u64,
     source: Source,
-    timers: Timers,
+    timers: Timers<Timer>,
     deferred: HashMap<u32, Deferred>,
     /// Tasks whose node `nsgroup exec` is still setting up, with the set
     /// they came from: placed at their exec.
@@ -159,10 +182,10 @@ struct Daemon {
     reconcile_pending: bool,
     /// Set by SIGTERM and SIGINT; long work looks at it.
     stop: Arc<AtomicBool>,
-    /// The local API's server and strict mode (src/api).
-    api: api::ApiHost,
-    /// Metrics, history, the status file, SIGHUP (see `metrics`).
-    ops: metrics::Ops,
+    /// Who hears of outcomes: the log, the local API's subscribers (and
+    /// strict mode, held there), metrics and history (`metrics`: also the
+    /// status file and SIGHUP).
+    sinks: Sinks,
     /// The v1 controller hierarchies every node is mirrored in.
     mirrors: Vec<crate::control::mirror::Mirror>,
 }
@@ -266,8 +289,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         reconcile_pending: false,
         stop,
         mirrors,
-        api,
-        ops,
+        sinks: Sinks::new(api, ops),
     };
     d.adopt_mirrors();
     let reconcile_started = Instant::now();
@@ -339,12 +361,12 @@ impl Daemon {
             let dropped = self.source.dropped();
             if dropped > self.seen_drops {
                 warn!(lost = dropped - self.seen_drops, "events were lost (the ring buffer overflowed); reconciling from /proc");
-                self.api_overflow(dropped - self.seen_drops);
+                self.sinks.publish(Outcome::Overflow { lost: dropped - self.seen_drops });
                 self.seen_drops = dropped;
                 self.request_reconcile("overflow");
             }
             self.run_timers();
-            self.api.flush();
+            self.sinks.api.flush();
             self.ops_turn();
         }
         Ok(())

@@ -74,7 +74,7 @@ impl Daemon {
             let entry = ev.kind != EventKind::Exit;
             if entry && short_lived.contains(&(ev.tid, ev.start_ns)) {
                 self.deferred.remove(&ev.tid);
-                self.ops.coalesced += 1;
+                self.sinks.publish(super::outcome::Outcome::Coalesced { entries: 1 });
                 continue;
             }
             let young = entry && now.saturating_sub(ev.ktime_ns) < window_ns;

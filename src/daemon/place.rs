@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::adopt::ExecNode;
 use super::gate::{Checked, Dropped};
+use super::outcome::{Cause, Outcome};
 use super::reports::Kind;
 use super::{Daemon, Deferred};
 use crate::bpf::{Event, EventKind};
@@ -16,7 +17,7 @@ use crate::core::escape::Escaped;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
 use crate::core::tracker::{Entry, Placement, Refusal};
-use crate::placer::Outcome;
+use crate::placer::Outcome as CarriedOut;
 use crate::source::monotonic_ns;
 use crate::sys::cgroupfs::CgroupBackend;
 
@@ -127,7 +128,7 @@ impl Daemon {
             let (tracker, writer) = self.placer.parts();
             self.gate.check(tracker, writer, decided, &entry, ev.start_ns, cgroup)
         };
-        let mut placement = match checked {
+        let placement = match checked {
             Ok(Checked::Go(p)) => p,
             Ok(Checked::Dropped(why)) => {
                 self.dropped(why, ev);
@@ -142,35 +143,30 @@ impl Daemon {
                 return;
             }
         };
-        if let Placement::Create(new) = &mut placement {
-            let record = new.record(&ev.comm, 0);
-            new.files = self.files_for_new(&record, new.parent);
-        }
+        let v2 = self.hierarchy.version() == crate::sys::cgroupfs::Version::V2;
+        let placement = super::control::with_policy_limits(&self.config, v2, self.placer.backend(), placement, &ev.comm);
+        let policy = match &placement {
+            Placement::Create(new) => new.files.clone(),
+            _ => Vec::new(),
+        };
         let outcome = self.placer.carry_out(placement, &entry, &ev.comm);
-        self.report_refused_files();
+        let refused = self.report_refused_files();
         match outcome {
-            Ok(Outcome::Moved { to, created }) => {
+            Ok(CarriedOut::Moved { to, created }) => {
                 let latency_us = monotonic_ns().saturating_sub(ev.ktime_ns) / 1000;
                 self.stats.latency.record(latency_us);
                 self.stats.moved += 1;
                 self.stats.created += u64::from(created);
                 self.hold_namespace(to, &entry, created);
                 self.follow_in_mirrors(to, entry.tgid, entry.tid);
-                if created {
-                    let path = self.placer.backend().path_of(to).ok().flatten().unwrap_or_default();
-                    info!(
-                        event = "node_created",
-                        path = %Escaped(&path),
-                        creator_pid = ev.tid,
-                        creator_uid = ev.uid,
-                        owner_uid = ev.owner,
-                        creator_comm = %Escaped(&ev.comm),
-                        "node created"
-                    );
+                let path = self.placer.backend().path_of(to).ok().flatten().unwrap_or_default();
+                if let Some(node) = created.then(|| self.placer.tracker().node(to)).flatten() {
+                    self.sinks.publish(Outcome::Created { node, path: &path, cause: Cause::Event });
+                    for (file, value) in super::control::applied(&policy, &refused) {
+                        self.sinks.publish(Outcome::LimitApplied { path: &path, file, value });
+                    }
                 }
-                debug!(tid = ev.tid, kind = ?ev.kind, to, latency_us, "placed");
-                self.api_placed(ev, to, created, latency_us);
-                self.ops_placed(to, created, latency_us);
+                self.sinks.publish(Outcome::Placed { task: ev, to, path: &path, created, latency_us });
                 // Tracked before it stops being pending: its exit is reported.
                 self.source.track(ev.tid, to);
                 // The node it left (setns back, or on to another set's node) may be empty now.
@@ -182,12 +178,12 @@ impl Daemon {
                 self.follow_children(&entry);
                 return;
             }
-            Ok(Outcome::Stayed) if self.placer.tracker().node(cgroup).is_some() => {
+            Ok(CarriedOut::Stayed) if self.placer.tracker().node(cgroup).is_some() => {
                 // Already in its node (forked there): its exit matters too.
                 self.source.track(ev.tid, cgroup);
             }
-            Ok(Outcome::Refused(why)) => self.refused(ev, why),
-            Ok(Outcome::Stayed) | Ok(Outcome::Vanished) => {}
+            Ok(CarriedOut::Refused(why)) => self.refused(ev, why),
+            Ok(CarriedOut::Stayed) | Ok(CarriedOut::Vanished) => {}
             Err(e) => {
                 if self.reports.allow(Kind::Failed) {
                     warn!(tid = ev.tid, "placing failed: {e}");
@@ -271,7 +267,7 @@ impl Daemon {
                 continue;
             }
             let entry = Entry { tid: child, tgid: child, uid: parent.uid, owner: parent.owner, cgroup, set: parent.set, prev: parent.set };
-            if let Ok(Outcome::Moved { to, .. }) = self.placer.enter(&entry, "") {
+            if let Ok(CarriedOut::Moved { to, .. }) = self.placer.enter(&entry, "") {
                 self.source.track(child, to);
                 self.follow_in_mirrors(to, child, child);
                 self.follow_children_below(&entry, depth - 1);

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::gate::Checked;
-use super::control::limits_for;
+use super::outcome::{Cause, Outcome};
+use crate::core::node::{CgroupId, Node};
+use super::control::with_policy_limits;
 use super::place::admits;
-use crate::control::limits::Limit;
 use super::{Daemon, DaemonError, Timer};
 use crate::core::tracker::Placement;
 use crate::reconcile::{reconcile, Report};
@@ -79,8 +80,7 @@ impl Daemon {
     fn reconcile_snapshot(&mut self, why: &'static str) -> Result<Report, DaemonError> {
         let started = Instant::now();
         let tasks = self.snapshot()?;
-        let api_before = self.api_nodes_before();
-        let ops_before = self.ops_nodes_before();
+        let before: Option<HashSet<CgroupId>> = self.sinks.follow_nodes().then(|| self.placer.tracker().nodes().map(|n| n.id).collect());
         let (config, gate, stop, stats) = (&self.config, &mut self.gate, &self.stop, &mut self.stats);
         let v2 = self.hierarchy.version() == crate::sys::cgroupfs::Version::V2;
         let admitted = |t: &TaskSample| admits(config, &t.comm, t.uid, &t.cgroup_path);
@@ -90,13 +90,7 @@ impl Daemon {
             }
             let (tracker, writer) = placer.parts();
             match gate.check(tracker, writer, placement, entry, t.start, t.cgroup) {
-                Ok(Checked::Go(Placement::Create(mut new))) if v2 && !config.limit.is_empty() => {
-                    let record = new.record(&t.comm, 0);
-                    let parent_path = writer.path_of(new.parent).ok().flatten().unwrap_or_default();
-                    new.files = limits_for(config, &record, &parent_path).iter().map(Limit::v2).collect();
-                    Placement::Create(new)
-                }
-                Ok(Checked::Go(p)) => p,
+                Ok(Checked::Go(p)) => with_policy_limits(config, v2, writer, p, &t.comm),
                 Ok(Checked::Dropped(why)) => {
                     stats.count_dropped(why);
                     Placement::Stay
@@ -143,8 +137,15 @@ impl Daemon {
                 "reconciled"
             );
         }
-        self.api_reconciled(why, &report, api_before, started);
-        self.ops_reconciled(ops_before);
+        if let Some(before) = before {
+            let mut fresh: Vec<Node> = self.placer.tracker().nodes().filter(|n| !before.contains(&n.id)).cloned().collect();
+            fresh.sort_by_key(|n| (n.record.created_unix, n.id));
+            for node in &fresh {
+                let path = self.placer.backend().path_of(node.id).ok().flatten().unwrap_or_default();
+                self.sinks.publish(Outcome::Created { node, path: &path, cause: Cause::Reconcile });
+            }
+        }
+        self.sinks.publish(Outcome::Reconciled { why, report: &report, elapsed: started.elapsed() });
         Ok(report)
     }
 

@@ -20,8 +20,6 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub mod cli;
-
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
@@ -39,6 +37,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     creator_pid INTEGER NOT NULL,
     creator_comm TEXT NOT NULL,
     creator_uid INTEGER NOT NULL,
+    owner_uid INTEGER,
     created_unix INTEGER NOT NULL,
     removed_unix INTEGER,
     closed_at_start INTEGER NOT NULL DEFAULT 0,
@@ -65,6 +64,8 @@ pub struct NodeRow {
     pub creator_pid: u32,
     pub creator_comm: String,
     pub creator_uid: u32,
+    /// Who owns the node (docs/semantics.md §13 "Owners").
+    pub owner_uid: u32,
     pub created_unix: u64,
 }
 
@@ -105,6 +106,7 @@ pub fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    add_owner_column(&conn)?;
     // Creator names and uids: root's and its group's only.
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640));
@@ -184,15 +186,25 @@ fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &st
     }
 }
 
+/// Databases written before owners get the column (their rows read as
+/// their creator's: `COALESCE(owner_uid, creator_uid)`).
+fn add_owner_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has = conn.prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name = 'owner_uid'")?.exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE nodes ADD COLUMN owner_uid INTEGER")?;
+    }
+    Ok(())
+}
+
 fn set_json(set: &BTreeMap<String, u64>) -> String {
     serde_json::to_string(set).unwrap_or_else(|_| "{}".into())
 }
 
 fn insert(tx: &Connection, hierarchy: &str, root: &str, n: &NodeRow) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![hierarchy, root, n.cgroup_id as i64, n.path, set_json(&n.set), n.creator_pid, n.creator_comm, n.creator_uid, n.created_unix as i64],
+        "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, owner_uid, created_unix)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![hierarchy, root, n.cgroup_id as i64, n.path, set_json(&n.set), n.creator_pid, n.creator_comm, n.creator_uid, n.owner_uid, n.created_unix as i64],
     )?;
     Ok(())
 }
@@ -286,6 +298,7 @@ pub struct HistoryRow {
     pub creator_pid: u32,
     pub creator_comm: String,
     pub creator_uid: u32,
+    pub owner_uid: u32,
     pub created_unix: u64,
     /// None while the node exists (or existed when its daemon stopped).
     pub removed_unix: Option<u64>,
@@ -327,7 +340,7 @@ pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> 
     let limit = q.limit.map_or(-1, |l| l as i64);
     let mut st = conn.prepare(
         "SELECT hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
-                removed_unix, closed_at_start, usage
+                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid)
          FROM nodes
          WHERE (?1 IS NULL OR created_unix >= ?1 OR removed_unix IS NULL OR removed_unix >= ?1)
            AND (?2 IS NULL OR creator_comm = ?2)
@@ -345,6 +358,7 @@ pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> 
             creator_pid: r.get(5)?,
             creator_comm: r.get(6)?,
             creator_uid: r.get(7)?,
+            owner_uid: r.get(12)?,
             created_unix: r.get::<_, i64>(8)? as u64,
             removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
             closed_at_start: r.get::<_, i64>(10)? != 0,
@@ -405,9 +419,29 @@ mod tests {
             set: [("uts".to_string(), 4026531838 + id)].into(),
             creator_pid: id as u32,
             creator_comm: comm.into(),
-            creator_uid: 0,
+            creator_uid: 200_000 + id as u32,
+            owner_uid: 1000,
             created_unix: 1000 + id,
         }
+    }
+
+    #[test]
+    fn a_database_from_before_owners_gets_the_column_and_reads_creators_as_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("old.sqlite");
+        let old = Connection::open(&db).unwrap();
+        old.execute_batch(&SCHEMA.replace("    owner_uid INTEGER,\n", "")).unwrap();
+        old.execute(
+            "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix) VALUES ('/m', '/t', 9, '/t/node_9', '{}', 9, 'old', 1234, 5)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let conn = open_rw(&db).unwrap();
+        apply(&conn, "/m", "/t", Msg::Created(row(1, "new"))).unwrap();
+        let rows = query(&open_ro(&db).unwrap(), &Query::default()).unwrap();
+        let owners: Vec<(u32, u32)> = rows.iter().map(|r| (r.creator_uid, r.owner_uid)).collect();
+        assert_eq!(owners, vec![(1234, 1234), (200_001, 1000)]);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Creator {
     pub pid: u32,
     pub comm: String,
     pub uid: u32,
+    /// Who owns the node (docs/semantics.md §13 "Owners").
+    pub owner: u32,
     pub created_unix: u64,
 }
 
@@ -192,6 +194,7 @@ fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: 
             pid: r.creator_pid,
             comm: r.creator_comm.clone(),
             uid: r.creator_uid,
+            owner: r.owner(),
             created_unix: r.created_unix,
         }),
         tasks,

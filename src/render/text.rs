@@ -6,7 +6,7 @@ use crate::core::escape::Escaped;
 use crate::model::TreeNode;
 
 /// A figure a cgroup line can show (`tree -o`, like `ps -o`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
     /// Tasks listed in the cgroup and below.
     Tasks,
@@ -22,6 +22,8 @@ pub enum Column {
     Creator,
     /// The creator's uid.
     Uid,
+    /// Who owns the node (docs/semantics.md §13 "Owners").
+    Owner,
     /// The cgroup id (its directory's inode).
     Id,
     /// What the kernel's controllers account for the cgroup itself (cgroup2
@@ -79,6 +81,7 @@ fn figures(n: &TreeNode, view: &View) -> String {
             Column::Age => n.creator.as_ref().map(|c| format!("age {}", age(view.now_unix.saturating_sub(c.created_unix)))),
             Column::Creator => n.creator.as_ref().map(|c| format!("creator {} {}", c.pid, Escaped(&c.comm))),
             Column::Uid => n.creator.as_ref().map(|c| format!("uid {}", c.uid)),
+            Column::Owner => n.creator.as_ref().map(|c| format!("owner {}", c.owner)),
             Column::Id => Some(format!("id {}", n.cgroup_id)),
             Column::Kernel => (!n.usage.cgroup.is_empty()).then(|| {
                 let figures: Vec<String> = n.usage.cgroup.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -174,14 +177,14 @@ mod tests {
     fn columns_are_chosen_like_ps() {
         let mut node = cgroup("/t/node_5", vec![], vec![]);
         node.node = true;
-        node.creator = Some(Creator { pid: 5, comm: "unshare".into(), uid: 1000, created_unix: 10_000 - 3725 });
+        node.creator = Some(Creator { pid: 5, comm: "unshare".into(), uid: 200_001, owner: 1000, created_unix: 10_000 - 3725 });
         node.subtree_usage = Usage { tasks: 2, processes: 1, cpu_seconds: 0.5, rss_bytes: 3 << 20, ..Usage::default() };
         let tree = cgroup("/t", vec![], vec![node]);
         let text = render(&tree, &view());
         assert!(text.contains("node_5  (tasks 2 cpu 0.50s rss 3.0M)\n"), "{text}");
-        let picked = View { columns: vec![Column::Age, Column::Creator, Column::Uid, Column::Procs], ..view() };
+        let picked = View { columns: vec![Column::Age, Column::Creator, Column::Uid, Column::Owner, Column::Procs], ..view() };
         let text = render(&tree, &picked);
-        assert!(text.contains("node_5  (age 1h02m creator 5 unshare uid 1000 procs 1)\n"), "{text}");
+        assert!(text.contains("node_5  (age 1h02m creator 5 unshare uid 200001 owner 1000 procs 1)\n"), "{text}");
         assert!(text.starts_with("/t  (procs 0)\n"), "a cgroup without a record shows what it has: {text}");
     }
 

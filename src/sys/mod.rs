@@ -1,4 +1,5 @@
-//! The system edge: procfs, cgroupfs, mounts, service notification.
+//! The system edge: procfs, cgroupfs, mounts, service notification, the
+//! status file.
 pub mod cgroupfs;
 pub mod connector;
 pub mod delegation;
@@ -10,4 +11,5 @@ pub mod notify;
 pub mod owner;
 pub mod procfs;
 pub mod scan;
+pub mod status_file;
 pub mod subtree;

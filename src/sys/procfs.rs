@@ -113,6 +113,11 @@ impl ProcFs {
         ProcFs { root: root.into() }
     }
 
+    /// Where this procfs is mounted (a tempdir for fixtures).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
         self.root.join(format!("{pid}/task/{tid}"))
     }

@@ -1,7 +1,8 @@
-//! The command line's API verbs: `freeze`, `thaw`, `kill`, `limit`,
+//! The API's verbs on the command line: `freeze`, `thaw`, `kill`, `limit`,
 //! `attach`, `create`, `events`, `api`. Each talks to the daemon's socket
 //! when a daemon listens there, and otherwise (freeze, thaw, kill, limit,
-//! attach, create) acts on cgroupfs directly, which needs root.
+//! attach, create) acts on cgroupfs directly, which needs root
+//! ([`nsgroup::api::direct`]).
 //!
 //! Exit codes: 0 done; 1 the target was not found (no such cgroup, not a
 //! node, no such process); 2 a usage or system error, a refusal, or what the
@@ -13,29 +14,24 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::client::{Client, ClientError};
-use super::handler::{self, NodeRef};
-use super::proto::{Code, ErrorBody, Request, Target};
-use crate::config::DEFAULT_API_SOCKET;
-use crate::control::verbs::{self, PidfdSignaller, Timing};
-use crate::core::cgpath::{canonical, join};
-use crate::core::escape::Escaped;
-use crate::sys::cgroupfs::Version;
-use crate::sys::locate::locate;
-use crate::sys::procfs::ProcFs;
+use nsgroup::api::client::{Client, ClientError};
+use nsgroup::api::direct;
+use nsgroup::api::proto::{Code, ErrorBody, Request, Target};
+use nsgroup::config::DEFAULT_API_SOCKET;
+use nsgroup::core::escape::Escaped;
 
 /// Where to reach the daemon, and where to act without it.
-#[derive(clap::Args, Debug, Clone)]
-pub struct Reach {
+#[derive(clap::Args, Debug)]
+pub struct ReachFlags {
     /// The daemon's API socket (default: $NSGROUP_SOCKET, else /run/nsgroup/api.sock).
     #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    socket: Option<PathBuf>,
     /// Without a daemon: the cgroup hierarchy to act on directly (as root).
     #[arg(long, value_name = "PATH")]
-    pub hierarchy: Option<PathBuf>,
+    hierarchy: Option<PathBuf>,
     /// Print the daemon's answer (or the same object without a daemon) as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 /// The API's subcommands (flattened into `nsgroup`'s own).
@@ -44,28 +40,28 @@ pub enum ApiCommand {
     /// Freeze every task of a node's subtree (TARGET: a node's cgroup path, or a pid: its node).
     Freeze {
         #[command(flatten)]
-        reach: Reach,
+        reach: ReachFlags,
         #[arg(value_name = "TARGET")]
         target: String,
     },
     /// Thaw a node's subtree.
     Thaw {
         #[command(flatten)]
-        reach: Reach,
+        reach: ReachFlags,
         #[arg(value_name = "TARGET")]
         target: String,
     },
     /// Kill every task of a node's subtree (freezing first where a freezer is at hand).
     Kill {
         #[command(flatten)]
-        reach: Reach,
+        reach: ReachFlags,
         #[arg(value_name = "TARGET")]
         target: String,
     },
     /// Write a controller value of a node: FILE=VALUE (pids.max=64, memory.max=1G, …).
     Limit {
         #[command(flatten)]
-        reach: Reach,
+        reach: ReachFlags,
         #[arg(value_name = "TARGET")]
         target: String,
         #[arg(value_name = "FILE=VALUE")]
@@ -76,7 +72,7 @@ pub enum ApiCommand {
     /// empty child of one's own cgroup; moving another task needs CAP_SYS_ADMIN).
     Attach {
         #[command(flatten)]
-        reach: Reach,
+        reach: ReachFlags,
         #[arg(value_name = "CGROUP")]
         cgroup: String,
         /// The task to move.
@@ -89,7 +85,7 @@ pub enum ApiCommand {
     /// Create a cgroup below PARENT (named NAME, or node_<this pid>); prints its path.
     Create {
         #[command(flatten)]
-        reach: Reach,
+        reach: ReachFlags,
         #[arg(value_name = "PARENT")]
         parent: String,
         #[arg(long)]
@@ -111,9 +107,9 @@ pub enum ApiCommand {
 }
 
 /// Exit codes.
-pub const DONE: u8 = 0;
-pub const NOT_FOUND: u8 = 1;
-pub const ERROR: u8 = 2;
+const DONE: u8 = 0;
+const NOT_FOUND: u8 = 1;
+const ERROR: u8 = 2;
 
 fn socket_path(explicit: Option<&Path>) -> PathBuf {
     explicit
@@ -155,26 +151,20 @@ pub fn run(cmd: ApiCommand) -> u8 {
     }
 }
 
+impl ReachFlags {
+    /// The library's reach: the socket (the flag, else $NSGROUP_SOCKET, else
+    /// the default) and the hierarchy.
+    fn reach(&self) -> direct::Reach {
+        direct::Reach { socket: socket_path(self.socket.as_deref()), hierarchy: self.hierarchy.clone() }
+    }
+}
+
 /// Through the daemon if one listens, else directly (as root).
-fn act(reach: &Reach, request: Request) -> u8 {
-    let path = socket_path(reach.socket.as_deref());
-    let answer = match Client::connect(&path) {
-        Ok(mut client) => match client.call(&request) {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        },
-        Err(ClientError::NoDaemon(p)) => {
-            if !rustix::process::geteuid().is_root() {
-                return fail(format!("no daemon listens on {} and acting on cgroupfs directly needs root", p.display()));
-            }
-            match direct(reach, &request) {
-                Ok(data) => super::proto::answer_ok(&Value::Null, request.name(), data),
-                Err(e) => super::proto::answer_error(&Value::Null, Some(request.name()), &e),
-            }
-        }
-        Err(e) => return fail(e),
-    };
-    report(reach.json, &request, &answer)
+fn act(reach: &ReachFlags, request: Request) -> u8 {
+    match direct::answer(&reach.reach(), &request) {
+        Ok(answer) => report(reach.json, &request, &answer),
+        Err(e) => fail(e),
+    }
 }
 
 /// Prints an answer; the exit code.
@@ -214,66 +204,8 @@ fn report(json: bool, request: &Request, answer: &Value) -> u8 {
     DONE
 }
 
-/// Without a daemon: the same request carried out directly, as root, with
-/// no permission model (root may do everything the seed allowed).
-fn direct(reach: &Reach, request: &Request) -> Result<Value, ErrorBody> {
-    let located = locate(reach.hierarchy.as_deref(), false).map_err(|e| ErrorBody::new(Code::Failed, e.to_string()))?;
-    let h = located.hierarchy;
-    let proc = ProcFs::new("/proc");
-    let node = |target: &Target| -> Result<NodeRef, ErrorBody> {
-        let path = handler::target_cgroup(&h, &proc, target)?;
-        handler::node_at(&h, &path, target)
-    };
-    let timing = Timing::default();
-    let outcome = |o: verbs::Outcome, path: &str| {
-        let mut v = serde_json::to_value(o).expect("an outcome serializes");
-        v["path"] = path.into();
-        v
-    };
-    match request {
-        Request::Freeze { target } => {
-            let n = node(target)?;
-            Ok(outcome(verbs::freeze(&handler::subtree(&h, &n), timing)?, &n.path))
-        }
-        Request::Thaw { target } => {
-            let n = node(target)?;
-            Ok(outcome(verbs::thaw(&handler::subtree(&h, &n), timing)?, &n.path))
-        }
-        Request::Kill { target } => {
-            let n = node(target)?;
-            let mut sig = PidfdSignaller { proc: proc.clone(), key: h.key().clone(), subtree: n.path.clone() };
-            Ok(outcome(verbs::kill(&handler::subtree(&h, &n), &mut sig, timing)?, &n.path))
-        }
-        Request::Limit { target, file, value } => {
-            let controller = verbs::limit_controller(file)?.to_string();
-            let n = node(target)?;
-            let dir = handler::limit_dir(&h, &n, &controller)?;
-            let written = verbs::write_limit(&dir, file, value)?;
-            Ok(serde_json::json!({ "path": n.path, "file": file, "value": value, "written": written }))
-        }
-        Request::Attach { pid, target } => {
-            let dest = canonical(target).map_err(|e| ErrorBody::new(Code::Invalid, e.to_string()))?;
-            if !h.dir(&dest).is_dir() {
-                return Err(ErrorBody::new(Code::NotFound, format!("no cgroup {} in {}", Escaped(&dest), h.mount().display())));
-            }
-            let file = if h.version() == Version::V1 { "tasks" } else { "cgroup.procs" };
-            let path = h.dir(&dest).join(file);
-            std::fs::write(&path, pid.to_string()).map_err(|e| ErrorBody::new(Code::Failed, format!("writing {pid} to {}: {e}", path.display())))?;
-            Ok(serde_json::json!({ "pid": pid, "path": dest }))
-        }
-        Request::Create { parent, name } => {
-            let parent = canonical(parent).map_err(|e| ErrorBody::new(Code::Invalid, e.to_string()))?;
-            let name = name.clone().unwrap_or_else(|| format!("node_{}", std::process::id()));
-            let path = join(&parent, &name);
-            std::fs::create_dir(h.dir(&path)).map_err(|e| ErrorBody::new(Code::Failed, format!("mkdir {}: {e}", h.dir(&path).display())))?;
-            Ok(serde_json::json!({ "path": path }))
-        }
-        _ => Err(ErrorBody::new(Code::Invalid, "this request needs the daemon")),
-    }
-}
-
 /// `attach`: another task, or this command itself and then CMD.
-fn attach(reach: &Reach, cgroup: &str, pid: Option<u32>, command: &[String]) -> u8 {
+fn attach(reach: &ReachFlags, cgroup: &str, pid: Option<u32>, command: &[String]) -> u8 {
     let who = match (pid, command.is_empty()) {
         (Some(p), _) => p,
         (None, false) => std::process::id(),
@@ -283,20 +215,8 @@ fn attach(reach: &Reach, cgroup: &str, pid: Option<u32>, command: &[String]) -> 
     if command.is_empty() {
         return act(reach, request);
     }
-    let quiet = Reach { json: false, ..reach.clone() };
-    let path = socket_path(quiet.socket.as_deref());
-    let answer = match Client::connect(&path) {
-        Ok(mut c) => match c.call(&request) {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        },
-        Err(ClientError::NoDaemon(p)) if !rustix::process::geteuid().is_root() => {
-            return fail(format!("no daemon listens on {} and acting on cgroupfs directly needs root", p.display()))
-        }
-        Err(ClientError::NoDaemon(_)) => match direct(&quiet, &request) {
-            Ok(d) => super::proto::answer_ok(&Value::Null, "attach", d),
-            Err(e) => super::proto::answer_error(&Value::Null, Some("attach"), &e),
-        },
+    let answer = match direct::answer(&reach.reach(), &request) {
+        Ok(a) => a,
         Err(e) => return fail(e),
     };
     if answer["type"] == "error" {

@@ -1,0 +1,144 @@
+//! `nsgroup history`: every node that existed, from the history database.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use nsgroup::config::Config;
+use nsgroup::core::escape::Escaped;
+use nsgroup::history::{coalesced, open_ro, parse_since, query, HistoryRow, Query};
+use nsgroup::placer::unix_now;
+
+/// `nsgroup history`: every node that existed, from the history database.
+#[derive(clap::Args, Debug)]
+pub struct HistoryArgs {
+    /// Nodes that existed at or after T: seconds since the epoch, or a
+    /// duration ago (90s, 15m, 2h, 7d).
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// Only nodes whose creator had this command name.
+    #[arg(long, value_name = "COMM")]
+    comm: Option<String>,
+    /// Print JSON: {"nodes": [...], "coalesced": [...]}.
+    #[arg(long)]
+    json: bool,
+    /// At most this many nodes (the oldest first).
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// The database. Default: the configuration's history.database.
+    #[arg(long, value_name = "FILE")]
+    database: Option<PathBuf>,
+    /// Configuration file, for history.database. Default: /etc/nsgroup/nsgroup.toml if present.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Unix seconds as a UTC date and time (`2023-11-14 22:13:20`).
+pub(super) fn time(unix: u64) -> String {
+    // UTC, without a time zone database.
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let (y, m, d) = civil(days as i64);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn lifetime(r: &HistoryRow, now: u64) -> String {
+    let s = r.removed_unix.unwrap_or(now).saturating_sub(r.created_unix);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+/// Runs `nsgroup history`; works whether the daemon runs or not.
+pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let db = match args.database {
+        Some(p) => p,
+        None => Config::load(args.config.as_deref())?.history.database,
+    };
+    if db.as_os_str().is_empty() {
+        bail!("history is off (history.database is empty in the configuration)");
+    }
+    if !db.exists() {
+        bail!("no history database at {} (the daemon creates it when it runs with history.database set)", db.display());
+    }
+    let now = unix_now();
+    let since = args.since.as_deref().map(|s| parse_since(s, now)).transpose().map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    let conn = open_ro(&db).with_context(|| format!("opening {}", db.display()))?;
+    let q = Query { since_unix: since, comm: args.comm, limit: args.limit };
+    let rows = query(&conn, &q).with_context(|| format!("reading {}", db.display()))?;
+    let coalesced = coalesced(&conn, since).with_context(|| format!("reading {}", db.display()))?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({ "nodes": rows, "coalesced": coalesced });
+        serde_json::to_writer_pretty(&mut out, &v).context("writing the history (JSON) to stdout")?;
+        writeln!(out).context("writing the history to stdout")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let write = || -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{:<19}  {:<19}  {:>8}  {:>7}  {:<15}  {:>5}  PATH", "CREATED (UTC)", "REMOVED (UTC)", "LIFETIME", "PID", "COMM", "UID")?;
+        for r in &rows {
+            let removed = match (r.removed_unix, r.closed_at_start) {
+                (None, _) => "-".to_string(),
+                (Some(t), false) => time(t),
+                (Some(t), true) => format!("{}*", time(t)),
+            };
+            write!(
+                out,
+                "{:<19}  {:<20} {:>8}  {:>7}  {:<15}  {:>5}  {}",
+                time(r.created_unix),
+                removed,
+                lifetime(r, now),
+                r.creator_pid,
+                Escaped(&r.creator_comm).to_string(),
+                r.creator_uid,
+                Escaped(&r.path)
+            )?;
+            if let Some(u) = &r.usage {
+                let figures: Vec<String> = u.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                if !figures.is_empty() {
+                    write!(out, "  [{}]", figures.join(" "))?;
+                }
+            }
+            writeln!(out)?;
+        }
+        if rows.iter().any(|r| r.closed_at_start) {
+            writeln!(out, "* removed while no daemon ran: closed when the next one started")?;
+        }
+        let total: u64 = coalesced.iter().map(|c| c.entries).sum();
+        if total > 0 {
+            writeln!(out, "entries coalesced away (exited within the batch window, no node made): {total} in {} minutes", coalesced.len())?;
+        }
+        Ok(())
+    };
+    drop(out);
+    write().context("writing the history to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::time(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(super::time(951_782_400), "2000-02-29 00:00:00");
+    }
+}
