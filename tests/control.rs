@@ -1,7 +1,7 @@
 //! Control, end to end: mirrors in this machine's v1 controller hierarchies
 //! (each confined to a private subtree the test makes and removes), limits
 //! that bite (v1 mirrors here; memory, pids and cpu on cgroup2 in the systemd
-//! guest), and bad control configuration. Never the memory hierarchy here
+//! guest), limits a user may only tighten, and bad control configuration. Never the memory hierarchy here
 //! (this machine's own processes are accounted there).
 
 mod common;
@@ -345,6 +345,8 @@ fn cgroup2_nodes_get_controllers_by_the_leaf_policy() {
 struct LimitBed {
     d: Daemon,
     h: Hier,
+    /// The daemon's API socket.
+    socket: String,
     _config: tempfile::TempDir,
     _scope: DelegatedScope,
 }
@@ -352,14 +354,17 @@ struct LimitBed {
 impl LimitBed {
     /// `None` (after saying why) off the guest bed.
     fn new(set: &str) -> Option<LimitBed> {
+        LimitBed::with(&format!("[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = {{ {set} }}\n"))
+    }
+
+    /// The bed with `limits` (`[[limit]]` tables) in the daemon's configuration.
+    fn with(limits: &str) -> Option<LimitBed> {
         let scope = DelegatedScope::start(&["memory", "pids", "cpu"]).map_err(|why| skip(&why)).ok()?;
         let h = Hier::v2_in(&scope.cgroup);
-        let config = format!(
-            "controllers = [\"memory\", \"pids\", \"cpu\"]\nleaf = \"everywhere\"\n[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = {{ {set} }}\n"
-        );
-        let (config_dir, config) = config_file(&config);
+        let (config_dir, config, socket) = with_api(&format!("controllers = [\"memory\", \"pids\", \"cpu\"]\nleaf = \"everywhere\"\n{limits}"));
         let d = Daemon::start(&h, &["--config", &config]);
-        Some(LimitBed { d, h, _config: config_dir, _scope: scope })
+        wait_for("the API socket", || std::path::Path::new(&socket).exists());
+        Some(LimitBed { d, h, socket, _config: config_dir, _scope: scope })
     }
 
     /// A file of the workload `pid`'s node.
@@ -509,4 +514,183 @@ fn exec_refuses_bad_input() {
     let (code, _, err) = exec_in_root(&h, &["--", "/nonexistent/command"]);
     assert_eq!(code, Some(127), "{err}");
     assert!(err.contains("/nonexistent/command"), "{err}");
+}
+
+/// A configuration (`text`, then an `[api]` table) whose API socket every
+/// user may reach: its directory, the file's path and the socket's.
+fn with_api(text: &str) -> (tempfile::TempDir, String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("api.sock").display().to_string();
+    let config = dir.path().join("nsgroup.toml");
+    std::fs::write(&config, format!("{text}\n[api]\nsocket = \"{socket}\"\n")).unwrap();
+    let config = config.display().to_string();
+    (dir, config, socket)
+}
+
+/// A shell of uid 65534 in a node of its own (made for its new user and uts
+/// namespaces: owned by 65534) that runs `nsgroup limit <its pid> SETTING`
+/// from inside the node, where a caller without CAP_SYS_ADMIN must be.
+struct OwnSandbox {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    out: BufReader<std::process::ChildStdout>,
+    socket: String,
+    _bin: tempfile::TempDir,
+}
+
+impl OwnSandbox {
+    /// Starts it in the tracked root and in each of `roots`. It runs a copy
+    /// of `nsgroup` any user may run from inside a user namespace (the
+    /// guest's 9p share of the build refuses that: `Permission denied`).
+    fn start(h: &Hier, roots: &[&ControllerRoot], socket: &str) -> OwnSandbox {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nsgroup = bin.path().join("nsgroup");
+        std::fs::copy(NSGROUP, &nsgroup).unwrap();
+        let nsgroup = nsgroup.display();
+        let script = format!("while read -r setting; do '{nsgroup}' limit --socket '{socket}' $$ \"$setting\" 2>&1; echo \"exit $?\"; done");
+        let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+        let args: Vec<&str> = nobody.into_iter().chain(["unshare", "--user", "--uts", "sh", "-c", &script]).collect();
+        let (mut child, out) = spawn_everywhere(h, roots, &args);
+        let stdin = child.stdin.take().unwrap();
+        OwnSandbox { child, stdin, out, socket: socket.to_string(), _bin: bin }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The sandbox's `nsgroup limit` of SETTING on its own node: exit code and output.
+    fn limit(&mut self, setting: &str) -> (i32, String) {
+        use std::io::Write;
+        writeln!(self.stdin, "{setting}").unwrap();
+        let mut output = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(self.out.read_line(&mut line).unwrap() > 0, "the sandbox ended: {output}");
+            if let Some(code) = line.trim().strip_prefix("exit ") {
+                return (code.parse().unwrap(), output);
+            }
+            output.push_str(&line);
+        }
+    }
+
+    fn allowed(&mut self, setting: &str) {
+        let (code, output) = self.limit(setting);
+        assert_eq!(code, 0, "{setting}: {output}");
+    }
+
+    /// Refused by `rule` (exit code 2, the rule named).
+    fn refused(&mut self, setting: &str, rule: &str) {
+        let (code, output) = self.limit(setting);
+        assert!(code == 2 && output.contains(&format!("(rule {rule})")), "{setting}: expected {rule}, got exit {code}: {output}");
+    }
+
+    /// Root's `nsgroup limit` of SETTING on the sandbox's node (CAP_SYS_ADMIN).
+    fn root_limit(&self, setting: &str) {
+        let out = Command::new(NSGROUP).args(["limit", "--socket", &self.socket, &self.pid().to_string(), setting]).output().unwrap();
+        assert!(out.status.success(), "root's {setting}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnSandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_trimmed(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+}
+
+#[test]
+fn a_user_only_tightens_its_own_nodes_limits_in_v1_mirrors() {
+    if !privileged() {
+        return;
+    }
+    assert_nobody_can_attack();
+    let h = Hier::new(Kind::V1);
+    let (Some(pids), Some(cpu)) = (ControllerRoot::new("pids", &h), ControllerRoot::new("cpu", &h)) else { return };
+    let (_dir, config, socket) = with_api(&format!("{}{}[[limit]]\nset = {{ \"pids.max\" = 32 }}\n", pids.config(), cpu.config()));
+    let _d = Daemon::start(&h, &["--config", &config]);
+    wait_for("the API socket", || std::path::Path::new(&socket).exists());
+    let mut sandbox = OwnSandbox::start(&h, &[&pids, &cpu], &socket);
+    let node = format!("node_{}", sandbox.pid());
+    let pids_max = || read_trimmed(pids.dir(&format!("{}/{node}", pids.root)).join("pids.max"));
+    let shares = || read_trimmed(cpu.dir(&format!("{}/{node}", cpu.root)).join("cpu.shares"));
+    wait_for("the node's pids mirror with the policy's 32", || std::fs::read_to_string(pids.dir(&format!("{}/{node}", pids.root)).join("pids.max")).is_ok_and(|v| v.trim() == "32"));
+    wait_for("the node's cpu mirror", || cpu.dir(&format!("{}/{node}", cpu.root)).join("cpu.shares").exists());
+
+    // Above the policy's 32: refused, and the value stays.
+    for setting in ["pids.max=max", "pids.max=64", "pids.max=33", "pids.max=0x40", "pids.max=-1"] {
+        let (code, output) = sandbox.limit(setting);
+        assert_eq!(code, 2, "{setting}: {output}");
+        assert_eq!(pids_max(), "32", "{setting}: {output}");
+    }
+    sandbox.refused("pids.max=max", "limit.tighten_only");
+    sandbox.allowed("pids.max=16");
+    assert_eq!(pids_max(), "16");
+    sandbox.refused("pids.max=24", "limit.tighten_only");
+    assert_eq!(pids_max(), "16", "not above the value in force either");
+    // cpu.weight's v1 twin: not above the default 1024; below is fine.
+    sandbox.refused("cpu.shares=2048", "limit.weight_default");
+    assert_eq!(shares(), "1024");
+    sandbox.allowed("cpu.shares=512");
+    assert_eq!(shares(), "512");
+    // Protections: never, whatever the hierarchy has.
+    sandbox.refused("memory.low=1G", "limit.no_protection");
+    sandbox.refused("memory.min=1", "limit.no_protection");
+
+    // Root may still raise.
+    sandbox.root_limit("pids.max=64");
+    assert_eq!(pids_max(), "64");
+    sandbox.root_limit("cpu.shares=4096");
+    assert_eq!(shares(), "4096");
+    // ... and the user may not follow above the policy's 32.
+    sandbox.refused("pids.max=48", "limit.tighten_only");
+}
+
+#[test]
+fn a_cgroup2_user_only_tightens_its_own_nodes_limits() {
+    if !privileged() {
+        return;
+    }
+    assert_nobody_can_attack();
+    let Some(bed) = LimitBed::with("[[limit]]\nset = { \"pids.max\" = 32 }\n") else { return };
+    let mut sandbox = OwnSandbox::start(&bed.h, &[], &bed.socket);
+    let pid = sandbox.pid();
+    wait_for("the node with the policy's pids.max", || bed.h.in_own_node(pid, &bed.h.root));
+    let file = |f: &str| bed.node_file(pid, f).trim().to_string();
+    assert_eq!(file("pids.max"), "32");
+
+    sandbox.refused("pids.max=max", "limit.tighten_only");
+    sandbox.refused("pids.max=64", "limit.tighten_only");
+    assert_eq!(file("pids.max"), "32");
+    sandbox.allowed("pids.max=16");
+    assert_eq!(file("pids.max"), "16");
+    sandbox.refused("cpu.weight=200", "limit.weight_default");
+    assert_eq!(file("cpu.weight"), "100");
+    sandbox.allowed("cpu.weight=50");
+    assert_eq!(file("cpu.weight"), "50");
+    sandbox.refused("memory.low=1G", "limit.no_protection");
+    sandbox.refused("memory.min=1G", "limit.no_protection");
+    assert_eq!((file("memory.low"), file("memory.min")), ("0".to_string(), "0".to_string()));
+    sandbox.allowed("memory.max=100M");
+    assert_eq!(file("memory.max"), (100u64 << 20).to_string());
+    sandbox.refused("memory.max=max", "limit.tighten_only");
+    sandbox.allowed("cpu.max=50000");
+    assert_eq!(file("cpu.max"), "50000 100000");
+    sandbox.refused("cpu.max=50000 50000", "limit.tighten_only");
+    assert_eq!(file("cpu.max"), "50000 100000", "a shorter period is a higher rate");
+
+    // Root may still raise, and protect.
+    sandbox.root_limit("pids.max=max");
+    sandbox.root_limit("cpu.weight=200");
+    sandbox.root_limit("memory.low=1M");
+    assert_eq!((file("pids.max"), file("cpu.weight"), file("memory.low")), ("max".to_string(), "200".to_string(), (1u64 << 20).to_string()));
+    sandbox.refused("pids.max=33", "limit.tighten_only");
 }

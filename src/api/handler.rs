@@ -12,6 +12,8 @@ use super::perm::{self, Refusal};
 use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
 use super::server::Publisher;
 use super::territory::Host;
+use crate::control::limits::{self, Limit};
+use crate::control::tighten::{self, TightenError};
 use crate::control::verbs::{self, PidfdSignaller, Subtree, Timing, VerbError};
 use crate::core::cgpath::{canonical, join, within};
 use crate::core::escape::Escaped;
@@ -37,10 +39,37 @@ pub struct Context {
     pub timing: Timing,
     /// Where `limit` publishes `limits_applied`.
     pub events: Option<Publisher>,
+    /// The policy's limits, for `limit` without CAP_SYS_ADMIN.
+    pub limits: LimitPolicy,
     /// The latest `list` answers (by `all`), shared for [`LIST_FRESH`]: a
     /// hundred clients polling the list cost one read of the hierarchy per
     /// interval, not a hundred.
     pub list_cache: std::sync::Mutex<[Option<(std::time::Instant, Value)>; 2]>,
+}
+
+/// The limits the policy gives a node — the `[[limit]]` rules that match its
+/// record, as the daemon computes them — and the lock that makes each
+/// `limit`'s check and write one step (no two requests interleave their
+/// reads and writes). The default has no rules.
+#[derive(Default)]
+pub struct LimitPolicy {
+    rules: Option<Box<PolicyRules>>,
+    lock: std::sync::Mutex<()>,
+}
+
+/// A node's policy limits, from its record and the cgroup it was made in.
+type PolicyRules = dyn Fn(&NodeRecord, &str) -> Vec<Limit> + Send + Sync;
+
+impl LimitPolicy {
+    pub fn new(rules: impl Fn(&NodeRecord, &str) -> Vec<Limit> + Send + Sync + 'static) -> LimitPolicy {
+        LimitPolicy { rules: Some(Box::new(rules)), lock: Default::default() }
+    }
+
+    /// The files and values the policy writes on `node` (cgroup2 and v1 names).
+    fn files_of(&self, node: &NodeRef) -> Vec<(&'static str, String)> {
+        let parent = perm::parent_of(&node.path).unwrap_or("/");
+        self.rules.as_ref().map(|rules| limits::files(&rules(&node.record, parent))).unwrap_or_default()
+    }
 }
 
 /// How long a `list` answer is served again to other callers.
@@ -70,6 +99,16 @@ impl From<VerbError> for ErrorBody {
             _ => Code::Failed,
         };
         error(code, e.to_string())
+    }
+}
+
+impl From<TightenError> for ErrorBody {
+    fn from(e: TightenError) -> ErrorBody {
+        match e {
+            TightenError::Refused { bound, message } => perm::limit_refused(bound, message).into(),
+            TightenError::Invalid { .. } => error(Code::Invalid, e.to_string()),
+            TightenError::Read { .. } => error(Code::Failed, e.to_string()),
+        }
     }
 }
 
@@ -236,19 +275,30 @@ impl Context {
         Ok(data)
     }
 
+    /// Writes a controller value: any allowed one with CAP_SYS_ADMIN, else
+    /// only one that tightens ([`tighten`]), written as it was checked.
     fn limit(&self, peer: &Peer, target: &Target, file: &str, value: &str) -> Result<Value, ErrorBody> {
         let controller = verbs::limit_controller(file)?.to_string();
         verbs::check_value(file, value)?;
         let node = self.node(target)?;
         let caller = self.caller(peer)?;
         perm::may_control(&caller, &node.path, node.record.owner(), &self.root)?;
+        if !caller.cap_sys_admin {
+            tighten::writable_without_cap(file)?;
+        }
         let dir = limit_dir(&self.hierarchy, &node, &controller)?;
-        let written = verbs::write_limit(&dir, file, value)?;
+        let _one_at_a_time = self.limits.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let value = if caller.cap_sys_admin {
+            value.to_string()
+        } else {
+            tighten::tightened(file, value, &self.limits.files_of(&node), &tighten::reader(&dir))?
+        };
+        let written = verbs::write_limit(&dir, file, &value)?;
         if let Some(events) = &self.events {
             events.publish(ApiEvent::LimitsApplied {
                 path: node.path.clone(),
                 file: file.to_string(),
-                value: value.to_string(),
+                value: value.clone(),
                 by: "api",
                 uid: Some(caller.uid),
             });

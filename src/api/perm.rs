@@ -1,10 +1,12 @@
 //! The permission model: the kernel's ns subsystem's rules for requests that
-//! move or create (`ns_can_attach`, `ns_create`), plus nsgroup's rule for the
-//! verbs. Pure: the facts come from /proc and cgroupfs, read by the caller of
-//! these functions, never from the request. The table is in docs/semantics.md
+//! move or create (`ns_can_attach`, `ns_create`), plus nsgroup's rules for the
+//! verbs and for the values a `limit` may write. Pure: the facts come from
+//! /proc and cgroupfs, read by the caller of these functions, never from the
+//! request. The table is in docs/semantics.md
 //! ("The API's permission table").
 
 use super::territory::{Host, Territory};
+use crate::control::tighten::Bound;
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
 
@@ -32,6 +34,15 @@ pub enum Rule {
     /// nsgroup's rule on systemd hosts: without CAP_SYS_ADMIN, only nodes at
     /// or below the caller's cgroup or in its owner's user slice.
     ControlUserSlice,
+    /// `limit` without CAP_SYS_ADMIN: never a file whose values nsgroup does not order.
+    LimitNeedsCap,
+    /// `limit` without CAP_SYS_ADMIN: no protection (`memory.min`, `memory.low`, `io.latency`).
+    LimitNoProtection,
+    /// `limit` without CAP_SYS_ADMIN: a weight never above its default.
+    LimitWeightDefault,
+    /// `limit` without CAP_SYS_ADMIN: a value never above the policy's for
+    /// the node nor above the value in force (a delegatee only tightens).
+    LimitTightenOnly,
     /// Everyone: requests act inside the daemon's tracked subtree only.
     ScopeTrackedRoot,
     /// Everyone: the connecting process must still be the one that connected.
@@ -51,13 +62,17 @@ impl Rule {
             Rule::ControlCreatorUid => "control.creator_uid",
             Rule::ControlBelowCaller => "control.below_caller",
             Rule::ControlUserSlice => "control.user_slice",
+            Rule::LimitNeedsCap => "limit.needs_cap_sys_admin",
+            Rule::LimitNoProtection => "limit.no_protection",
+            Rule::LimitWeightDefault => "limit.weight_default",
+            Rule::LimitTightenOnly => "limit.tighten_only",
             Rule::ScopeTrackedRoot => "scope.tracked_root",
             Rule::PeerIdentity => "peer.identity",
         }
     }
 
     /// Every rule, in the order of the table.
-    pub const ALL: [Rule; 11] = [
+    pub const ALL: [Rule; 15] = [
         Rule::AttachOtherNeedsCap,
         Rule::AttachOtherBelowMover,
         Rule::AttachEmptyOnly,
@@ -67,6 +82,10 @@ impl Rule {
         Rule::ControlCreatorUid,
         Rule::ControlBelowCaller,
         Rule::ControlUserSlice,
+        Rule::LimitNeedsCap,
+        Rule::LimitNoProtection,
+        Rule::LimitWeightDefault,
+        Rule::LimitTightenOnly,
         Rule::ScopeTrackedRoot,
         Rule::PeerIdentity,
     ];
@@ -191,6 +210,18 @@ pub fn may_control(caller: &Caller, node: &str, owner: u32, root: &str) -> Resul
     Ok(())
 }
 
+/// A refusal of a `limit` value for a caller without CAP_SYS_ADMIN
+/// ([`crate::control::tighten`] decides), under its rule.
+pub fn limit_refused(bound: Bound, message: String) -> Refusal {
+    let rule = match bound {
+        Bound::TightenOnly => Rule::LimitTightenOnly,
+        Bound::WeightDefault => Rule::LimitWeightDefault,
+        Bound::NoProtection => Rule::LimitNoProtection,
+        Bound::NeedsCap => Rule::LimitNeedsCap,
+    };
+    Refusal::new(rule, message)
+}
+
 /// A refusal for a caller whose pid no longer names the process that connected.
 pub fn peer_gone(pid: u32) -> Refusal {
     Refusal::new(Rule::PeerIdentity, format!("the connecting process {pid} has exited or its pid names another process now"))
@@ -282,6 +313,14 @@ mod tests {
         assert_eq!(rule(may_control(&admin, "/system.slice/x.service/node_9", 0, "/")), None);
         let e = may_control(&shell, "/system.slice/x.service/node_9", 65534, "/").unwrap_err();
         assert!(e.message.contains("nor in the user slice of its owner (uid 65534), /user.slice/user-65534.slice"), "{}", e.message);
+    }
+
+    #[test]
+    fn limit_refusals_carry_their_rule_and_every_name_is_distinct() {
+        let r = limit_refused(Bound::TightenOnly, "pids.max=max is above 32".into());
+        assert_eq!((r.rule.name(), r.message.as_str()), ("limit.tighten_only", "pids.max=max is above 32 (rule limit.tighten_only)"));
+        let names: std::collections::HashSet<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Rule::ALL.len());
     }
 
     #[test]

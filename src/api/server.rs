@@ -664,6 +664,7 @@ mod tests {
             base_set: Default::default(),
             timing: Timing::default(),
             events: None,
+            limits: Default::default(),
             list_cache: Default::default(),
         };
         let server = Server::start(listener, ctx).unwrap();

@@ -103,8 +103,11 @@ fn bytes(v: &str) -> Option<Option<u64>> {
     n.checked_mul(1u64 << shift).map(Some)
 }
 
+/// A device and its `key=value` pairs (`None`: `max`).
+type IoMax<'a> = (String, Vec<(&'a str, Option<u64>)>);
+
 /// `MAJ:MIN` followed by `key=value` pairs of rbps, wbps, riops, wiops.
-fn io_max(v: &str) -> Option<(String, Vec<(&str, Option<u64>)>)> {
+fn io_max(v: &str) -> Option<IoMax<'_>> {
     let mut parts = v.split_ascii_whitespace();
     let dev = parts.next()?;
     let (maj, min) = dev.split_once(':')?;
@@ -205,6 +208,14 @@ impl Limit {
     }
 }
 
+/// Every file and value `limits` write on a node: the cgroup2 ones and
+/// their v1 equivalents (the policy's values, as a `limit` without
+/// CAP_SYS_ADMIN compares with them: [`crate::control::tighten`]).
+pub fn files(limits: &[Limit]) -> Vec<(&'static str, String)> {
+    let v1: Vec<&str> = LimitKey::ALL.iter().map(|k| k.v1_controller()).collect();
+    limits.iter().flat_map(|l| std::iter::once(l.v2()).chain(l.v1(&v1))).collect()
+}
+
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}={}", self.key.file(), self.value)
@@ -271,6 +282,25 @@ mod tests {
             v1("io.max", "8:0 rbps=100 wbps=max", &["blkio"]),
             vec![("blkio.throttle.read_bps_device", "8:0 100".to_string()), ("blkio.throttle.write_bps_device", "8:0 0".to_string())]
         );
+    }
+
+    #[test]
+    fn files_name_every_file_a_limit_writes() {
+        let limits = [Limit::new("memory.max", "max").unwrap(), Limit::new("cpu.max", "20000").unwrap(), Limit::new("pids.max", "32").unwrap()];
+        let f = |file: &'static str, value: &str| (file, value.to_string());
+        let mut got = files(&limits);
+        got.sort();
+        let mut want = vec![
+            f("memory.max", "max"),
+            f("memory.limit_in_bytes", "-1"),
+            f("cpu.max", "20000 100000"),
+            f("cpu.cfs_period_us", "100000"),
+            f("cpu.cfs_quota_us", "20000"),
+            f("pids.max", "32"),
+            f("pids.max", "32"),
+        ];
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

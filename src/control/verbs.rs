@@ -19,6 +19,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::control::tighten;
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
 use crate::core::node::MirrorPath;
@@ -319,34 +320,15 @@ fn left(s: &Subtree) -> Result<usize, VerbError> {
     }
 }
 
-/// Controller files a `limit` may write, by controller; `*` stands for one
-/// path component (a hugetlb page size). Everything else (`cgroup.*`,
-/// `tasks`, `release_agent`, `notify_on_release`, …) is refused: a limit
-/// must never move tasks or run programs.
-const LIMIT_FILES: &[&str] = &[
-    // cgroup2
-    "memory.max", "memory.high", "memory.low", "memory.min", "memory.swap.max", "memory.swap.high", "memory.oom.group",
-    "pids.max", "cpu.max", "cpu.weight", "cpu.weight.nice", "cpu.idle", "io.max", "io.weight", "io.latency",
-    "hugetlb.*.max", "cpuset.cpus", "cpuset.mems",
-    // cgroup v1
-    "memory.limit_in_bytes", "memory.soft_limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.swappiness",
-    "cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us", "blkio.weight", "blkio.throttle.read_bps_device",
-    "blkio.throttle.write_bps_device", "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device",
-    "hugetlb.*.limit_in_bytes",
-];
-
 /// The longest value written.
 const MAX_VALUE: usize = 256;
 
-/// The controller a limit file belongs to (`pids` for `pids.max`), or why it is refused.
+/// The controller a limit file belongs to (`pids` for `pids.max`), or why
+/// it is refused: only the files of [`crate::control::tighten::FILES`].
 pub fn limit_controller(file: &str) -> Result<&str, VerbError> {
-    let refuse = |why: String| VerbError::NotALimit { file: file.to_string(), why };
-    let matches = |pattern: &str| {
-        let (p, f): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), file.split('.').collect());
-        p.len() == f.len() && p.iter().zip(&f).all(|(a, b)| *a == *b || (*a == "*" && !b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric())))
-    };
-    if !LIMIT_FILES.iter().any(|p| matches(p)) {
-        return Err(refuse(format!("known limits: {}", LIMIT_FILES.join(", "))));
+    if tighten::class_of(file).is_none() {
+        let known: Vec<&str> = tighten::FILES.iter().map(|(f, _)| *f).collect();
+        return Err(VerbError::NotALimit { file: file.to_string(), why: format!("known limits: {}", known.join(", ")) });
     }
     Ok(file.split('.').next().unwrap_or(file))
 }

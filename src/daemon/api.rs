@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::outcome::{Outcome, Sink};
 use super::DaemonError;
-use crate::api::handler::Context;
+use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
 use crate::api::proto::{set_map, ApiEvent, CreatorView};
 use crate::api::server::{Publisher, Server};
@@ -77,6 +77,10 @@ impl ApiHost {
             base_set: *own_set,
             timing: Timing::default(),
             events: None,
+            limits: {
+                let config = config.clone();
+                LimitPolicy::new(move |record, parent| super::control::limits_for(&config, record, parent))
+            },
             list_cache: Default::default(),
         };
         let server = Server::start(listener, ctx).map_err(|e| DaemonError::Config(format!("api.socket: starting the server: {e}")))?;
