@@ -22,7 +22,8 @@ pub(super) fn limits_for(config: &Config, record: &NodeRecord, parent_path: &str
         return Vec::new();
     }
     let entered = NsMask::of(record.set.differing(&record.parent_set).map(|(k, _)| k));
-    config.limits_for(Creation { comm: &record.creator_comm, uid: record.creator_uid, cgroup: parent_path, entered })
+    // A rule's `uid` matches the node's owner: a user's subordinate uids are hers.
+    config.limits_for(Creation { comm: &record.creator_comm, uid: record.owner(), cgroup: parent_path, entered })
 }
 
 /// The files of `files` that `refused` (`file=value: error` each) does not name.
@@ -147,7 +148,19 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
-    use super::applied;
+    use super::{applied, limits_for};
+    use crate::core::node::NodeRecord;
+
+    #[test]
+    fn a_limit_rules_uid_matches_the_nodes_owner() {
+        let text = "[[limit]]\nuid = [65534]\nset = { \"pids.max\" = 32 }\n";
+        let config = crate::config::Config::parse(text, std::path::Path::new("/t.toml")).unwrap();
+        let json = br#"{"set":"0,0,0,0,0,0,0,0,0,7","parent_set":"0,0,0,0,0,0,0,0,0,1","creator_pid":7,"creator_comm":"sh","creator_uid":200001,"owner":65534,"created_unix":0}"#;
+        let subordinate = NodeRecord::from_bytes(json).unwrap();
+        assert_eq!(limits_for(&config, &subordinate, "/t").len(), 1, "a subordinate uid's node is its owner's");
+        let other = NodeRecord { owner: Some(1000), ..subordinate };
+        assert!(limits_for(&config, &other, "/t").is_empty());
+    }
 
     #[test]
     fn applied_files_are_those_not_refused() {

@@ -26,9 +26,10 @@ use crate::sys::cgroupfs::CgroupBackend;
 /// reconcile finds the rest).
 const FOLLOW_DEPTH: u32 = 16;
 
-/// Whether the include/exclude filters track a task.
-pub(super) fn admits(config: &Config, comm: &str, uid: u32, cgroup: &str) -> bool {
-    config.admits(Subject { comm, uid: Some(uid), cgroup })
+/// Whether the include/exclude filters track a task whose set `owner` owns
+/// (a filter's `uid` matches the owner: a user's subordinate uids are hers).
+pub(super) fn admits(config: &Config, comm: &str, owner: u32, cgroup: &str) -> bool {
+    config.admits(Subject { comm, uid: Some(owner), cgroup })
 }
 
 impl Daemon {
@@ -204,7 +205,7 @@ impl Daemon {
         } else {
             String::new()
         };
-        admits(&self.config, &ev.comm, ev.uid, &path)
+        admits(&self.config, &ev.comm, ev.owner, &path)
     }
 
     /// Counts a dropped move; the unusual ones get a (rate-limited) line.

@@ -83,7 +83,7 @@ impl Daemon {
         let before: Option<HashSet<CgroupId>> = self.sinks.follow_nodes().then(|| self.placer.tracker().nodes().map(|n| n.id).collect());
         let (config, gate, stop, stats) = (&self.config, &mut self.gate, &self.stop, &mut self.stats);
         let v2 = self.hierarchy.version() == crate::sys::hierarchy::Version::V2;
-        let admitted = |t: &TaskSample| admits(config, &t.comm, t.uid, &t.cgroup_path);
+        let admitted = |t: &TaskSample| admits(config, &t.comm, t.owner, &t.cgroup_path);
         let check = |placer: &mut crate::placer::Placer<_>, entry: &_, t: &TaskSample, placement: Placement| {
             if stop.load(Ordering::Relaxed) {
                 return Placement::Stay;
