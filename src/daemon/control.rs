@@ -150,13 +150,22 @@ impl Daemon {
 mod tests {
     use super::{applied, limits_for};
     use crate::core::node::NodeRecord;
+    use crate::core::nsset::NsSet;
 
     #[test]
     fn a_limit_rules_uid_matches_the_nodes_owner() {
         let text = "[[limit]]\nuid = [65534]\nset = { \"pids.max\" = 32 }\n";
         let config = crate::config::Config::parse(text, std::path::Path::new("/t.toml")).unwrap();
-        let json = br#"{"set":"0,0,0,0,0,0,0,0,0,7","parent_set":"0,0,0,0,0,0,0,0,0,1","creator_pid":7,"creator_comm":"sh","creator_uid":200001,"owner":65534,"created_unix":0}"#;
-        let subordinate = NodeRecord::from_bytes(json).unwrap();
+        let subordinate = NodeRecord {
+            set: NsSet::new([7; 10]),
+            parent_set: NsSet::new([1; 10]),
+            creator_pid: 7,
+            creator_comm: "sh".into(),
+            creator_uid: 200_001,
+            owner: Some(65534),
+            created_unix: 0,
+            mirrors: vec![],
+        };
         assert_eq!(limits_for(&config, &subordinate, "/t").len(), 1, "a subordinate uid's node is its owner's");
         let other = NodeRecord { owner: Some(1000), ..subordinate };
         assert!(limits_for(&config, &other, "/t").is_empty());
