@@ -12,7 +12,6 @@
 //! | `io.max` `MAJ:MIN rbps= wbps= riops= wiops=` | `blkio.throttle.{read,write}_{bps,iops}_device` |
 
 use std::fmt;
-use std::path::Path;
 
 /// A limit file nsgroup knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -222,25 +221,6 @@ impl fmt::Display for Limit {
     }
 }
 
-/// A value the kernel refused.
-#[derive(Debug)]
-pub struct Refused {
-    pub file: &'static str,
-    pub value: String,
-    pub error: std::io::Error,
-}
-
-/// Writes `files` into the cgroup directory `dir`, in order; returns what
-/// the kernel refused (the rest is written all the same).
-pub fn write(dir: &Path, files: &[(&'static str, String)]) -> Vec<Refused> {
-    files
-        .iter()
-        .filter_map(|(file, value)| {
-            std::fs::write(dir.join(file), value).err().map(|error| Refused { file, value: value.clone(), error })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,14 +281,5 @@ mod tests {
         ];
         want.sort();
         assert_eq!(got, want);
-    }
-
-    #[test]
-    fn writes_report_what_the_kernel_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let refused = write(tmp.path(), &[("pids.max", "8".into()), ("no/such/file", "1".into())]);
-        assert_eq!(std::fs::read_to_string(tmp.path().join("pids.max")).unwrap(), "8");
-        assert_eq!(refused.len(), 1);
-        assert_eq!(refused[0].file, "no/such/file");
     }
 }

@@ -143,10 +143,7 @@ impl Mirror {
         };
         let Some(path) = self.make(&base, &node.name)? else { return Ok(Mirrored::Gone) };
         let dir = self.hierarchy.dir(&path);
-        let refused = crate::control::limits::write(&dir, files)
-            .into_iter()
-            .map(|r| format!("{}={}: {}", r.file, r.value, r.error))
-            .collect();
+        let refused = crate::sys::cgroupfs::write_files(&dir, files);
         self.nodes.insert(node.id, path.clone());
         if !self.attach(&path, tgid, tid)? {
             return Ok(Mirrored::Gone);

@@ -25,6 +25,16 @@ pub fn attach_to(hierarchy: &Hierarchy, rel: &str, tgid: u32, tid: u32) -> Resul
     fs::write(&path, version.attach_id(tgid, tid).to_string()).map_err(|e| IoError::new("move task into", &path, e))
 }
 
+/// Writes controller `files` into the cgroup directory `dir`, in order;
+/// returns what the kernel refused, as `file=value: error` each (the rest is
+/// written all the same).
+pub fn write_files(dir: &std::path::Path, files: &[(&'static str, String)]) -> Vec<String> {
+    files
+        .iter()
+        .filter_map(|(file, value)| fs::write(dir.join(file), value).err().map(|e| format!("{file}={value}: {e}")))
+        .collect()
+}
+
 /// Creates cgroup `rel` of `hierarchy` (mode 0755); `Ok(false)` when it exists.
 pub fn make_cgroup(hierarchy: &Hierarchy, rel: &str) -> Result<bool, IoError> {
     let dir = hierarchy.dir(rel);
@@ -293,7 +303,7 @@ impl CgroupBackend for CgroupWriter {
     fn configure(&mut self, id: CgroupId, files: &[(&'static str, String)]) -> Vec<String> {
         let Some(rel) = self.paths.get(&id) else { return Vec::new() };
         let dir = self.hierarchy.dir(rel);
-        crate::control::limits::write(&dir, files).into_iter().map(|r| format!("{}={}: {}", r.file, r.value, r.error)).collect()
+        write_files(&dir, files)
     }
 
     fn prepare(&mut self, parent: CgroupId, parent_is_node: bool) -> Result<Option<String>, IoError> {
@@ -317,5 +327,19 @@ impl CgroupBackend for CgroupWriter {
 
     fn home(&self, id: CgroupId) -> CgroupId {
         self.leaf_of.get(&id).copied().unwrap_or(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_report_what_the_kernel_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let refused = write_files(tmp.path(), &[("pids.max", "8".into()), ("no/such/file", "1".into())]);
+        assert_eq!(fs::read_to_string(tmp.path().join("pids.max")).unwrap(), "8");
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].starts_with("no/such/file=1: "), "{refused:?}");
     }
 }
