@@ -112,6 +112,19 @@ pub fn enable(hierarchy: &Hierarchy, parent: &str, wanted: &[String], may_leaf: 
         Enabled::Lacking { controllers, why }
     };
     let mut leaf = None;
+    // A parent that holds tasks is emptied first (or left alone), whatever
+    // the kernel would take: it accepts threaded controllers (pids) there,
+    // and a domain child of such a parent then refuses every task (EOPNOTSUPP).
+    if !possible.is_empty() && !read_list(hierarchy, parent, "cgroup.procs")?.is_empty() {
+        if !may_leaf {
+            let why = format!("{parent} holds tasks, and the `leaf` policy keeps them there (no internal processes)");
+            return Ok(lacking(possible, why));
+        }
+        leaf = empty_into_leaf(hierarchy, parent)?;
+        if leaf.is_none() {
+            return Ok(lacking(possible, format!("{parent} keeps getting tasks while they move into its {LEAF}")));
+        }
+    }
     if !possible.is_empty() {
         match write_enable(hierarchy, parent, &possible)? {
             Ok(()) => {}
