@@ -264,8 +264,12 @@ impl State {
                 let _ = conn.flush(&self.fanout.log);
                 continue;
             }
-            self.conns.insert(self.next_key, conn);
+            let key = self.next_key;
+            self.conns.insert(key, conn);
             self.next_key += 1;
+            // A client writes its request right after connecting: take it now, not a turn later.
+            self.read(key);
+            self.process(key);
         }
     }
 
@@ -306,6 +310,7 @@ impl State {
             if c.busy || c.drop_now || c.closing {
                 return;
             }
+            let fresh = c.waiting.is_none();
             let job = match c.waiting.take() {
                 Some(job) => job,
                 None => {
@@ -332,7 +337,9 @@ impl State {
                 continue;
             }
             if self.jobs.take(c.class).is_err() {
-                self.shared.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                if fresh {
+                    self.shared.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                }
                 c.waiting = Some(job);
                 return;
             }

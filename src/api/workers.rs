@@ -1,7 +1,9 @@
 //! The API's worker threads and their queue. The queue has two lanes:
 //! requests of callers with CAP_SYS_ADMIN are taken before any other, and
 //! one worker takes only those, so that an administrator's request never
-//! waits behind users' requests, however many and however slow.
+//! waits behind users' requests, however many and however slow; users'
+//! requests are carried out at the lowest priority, below the server thread
+//! and the administrator's.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -19,8 +21,13 @@ use super::proto::{answer_error, answer_ok, Request};
 const WORKERS: usize = 4;
 /// Workers that take only requests of callers with CAP_SYS_ADMIN.
 const ADMIN_WORKERS: usize = 1;
-/// The nice value of the API's threads: below the daemon's loop, whatever it runs at.
+/// The nice value of the API's server thread and of the worker for
+/// callers with CAP_SYS_ADMIN: below the daemon's loop, whatever it runs at.
 pub const API_NICE: i32 = 10;
+/// The nice value of the workers that carry out users' requests: below
+/// the server thread and the administrator's worker, so that users'
+/// requests, however many, leave them the CPU.
+const USERS_NICE: i32 = 19;
 
 /// A request handed to a worker.
 pub struct Job {
@@ -63,20 +70,20 @@ impl Queue {
         self.ready.notify_all();
     }
 
-    /// The next job (admins' first; only theirs when `admin_only`);
-    /// `None` once the queue is closed.
-    fn pop(&self, admin_only: bool) -> Option<Job> {
+    /// The next job (admins' first; only theirs when `admin_only`), and
+    /// whether it is an admin's; `None` once the queue is closed.
+    fn pop(&self, admin_only: bool) -> Option<(Job, bool)> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if lanes.closed {
                 return None;
             }
             if let Some(job) = lanes.admin.pop_front() {
-                return Some(job);
+                return Some((job, true));
             }
             if !admin_only {
                 if let Some(job) = lanes.users.pop_front() {
-                    return Some(job);
+                    return Some((job, false));
                 }
             }
             lanes = self.ready.wait(lanes).unwrap_or_else(|e| e.into_inner());
@@ -102,9 +109,15 @@ pub fn start(queue: &Arc<Queue>, results: &Sender<Done>, ctx: &Arc<Context>, wak
 }
 
 fn work(queue: &Queue, admin_only: bool, results: &Sender<Done>, ctx: &Context, wake: &UnixStream) {
-    // On Linux the nice value is per thread: this one yields to placement.
-    let _ = rustix::process::setpriority_process(None, API_NICE);
-    while let Some(job) = queue.pop(admin_only) {
+    // On Linux the nice value is per thread: this one yields to placement,
+    // and to the administrator's requests while it carries out a user's.
+    let mut nice = None;
+    while let Some((job, admin)) = queue.pop(admin_only) {
+        let wanted = if admin { API_NICE } else { USERS_NICE };
+        if nice != Some(wanted) {
+            let _ = rustix::process::setpriority_process(None, wanted);
+            nice = Some(wanted);
+        }
         let name = job.request.name();
         let answer = match ctx.handle(&job.peer, &job.request) {
             Ok(data) => answer_ok(&job.id, name, data),
@@ -141,16 +154,16 @@ mod tests {
         q.push(job(1), false);
         q.push(job(2), false);
         q.push(job(3), true);
-        assert_eq!(q.pop(false).map(|j| j.conn), Some(3));
-        assert_eq!(q.pop(false).map(|j| j.conn), Some(1));
+        assert_eq!(q.pop(false).map(|(j, admin)| (j.conn, admin)), Some((3, true)));
+        assert_eq!(q.pop(false).map(|(j, admin)| (j.conn, admin)), Some((1, false)));
         // An admin-only worker waits for an admin's job, not a user's.
         let waiter = {
             let q = q.clone();
-            std::thread::spawn(move || q.pop(true).map(|j| j.conn))
+            std::thread::spawn(move || q.pop(true).map(|(j, _)| j.conn))
         };
         q.push(job(4), true);
         assert_eq!(waiter.join().unwrap(), Some(4));
-        assert_eq!(q.pop(false).map(|j| j.conn), Some(2));
+        assert_eq!(q.pop(false).map(|(j, _)| j.conn), Some(2));
         q.close();
         assert!(q.pop(false).is_none());
     }
