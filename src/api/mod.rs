@@ -7,21 +7,29 @@
 //!   systemd hosts its owner's user slice too);
 //! - [`peer`]: who calls (SO_PEERCRED, /proc, pid races);
 //! - [`handler`]: carrying one request out;
-//! - [`server`]: the thread that serves the socket, and the publisher the
-//!   daemon hands events to;
+//! - [`server`]: the thread that serves the socket; [`publisher`]: the
+//!   handle the daemon hands events to; [`conn`]: one client connection's buffers;
+//!   [`capacity`]: the bounds on connections, requests and memory, and the
+//!   share kept for the administrator; [`fanout`]: the event log all
+//!   subscribers share; [`workers`]: the threads that carry requests out;
 //! - [`listen`]: the socket on disk (one owner, mode, group);
 //! - [`client`]: the command line's side of the socket;
 //! - [`direct`]: the answer through the daemon, or without it (as root);
 //! - [`strict`]: strict mode, the LSM BPF program that enforces the same
 //!   rules on direct cgroupfs writes.
 
+pub mod capacity;
 pub mod client;
+pub mod conn;
 pub mod direct;
+pub mod fanout;
 pub mod handler;
 pub mod listen;
 pub mod peer;
 pub mod perm;
 pub mod proto;
+pub mod publisher;
 pub mod server;
 pub mod strict;
 pub mod territory;
+pub mod workers;

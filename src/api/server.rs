@@ -1,28 +1,33 @@
 //! The API server: one thread of its own (`nsgroup-api`) with a poll loop
-//! over non-blocking sockets, and a few worker threads that carry requests
-//! out. The daemon's event loop never waits on it: it hands events over
-//! through a bounded queue ([`Publisher::publish`] never blocks, and costs an
-//! atomic load while nobody subscribes) and shares no lock with it.
+//! over non-blocking sockets, and worker threads that carry requests out
+//! ([`super::workers`]). The daemon's event loop never waits on it: it hands
+//! events over through a bounded queue ([`Publisher::publish`] never blocks,
+//! and costs an atomic load while nobody subscribes) and shares no lock with it.
 //!
 //! Robustness, by construction:
 //! - a request line is at most [`MAX_LINE`] bytes; a longer one is answered
 //!   `too_long` and skipped up to its newline;
 //! - one request per connection is carried out at a time (pipelined lines
 //!   wait in the connection's buffer, which is not read further while full);
-//!   at most [`MAX_JOBS`] at once overall, beyond that `busy`;
+//! - connections and requests under way are bounded in all, per owner, and
+//!   with a share kept for callers with CAP_SYS_ADMIN ([`super::capacity`]):
+//!   a connection beyond its bound gets a `busy` line and is closed, a
+//!   request beyond its bound waits for a slot;
 //! - a line left unfinished for [`PARTIAL_LINE_TIMEOUT`] closes the connection;
-//! - a subscriber whose unsent events exceed [`SUBSCRIBER_BUFFER`] is dropped
-//!   and counted (`dropped_slow_subscribers`), never waited for;
-//! - at most [`MAX_CONNECTIONS`] connections, [`MAX_CONNECTIONS_PER_UID`] per
-//!   uid other than root; the rest get a `busy` line and are closed.
+//! - events are serialized once into a log all subscribers share
+//!   ([`super::fanout`]); a subscriber more than [`SUBSCRIBER_BUFFER`]
+//!   behind is dropped and counted (`dropped_slow_subscribers`), never waited for;
+//! - what the server holds for all connections together (unread answers,
+//!   unfinished lines, the event log) stays within
+//!   [`capacity::MEMORY_BUDGET`]: beyond it, stalled subscribers and then the
+//!   connections holding the most are dropped ([`capacity::victims`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,95 +35,23 @@ use rustix::event::{poll, PollFd, PollFlags};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use super::capacity::{self, Class, Holding, Pool};
+use super::conn::{Conn, TOO_LONG_MARK};
+pub use super::fanout::SUBSCRIBER_BUFFER;
+use super::fanout::Fanout;
 use super::handler::Context;
 use super::peer::{boot_ticks_now, Peer};
-use super::proto::{self, answer_error, answer_ok, event_line, ApiEvent, Code, ErrorBody, Request, MAX_LINE};
+use super::proto::{self, answer_error, answer_ok, Code, ErrorBody, Request, MAX_LINE};
+use super::publisher::Shared;
+pub use super::publisher::{Counters, Publisher};
+use super::workers::{self, line_of, Done, Job, Queue, API_NICE};
+use crate::sys::procfs::ProcFs;
 
-/// Unsent events a subscriber may have before it is dropped.
-pub const SUBSCRIBER_BUFFER: usize = 1 << 20;
-/// Requests carried out at once, over all connections.
-pub const MAX_JOBS: usize = 256;
-/// Connections at once.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Connections at once per uid (root excepted).
-pub const MAX_CONNECTIONS_PER_UID: usize = 128;
 /// How long a request line may stay unfinished.
 pub const PARTIAL_LINE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Unsent answers beyond which a connection's further requests are not read.
-const ANSWER_BACKLOG: usize = 4 << 20;
-/// Events queued from the daemon to the API thread.
-const EVENT_QUEUE: usize = 65536;
-/// Worker threads.
-const WORKERS: usize = 4;
-/// Stands in the input for a line that was too long (answered in its turn).
-const TOO_LONG_MARK: &[u8] = b"\0too long\n";
-
-/// Counters, logged when the server stops and every minute something changed.
-#[derive(Default)]
-pub struct Counters {
-    pub connections: AtomicU64,
-    pub requests: AtomicU64,
-    pub refused_connections: AtomicU64,
-    pub malformed: AtomicU64,
-    pub too_long: AtomicU64,
-    pub busy: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub dropped_slow_subscribers: AtomicU64,
-    pub events: AtomicU64,
-}
-
-/// State shared by the daemon's side and the server thread.
-struct Shared {
-    subscribers: AtomicUsize,
-    /// Events in the queue: at most [`EVENT_QUEUE`] (the queue itself grows
-    /// on demand, so an idle server holds no room for them).
-    queued: AtomicUsize,
-    /// Events the daemon could not queue (queue full).
-    lost: AtomicU64,
-    wake_pending: AtomicBool,
-    stop: AtomicBool,
-    counters: Counters,
-}
-
-/// The daemon's (and the workers') handle for publishing events and waking the server.
-#[derive(Clone)]
-pub struct Publisher {
-    tx: Sender<ApiEvent>,
-    shared: Arc<Shared>,
-    wake: Arc<UnixStream>,
-}
-
-impl Publisher {
-    /// Whether anybody subscribes: events are only built when so.
-    pub fn wants_events(&self) -> bool {
-        self.shared.subscribers.load(Ordering::Relaxed) > 0
-    }
-
-    /// Queues an event for the subscribers; never blocks. A full queue
-    /// counts the event as lost (subscribers are told how many).
-    pub fn publish(&self, event: ApiEvent) {
-        if !self.wants_events() {
-            return;
-        }
-        if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= EVENT_QUEUE {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            self.shared.lost.fetch_add(1, Ordering::Relaxed);
-        } else if self.tx.send(event).is_err() {
-            // The server has stopped.
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-        self.shared.wake_pending.store(true, Ordering::Relaxed);
-    }
-
-    /// Wakes the server if events were queued since the last flush (one
-    /// non-blocking write; the daemon calls it once per turn of its loop).
-    pub fn flush(&self) {
-        if self.shared.wake_pending.swap(false, Ordering::Relaxed) {
-            let _ = (&*self.wake).write(&[1]);
-        }
-    }
-}
+/// Lines about dropped connections per [`DROP_LOG_INTERVAL`] (the rest are counted).
+const DROP_LOG_LINES: u32 = 5;
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The running server: dropping it stops the thread.
 pub struct Server {
@@ -133,39 +66,29 @@ impl Server {
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
-        let shared = Arc::new(Shared {
-            subscribers: AtomicUsize::new(0),
-            queued: AtomicUsize::new(0),
-            lost: AtomicU64::new(0),
-            wake_pending: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            counters: Counters::default(),
-        });
-        let (tx, events) = mpsc::channel();
-        let publisher = Publisher { tx, shared: shared.clone(), wake: Arc::new(wake_tx) };
+        let (publisher, events) = Publisher::new(wake_tx);
+        let shared = publisher.shared.clone();
         ctx.events = Some(publisher.clone());
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let (results_tx, results) = mpsc::channel::<Done>();
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let queue = Arc::new(Queue::default());
         let user_ns = ctx.user_ns;
-        let ctx = Arc::new(ctx);
-        for i in 0..WORKERS {
-            let (jobs, results, ctx, wake) = (jobs_rx.clone(), results_tx.clone(), ctx.clone(), publisher.wake.clone());
-            std::thread::Builder::new().name(format!("nsgroup-api-{i}")).spawn(move || worker(&jobs, &results, &ctx, &wake))?;
-        }
+        workers::start(&queue, &results_tx, &Arc::new(ctx), &publisher.wake)?;
         let mut state = State {
             listener,
             wake: wake_rx,
-            events,
             results,
-            jobs: jobs_tx,
+            queue,
             shared: shared.clone(),
             conns: HashMap::new(),
             next_key: 0,
-            in_flight: 0,
-            seq: 0,
-            seen_lost: 0,
+            connections: Pool::connections(),
+            jobs: Pool::jobs(),
+            in_flight: HashMap::new(),
+            held: 0,
+            fanout: Fanout::new(events),
             user_ns,
+            proc: ProcFs::new("/proc"),
+            drop_lines: (Instant::now(), 0),
         };
         let thread = std::thread::Builder::new().name("nsgroup-api".into()).spawn(move || state.run())?;
         Ok(Server { publisher, thread: Some(thread) })
@@ -191,89 +114,28 @@ impl Drop for Server {
     }
 }
 
-/// A request handed to a worker.
-struct Job {
-    conn: u64,
-    peer: Peer,
-    id: Value,
-    request: Request,
-}
-
-/// A worker's answer line.
-struct Done {
-    conn: u64,
-    line: Vec<u8>,
-}
-
-/// The nice value of the API's threads: below the daemon's loop, whatever it runs at.
-const API_NICE: i32 = 10;
-
-fn worker(jobs: &Mutex<Receiver<Job>>, results: &Sender<Done>, ctx: &Context, wake: &UnixStream) {
-    // On Linux the nice value is per thread: this one yields to placement.
-    let _ = rustix::process::setpriority_process(None, API_NICE);
-    loop {
-        let job = {
-            let Ok(rx) = jobs.lock() else { return };
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
-        let name = job.request.name();
-        let answer = match ctx.handle(&job.peer, &job.request) {
-            Ok(data) => answer_ok(&job.id, name, data),
-            Err(e) => answer_error(&job.id, Some(name), &e),
-        };
-        if results.send(Done { conn: job.conn, line: line_of(&answer) }).is_err() {
-            return;
-        }
-        let _ = (&*wake).write(&[1]);
-    }
-}
-
-fn line_of(v: &Value) -> Vec<u8> {
-    let mut out = serde_json::to_vec(v).expect("a value serializes");
-    out.push(b'\n');
-    out
-}
-
-/// One client.
-struct Conn {
-    stream: UnixStream,
-    peer: Result<Peer, String>,
-    /// Received bytes not yet taken as lines.
-    input: Vec<u8>,
-    /// Bytes to send, and how many of them went already.
-    output: VecDeque<u8>,
-    /// Skipping the rest of a line that was too long.
-    skipping: bool,
-    /// A request of it is being carried out.
-    busy: bool,
-    subscriber: bool,
-    /// Since when the input holds an unfinished line.
-    partial_since: Option<Instant>,
-    /// The peer closed its end (answers still go out while it reads).
-    eof: bool,
-    /// To be closed once the output is sent (or at once when `drop_now`).
-    closing: bool,
-    drop_now: bool,
-}
-
 struct State {
     listener: UnixListener,
     wake: UnixStream,
-    events: Receiver<ApiEvent>,
     results: Receiver<Done>,
-    jobs: Sender<Job>,
+    queue: Arc<Queue>,
     shared: Arc<Shared>,
     conns: HashMap<u64, Conn>,
     next_key: u64,
-    in_flight: usize,
-    /// The sequence number of the latest event sent.
-    seq: u64,
-    seen_lost: u64,
-    /// The daemon's user namespace (inode): callers' owners are read against it.
+    connections: Pool,
+    jobs: Pool,
+    /// The class of each connection's request under way (by connection
+    /// key): its slot is given back when the answer comes, open or not.
+    in_flight: HashMap<u64, Class>,
+    /// What the connections and the log hold, as of this turn (see [`State::read`]).
+    held: usize,
+    fanout: Fanout,
+    /// The daemon's user namespace (inode): callers' owners and
+    /// CAP_SYS_ADMIN are read against it.
     user_ns: u64,
+    proc: ProcFs,
+    /// Since when, and how many, lines about dropped connections were written.
+    drop_lines: (Instant, u32),
 }
 
 impl State {
@@ -282,6 +144,8 @@ impl State {
         let mut last_report = Instant::now();
         let mut reported = 0u64;
         while !self.shared.stop.load(Ordering::Relaxed) {
+            self.held = self.fanout.log.held() + self.conns.values().map(Conn::held).sum::<usize>();
+            let over_budget = self.held >= capacity::MEMORY_BUDGET;
             let keys: Vec<u64> = self.conns.keys().copied().collect();
             let revents = {
                 let mut fds = Vec::with_capacity(keys.len() + 2);
@@ -290,20 +154,22 @@ impl State {
                 for k in &keys {
                     let c = &self.conns[k];
                     let mut flags = PollFlags::empty();
-                    if c.wants_input() {
+                    if c.wants_input() && (c.class == Class::Admin || !over_budget) {
                         flags |= PollFlags::IN;
                     }
-                    if !c.output.is_empty() {
+                    if c.has_output(&self.fanout.log) {
                         flags |= PollFlags::OUT;
                     }
                     fds.push(PollFd::new(&c.stream, flags));
                 }
-                let timeout = rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 };
+                // Events left in the queue: look again at once.
+                let wait = if self.shared.queued.load(Ordering::Relaxed) > 0 { 0 } else { 1 };
+                let timeout = rustix::time::Timespec { tv_sec: wait, tv_nsec: 0 };
                 match poll(&mut fds, Some(&timeout)) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => {
                         warn!("the API's poll failed: {e}; the API stops");
-                        return;
+                        break;
                     }
                 }
                 fds.iter().map(|f| f.revents()).collect::<Vec<_>>()
@@ -314,7 +180,7 @@ impl State {
                 while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
             }
             self.take_results();
-            self.take_events();
+            self.held += self.fanout.take(&self.shared, &mut self.conns);
             if revents[1].contains(PollFlags::IN) {
                 self.accept(seen_ticks);
             }
@@ -324,11 +190,11 @@ impl State {
                     self.read(*k);
                 }
                 self.process(*k);
-                self.write(*k);
+                self.write(*k, r.intersects(PollFlags::OUT | PollFlags::HUP | PollFlags::ERR));
             }
             self.expire();
-            self.conns.retain(|_, c| !(c.drop_now || (c.closing && c.output.is_empty()) || (c.eof && !c.busy && c.output.is_empty())));
-            self.subscribers_changed();
+            self.shed();
+            self.close_done();
             let counters = &self.shared.counters;
             let total = counters.requests.load(Ordering::Relaxed) + counters.dropped_slow_subscribers.load(Ordering::Relaxed);
             if last_report.elapsed() >= Duration::from_secs(60) && total != reported {
@@ -337,6 +203,7 @@ impl State {
                 self.report("API activity");
             }
         }
+        self.queue.close();
         self.report("API stopped");
     }
 
@@ -349,18 +216,27 @@ impl State {
             refused_connections = get(&c.refused_connections),
             malformed = get(&c.malformed),
             too_long = get(&c.too_long),
-            busy = get(&c.busy),
+            deferred_requests = get(&c.deferred),
             timeouts = get(&c.timeouts),
             dropped_slow_subscribers = get(&c.dropped_slow_subscribers),
+            dropped_over_budget = get(&c.dropped_over_budget),
             events = get(&c.events),
             lost_events = self.shared.lost.load(Ordering::Relaxed),
             "{what}"
         );
     }
 
-    fn subscribers_changed(&self) {
-        let n = self.conns.values().filter(|c| c.subscriber).count();
-        self.shared.subscribers.store(n, Ordering::Relaxed);
+    /// Whom a connection counts as: CAP_SYS_ADMIN in the daemon's user
+    /// namespace (read after its identity, and its identity checked again
+    /// after), else its owner.
+    fn class_of(&self, peer: &Result<Peer, String>) -> Class {
+        let Ok(p) = peer else { return Class::User(None) };
+        let admin = self.proc.has_sys_admin_in(p.pid, p.pid, self.user_ns).unwrap_or(false) && p.alive(&self.proc).unwrap_or(false);
+        if admin {
+            Class::Admin
+        } else {
+            Class::User(Some(p.owner))
+        }
     }
 
     fn accept(&mut self, seen_ticks: u64) {
@@ -378,26 +254,22 @@ impl State {
                 continue;
             }
             self.shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-            let peer = Peer::of(&stream, &ctx_proc(), Some(seen_ticks), self.user_ns).map_err(|e| e.to_string());
-            let uid = peer.as_ref().map(|p| p.owner).ok();
-            let same_uid = uid.map_or(0, |u| self.conns.values().filter(|c| c.peer.as_ref().ok().map(|p| p.owner) == Some(u)).count());
-            let mut conn = Conn::new(stream, peer);
-            let why = if self.conns.len() >= MAX_CONNECTIONS {
-                Some(format!("too many connections ({MAX_CONNECTIONS}); retry later"))
-            } else if uid != Some(0) && same_uid >= MAX_CONNECTIONS_PER_UID {
-                Some(format!("too many connections of uid {} (at most {MAX_CONNECTIONS_PER_UID}); close some", uid.unwrap_or(0)))
-            } else {
-                None
-            };
-            if let Some(why) = why {
+            let peer = Peer::of(&stream, &self.proc, Some(seen_ticks), self.user_ns).map_err(|e| e.to_string());
+            let class = self.class_of(&peer);
+            let mut conn = Conn::new(stream, peer, class);
+            if let Err(full) = self.connections.take(class) {
                 // One line, best effort, then closed: never kept.
                 self.shared.counters.refused_connections.fetch_add(1, Ordering::Relaxed);
-                conn.output.extend(line_of(&answer_error(&Value::Null, None, &ErrorBody::new(Code::Busy, why))));
-                let _ = conn.flush();
+                conn.answer(line_of(&answer_error(&Value::Null, None, &ErrorBody::new(Code::Busy, format!("too many connections {full}")))));
+                let _ = conn.flush(&self.fanout.log);
                 continue;
             }
-            self.conns.insert(self.next_key, conn);
+            let key = self.next_key;
+            self.conns.insert(key, conn);
             self.next_key += 1;
+            // A client writes its request right after connecting: take it now, not a turn later.
+            self.read(key);
+            self.process(key);
         }
     }
 
@@ -406,7 +278,8 @@ impl State {
         let mut buf = [0u8; 16384];
         // At most a few chunks per turn: one fast client does not starve the others.
         for _ in 0..8 {
-            if !c.wants_input() {
+            // Over the budget, only admins are read (the budget is restored at the end of the turn).
+            if !c.wants_input() || (c.class != Class::Admin && self.held >= capacity::MEMORY_BUDGET) {
                 return;
             }
             match (&c.stream).read(&mut buf) {
@@ -414,7 +287,11 @@ impl State {
                     c.eof = true;
                     return;
                 }
-                Ok(n) => c.take_input(&buf[..n], &self.shared.counters),
+                Ok(n) => {
+                    self.held += n;
+                    let too_long = c.take_input(&buf[..n]);
+                    self.shared.counters.too_long.fetch_add(too_long, Ordering::Relaxed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -425,126 +302,75 @@ impl State {
         }
     }
 
-    /// Takes complete lines of a connection while it has no request under way.
+    /// Takes complete lines of a connection while it has no request under
+    /// way; a request that finds no free slot waits in `waiting`.
     fn process(&mut self, key: u64) {
         loop {
             let Some(c) = self.conns.get_mut(&key) else { return };
             if c.busy || c.drop_now || c.closing {
                 return;
             }
-            let Some(nl) = c.input.iter().position(|&b| b == b'\n') else {
-                c.partial_since = if c.input.is_empty() { None } else { c.partial_since.or(Some(Instant::now())) };
+            let fresh = c.waiting.is_none();
+            let job = match c.waiting.take() {
+                Some(job) => job,
+                None => {
+                    let Some(line) = c.next_line() else { return };
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    match parse_line(&line, &c.peer, &self.shared.counters) {
+                        Ok((id, request, peer)) => Job { conn: key, peer, id, request },
+                        Err(answer) => {
+                            c.answer(line_of(&answer));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Request::Subscribe {} = job.request {
+                if c.cursor.is_none() {
+                    c.cursor = Some(self.fanout.log.head());
+                    self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
+                }
+                c.answer(line_of(&answer_ok(&job.id, "subscribe", serde_json::json!({ "seq": self.fanout.seq() }))));
+                continue;
+            }
+            if self.jobs.take(c.class).is_err() {
+                if fresh {
+                    self.shared.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                }
+                c.waiting = Some(job);
                 return;
-            };
-            let line: Vec<u8> = c.input.drain(..=nl).collect();
-            c.partial_since = None;
-            let line = line.strip_suffix(b"\n").unwrap_or(&line);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-            if line == &TOO_LONG_MARK[..TOO_LONG_MARK.len() - 1] {
-                let e = ErrorBody::new(Code::TooLong, format!("a request line is at most {MAX_LINE} bytes, newline included; this one was skipped"));
-                c.output.extend(line_of(&answer_error(&Value::Null, None, &e)));
-                continue;
-            }
-            let parsed = proto::parse_request(line);
-            let request = match parsed.request {
-                Ok(r) => r,
-                Err(e) => {
-                    self.shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    c.output.extend(line_of(&answer_error(&parsed.id, parsed.kind.as_deref().filter(|k| proto::REQUEST_TYPES.contains(k)), &e)));
-                    continue;
-                }
-            };
-            let peer = match &c.peer {
-                Ok(p) => p.clone(),
-                Err(why) => {
-                    let e = ErrorBody { code: Code::Denied, rule: Some("peer.identity"), message: format!("{why} (rule peer.identity)") };
-                    c.output.extend(line_of(&answer_error(&parsed.id, Some(request.name()), &e)));
-                    continue;
-                }
-            };
-            if let Request::Subscribe {} = request {
-                c.subscriber = true;
-                self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
-                let data = serde_json::json!({ "seq": self.seq });
-                c.output.extend(line_of(&answer_ok(&parsed.id, "subscribe", data)));
-                continue;
-            }
-            if self.in_flight >= MAX_JOBS {
-                self.shared.counters.busy.fetch_add(1, Ordering::Relaxed);
-                let e = ErrorBody::new(Code::Busy, format!("{MAX_JOBS} requests are under way; retry later"));
-                c.output.extend(line_of(&answer_error(&parsed.id, Some(request.name()), &e)));
-                continue;
             }
             c.busy = true;
-            self.in_flight += 1;
-            if self.jobs.send(Job { conn: key, peer, id: parsed.id, request }).is_err() {
-                c.busy = false;
-                self.in_flight -= 1;
-                return;
-            }
+            self.in_flight.insert(key, c.class);
+            self.queue.push(job, c.class == Class::Admin);
+            return;
         }
     }
 
-    fn write(&mut self, key: u64) {
+    /// Sends what a connection has; a stalled one only when poll says it
+    /// can take more (`writable`).
+    fn write(&mut self, key: u64, writable: bool) {
         let Some(c) = self.conns.get_mut(&key) else { return };
-        if c.flush().is_err() {
+        if (writable || !c.stalled) && c.flush(&self.fanout.log).is_err() {
             c.drop_now = true;
         }
     }
 
     fn take_results(&mut self) {
         while let Ok(done) = self.results.try_recv() {
-            self.in_flight = self.in_flight.saturating_sub(1);
+            if let Some(class) = self.in_flight.remove(&done.conn) {
+                self.jobs.release(class);
+            }
             if let Some(c) = self.conns.get_mut(&done.conn) {
                 c.busy = false;
-                c.output.extend(done.line);
+                self.held += done.line.capacity();
+                c.answer(done.line);
                 self.process(done.conn);
-                self.write(done.conn);
+                self.write(done.conn, false);
             }
-        }
-    }
-
-    fn take_events(&mut self) {
-        loop {
-            let mut batch: Vec<ApiEvent> = Vec::new();
-            while let Ok(ev) = self.events.try_recv() {
-                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                batch.push(ev);
-                if batch.len() >= 4096 {
-                    break;
-                }
-            }
-            let lost = self.shared.lost.load(Ordering::Relaxed);
-            if lost > self.seen_lost {
-                batch.push(ApiEvent::Lost { events: lost - self.seen_lost });
-                self.seen_lost = lost;
-            }
-            if batch.is_empty() {
-                return;
-            }
-            let mut bytes = Vec::new();
-            for ev in &batch {
-                self.seq += 1;
-                bytes.extend(line_of(&event_line(self.seq, ev)));
-            }
-            self.shared.counters.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let mut dropped = 0;
-            for c in self.conns.values_mut().filter(|c| c.subscriber && !c.drop_now) {
-                c.output.extend(&bytes);
-                let _ = c.flush();
-                if c.output.len() > SUBSCRIBER_BUFFER {
-                    c.drop_now = true;
-                    dropped += 1;
-                    if let Ok(p) = &c.peer {
-                        warn!(pid = p.pid, uid = p.uid, unsent = c.output.len(), "dropped a subscriber that does not read its events (dropped_slow_subscribers)");
-                    }
-                }
-            }
-            self.shared.counters.dropped_slow_subscribers.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -554,97 +380,108 @@ impl State {
             if c.partial_since.is_some_and(|t| t.elapsed() >= PARTIAL_LINE_TIMEOUT) && !c.closing {
                 self.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 let e = ErrorBody::new(Code::Malformed, format!("a request line was left unfinished for {}s; closing", PARTIAL_LINE_TIMEOUT.as_secs()));
-                c.output.extend(line_of(&answer_error(&Value::Null, None, &e)));
-                c.input.clear();
+                c.answer(line_of(&answer_error(&Value::Null, None, &e)));
+                c.clear_input();
                 c.closing = true;
-                let _ = c.flush();
+                let _ = c.flush(&self.fanout.log);
             }
         }
+    }
+
+    /// Drops the subscribers more than [`SUBSCRIBER_BUFFER`] behind, then,
+    /// while the server holds more than its budget, the victims
+    /// [`capacity::victims`] names.
+    fn shed(&mut self) {
+        let slow = self.fanout.too_slow(&mut self.conns);
+        let holdings: Vec<Holding> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.drop_now)
+            .map(|(k, c)| Holding { key: *k, class: c.class, own: c.held(), behind: c.behind(&self.fanout.log), stalled: c.stalled })
+            .collect();
+        let log_left = self.fanout.held_for(holdings.iter().filter_map(|h| h.behind).max());
+        let over = capacity::victims(&holdings, log_left, capacity::MEMORY_BUDGET);
+        let (mut subscribers, mut others) = (slow.len() as u64, 0u64);
+        for k in &over {
+            let c = self.conns.get_mut(k).expect("a victim is a connection");
+            c.drop_now = true;
+            if c.cursor.is_some() {
+                subscribers += 1;
+            } else {
+                others += 1;
+            }
+        }
+        let counters = &self.shared.counters;
+        counters.dropped_slow_subscribers.fetch_add(subscribers, Ordering::Relaxed);
+        counters.dropped_over_budget.fetch_add(over.len() as u64, Ordering::Relaxed);
+        if subscribers + others == 0 || !self.may_log_a_drop() {
+            return;
+        }
+        let first = slow.first().or(over.first()).and_then(|k| self.conns[k].peer.as_ref().ok());
+        let (pid, owner) = (first.map(|p| p.pid), first.map(|p| p.owner));
+        let (held, budget, over) = (self.held, capacity::MEMORY_BUDGET, over.len());
+        if subscribers > 0 {
+            warn!(subscribers, others, pid, owner, over_budget = over, held, budget, "dropped a subscriber that does not read its events (dropped_slow_subscribers)");
+        } else {
+            warn!(others, pid, owner, held, budget, "dropped a connection that does not read its answers: the API's memory budget is spent (dropped_over_budget)");
+        }
+    }
+
+    /// Whether one more line about dropped connections may be written now.
+    fn may_log_a_drop(&mut self) -> bool {
+        let (since, lines) = &mut self.drop_lines;
+        if since.elapsed() >= DROP_LOG_INTERVAL {
+            *since = Instant::now();
+            *lines = 0;
+        }
+        *lines += 1;
+        *lines <= DROP_LOG_LINES
+    }
+
+    /// Forgets the connections that are done, gives back their slots, and
+    /// the log's bytes every subscriber has been sent.
+    fn close_done(&mut self) {
+        let (connections, log) = (&mut self.connections, &self.fanout.log);
+        self.conns.retain(|_, c| {
+            let idle = !c.busy && c.waiting.is_none() && !c.has_output(log);
+            let done = c.drop_now || (c.closing && !c.has_output(log)) || (c.eof && idle);
+            if done {
+                connections.release(c.class);
+            }
+            !done
+        });
+        let subscribers = self.fanout.trim(&self.conns);
+        self.shared.subscribers.store(subscribers, Ordering::Relaxed);
     }
 }
 
-fn ctx_proc() -> crate::sys::procfs::ProcFs {
-    crate::sys::procfs::ProcFs::new("/proc")
-}
-
-impl Conn {
-    fn new(stream: UnixStream, peer: Result<Peer, String>) -> Conn {
-        Conn {
-            stream,
-            peer,
-            input: Vec::new(),
-            output: VecDeque::new(),
-            skipping: false,
-            busy: false,
-            subscriber: false,
-            partial_since: None,
-            eof: false,
-            closing: false,
-            drop_now: false,
-        }
+/// A request line parsed, for a peer identified; else the error answer.
+fn parse_line(line: &[u8], peer: &Result<Peer, String>, counters: &Counters) -> Result<(Value, Request, Peer), Value> {
+    if line == &TOO_LONG_MARK[..TOO_LONG_MARK.len() - 1] {
+        let e = ErrorBody::new(Code::TooLong, format!("a request line is at most {MAX_LINE} bytes, newline included; this one was skipped"));
+        return Err(answer_error(&Value::Null, None, &e));
     }
-
-    /// Whether to read more: not while a full line waits, a request is under
-    /// way, or answers pile up unread.
-    fn wants_input(&self) -> bool {
-        !self.eof && !self.closing && !self.drop_now && self.output.len() < ANSWER_BACKLOG && self.input.len() < MAX_LINE
-    }
-
-    /// Appends received bytes; a line beyond [`MAX_LINE`] is answered
-    /// `too_long` and skipped up to its newline.
-    fn take_input(&mut self, mut bytes: &[u8], counters: &Counters) {
-        while !bytes.is_empty() {
-            if self.skipping {
-                match bytes.iter().position(|&b| b == b'\n') {
-                    Some(nl) => {
-                        self.skipping = false;
-                        bytes = &bytes[nl + 1..];
-                    }
-                    None => return,
-                }
-                continue;
-            }
-            let line_start = self.input.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            let room = MAX_LINE.saturating_sub(self.input.len() - line_start);
-            let take = match bytes.iter().position(|&b| b == b'\n') {
-                Some(nl) if nl < room => nl + 1,
-                _ => bytes.len().min(room),
-            };
-            self.input.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            let unfinished = self.input.len() - self.input.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            if unfinished >= MAX_LINE {
-                let keep = self.input.len() - unfinished;
-                self.input.truncate(keep);
-                self.skipping = true;
-                counters.too_long.fetch_add(1, Ordering::Relaxed);
-                // Answered in order, when its turn comes.
-                self.input.extend_from_slice(TOO_LONG_MARK);
-            }
+    let parsed = proto::parse_request(line);
+    let request = match parsed.request {
+        Ok(r) => r,
+        Err(e) => {
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            return Err(answer_error(&parsed.id, parsed.kind.as_deref().filter(|k| proto::REQUEST_TYPES.contains(k)), &e));
         }
-    }
-
-    /// Sends what it can without blocking.
-    fn flush(&mut self) -> io::Result<()> {
-        while !self.output.is_empty() {
-            let (a, _) = self.output.as_slices();
-            match rustix::net::send(self.stream.as_fd(), a, rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(rustix::io::Errno::AGAIN) => return Ok(()),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
+    };
+    match peer {
+        Ok(p) => Ok((parsed.id, request, p.clone())),
+        Err(why) => {
+            let e = ErrorBody { code: Code::Denied, rule: Some("peer.identity"), message: format!("{why} (rule peer.identity)") };
+            Err(answer_error(&parsed.id, Some(request.name()), &e))
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::proto::ApiEvent;
     use crate::control::verbs::Timing;
     use crate::sys::hierarchy::{Hierarchy, Version};
     use crate::sys::procfs::{HierarchyKey, ProcFs};
