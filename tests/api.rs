@@ -21,33 +21,6 @@ use nsgroup::api::client::Client;
 use nsgroup::api::proto::Request;
 use serde_json::Value;
 
-/// A daemon with its own API socket.
-struct Api {
-    daemon: Daemon,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Api {
-    /// Starts the daemon on `h` with `[api] socket` in a directory every user
-    /// may traverse, plus `extra` configuration (top-level keys first, then tables).
-    fn start(h: &Hier, extra: &str, api_extra: &str) -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("api.sock");
-        let config = dir.path().join("nsgroup.toml");
-        std::fs::write(&config, format!("{extra}\n[api]\nsocket = \"{}\"\n{api_extra}\n", socket.display())).unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let daemon = Daemon::start(h, &["--config", config.to_str().unwrap()]);
-        wait_for("the API socket", || socket.exists());
-        Api { daemon, socket, _dir: dir }
-    }
-
-    fn sock(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
-}
-
 /// The four kinds of caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Caller {

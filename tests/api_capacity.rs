@@ -13,9 +13,7 @@ mod common;
 use common::*;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 
 use nsgroup::api::capacity::{ADMIN_CONNECTIONS, CONNECTIONS_PER_OWNER, MAX_CONNECTIONS};
 use nsgroup::api::client::Client;
@@ -26,30 +24,13 @@ use serde_json::Value;
 /// whatever the clients do.
 const RSS_CEILING_KIB: u64 = 64 * 1024;
 
-/// A daemon with its own API socket in a directory every user may traverse.
-struct Api {
-    daemon: Daemon,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
+/// What these tests ask of the API's daemon.
+trait Capacity {
+    fn root_lists(&self);
+    fn figure(&self, key: &str) -> Option<u64>;
 }
 
-impl Api {
-    fn start(h: &Hier) -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("api.sock");
-        let config = dir.path().join("nsgroup.toml");
-        std::fs::write(&config, format!("[api]\nsocket = \"{}\"\n", socket.display())).unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let daemon = Daemon::start(h, &["--config", config.to_str().unwrap()]);
-        wait_for("the API socket", || socket.exists());
-        Api { daemon, socket, _dir: dir }
-    }
-
-    fn sock(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
-
+impl Capacity for Api {
     /// Root's `list`, on a connection of its own: it must be answered `ok`.
     fn root_lists(&self) {
         let mut c = Client::connect(&self.socket).unwrap();
@@ -109,7 +90,7 @@ fn one_owners_subordinate_uids_get_one_owners_share_and_root_is_answered() {
     }
     assert_nobody_can_attack();
     let mut h = Hier::new(Kind::V1);
-    let api = Api::start(&h);
+    let api = Api::start(&h, "", "");
     // 12 subordinate uids of uid 65534, each trying to hold 128 connections
     // (1,536 in all, more than the whole server's 1,024), each asking for
     // the list on all of them again and again.
@@ -143,7 +124,7 @@ fn many_owners_together_leave_roots_share() {
     }
     assert_nobody_can_attack();
     let mut h = Hier::new(Kind::V1);
-    let api = Api::start(&h);
+    let api = Api::start(&h, "", "");
     // Eight owners, each with its share: more than all users may hold.
     let owners = MAX_CONNECTIONS.div_ceil(CONNECTIONS_PER_OWNER) as u32;
     let mut holders = Vec::new();
@@ -179,7 +160,7 @@ fn stalled_subscribers_under_a_churn_cost_bounded_memory_and_are_dropped() {
     }
     assert_nobody_can_attack();
     let mut h = Hier::new(Kind::V1);
-    let api = Api::start(&h);
+    let api = Api::start(&h, "", "");
     // Root's subscriber reads every event.
     let mut reader = UnixStream::connect(&api.socket).unwrap();
     reader.write_all(b"{\"version\":1,\"type\":\"subscribe\"}\n").unwrap();

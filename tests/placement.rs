@@ -350,8 +350,10 @@ impl Drop for NamedNetns {
 
 /// `ip netns exec NS cmd`: setns(CLONE_NEWNET) into the named netns, then
 /// unshare(CLONE_NEWNS), then exec. The set it ends in (a new mount
-/// namespace, the named netns) gets a node, even though the setns was
-/// still settling when the unshare came.
+/// namespace, the named netns) gets a node of its own: `node_P` when the
+/// unshare comes while the setns is still settling (the usual case), or
+/// `node_P/node_P` when the setns settled first (its set got a node, and the
+/// unshare nests one level deeper, as a second unshare does). Never the root.
 #[test]
 fn ip_netns_exec_is_placed_in_a_node_of_its_own() {
     if !privileged() {
@@ -363,7 +365,12 @@ fn ip_netns_exec_is_placed_in_a_node_of_its_own() {
     let sleepers: Vec<Proc> = named.0.iter().map(|n| h.spawn(&["ip", "netns", "exec", n, "sleep", "60"])).collect();
     for p in &sleepers {
         wait_for("the sleeper in its netns", || ns_inode_of(p.pid, "net") != ns_inode_of(std::process::id(), "net"));
-        h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+        let (node, nested) = (h.path(&format!("node_{}", p.pid)), h.path(&format!("node_{0}/node_{0}", p.pid)));
+        wait_for(&format!("{} in its own node", p.pid), || h.cgroup_of(p.pid).is_some_and(|c| c == node || c == nested));
+        let record = h.record(&h.cgroup_of(p.pid).unwrap()).expect("a node's record");
+        let set = record["set"].as_str().unwrap().to_string();
+        let (net, mnt) = (format!("net:{}", ns_inode(p.pid, "net")), format!("mnt:{}", ns_inode(p.pid, "mnt")));
+        assert!(set.contains(&net) && set.contains(&mnt), "its node's set {set} is not its own ({net}, {mnt})");
     }
     h.kill_all();
 }

@@ -37,7 +37,7 @@ pub struct TreeArgs {
     all: bool,
     /// The figures on each cgroup line of the text output, comma-separated,
     /// like ps -o (age, creator and uid are the node's, from its record).
-    #[arg(short = 'o', long = "columns", value_name = "LIST", value_enum, value_delimiter = ',', default_values_t = DEFAULT_COLUMNS.map(ColumnArg::from))]
+    #[arg(short = 'o', long = "columns", value_name = "LIST", value_enum, value_delimiter = ',', default_values_t = DEFAULT_COLUMNS.map(ColumnArg))]
     columns: Vec<ColumnArg>,
 }
 
@@ -48,65 +48,29 @@ enum Output {
     Openmetrics,
 }
 
-/// [`Column`] as a flag value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ColumnArg {
-    /// Tasks listed in the cgroup and below.
-    Tasks,
-    /// Processes listed in the cgroup and below.
-    Procs,
-    /// Their CPU time (user + system).
-    Cpu,
-    /// Their resident memory, each process once.
-    Rss,
-    /// Time since the node was created.
-    Age,
-    /// The node's creator: pid and command.
-    Creator,
-    /// The creator's uid.
-    Uid,
-    /// Who owns the node (docs/semantics.md §13 "Owners").
-    Owner,
-    /// The cgroup id (its directory's inode).
-    Id,
-    /// What the kernel's controllers account for the cgroup itself (cgroup2
-    /// files, and a node's mirrors in v1 controller hierarchies), where it
-    /// has them; the other figures are sums over /proc.
-    Kernel,
-}
+/// [`Column`] as a flag value: its name and help are the library's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ColumnArg(Column);
 
 impl ColumnArg {
-    fn column(self) -> Column {
-        match self {
-            ColumnArg::Tasks => Column::Tasks,
-            ColumnArg::Procs => Column::Procs,
-            ColumnArg::Cpu => Column::Cpu,
-            ColumnArg::Rss => Column::Rss,
-            ColumnArg::Age => Column::Age,
-            ColumnArg::Creator => Column::Creator,
-            ColumnArg::Uid => Column::Uid,
-            ColumnArg::Owner => Column::Owner,
-            ColumnArg::Id => Column::Id,
-            ColumnArg::Kernel => Column::Kernel,
+    const ALL: [ColumnArg; Column::ALL.len()] = {
+        let mut all = [ColumnArg(Column::Tasks); Column::ALL.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = ColumnArg(Column::ALL[i]);
+            i += 1;
         }
-    }
+        all
+    };
 }
 
-/// Every column has its flag value (a new column fails to compile here).
-impl From<Column> for ColumnArg {
-    fn from(c: Column) -> ColumnArg {
-        match c {
-            Column::Tasks => ColumnArg::Tasks,
-            Column::Procs => ColumnArg::Procs,
-            Column::Cpu => ColumnArg::Cpu,
-            Column::Rss => ColumnArg::Rss,
-            Column::Age => ColumnArg::Age,
-            Column::Creator => ColumnArg::Creator,
-            Column::Uid => ColumnArg::Uid,
-            Column::Owner => ColumnArg::Owner,
-            Column::Id => ColumnArg::Id,
-            Column::Kernel => ColumnArg::Kernel,
-        }
+impl ValueEnum for ColumnArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.help()))
     }
 }
 
@@ -127,7 +91,7 @@ pub fn tree(args: TreeArgs) -> anyhow::Result<ExitCode> {
         page_size: rustix::param::page_size() as u64,
     };
     let tree = model::build(&sample, &base, units, args.all).expect("the top is always kept");
-    let columns = args.columns.into_iter().map(ColumnArg::column).collect();
+    let columns = args.columns.into_iter().map(|c| c.0).collect();
     let view = View { columns, width: terminal_width(), now_unix: unix_now() };
     write_tree(&tree, output, &view).context("writing the tree to stdout")?;
     note_unreadable(tree.unreadable_tasks);
@@ -161,9 +125,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn column_flags_round_trip() {
-        for &arg in ColumnArg::value_variants() {
-            assert_eq!(ColumnArg::from(arg.column()), arg);
+    fn every_column_is_a_flag_value_by_its_name() {
+        for c in Column::ALL {
+            assert_eq!(ColumnArg::from_str(c.name(), false), Ok(ColumnArg(c)));
         }
+        assert!(ColumnArg::from_str("nonesuch", false).is_err());
     }
 }

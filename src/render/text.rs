@@ -5,31 +5,67 @@ use std::io::{self, Write};
 use crate::core::escape::Escaped;
 use crate::model::TreeNode;
 
-/// A figure a cgroup line can show (`tree -o`, like `ps -o`).
+/// A figure a cgroup line can show (`tree -o`, like `ps -o`); see [`Column::help`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
-    /// Tasks listed in the cgroup and below.
     Tasks,
-    /// Processes listed in the cgroup and below.
     Procs,
-    /// Their CPU time (user + system).
     Cpu,
-    /// Their resident memory, each process once.
     Rss,
-    /// Time since the node was created.
     Age,
-    /// The node's creator: pid and command.
     Creator,
-    /// The creator's uid.
     Uid,
-    /// Who owns the node (docs/semantics.md §13 "Owners").
     Owner,
-    /// The cgroup id (its directory's inode).
     Id,
-    /// What the kernel's controllers account for the cgroup itself (cgroup2
-    /// files, and a node's mirrors in v1 controller hierarchies), where it
-    /// has them; the other figures are sums over /proc.
     Kernel,
+}
+
+impl Column {
+    /// Every column, in the order `--help` lists them.
+    pub const ALL: [Column; 10] = [
+        Column::Tasks,
+        Column::Procs,
+        Column::Cpu,
+        Column::Rss,
+        Column::Age,
+        Column::Creator,
+        Column::Uid,
+        Column::Owner,
+        Column::Id,
+        Column::Kernel,
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Tasks => "tasks",
+            Column::Procs => "procs",
+            Column::Cpu => "cpu",
+            Column::Rss => "rss",
+            Column::Age => "age",
+            Column::Creator => "creator",
+            Column::Uid => "uid",
+            Column::Owner => "owner",
+            Column::Id => "id",
+            Column::Kernel => "kernel",
+        }
+    }
+
+    /// What it shows.
+    pub fn help(self) -> &'static str {
+        match self {
+            Column::Tasks => "Tasks listed in the cgroup and below",
+            Column::Procs => "Processes listed in the cgroup and below",
+            Column::Cpu => "Their CPU time (user + system)",
+            Column::Rss => "Their resident memory, each process once",
+            Column::Age => "Time since the node was created",
+            Column::Creator => "The node's creator: pid and command",
+            Column::Uid => "The creator's uid",
+            Column::Owner => "Who owns the node (docs/semantics.md §13 \"Owners\")",
+            Column::Id => "The cgroup id (its directory's inode)",
+            Column::Kernel => "What the kernel's controllers account for the cgroup itself (cgroup2 files, and a node's mirrors in v1 controller hierarchies), where it has them; the other figures are sums over /proc",
+        }
+    }
 }
 
 /// The default columns.

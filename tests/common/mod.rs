@@ -952,3 +952,34 @@ pub fn subdirs(base: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+// ---------------------------------------------------------------------------
+// The API harness (tests/api.rs, tests/api_capacity.rs).
+// ---------------------------------------------------------------------------
+
+/// A daemon with its own API socket.
+pub struct Api {
+    pub daemon: Daemon,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    /// Starts the daemon on `h` with `[api] socket` in a directory every user
+    /// may traverse, plus `extra` configuration (top-level keys first, then tables).
+    pub fn start(h: &Hier, extra: &str, api_extra: &str) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("api.sock");
+        let config = dir.path().join("nsgroup.toml");
+        std::fs::write(&config, format!("{extra}\n[api]\nsocket = \"{}\"\n{api_extra}\n", socket.display())).unwrap();
+        std::fs::set_permissions(&config, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644)).unwrap();
+        let daemon = Daemon::start(h, &["--config", config.to_str().unwrap()]);
+        wait_for("the API socket", || socket.exists());
+        Api { daemon, socket, _dir: dir }
+    }
+
+    pub fn sock(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+}
