@@ -47,7 +47,7 @@ use crate::sys::error::IoError;
 use crate::sys::procfs::ProcFs;
 
 use gate::Gate;
-use outcome::{Outcome, Sinks};
+use outcome::{Log, Outcome, Sink};
 use mode::Arrivals;
 use pins::Pins;
 use reports::{Kind, Reports, REPORT_INTERVAL};
@@ -189,6 +189,35 @@ struct Daemon {
     sinks: Sinks,
     /// The v1 controller hierarchies every node is mirrored in.
     mirrors: Vec<crate::control::mirror::Mirror>,
+}
+
+/// Every sink, in the order they hear of an outcome.
+struct Sinks {
+    log: Log,
+    api: api::ApiHost,
+    ops: metrics::Ops,
+}
+
+impl Sinks {
+    fn new(api: api::ApiHost, ops: metrics::Ops) -> Sinks {
+        Sinks { log: Log, api, ops }
+    }
+
+    fn all(&mut self) -> [&mut dyn Sink; 3] {
+        [&mut self.log, &mut self.api, &mut self.ops]
+    }
+
+    /// Hands `outcome` to every sink.
+    fn publish(&mut self, outcome: Outcome<'_>) {
+        for sink in self.all() {
+            sink.take(&outcome);
+        }
+    }
+
+    /// Whether any sink follows nodes (a reconcile then reports the nodes it made).
+    fn follow_nodes(&mut self) -> bool {
+        self.all().iter().any(|s| s.follows_nodes())
+    }
 }
 
 /// Runs until SIGTERM or SIGINT. Nodes stay when it stops.

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
-use super::api::ApiHost;
-use super::metrics::Ops;
 use crate::bpf::Event;
 use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, Node};
@@ -53,7 +51,7 @@ pub(super) trait Sink {
 }
 
 /// The log's lines for outcomes (the rest of the daemon logs its own).
-struct Log;
+pub(super) struct Log;
 
 impl Sink for Log {
     fn follows_nodes(&self) -> bool {
@@ -104,34 +102,5 @@ impl Sink for Log {
             | Outcome::Coalesced { .. }
             | Outcome::Overflow { .. } => {}
         }
-    }
-}
-
-/// Every sink, in the order they hear of an outcome.
-pub(super) struct Sinks {
-    log: Log,
-    pub(super) api: ApiHost,
-    pub(super) ops: Ops,
-}
-
-impl Sinks {
-    pub(super) fn new(api: ApiHost, ops: Ops) -> Sinks {
-        Sinks { log: Log, api, ops }
-    }
-
-    fn all(&mut self) -> [&mut dyn Sink; 3] {
-        [&mut self.log, &mut self.api, &mut self.ops]
-    }
-
-    /// Hands `outcome` to every sink.
-    pub(super) fn publish(&mut self, outcome: Outcome<'_>) {
-        for sink in self.all() {
-            sink.take(&outcome);
-        }
-    }
-
-    /// Whether any sink follows nodes (a reconcile then reports the nodes it made).
-    pub(super) fn follow_nodes(&mut self) -> bool {
-        self.all().iter().any(|s| s.follows_nodes())
     }
 }
