@@ -93,38 +93,6 @@ pub(super) fn adopt(
     Ok(adopted)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::nsset::NsSet;
-
-    fn record(set: u64) -> Vec<u8> {
-        NodeRecord {
-            set: NsSet::new([set; 10]),
-            parent_set: NsSet::new([1; 10]),
-            creator_pid: 5,
-            creator_comm: "unshare".into(),
-            creator_uid: 0,
-            owner: None,
-            created_unix: 0,
-            mirrors: vec![],
-        }
-        .to_bytes()
-    }
-
-    #[test]
-    fn only_root_owned_parsable_records_of_other_sets_are_usable() {
-        let base = NsSet::new([1; 10]);
-        let me = rustix::process::geteuid().as_raw();
-        assert!(usable_record(&record(2), 0, &base, NsMask::ALL).is_ok());
-        assert!(usable_record(&record(2), me, &base, NsMask::ALL).is_ok());
-        assert_eq!(usable_record(&record(1), 0, &base, NsMask::ALL), Err(Unusable::BaseSet));
-        assert_eq!(usable_record(b"{\"set\":", 0, &base, NsMask::ALL), Err(Unusable::Unparsable));
-        if me != 65534 {
-            assert_eq!(usable_record(&record(2), 65534, &base, NsMask::ALL), Err(Unusable::Owner(65534)));
-        }
-    }
-}
 
 /// What a cgroup `nsgroup exec` made for a task says.
 pub(super) enum ExecNode {
@@ -190,5 +158,38 @@ impl super::Daemon {
             return ExecNode::Adopted(id);
         }
         ExecNode::No
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::nsset::NsSet;
+
+    fn record(set: u64) -> Vec<u8> {
+        NodeRecord {
+            set: NsSet::new([set; 10]),
+            parent_set: NsSet::new([1; 10]),
+            creator_pid: 5,
+            creator_comm: "unshare".into(),
+            creator_uid: 0,
+            owner: None,
+            created_unix: 0,
+            mirrors: vec![],
+        }
+        .to_bytes()
+    }
+
+    #[test]
+    fn only_root_owned_parsable_records_of_other_sets_are_usable() {
+        let base = NsSet::new([1; 10]);
+        let me = rustix::process::geteuid().as_raw();
+        assert!(usable_record(&record(2), 0, &base, NsMask::ALL).is_ok());
+        assert!(usable_record(&record(2), me, &base, NsMask::ALL).is_ok());
+        assert_eq!(usable_record(&record(1), 0, &base, NsMask::ALL), Err(Unusable::BaseSet));
+        assert_eq!(usable_record(b"{\"set\":", 0, &base, NsMask::ALL), Err(Unusable::Unparsable));
+        if me != 65534 {
+            assert_eq!(usable_record(&record(2), 65534, &base, NsMask::ALL), Err(Unusable::Owner(65534)));
+        }
     }
 }

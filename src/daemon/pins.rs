@@ -50,7 +50,7 @@ impl Pins {
         let Some(kind) = PIN_ORDER.into_iter().find(|k| differing.contains(k) && set.get(*k) != 0) else { return false };
         let Ok(Some(fd)) = proc.open_ns(tgid, tid, kind) else { return false };
         // The task may have moved on between the decision and the open.
-        let opened = rustix::fs::fstat(&fd).map(|st| st.st_ino as u64).ok();
+        let opened = rustix::fs::fstat(&fd).map(|st| st.st_ino).ok();
         if opened != Some(set.get(kind)) {
             return false;
         }
