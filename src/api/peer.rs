@@ -62,11 +62,12 @@ impl Peer {
             return Err(PeerError::Reused(pid));
         }
         let owner = crate::sys::owner::owner(proc, pid, pid, user_ns)?.ok_or(PeerError::Gone(pid))?;
-        // Read after the stat: the owner is the connecting process's.
-        if !(Peer { pid, uid: 0, owner, gid: 0, start_ticks: stat.start_ticks }).alive(proc)? {
+        let peer = Peer { pid, uid: cred.uid.as_raw(), owner, gid: cred.gid.as_raw(), start_ticks: stat.start_ticks };
+        // Checked after the owner was read: it is the connecting process's.
+        if !peer.alive(proc)? {
             return Err(PeerError::Gone(pid));
         }
-        Ok(Peer { pid, uid: cred.uid.as_raw(), owner, gid: cred.gid.as_raw(), start_ticks: stat.start_ticks })
+        Ok(peer)
     }
 
     /// Whether the pid still names the process that connected.

@@ -6,7 +6,6 @@
 //! reconcile, API callers). docs/semantics.md §13 "Owners" says why.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 
 use super::error::{or_vanished, IoError};
 use super::procfs::ProcFs;
@@ -17,8 +16,8 @@ const MAX_DEPTH: usize = 33;
 /// How many ancestors are looked at for one that lives in a namespace itself.
 const MAX_ANCESTORS: usize = 64;
 
-fn inode(fd: &OwnedFd) -> std::io::Result<u64> {
-    Ok(std::fs::File::from(fd.try_clone()?).metadata()?.ino())
+fn inode(fd: &OwnedFd) -> rustix::io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_ino)
 }
 
 /// Where the walk up from a task's user namespace ended.
