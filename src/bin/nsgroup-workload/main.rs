@@ -10,6 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 
+mod api_hold;
+mod subuids;
+
 use nsgroup::ffi::{clone3, fork, unshare_namespaces, Forked};
 
 #[derive(Parser)]
@@ -277,73 +280,6 @@ fn raise_nofile() -> Result<()> {
     Ok(())
 }
 
-/// One byte through a pipe: the two sides of a fork wait for each other.
-fn signal(mut w: &std::io::PipeWriter) -> Result<()> {
-    w.write_all(b"x").context("writing to a sync pipe")
-}
-
-fn await_signal(mut r: &std::io::PipeReader) -> Result<()> {
-    use std::io::Read;
-    let mut b = [0u8; 1];
-    match r.read(&mut b).context("reading a sync pipe")? {
-        1 => Ok(()),
-        _ => bail!("the other side of the fork exited"),
-    }
-}
-
-/// Becomes uid and gid `id` with no supplementary groups (this process has one thread).
-fn become_id(id: u32) -> Result<()> {
-    use rustix::process::{Gid, Uid};
-    rustix::thread::set_thread_groups(&[]).context("setgroups([])")?;
-    let (gid, uid) = (Gid::from_raw(id), Uid::from_raw(id));
-    rustix::thread::set_thread_res_gid(gid, gid, gid).with_context(|| format!("setresgid({id})"))?;
-    rustix::thread::set_thread_res_uid(uid, uid, uid).with_context(|| format!("setresuid({id})"))?;
-    Ok(())
-}
-
-/// The user namespace side of `subuids`: waits for its map, then runs
-/// `command` as each inner uid and reports their first lines.
-fn subuid_owner(uids: u32, command: &[String], ready: std::io::PipeWriter, mapped: std::io::PipeReader) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    signal(&ready)?;
-    await_signal(&mapped)?;
-    drop(ready);
-    let (out_r, out_w) = std::io::pipe().context("pipe")?;
-    let mut children = Vec::new();
-    for k in 1..=uids {
-        match fork()? {
-            Forked::Child => {
-                drop(out_r);
-                let err = become_id(k).map(|()| {
-                    std::process::Command::new(&command[0]).args(&command[1..]).stdout(std::process::Stdio::from(out_w)).exec()
-                });
-                eprintln!("inner uid {k}: {err:?}");
-                std::process::exit(1);
-            }
-            Forked::Parent { child } => children.push(child),
-        }
-    }
-    drop(out_w);
-    let mut lines = Vec::new();
-    let mut reader = std::io::BufReader::new(out_r);
-    let mut line = String::new();
-    while lines.len() < children.len() {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        lines.push(serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|_| line.trim_end().into()));
-    }
-    say(serde_json::json!({
-        "pid": std::process::id(),
-        "user_ns": ns_inode("/proc/self/ns/user")?,
-        "children": children,
-        "lines": lines,
-    }))?;
-    reap_all();
-    Ok(())
-}
-
 fn main() -> Result<()> {
     let me = std::process::id();
     raise_nofile()?;
@@ -536,35 +472,8 @@ fn main() -> Result<()> {
             say(serde_json::json!({ "pid": me, "comm": String::from_utf8_lossy(&comm).trim_end_matches('\n') }))?;
             wait_line();
         }
-        Cmd::Subuids { owner, base, uids, range_root, command } => {
-            let (ready_r, ready_w) = std::io::pipe().context("pipe")?;
-            let (mapped_r, mapped_w) = std::io::pipe().context("pipe")?;
-            match fork()? {
-                Forked::Child => {
-                    drop((ready_r, mapped_w));
-                    let r = become_id(owner)
-                        .and_then(|()| unshare_namespaces(UnshareFlags::NEWUSER).context("unshare(CLONE_NEWUSER)"))
-                        .and_then(|()| subuid_owner(uids, &command, ready_w, mapped_r));
-                    if let Err(e) = r {
-                        eprintln!("subuids: {e:#}");
-                        std::process::exit(1);
-                    }
-                    std::process::exit(0);
-                }
-                Forked::Parent { child } => {
-                    drop((ready_w, mapped_r));
-                    await_signal(&ready_r)?;
-                    let map = if range_root { format!("0 {base} {}\n", uids + 1) } else { format!("0 {owner} 1\n1 {base} {uids}\n") };
-                    for file in ["uid_map", "gid_map"] {
-                        let path = format!("/proc/{child}/{file}");
-                        std::fs::write(&path, &map).with_context(|| format!("writing {path}"))?;
-                    }
-                    signal(&mapped_w)?;
-                    reap_all();
-                }
-            }
-        }
-        Cmd::ApiHold { socket, connections, subscribe, poll } => api_hold(&socket, connections, subscribe, poll)?,
+        Cmd::Subuids { owner, base, uids, range_root, command } => subuids::run(owner, base, uids, range_root, &command)?,
+        Cmd::ApiHold { socket, connections, subscribe, poll } => api_hold::run(&socket, connections, subscribe, poll)?,
         Cmd::Clone3 { pid } => match clone3((libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64, pid)? {
             Forked::Child => linger_child(),
             Forked::Parent { child } => {
@@ -577,96 +486,4 @@ fn main() -> Result<()> {
         },
     }
     Ok(())
-}
-
-/// `api-hold`: opens the connections, sorts them into held and refused by
-/// their first answer, then holds (or polls) the held ones until stdin's EOF.
-fn api_hold(socket: &std::path::Path, connections: u32, subscribe: bool, poll: bool) -> Result<()> {
-    use std::os::unix::net::UnixStream;
-    let probe: &[u8] = if subscribe { b"{\"version\":1,\"type\":\"subscribe\"}\n" } else { b"{\"version\":1,\"type\":\"hold\"}\n" };
-    let mut streams = Vec::new();
-    for _ in 0..connections {
-        streams.push(UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?);
-    }
-    for s in &mut streams {
-        // A refused connection may be closed already: its answer says so.
-        let _ = s.write_all(probe);
-    }
-    let (mut held, mut refusal) = (Vec::new(), None);
-    for s in streams {
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let first = first_line(&s);
-        let answer: serde_json::Value = serde_json::from_slice(&first).unwrap_or_default();
-        if answer["error"]["code"] == "busy" || first.is_empty() {
-            refusal = refusal.or_else(|| answer["error"]["message"].as_str().map(str::to_string));
-        } else {
-            held.push(s);
-        }
-    }
-    say(serde_json::json!({
-        "pid": std::process::id(),
-        "uid": rustix::process::getuid().as_raw(),
-        "held": held.len(),
-        "refused": connections as usize - held.len(),
-        "refusal": refusal,
-    }))?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = poll.then(|| {
-        let stop = stop.clone();
-        let streams: Vec<UnixStream> = held.iter().map(|s| s.try_clone().expect("a socket clones")).collect();
-        std::thread::spawn(move || poll_lists(&streams, &stop))
-    });
-    while wait_line() {}
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(p) = poller {
-        let _ = p.join();
-    }
-    drop(held);
-    Ok(())
-}
-
-/// The first line on `s`, read byte by byte so that nothing after it is
-/// taken off the socket; empty at EOF, on an error or a timeout.
-fn first_line(mut s: &std::os::unix::net::UnixStream) -> Vec<u8> {
-    use std::io::Read;
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while matches!(s.read(&mut b), Ok(1)) {
-        if b[0] == b'\n' {
-            return line;
-        }
-        line.push(b[0]);
-    }
-    Vec::new()
-}
-
-/// Asks for the node list on every stream, again as soon as each answer
-/// is in, until `stop`.
-fn poll_lists(streams: &[std::os::unix::net::UnixStream], stop: &std::sync::atomic::AtomicBool) {
-    use rustix::event::{PollFd, PollFlags};
-    use std::io::Read;
-    const LIST: &[u8] = b"{\"version\":1,\"type\":\"list\"}\n";
-    let mut open: Vec<bool> = streams.iter().map(|mut s| s.set_nonblocking(true).is_ok() && s.write_all(LIST).is_ok()).collect();
-    let mut buf = vec![0u8; 1 << 16];
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) && open.iter().any(|o| *o) {
-        let mut fds: Vec<PollFd> = streams.iter().map(|s| PollFd::new(s, PollFlags::IN)).collect();
-        let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
-        if rustix::event::poll(&mut fds, Some(&timeout)).is_err() {
-            continue;
-        }
-        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-        for (i, mut s) in streams.iter().enumerate() {
-            if !ready[i] || !open[i] {
-                continue;
-            }
-            match s.read(&mut buf) {
-                Ok(0) => open[i] = false,
-                // One request at a time: the answer ends with the newline.
-                Ok(n) if buf[n - 1] == b'\n' => open[i] = s.write_all(LIST).is_ok(),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => open[i] = false,
-            }
-        }
-    }
 }
