@@ -51,7 +51,11 @@ impl Capacity for Api {
 /// `base`..): its report, one line per uid.
 fn hold_as_subuids(h: &mut Hier, api: &Api, owner: u32, base: u32, uids: u32, hold: &[&str]) -> (Proc, Vec<Value>) {
     let (owner, base, uids) = (owner.to_string(), base.to_string(), uids.to_string());
-    let mut args = vec![WORKLOAD, "subuids", "--owner", &owner, "--base", &base, "--uids", &uids, "--", WORKLOAD, "api-hold", "--socket", api.sock()];
+    // The inner uids run a copy every user can reach (running once the
+    // report is read, so the copy may go then).
+    let bin = Runnable::new();
+    let workload = bin.workload();
+    let mut args = vec![WORKLOAD, "subuids", "--owner", &owner, "--base", &base, "--uids", &uids, "--", &workload, "api-hold", "--socket", api.sock()];
     args.extend_from_slice(hold);
     let mut p = h.spawn(&args);
     let report = p.read_json();

@@ -537,7 +537,7 @@ struct OwnSandbox {
     stdin: std::process::ChildStdin,
     out: BufReader<std::process::ChildStdout>,
     socket: String,
-    _bin: tempfile::TempDir,
+    _bin: Runnable,
 }
 
 impl OwnSandbox {
@@ -545,12 +545,8 @@ impl OwnSandbox {
     /// of `nsgroup` any user may run from inside a user namespace (the
     /// guest's 9p share of the build refuses that: `Permission denied`).
     fn start(h: &Hier, roots: &[&ControllerRoot], socket: &str) -> OwnSandbox {
-        use std::os::unix::fs::PermissionsExt;
-        let bin = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let nsgroup = bin.path().join("nsgroup");
-        std::fs::copy(NSGROUP, &nsgroup).unwrap();
-        let nsgroup = nsgroup.display();
+        let bin = Runnable::new();
+        let nsgroup = bin.nsgroup();
         let script = format!("while read -r setting; do '{nsgroup}' limit --socket '{socket}' $$ \"$setting\" 2>&1; echo \"exit $?\"; done");
         let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
         let args: Vec<&str> = nobody.into_iter().chain(["unshare", "--user", "--uts", "sh", "-c", &script]).collect();

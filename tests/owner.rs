@@ -21,7 +21,11 @@ fn subordinate_storm(h: &mut Hier) -> Proc {
 /// entering 4 sets as above.
 fn storm_in_user_namespace(h: &mut Hier, how: &[&str]) -> Proc {
     let root = h.root.clone();
-    let storm = [WORKLOAD, "userns-storm", "--threads", "3", "--unshares", "1"];
+    // The inner uids run a copy every user can reach (running once the
+    // report is read, so the copy may go then).
+    let bin = Runnable::new();
+    let workload = bin.workload();
+    let storm = [workload.as_str(), "userns-storm", "--threads", "3", "--unshares", "1"];
     let mut args = vec![WORKLOAD, "subuids", "--uids", "40"];
     args.extend_from_slice(how);
     args.push("--");

@@ -983,3 +983,33 @@ impl Api {
         self.socket.to_str().unwrap()
     }
 }
+
+/// Copies of the binaries that every user may run, also from inside a user
+/// namespace, where the build's own directory may not be reachable (a
+/// checkout in a 0700 directory; the guest's 9p share of the build).
+/// Removed when dropped.
+pub struct Runnable {
+    dir: tempfile::TempDir,
+}
+
+impl Runnable {
+    pub fn new() -> Runnable {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (from, name) in [(NSGROUP, "nsgroup"), (WORKLOAD, "nsgroup-workload")] {
+            std::fs::copy(from, dir.path().join(name)).unwrap();
+        }
+        Runnable { dir }
+    }
+
+    /// The copy of `nsgroup`.
+    pub fn nsgroup(&self) -> String {
+        self.dir.path().join("nsgroup").display().to_string()
+    }
+
+    /// The copy of `nsgroup-workload`.
+    pub fn workload(&self) -> String {
+        self.dir.path().join("nsgroup-workload").display().to_string()
+    }
+}
