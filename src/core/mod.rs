@@ -5,5 +5,4 @@ pub mod histogram;
 pub mod naming;
 pub mod node;
 pub mod nsset;
-pub mod quota;
 pub mod tracker;

@@ -8,21 +8,11 @@
 //! timers, then signals again; nothing per event or per timer costs in
 //! proportion to the hierarchy's size.
 
-mod adopt;
-mod api;
-pub mod metrics;
-mod cleanup;
-mod control;
-mod gate;
-mod mode;
-mod outcome;
-mod pins;
-mod place;
-mod reports;
+mod ops_calls;
+mod pace;
 mod resync;
 mod timers;
 
-use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,23 +24,24 @@ use tracing::{info, warn};
 
 use crate::bpf::{Event, EventKind, Probe, Scope, Subtree};
 use crate::config::{Config, Source as SourceChoice};
-use crate::core::histogram::Histogram;
 use crate::core::node::CgroupId;
-use crate::core::nsset::{NsKind, NsMask, NsSet};
-use crate::core::quota::{QuotaLimits, UserQuotas};
+use crate::core::nsset::NsKind;
 use crate::core::tracker::{Limits, Tracker};
-use crate::placer::{unix_now, Placer};
+use crate::pipeline::mirrors::Mirrors;
+use crate::pipeline::outcome::Outcome;
+use crate::pipeline::placer::{unix_now, Placer};
+use crate::pipeline::{Around, Job, Parts, Pipeline};
+use crate::policy::gate::Gate;
+use crate::policy::quota::{QuotaLimits, UserQuotas};
+use crate::sinks::ops::OpsJob;
+use crate::sinks::Sinks;
 use crate::source::{ProcSource, Source};
 use crate::sys::cgroupfs::CgroupWriter;
-use crate::sys::hierarchy::Hierarchy;
 use crate::sys::error::IoError;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
 
-use gate::Gate;
-use outcome::{Log, Outcome, Sink};
-use mode::Arrivals;
-use pins::Pins;
-use reports::{Kind, Reports, REPORT_INTERVAL};
+use pace::Pace;
 use timers::Timers;
 
 /// Why the daemon could not start or had to stop.
@@ -68,6 +59,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error(transparent)]
     Mirror(#[from] crate::control::mirror::MirrorError),
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::SinkError),
 }
 
 /// Everything the daemon needs, resolved by the command line.
@@ -90,133 +83,69 @@ const BATCH: usize = 4096;
 /// Work the daemon does later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timer {
-    /// A setns caller's set has settled.
-    Settle(u32),
+    /// The pipeline's: a setns caller settled, a node to look at for emptiness.
+    Pipeline(Job),
     /// Look for empty nodes whose exit events may have been lost.
     Sweep,
     /// Without BPF: rescan /proc; the interval (ms) backs off while nothing is found.
     Rescan(u64),
-    /// See whether a node emptied; the attempt number backs off.
-    Cleanup(CgroupId, u32),
     /// A reconcile asked for while the last one was too recent.
     Reconcile,
     /// Write the summaries of refusals and suppressed log lines.
     Report,
-    /// Metrics, status file and counter log work (`metrics`).
-    Ops(metrics::OpsJob),
+    /// Metrics, status file and counter log work.
+    Ops(OpsJob),
     /// Tell the service manager the daemon is alive (`WATCHDOG=1`), and what it does.
     Watchdog(Duration),
 }
 
-/// A setns caller waiting for its last setns.
-struct Deferred {
-    first_prev: NsSet,
-    last: Event,
-}
-
-/// Counters and the event-to-moved latency, logged at exit.
-#[derive(Default)]
-struct Stats {
-    events: u64,
-    moved: u64,
-    created: u64,
-    removed: u64,
-    reconciles: u64,
-    refused: u64,
-    /// Moves dropped because the task exited first.
-    dropped_gone: u64,
-    /// Moves dropped because the tid had become another task's.
-    dropped_reused: u64,
-    /// Moves dropped because another writer had moved the task.
-    dropped_other_writer: u64,
-    /// Per mirror: tasks placed outside its root, so not mirrored.
-    not_mirrored: Vec<u64>,
-    latency: Histogram,
-}
-
-impl Stats {
-    fn count_dropped(&mut self, why: gate::Dropped) {
-        match why {
-            gate::Dropped::Gone => self.dropped_gone += 1,
-            gate::Dropped::Reused => self.dropped_reused += 1,
-            gate::Dropped::OtherWriter => self.dropped_other_writer += 1,
-        }
-    }
-}
-
+/// The loop: the source, the timers and the pace around the pipeline, and
+/// the sinks its outcomes go to.
 struct Daemon {
-    placer: Placer<CgroupWriter>,
-    hierarchy: Hierarchy,
-    root: String,
-    config: Config,
-    mask: NsMask,
-    own_hierarchy: bool,
-    proc: ProcFs,
-    /// The daemon's user namespace (inode): owners are read against it.
-    user_ns: u64,
+    pipeline: Pipeline<CgroupWriter>,
     source: Source,
     timers: Timers<Timer>,
-    deferred: HashMap<u32, Deferred>,
-    /// Tasks whose node `nsgroup exec` is still setting up, with the set
-    /// they came from: placed at their exec.
-    awaiting_exec: HashMap<u32, NsSet>,
-    /// Where each task (tid → its start time, its cgroup) was last put: the
-    /// cgroup later events of it are decided from, whatever their own says.
-    last_placed: HashMap<u32, (u64, CgroupId)>,
-    /// When the latest entries (not exits) happened.
-    arrivals: Arrivals,
-    /// Whether the daemon runs in its high-rate mode.
-    busy: bool,
-    /// Whether heavy work (a reconcile) is under way: never under SCHED_FIFO.
-    heavy: bool,
-    /// Events held back for the batch window (high-rate mode), in order.
-    held: Vec<Event>,
+    pace: Pace,
+    sinks: Sinks,
+    config: Config,
+    hierarchy: Hierarchy,
+    root: String,
+    proc: ProcFs,
+    own_hierarchy: bool,
+    /// The daemon's user namespace (inode): owners are read against it.
+    user_ns: u64,
+    /// Ring buffer losses already reconciled for.
     seen_drops: u64,
-    stats: Stats,
-    gate: Gate,
-    pins: Pins,
-    reports: Reports,
-    /// Nodes with a cleanup timer pending (one each at most).
-    cleanups: HashSet<CgroupId>,
     /// When the latest reconcile ended, and whether another waits on a timer.
     last_reconcile: Option<Instant>,
     reconcile_pending: bool,
     /// Set by SIGTERM and SIGINT; long work looks at it.
     stop: Arc<AtomicBool>,
-    /// Who hears of outcomes: the log, the local API's subscribers (and
-    /// strict mode, held there), metrics and history (`metrics`: also the
-    /// status file and SIGHUP).
-    sinks: Sinks,
-    /// The v1 controller hierarchies every node is mirrored in.
-    mirrors: Vec<crate::control::mirror::Mirror>,
 }
 
-/// Every sink, in the order they hear of an outcome.
-struct Sinks {
-    log: Log,
-    api: api::ApiHost,
-    ops: metrics::Ops,
+/// What the pipeline sees of the loop: the timers, the source's per-task
+/// bookkeeping and the sinks.
+struct Ports<'a> {
+    timers: &'a mut Timers<Timer>,
+    source: &'a mut Source,
+    sinks: &'a mut Sinks,
 }
 
-impl Sinks {
-    fn new(api: api::ApiHost, ops: metrics::Ops) -> Sinks {
-        Sinks { log: Log, api, ops }
+impl Around for Ports<'_> {
+    fn schedule(&mut self, after: Duration, job: Job) {
+        self.timers.schedule(after, Timer::Pipeline(job));
     }
-
-    fn all(&mut self) -> [&mut dyn Sink; 3] {
-        [&mut self.log, &mut self.api, &mut self.ops]
+    fn track(&mut self, tid: u32, node: CgroupId) {
+        self.source.track(tid, node);
     }
-
-    /// Hands `outcome` to every sink.
+    fn settled(&mut self, tid: u32) {
+        self.source.settled(tid);
+    }
     fn publish(&mut self, outcome: Outcome<'_>) {
-        for sink in self.all() {
-            sink.take(&outcome);
-        }
+        self.sinks.publish(outcome);
     }
-
-    /// Whether any sink follows nodes (a reconcile then reports the nodes it made).
-    fn follow_nodes(&mut self) -> bool {
-        self.all().iter().any(|s| s.follows_nodes())
+    fn follows_nodes(&mut self) -> bool {
+        self.sinks.follow_nodes()
     }
 }
 
@@ -238,18 +167,18 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
             .map_err(DaemonError::Signals)?;
     }
     // Each node holds one namespace open (see `pins`).
-    pins::raise_open_files_limit();
+    crate::pipeline::pins::raise_open_files_limit();
 
     let own_pid = std::process::id();
     let own_set = proc.ns_set(own_pid, own_pid)?.unwrap_or_default();
-    let base_set = own_set.masked(mask);
     let limits = Limits { max_depth: config.max_depth, max_nodes: config.max_nodes };
-    let tracker = Tracker::new(base_set, hierarchy.granularity(), limits);
+    let tracker = Tracker::new(own_set.masked(mask), hierarchy.granularity(), limits);
     let writer = CgroupWriter::new(hierarchy.clone(), &root).with_controllers(config.controllers.clone(), config.leaf);
     let mut placer = Placer::new(tracker, writer, unix_now);
     let started = Instant::now();
-    let adopted = adopt::adopt(&mut placer, &hierarchy, &root, mask)?;
-    let mirrors = crate::control::mirror::open_all(&config, hierarchy.version() == crate::sys::hierarchy::Version::V2)?;
+    let adopted = crate::pipeline::adopt::adopt(&mut placer, &hierarchy, &root, mask)?;
+    let v2 = hierarchy.version() == crate::sys::hierarchy::Version::V2;
+    let mirrors = Mirrors::new(crate::control::mirror::open_all(&config, v2)?);
     let adopt_ms = started.elapsed().as_millis() as u64;
     let quotas = UserQuotas::new(QuotaLimits {
         max_nodes_per_user: config.max_nodes_per_user,
@@ -261,7 +190,10 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         .unwrap_or_else(|| crate::sys::delegation::systemd_manages(&hierarchy))
         .then(|| crate::sys::delegation::Delegation::new(hierarchy.clone()));
     let user_ns = own_set.get(NsKind::User);
-    let gate = Gate::new(proc.clone(), hierarchy.key().clone(), quotas, user_ns, delegation);
+    let key = hierarchy.key().clone();
+    let gate = Gate::new(proc.clone(), key.clone(), quotas, user_ns, delegation);
+    let parts = Parts { placer, gate, mirrors, proc: proc.clone(), key, v2, own_hierarchy };
+    let pipeline = Pipeline::new(parts, config.clone()).map_err(DaemonError::Config)?;
 
     // Attach before the snapshot: what happens meanwhile queues up and is
     // applied after it (placements are idempotent).
@@ -289,55 +221,42 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         }
     }
 
-    let api = api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set)?;
-    let ops = metrics::Ops::start(&config, &hierarchy, &root, &sig_write)?;
+    let api = crate::sinks::api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set)?;
+    let ops = crate::sinks::ops::Ops::start(&config, &hierarchy, &root, &sig_write)?;
+    let pace = Pace::new(config.batch_window_us, config.coalesce_above_per_second, config.realtime_priority);
     let mut d = Daemon {
-        placer,
-        hierarchy,
-        root,
-        config,
-        mask,
-        own_hierarchy,
-        proc,
-        user_ns,
+        pipeline,
         source,
         timers: Timers::default(),
-        deferred: HashMap::new(),
-        awaiting_exec: HashMap::new(),
-        last_placed: HashMap::new(),
-        arrivals: Arrivals::default(),
-        busy: false,
-        heavy: false,
-        held: Vec::new(),
+        pace,
+        sinks: Sinks::new(api, ops),
+        config,
+        hierarchy,
+        root,
+        proc,
+        own_hierarchy,
+        user_ns,
         seen_drops: 0,
-        stats: Stats { not_mirrored: vec![0; mirrors.len()], ..Stats::default() },
-        gate,
-        pins: Pins::default(),
-        reports: Reports::default(),
-        cleanups: HashSet::new(),
         last_reconcile: None,
         reconcile_pending: false,
         stop,
-        mirrors,
-        sinks: Sinks::new(api, ops),
     };
-    d.adopt_mirrors();
     let reconcile_started = Instant::now();
     let report = d.reconcile("start")?;
-    d.apply_mode();
+    d.apply_pace();
     if d.source.needs_rescans() {
         let first = d.source.rescan_interval().map_or(resync::RESCAN_MIN_MS, |i| i.as_millis() as u64);
         d.timers.schedule(Duration::from_millis(first), Timer::Rescan(first));
     }
     info!(
         hierarchy = %d.hierarchy.mount().display(),
-        version = if d.hierarchy.version() == crate::sys::hierarchy::Version::V2 { "v2" } else { "v1" },
+        version = if v2 { "v2" } else { "v1" },
         root = %crate::core::escape::Escaped(&d.root),
         adopted,
         moved = report.moved,
         created = report.created,
         source = %d.source.describe(),
-        mirrors = %d.mirrors.iter().map(|m| m.controllers()).collect::<Vec<_>>().join(" "),
+        mirrors = %d.pipeline.mirrors().controllers().collect::<Vec<_>>().join(" "),
         adopt_ms,
         reconcile_ms = reconcile_started.elapsed().as_millis() as u64,
         "nsgroup is tracking"
@@ -363,14 +282,20 @@ impl Daemon {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// The pipeline, with the loop around it.
+    fn step(&mut self) -> (&mut Pipeline<CgroupWriter>, Ports<'_>) {
+        (&mut self.pipeline, Ports { timers: &mut self.timers, source: &mut self.source, sinks: &mut self.sinks })
+    }
+
     fn event_loop(&mut self, signals: &UnixStream) -> Result<(), DaemonError> {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut now = Vec::with_capacity(BATCH);
         while !self.stopping() {
             // In the high-rate mode the daemon does not wake per event: it
             // looks at the ring once per batch window.
-            let coalescing = self.coalescing();
+            let coalescing = self.pace.coalescing();
             let tick = coalescing.then(|| Duration::from_micros(self.config.batch_window_us));
-            let timeout = [self.timers.next_due(), self.held_until(), tick].into_iter().flatten().min();
+            let timeout = [self.timers.next_due(), self.pace.held_until(), tick].into_iter().flatten().min();
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
             {
                 // In the high-rate mode the ring is not polled at all: a
@@ -387,7 +312,7 @@ impl Daemon {
                     let _ = (&*signals).read(&mut buf);
                 }
             }
-            self.handle_events(&mut batch)?;
+            self.handle_events(&mut batch, &mut now)?;
             let dropped = self.source.dropped();
             if dropped > self.seen_drops {
                 warn!(lost = dropped - self.seen_drops, "events were lost (the ring buffer overflowed); reconciling from /proc");
@@ -403,27 +328,30 @@ impl Daemon {
     }
 
     /// Takes and handles events until the source is empty, for at most [`TURN_BUDGET`].
-    fn handle_events(&mut self, batch: &mut Vec<Event>) -> Result<(), DaemonError> {
+    fn handle_events(&mut self, batch: &mut Vec<Event>, now: &mut Vec<Event>) -> Result<(), DaemonError> {
         let turn_ends = Instant::now() + TURN_BUDGET;
         while !self.stopping() {
             batch.clear();
-            batch.append(&mut self.held);
+            self.pace.release_held(batch);
             let fresh = batch.len();
-            let bad = self.source.drain(BATCH, batch)?;
-            if bad > 0 && self.reports.allow(Kind::Undecodable) {
-                warn!(records = bad, "undecodable ring buffer records skipped");
+            let undecodable = self.source.drain(BATCH, batch)? as u64;
+            self.sinks.publish(Outcome::Events { count: (batch.len() - fresh) as u64, undecodable });
+            let quiet = batch.len() == fresh;
+            let mut changed = false;
+            for ev in batch[fresh..].iter().filter(|e| e.kind != EventKind::Exit) {
+                changed |= self.pace.note_entry(ev.ktime_ns);
             }
-            if batch.len() == fresh {
+            if changed {
+                self.apply_pace();
+            }
+            self.process(batch, now);
+            if quiet {
                 // Nothing new: only held events, whose time may have come.
-                self.process(batch);
-                self.quiet_tick();
+                if self.pace.quiet_tick() {
+                    self.apply_pace();
+                }
                 break;
             }
-            for ev in batch[fresh..].iter().filter(|e| e.kind != EventKind::Exit) {
-                self.arrivals.note(ev.ktime_ns);
-                self.update_mode();
-            }
-            self.process(batch);
             if Instant::now() >= turn_ends {
                 break;
             }
@@ -432,24 +360,48 @@ impl Daemon {
         Ok(())
     }
 
+    /// Hands a batch to the pipeline, in order, but for what the pace holds
+    /// back or coalesces away.
+    fn process(&mut self, batch: &mut Vec<Event>, now: &mut Vec<Event>) {
+        let coalesced = self.pace.split(batch, now);
+        let (pipeline, mut ports) = self.step();
+        for tid in &coalesced {
+            pipeline.forget_entry(*tid);
+        }
+        if !coalesced.is_empty() {
+            ports.publish(Outcome::Coalesced { entries: coalesced.len() as u64 });
+        }
+        for ev in now.drain(..) {
+            pipeline.on_event(&ev, &mut ports);
+        }
+    }
+
     /// Runs the timers that are due, for at most [`TIMER_BUDGET`].
     fn run_timers(&mut self) {
         let now = Instant::now();
         while let Some(job) = self.timers.pop_due(now) {
             match job {
-                Timer::Settle(tid) => {
-                    if let Some(d) = self.deferred.remove(&tid) {
-                        self.place_event(&d.last, d.first_prev);
-                    }
+                Timer::Pipeline(Job::Settle(tid)) => {
+                    let (pipeline, mut ports) = self.step();
+                    pipeline.settle(tid, &mut ports);
                 }
-                Timer::Cleanup(node, attempt) => self.cleanup(node, attempt),
-                Timer::Sweep => self.sweep_empty_nodes(&HashSet::new()),
+                Timer::Pipeline(Job::Cleanup(node, attempt)) => {
+                    let (pipeline, mut ports) = self.step();
+                    pipeline.cleanup(node, attempt, &mut ports);
+                }
+                Timer::Sweep => {
+                    let (pipeline, mut ports) = self.step();
+                    pipeline.sweep(&Default::default(), &mut ports);
+                }
                 Timer::Rescan(interval) => self.rescan(interval),
                 Timer::Reconcile => {
                     self.reconcile_pending = false;
                     self.request_reconcile("overflow");
                 }
-                Timer::Report => self.write_reports(),
+                Timer::Report => {
+                    let tracker = self.pipeline.tracker();
+                    self.sinks.log.write_reports(|owner| tracker.nodes_of_owner(owner), self.config.max_nodes_per_user);
+                }
                 Timer::Ops(job) => self.ops_timer(job),
                 Timer::Watchdog(every) => {
                     self.notify("WATCHDOG=1");
@@ -463,17 +415,29 @@ impl Daemon {
         self.arm_reports();
     }
 
+    /// The pace's wishes: the ring's wakeups, and the scheduling policy.
+    fn apply_pace(&mut self) {
+        if let Err(e) = self.source.set_wakeups(!self.pace.coalescing()) {
+            warn!("could not switch the ring buffer's wakeups: {e}");
+        }
+        if let Some(wanted) = self.pace.realtime() {
+            if let Err(e) = crate::ffi::set_realtime(wanted) {
+                warn!("could not change the scheduling policy (realtime_priority): {e}");
+            }
+        }
+    }
+
     /// Sends `state` and a `STATUS=` line of what the daemon tracks to the
     /// service manager, if there is one.
     fn notify(&self, state: &str) {
-        let s = &self.stats;
+        let c = self.sinks.ops.counted();
         let status = format!(
             "STATUS=tracking {} in {}: {} nodes, {} placed, {} refused, {} events lost",
             self.root,
             self.hierarchy.mount().display(),
-            self.placer.tracker().node_count(),
-            s.moved,
-            s.refused,
+            self.pipeline.tracker().node_count(),
+            c.moved,
+            c.refused,
             self.source.dropped()
         );
         if let Err(e) = crate::sys::notify::sd_notify(&format!("{state}\n{status}")) {
@@ -483,54 +447,30 @@ impl Daemon {
 
     /// Starts the report timer when something was counted.
     fn arm_reports(&mut self) {
-        if self.reports.arm() {
-            self.timers.schedule(REPORT_INTERVAL, Timer::Report);
-        }
-    }
-
-    /// One line per kind of suppressed log lines, one per user with refusals.
-    fn write_reports(&mut self) {
-        let summary = self.reports.take();
-        for (kind, suppressed) in summary.suppressed {
-            warn!(kind, suppressed, interval_s = REPORT_INTERVAL.as_secs(), "log lines suppressed");
-        }
-        for (owner_uid, r) in summary.users {
-            warn!(
-                owner_uid,
-                refused_quota = r.quota,
-                refused_rate = r.rate,
-                refused_other = r.other,
-                live_nodes = self.placer.tracker().nodes_of_owner(owner_uid),
-                max_nodes_per_user = self.config.max_nodes_per_user,
-                interval_s = REPORT_INTERVAL.as_secs(),
-                "entries refused (quota, rate or rules); their tasks stay where they are"
-            );
-        }
-        let (users, refused) = summary.other_users;
-        if users > 0 {
-            warn!(users, refused, "entries of further users refused");
+        if let Some(after) = self.sinks.log.report_due() {
+            self.timers.schedule(after, Timer::Report);
         }
     }
 
     fn log_stats(&self) {
-        let s = &self.stats;
+        let c = self.sinks.ops.counted();
         info!(
-            events = s.events,
-            moved = s.moved,
-            created = s.created,
-            removed = s.removed,
-            reconciles = s.reconciles,
-            refused = s.refused,
-            dropped_gone = s.dropped_gone,
-            dropped_reused = s.dropped_reused,
-            dropped_other_writer = s.dropped_other_writer,
-            not_mirrored = %s.not_mirrored.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
-            pinned = self.pins.len(),
+            events = c.events,
+            moved = c.moved,
+            created = c.created,
+            removed = c.removed,
+            reconciles = c.reconciles,
+            refused = c.refused,
+            dropped_gone = c.dropped_gone,
+            dropped_reused = c.dropped_reused,
+            dropped_other_writer = c.dropped_other_writer,
+            not_mirrored = %self.pipeline.mirrors().controllers().map(|m| c.not_mirrored.get(m).copied().unwrap_or(0).to_string()).collect::<Vec<_>>().join(","),
+            pinned = self.pipeline.pinned(),
             ring_dropped = self.source.dropped(),
             ring_emitted = self.source.emitted(),
-            latency_p50_us = s.latency.quantile(0.5),
-            latency_p99_us = s.latency.quantile(0.99),
-            latency_max_us = s.latency.max(),
+            latency_p50_us = c.latency.quantile(0.5),
+            latency_p99_us = c.latency.quantile(0.99),
+            latency_max_us = c.latency.max(),
             "stats"
         );
     }

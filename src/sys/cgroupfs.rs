@@ -92,6 +92,17 @@ pub trait CgroupBackend {
     /// Writes controller files of a new cgroup; returns the ones refused
     /// (`file=value: error`).
     fn configure(&mut self, id: CgroupId, files: &[(&'static str, String)]) -> Vec<String>;
+    /// The id of the cgroup at path `rel`, learning its path (one stat);
+    /// `None` when it is gone.
+    fn id_at(&mut self, rel: &str) -> Result<Option<CgroupId>, IoError>;
+    /// The tasks of a cgroup, a node's leaf's included.
+    fn members_of(&mut self, id: CgroupId) -> Result<Vec<u32>, IoError>;
+    /// Learns every cgroup of the subtree again (after a snapshot named one
+    /// it did not know).
+    fn rescan(&mut self) -> Result<(), IoError>;
+    /// The record stored on the cgroup at path `rel`, with the uid owning
+    /// its directory; `None` when it has none (or is gone).
+    fn record_at(&mut self, rel: &str) -> Result<Option<(u32, Vec<u8>)>, IoError>;
     /// Readies `parent` for a new child: where controllers are wanted for
     /// nodes, enables them in its subtree (a node's own tasks may move into
     /// its leaf for that). Returns what a child made now will lack.
@@ -129,7 +140,7 @@ pub struct CgroupWriter {
 impl CgroupWriter {
     /// A writer for the subtree `root` of `hierarchy`; it learns paths as
     /// it creates cgroups or is told them ([`CgroupWriter::learn`],
-    /// [`CgroupWriter::id_at`], [`CgroupWriter::rescan`]).
+    /// [`CgroupBackend::id_at`], [`CgroupBackend::rescan`]).
     pub fn new(hierarchy: Hierarchy, root: &str) -> CgroupWriter {
         CgroupWriter {
             hierarchy,
@@ -159,42 +170,9 @@ impl CgroupWriter {
         self.leaf_of.insert(leaf, node);
     }
 
-    /// The tasks of a node, its leaf's included.
-    pub fn members_of(&mut self, id: CgroupId) -> Result<Vec<u32>, IoError> {
-        let mut out = Vec::new();
-        for cg in std::iter::once(id).chain(self.leaves.get(&id).copied()) {
-            if let Some(rel) = self.paths.get(&cg) {
-                out.extend(self.hierarchy.members(rel)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Learns every cgroup of the subtree again.
-    pub fn rescan(&mut self) -> Result<(), IoError> {
-        self.paths = self.hierarchy.walk(&self.root)?.into_iter().map(|(p, id)| (id, p)).collect();
-        Ok(())
-    }
-
     /// Remembers a path found elsewhere.
     pub fn learn(&mut self, id: CgroupId, path: String) {
         self.paths.insert(id, path);
-    }
-
-    /// The id of the cgroup at `rel` (one stat), learning its path; `None`
-    /// when it is gone.
-    pub fn id_at(&mut self, rel: &str) -> Result<Option<CgroupId>, IoError> {
-        let id = or_vanished(self.hierarchy.id(rel))?;
-        if let Some(id) = id {
-            if self.paths.get(&id).is_none_or(|p| p != rel) {
-                if self.paths.len() >= MAX_KNOWN_PATHS {
-                    // Forget cgroups removed since: amortised over as many lookups.
-                    self.rescan()?;
-                }
-                self.paths.insert(id, rel.to_string());
-            }
-        }
-        Ok(id)
     }
 
     fn attach_file(&mut self, id: CgroupId) -> Result<Option<&mut fs::File>, IoError> {
@@ -220,6 +198,43 @@ impl CgroupWriter {
 }
 
 impl CgroupBackend for CgroupWriter {
+    /// The id of the cgroup at `rel` (one stat), learning its path; `None`
+    /// when it is gone.
+    fn id_at(&mut self, rel: &str) -> Result<Option<CgroupId>, IoError> {
+        let id = or_vanished(self.hierarchy.id(rel))?;
+        if let Some(id) = id {
+            if self.paths.get(&id).is_none_or(|p| p != rel) {
+                if self.paths.len() >= MAX_KNOWN_PATHS {
+                    // Forget cgroups removed since: amortised over as many lookups.
+                    self.rescan()?;
+                }
+                self.paths.insert(id, rel.to_string());
+            }
+        }
+        Ok(id)
+    }
+
+    /// The tasks of a node, its leaf's included.
+    fn members_of(&mut self, id: CgroupId) -> Result<Vec<u32>, IoError> {
+        let mut out = Vec::new();
+        for cg in std::iter::once(id).chain(self.leaves.get(&id).copied()) {
+            if let Some(rel) = self.paths.get(&cg) {
+                out.extend(self.hierarchy.members(rel)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Learns every cgroup of the subtree again.
+    fn record_at(&mut self, rel: &str) -> Result<Option<(u32, Vec<u8>)>, IoError> {
+        let Some(bytes) = self.hierarchy.record_bytes(rel) else { return Ok(None) };
+        Ok(or_vanished(self.hierarchy.owner(rel))?.map(|owner| (owner, bytes)))
+    }
+    fn rescan(&mut self) -> Result<(), IoError> {
+        self.paths = self.hierarchy.walk(&self.root)?.into_iter().map(|(p, id)| (id, p)).collect();
+        Ok(())
+    }
+
     fn path_of(&mut self, id: CgroupId) -> Result<Option<String>, IoError> {
         Ok(self.paths.get(&id).cloned())
     }

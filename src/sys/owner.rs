@@ -124,10 +124,9 @@ mod tests {
     #[test]
     fn a_fixture_without_nsfs_files_reads_as_the_uid() {
         let dir = tempfile::tempdir().unwrap();
-        let ns = super::super::procfs::fixture::ns_dir(dir.path(), "a");
-        super::super::procfs::fixture::write_task(dir.path(), 7, 7, "sh", 1, "/x", &ns);
-        std::fs::write(dir.path().join("7/status"), "Name:\tsh\nTgid:\t7\nUid:\t200005\t200005\t200005\t200005\n").unwrap();
-        let proc = ProcFs::new(dir.path());
+        let fake = crate::testing::procfs::FakeProc::at(dir.path());
+        fake.write(&crate::testing::procfs::FakeTask { uid: 200_005, ..crate::testing::procfs::FakeTask::new(7, "/x", "a") }).unwrap();
+        let proc = fake.proc();
         assert_eq!(owner(&proc, 7, 7, 1).unwrap(), Some(200_005));
     }
 

@@ -226,43 +226,8 @@ impl ProcFs {
 }
 
 #[cfg(test)]
-pub mod fixture {
-    //! A fake procfs in a tempdir.
-    use super::*;
-
-    /// Writes one task: its stat line, cgroup file and namespace files whose
-    /// inode numbers stand for the set (regular files: their inodes differ
-    /// by set as real ones do).
-    pub fn write_task(root: &Path, pid: u32, tid: u32, comm: &str, ppid: u32, cgroup: &str, ns_dir: &Path) {
-        let dir = root.join(format!("{pid}/task/{tid}"));
-        fs::create_dir_all(&dir).unwrap();
-        let stat = format!("{tid} ({comm}) S {ppid} 1 1 0 -1 4194560 0 0 0 0 3 4 0 0 20 0 1 0 1234 1000 56 0\n");
-        fs::write(dir.join("stat"), stat).unwrap();
-        fs::write(dir.join("cgroup"), format!("10:name=x:{cgroup}\n0::/\n")).unwrap();
-        fs::write(dir.join("children"), "").unwrap();
-        if dir.join("ns").exists() {
-            fs::remove_file(dir.join("ns")).unwrap();
-        }
-        std::os::unix::fs::symlink(ns_dir, dir.join("ns")).unwrap();
-        if pid == tid {
-            fs::write(root.join(format!("{pid}/status")), format!("Name:\t{comm}\nTgid:\t{pid}\n")).unwrap();
-        }
-    }
-
-    /// A directory of ten namespace files standing for one set.
-    pub fn ns_dir(root: &Path, name: &str) -> PathBuf {
-        let dir = root.join("ns-sets").join(name);
-        fs::create_dir_all(&dir).unwrap();
-        for k in NsKind::ALL {
-            fs::write(dir.join(k.proc_name()), "").unwrap();
-        }
-        dir
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::fixture::*;
+    use crate::testing::procfs::*;
     use super::*;
 
     #[test]
@@ -289,12 +254,10 @@ mod tests {
     #[test]
     fn reads_tasks_from_a_fixture_and_vanished_is_none() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("proc");
-        let a = ns_dir(tmp.path(), "a");
-        let b = ns_dir(tmp.path(), "b");
-        write_task(&root, 10, 10, "sh", 1, "/t", &a);
-        write_task(&root, 10, 11, "worker", 1, "/t", &b);
-        let proc = ProcFs::new(&root);
+        let fake = FakeProc::at(tmp.path());
+        fake.write(&FakeTask { comm: "sh".into(), ..FakeTask::new(10, "/t", "a") }).unwrap();
+        fake.write(&FakeTask { tid: 11, comm: "worker".into(), ..FakeTask::new(10, "/t", "b") }).unwrap();
+        let proc = fake.proc();
         assert_eq!(proc.pids().unwrap(), vec![10]);
         assert_eq!(proc.tids(10).unwrap(), vec![10, 11]);
         let sa = proc.ns_set(10, 10).unwrap().unwrap();

@@ -11,15 +11,17 @@ use tracing::warn;
 use crate::core::escape::Escaped;
 use crate::core::node::{CgroupId, Node, NodeRecord};
 use crate::core::nsset::NsMask;
-use crate::placer::Placer;
+use crate::core::tracker::Entry;
 use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
+use crate::sys::procfs::{HierarchyKey, ProcFs};
+use super::placer::Placer;
 use crate::sys::hierarchy::{Hierarchy, Surveyed};
 use crate::sys::subtree::LEAF;
 use crate::sys::error::IoError;
 
 /// Why a record on a cgroup is not adopted.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum Unusable {
+pub enum Unusable {
     #[error("its record does not parse")]
     Unparsable,
     #[error("its record names the base set (the namespaces of tasks outside nodes)")]
@@ -29,7 +31,7 @@ pub(super) enum Unusable {
 }
 
 /// The record of a cgroup, if it makes the cgroup a node.
-pub(super) fn usable_record(
+pub fn usable_record(
     bytes: &[u8],
     owner: u32,
     base_set_masked: &crate::core::nsset::NsSet,
@@ -49,7 +51,7 @@ pub(super) fn usable_record(
 }
 
 /// Adopts every cgroup below `root` with a usable record; returns how many.
-pub(super) fn adopt(
+pub fn adopt(
     placer: &mut Placer<CgroupWriter>,
     hierarchy: &Hierarchy,
     root: &str,
@@ -93,9 +95,8 @@ pub(super) fn adopt(
     Ok(adopted)
 }
 
-
 /// What a cgroup `nsgroup exec` made for a task says.
-pub(super) enum ExecNode {
+pub enum ExecNode {
     /// No exec record names the task: place it as usual.
     No,
     /// Its record is not complete yet (exec is still setting it up; the
@@ -105,60 +106,52 @@ pub(super) enum ExecNode {
     Adopted(CgroupId),
 }
 
-impl super::Daemon {
-    /// Whether a task about to get a node of its own has one `nsgroup exec`
-    /// made for it: the cgroup it is in (cgroup2: born there), or its
-    /// `node_<tid>` child (v1: moved in by exec), carrying a root-owned
-    /// record that names the task as its creator. A complete one is adopted,
-    /// with its recorded mirrors.
-    pub(super) fn adopt_exec_node(&mut self, entry: &crate::core::tracker::Entry) -> ExecNode {
-        // A cgroup exec made is new to the daemon: found from the task itself.
-        let here = match self.placer.backend().path_of(entry.cgroup) {
-            Ok(Some(p)) => p,
-            _ => {
-                let Ok(Some(p)) = self.proc.cgroup_path(entry.tgid, entry.tid, self.hierarchy.key()) else { return ExecNode::No };
-                if self.placer.backend().id_at(&p).ok().flatten() != Some(entry.cgroup) {
-                    return ExecNode::No;
-                }
-                p
-            }
-        };
-        let inside = self.placer.tracker().node(entry.cgroup).is_none().then(|| here.clone());
-        let child = crate::core::cgpath::join(&here, &crate::core::naming::candidate(entry.tid, 0));
-        for path in inside.into_iter().chain([child]) {
-            let Some(bytes) = self.hierarchy.record_bytes(&path) else { continue };
-            let Some(mut record) = NodeRecord::from_bytes(&bytes) else { continue };
-            if self.hierarchy.owner(&path).ok() != Some(0) || record.creator_pid != entry.tid {
-                continue;
-            }
-            if record.set.is_empty() {
-                return ExecNode::Pending;
-            }
-            // A node of an earlier task with this pid names another set.
-            if record.set.masked(self.mask) != entry.set {
-                continue;
-            }
-            let Some((parent_path, name)) = path.rsplit_once('/') else { continue };
-            let parent_path = if parent_path.is_empty() { "/" } else { parent_path };
-            let writer = self.placer.backend();
-            let (Ok(Some(parent)), Ok(Some(id))) = (writer.id_at(parent_path), writer.id_at(&path)) else { continue };
-            record.set = entry.set;
-            record.parent_set = record.parent_set.masked(self.mask);
-            let mirrors = record.mirrors.clone();
-            let node = Node { id, parent, name: name.to_string(), record };
-            if self.placer.tracker_mut().add_node(node).is_err() {
+/// Whether a task about to get a node of its own has one `nsgroup exec`
+/// made for it: the cgroup it is in (cgroup2: born there), or its
+/// `node_<tid>` child (v1: moved in by exec), carrying a root-owned record
+/// that names the task as its creator. A complete one is added to the
+/// tracker (its recorded mirrors are the caller's to adopt).
+pub fn exec_node<B: CgroupBackend>(placer: &mut Placer<B>, proc: &ProcFs, key: &HierarchyKey, mask: NsMask, entry: &Entry) -> ExecNode {
+    // A cgroup exec made is new to the daemon: found from the task itself.
+    let here = match placer.backend().path_of(entry.cgroup) {
+        Ok(Some(p)) => p,
+        _ => {
+            let Ok(Some(p)) = proc.cgroup_path(entry.tgid, entry.tid, key) else { return ExecNode::No };
+            if placer.backend().id_at(&p).ok().flatten() != Some(entry.cgroup) {
                 return ExecNode::No;
             }
-            for m in mirrors {
-                if let Some(mirror) = self.mirrors.iter_mut().find(|x| x.controllers() == m.controllers) {
-                    mirror.adopt(id, &m.path);
-                }
-            }
-            tracing::info!(event = "node_adopted", path = %Escaped(&path), creator_pid = entry.tid, "node made by nsgroup exec adopted");
-            return ExecNode::Adopted(id);
+            p
         }
-        ExecNode::No
+    };
+    let inside = placer.tracker().node(entry.cgroup).is_none().then(|| here.clone());
+    let child = crate::core::cgpath::join(&here, &crate::core::naming::candidate(entry.tid, 0));
+    for path in inside.into_iter().chain([child]) {
+        let Ok(Some((owner, bytes))) = placer.backend().record_at(&path) else { continue };
+        let Some(mut record) = NodeRecord::from_bytes(&bytes) else { continue };
+        if owner != 0 || record.creator_pid != entry.tid {
+            continue;
+        }
+        if record.set.is_empty() {
+            return ExecNode::Pending;
+        }
+        // A node of an earlier task with this pid names another set.
+        if record.set.masked(mask) != entry.set {
+            continue;
+        }
+        let Some((parent_path, name)) = path.rsplit_once('/') else { continue };
+        let parent_path = if parent_path.is_empty() { "/" } else { parent_path };
+        let writer = placer.backend();
+        let (Ok(Some(parent)), Ok(Some(id))) = (writer.id_at(parent_path), writer.id_at(&path)) else { continue };
+        record.set = entry.set;
+        record.parent_set = record.parent_set.masked(mask);
+        let node = Node { id, parent, name: name.to_string(), record };
+        if placer.tracker_mut().add_node(node).is_err() {
+            return ExecNode::No;
+        }
+        tracing::info!(event = "node_adopted", path = %Escaped(&path), creator_pid = entry.tid, "node made by nsgroup exec adopted");
+        return ExecNode::Adopted(id);
     }
+    ExecNode::No
 }
 
 #[cfg(test)]

@@ -7,16 +7,16 @@ use std::time::Instant;
 
 use crate::core::cgpath::within;
 use crate::core::node::CgroupId;
-use crate::core::quota::UserQuotas;
+use super::quota::UserQuotas;
 use crate::core::tracker::{Entry, Placement, Refusal, Tracker};
-use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
+use crate::sys::cgroupfs::CgroupBackend;
 use crate::sys::error::IoError;
 use crate::sys::delegation::Delegation;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
 
-/// Why a decided placement was dropped without a word to the task.
+/// Why a decided move was dropped without a word to the task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Dropped {
+pub enum Dropped {
     /// The task exited (or is exiting).
     Gone,
     /// The tid belongs to another task now: it started at another time.
@@ -29,13 +29,13 @@ pub(super) enum Dropped {
 /// The outcome of the checks (one at a time, on the stack: not boxed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Checked {
+pub enum Checked {
     Go(Placement),
     Dropped(Dropped),
 }
 
 /// The checks, with what they need to know.
-pub(super) struct Gate {
+pub struct Gate {
     proc: ProcFs,
     key: HierarchyKey,
     quotas: UserQuotas,
@@ -47,7 +47,7 @@ pub(super) struct Gate {
 }
 
 impl Gate {
-    pub(super) fn new(
+    pub fn new(
         proc: ProcFs,
         key: HierarchyKey,
         quotas: UserQuotas,
@@ -63,10 +63,10 @@ impl Gate {
     /// move or creation is dropped unless the tid is still that task, in that
     /// cgroup; one that would take the task out of its cgroup's subtree is
     /// refused unless the task has CAP_SYS_ADMIN in the daemon's user namespace.
-    pub(super) fn check(
+    pub fn check(
         &mut self,
         tracker: &Tracker,
-        writer: &mut CgroupWriter,
+        writer: &mut impl CgroupBackend,
         placement: Placement,
         entry: &Entry,
         start_ns: u64,

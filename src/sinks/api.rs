@@ -9,8 +9,8 @@
 
 use tracing::info;
 
-use super::outcome::{Outcome, Sink};
-use super::DaemonError;
+use crate::pipeline::outcome::{Outcome, Sink};
+use super::SinkError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
 use crate::api::proto::{set_map, ApiEvent, CreatorView};
@@ -20,12 +20,12 @@ use crate::config::Config;
 use crate::control::verbs::Timing;
 use crate::core::node::Node;
 use crate::core::nsset::NsSet;
-use crate::placer::unix_now;
+use crate::pipeline::placer::unix_now;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
 
 /// The API server and strict mode, as the daemon holds them.
-pub(super) struct ApiHost {
+pub struct ApiHost {
     publisher: Option<Publisher>,
     // Dropped before the socket: the thread stops, then the file goes.
     server: Option<Server>,
@@ -36,11 +36,11 @@ pub(super) struct ApiHost {
 impl ApiHost {
     /// Loads strict mode (when configured: failing says exactly why), binds
     /// the socket and starts serving it.
-    pub(super) fn start(config: &Config, hierarchy: &Hierarchy, root: &str, proc: &ProcFs, own_set: &NsSet) -> Result<ApiHost, DaemonError> {
+    pub fn start(config: &Config, hierarchy: &Hierarchy, root: &str, proc: &ProcFs, own_set: &NsSet) -> Result<ApiHost, SinkError> {
         let user_ns = own_set.get(crate::core::nsset::NsKind::User);
         let strict = if config.api.strict {
-            let scope = StrictScope::of(hierarchy, root, user_ns).map_err(|e| DaemonError::Config(format!("api.strict: {e}")))?;
-            let s = Strict::load(scope).map_err(|e| DaemonError::Config(format!("api.strict (--strict): {e}")))?;
+            let scope = StrictScope::of(hierarchy, root, user_ns).map_err(|e| SinkError::Config(format!("api.strict: {e}")))?;
+            let s = Strict::load(scope).map_err(|e| SinkError::Config(format!("api.strict (--strict): {e}")))?;
             info!(hooks = %s.describe(), "strict mode: direct writes to cgroup.procs/tasks and mkdirs follow the permission model");
             Some(s)
         } else {
@@ -53,7 +53,7 @@ impl ApiHost {
         }
         let gid = match api.socket_group.as_str() {
             "" => None,
-            g => Some(listen::resolve_group(g).map_err(|e| DaemonError::Config(e.to_string()))?),
+            g => Some(listen::resolve_group(g).map_err(|e| SinkError::Config(e.to_string()))?),
         };
         let socket = match listen::bind(&api.socket, api.socket_mode, gid) {
             Ok(Bound::Listening(l)) => l,
@@ -64,11 +64,11 @@ impl ApiHost {
             }
             Ok(Bound::Taken { by }) => {
                 let by = by.map_or_else(|| "another daemon".to_string(), |p| format!("pid {p}"));
-                return Err(DaemonError::Config(format!("api.socket: {} is served by {by} already", api.socket.display())));
+                return Err(SinkError::Config(format!("api.socket: {} is served by {by} already", api.socket.display())));
             }
-            Err(e) => return Err(DaemonError::Config(format!("api.socket: {e}"))),
+            Err(e) => return Err(SinkError::Config(format!("api.socket: {e}"))),
         };
-        let listener = socket.listener.try_clone().map_err(|e| DaemonError::Config(format!("api.socket: {e}")))?;
+        let listener = socket.listener.try_clone().map_err(|e| SinkError::Config(format!("api.socket: {e}")))?;
         let ctx = Context {
             hierarchy: hierarchy.clone(),
             root: root.to_string(),
@@ -79,29 +79,29 @@ impl ApiHost {
             events: None,
             limits: {
                 let config = config.clone();
-                LimitPolicy::new(move |record, parent| super::control::limits_for(&config, record, parent))
+                LimitPolicy::new(move |record, parent| crate::policy::rules::limits_for(&config, record, parent))
             },
             list_cache: Default::default(),
         };
-        let server = Server::start(listener, ctx).map_err(|e| DaemonError::Config(format!("api.socket: starting the server: {e}")))?;
+        let server = Server::start(listener, ctx).map_err(|e| SinkError::Config(format!("api.socket: starting the server: {e}")))?;
         info!(socket = %socket.path().display(), mode = format!("{:04o}", api.socket_mode), "serving the API");
         Ok(ApiHost { publisher: Some(server.publisher().clone()), server: Some(server), socket: Some(socket), _strict: strict })
     }
 
     /// Whether anybody subscribes (build events only then).
-    pub(super) fn wants_events(&self) -> bool {
+    pub fn wants_events(&self) -> bool {
         self.publisher.as_ref().is_some_and(Publisher::wants_events)
     }
 
     /// Queues an event for the subscribers; never blocks.
-    pub(super) fn publish(&self, event: ApiEvent) {
+    pub fn publish(&self, event: ApiEvent) {
         if let Some(p) = &self.publisher {
             p.publish(event);
         }
     }
 
     /// Wakes the server if events were queued (once per turn of the loop).
-    pub(super) fn flush(&self) {
+    pub fn flush(&self) {
         if let Some(p) = &self.publisher {
             p.flush();
         }
@@ -167,7 +167,12 @@ impl Sink for ApiHost {
                 ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
             Outcome::Overflow { lost } => ApiEvent::Overflow { lost },
-            Outcome::Coalesced { .. } => return,
+            Outcome::Coalesced { .. }
+            | Outcome::Events { .. }
+            | Outcome::Refused { .. }
+            | Outcome::Dropped { .. }
+            | Outcome::NotMirrored { .. }
+            | Outcome::Failed { .. } => return,
         };
         self.publish(event);
     }

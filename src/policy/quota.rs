@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::tracker::Refusal;
+use crate::core::tracker::Refusal;
 
 /// How many buckets are kept before idle (full) ones are forgotten.
 const MAX_BUCKETS: usize = 4096;

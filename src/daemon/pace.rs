@@ -6,9 +6,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::Daemon;
 use crate::bpf::{Event, EventKind};
 use crate::source::monotonic_ns;
 
@@ -23,12 +22,12 @@ const LEAVE_OVER: usize = 16;
 /// When the latest entries happened (their BPF timestamps, so that the
 /// daemon's batching of its reads does not matter).
 #[derive(Default)]
-pub(super) struct Arrivals {
+struct Arrivals {
     recent: VecDeque<u64>,
 }
 
 impl Arrivals {
-    pub(super) fn note(&mut self, ktime_ns: u64) {
+    fn note(&mut self, ktime_ns: u64) {
         if self.recent.len() == ENTER_OVER {
             self.recent.pop_front();
         }
@@ -59,108 +58,144 @@ fn short_lived(batch: &[Event]) -> HashSet<(u32, u64)> {
     batch.iter().filter(|e| e.kind == EventKind::Exit && !parents.contains(&e.tid)).map(|e| (e.tid, e.start_ns)).collect()
 }
 
-impl Daemon {
-    /// Handles a batch in order. Under a high rate, entries younger than the
-    /// batch window are held back (with every later event of the same task,
-    /// and the children it forks) until the window has passed, so that a task
-    /// gone by then (its exit is in the batch) gets no node.
-    pub(super) fn process(&mut self, batch: &mut Vec<Event>) {
-        let window_ns = self.config.batch_window_us * 1000;
+/// The pace's state: the latest entries' times, the mode, and the entries
+/// held back for the batch window.
+pub(super) struct Pace {
+    arrivals: Arrivals,
+    /// Whether the daemon runs in its high-rate mode.
+    busy: bool,
+    /// Whether heavy work (a reconcile) is under way: never under SCHED_FIFO.
+    heavy: bool,
+    /// Events held back for the batch window (high-rate mode), in order.
+    held: Vec<Event>,
+    window_ns: u64,
+    /// The mean gap between entries below which the rate is high.
+    enter_gap: Duration,
+    realtime_priority: u8,
+}
+
+impl Pace {
+    pub(super) fn new(batch_window_us: u64, coalesce_above_per_second: u32, realtime_priority: u8) -> Pace {
+        Pace {
+            arrivals: Arrivals::default(),
+            busy: false,
+            heavy: false,
+            held: Vec::new(),
+            window_ns: batch_window_us * 1000,
+            enter_gap: Duration::from_secs(1) / coalesce_above_per_second.max(1),
+            realtime_priority,
+        }
+    }
+
+    /// Moves the held events to the front of `batch` (they come first).
+    pub(super) fn release_held(&mut self, batch: &mut Vec<Event>) {
+        batch.append(&mut self.held);
+    }
+
+    /// Splits a batch, in order, into the events to handle now (into
+    /// `now`) and those held back: under a high rate, entries younger than
+    /// the batch window are held (with every later event of the same task,
+    /// and the children it forks) until the window has passed, so that a
+    /// task gone by then gets no node. Entries of tasks that exited within
+    /// the batch and forked nothing are dropped: their tids are returned.
+    pub(super) fn split(&mut self, batch: &mut Vec<Event>, now: &mut Vec<Event>) -> Vec<u32> {
         let hold = self.coalescing();
-        let now = monotonic_ns();
+        let clock = monotonic_ns();
         let short_lived = short_lived(batch);
         let mut held_tids = HashSet::new();
+        let mut coalesced = Vec::new();
         for ev in batch.drain(..) {
             let entry = ev.kind != EventKind::Exit;
             if entry && short_lived.contains(&(ev.tid, ev.start_ns)) {
-                self.deferred.remove(&ev.tid);
-                self.sinks.publish(super::outcome::Outcome::Coalesced { entries: 1 });
+                coalesced.push(ev.tid);
                 continue;
             }
-            let young = entry && now.saturating_sub(ev.ktime_ns) < window_ns;
+            let young = entry && clock.saturating_sub(ev.ktime_ns) < self.window_ns;
             let follows_held = held_tids.contains(&ev.tid) || matches!(ev.kind, EventKind::Fork { ptid } if held_tids.contains(&ptid));
             if hold && (young || follows_held) {
                 held_tids.insert(ev.tid);
                 self.held.push(ev);
                 continue;
             }
-            self.handle(ev);
+            now.push(ev);
         }
+        coalesced
     }
 
-    /// The mean gap between entries below which the rate is high, and
-    /// (with hysteresis: nine tenths of the rate) above which it is low again.
-    fn gaps(&self) -> (Duration, Duration) {
-        let enter = Duration::from_secs(1) / self.config.coalesce_above_per_second;
-        (enter, enter * 10 / 9)
-    }
-
-    /// After an entry: into the high-rate mode when the rate over the latest
-    /// [`ENTER_OVER`] entries is high, out of it when the rate over the latest
-    /// [`LEAVE_OVER`] is low (counting afresh from then on).
-    pub(super) fn update_mode(&mut self) {
+    /// After an entry at `ktime_ns`: into the high-rate mode when the rate
+    /// over the latest [`ENTER_OVER`] entries is high, out of it when the
+    /// rate over the latest [`LEAVE_OVER`] is low (counting afresh from then
+    /// on). `true` when the mode changed.
+    pub(super) fn note_entry(&mut self, ktime_ns: u64) -> bool {
+        self.arrivals.note(ktime_ns);
         let (enter, leave) = self.gaps();
         if !self.busy && self.arrivals.mean_gap(ENTER_OVER).is_some_and(|gap| gap < enter) {
-            self.set_mode(true);
-        } else if self.busy && self.arrivals.mean_gap(LEAVE_OVER).is_some_and(|gap| gap > leave) {
-            self.arrivals = Arrivals::default();
-            self.set_mode(false);
+            return self.set_busy(true);
         }
+        if self.busy && self.arrivals.mean_gap(LEAVE_OVER).is_some_and(|gap| gap > leave) {
+            self.arrivals = Arrivals::default();
+            return self.set_busy(false);
+        }
+        false
     }
 
     /// A look at the ring found nothing new. In the high-rate mode, once no
     /// entry has come for as long as [`LEAVE_OVER`] entries at the low rate
     /// would take, the rate is low again: back to waking per event. (A single
-    /// quiet window, a stall of the workload, does not end it.)
-    pub(super) fn quiet_tick(&mut self) {
+    /// quiet window, a stall of the workload, does not end it.) `true` when
+    /// the mode changed.
+    pub(super) fn quiet_tick(&mut self) -> bool {
         if !self.busy || !self.held.is_empty() {
-            return;
+            return false;
         }
         let quiet_enough = self.gaps().1 * LEAVE_OVER as u32;
         if self.arrivals.since_last().is_none_or(|quiet| quiet > quiet_enough) {
             self.arrivals = Arrivals::default();
-            self.set_mode(false);
+            return self.set_busy(false);
         }
+        false
+    }
+
+    /// Heavy work (a reconcile) starts or ends.
+    pub(super) fn set_heavy(&mut self, heavy: bool) {
+        self.heavy = heavy;
     }
 
     /// How long until the oldest held event's window has passed.
     pub(super) fn held_until(&self) -> Option<Duration> {
         let oldest = self.held.iter().map(|e| e.ktime_ns).min()?;
-        let due = oldest + self.config.batch_window_us * 1000;
-        Some(Duration::from_nanos(due.saturating_sub(monotonic_ns())))
+        Some(Duration::from_nanos((oldest + self.window_ns).saturating_sub(monotonic_ns())))
     }
 
     /// Whether entries are held for the batch window and the ring is looked
     /// at on a timer: in the high-rate mode, unless the window is 0.
     pub(super) fn coalescing(&self) -> bool {
-        self.busy && self.config.batch_window_us > 0
-    }
-
-    fn set_mode(&mut self, busy: bool) {
-        if self.busy != busy {
-            self.busy = busy;
-            self.apply_mode();
-        }
+        self.busy && self.window_ns > 0
     }
 
     /// Idle or under a low rate: woken per event, under SCHED_FIFO (if
-    /// configured), to place at once; never during heavy work (a reconcile). Under a high rate: the normal scheduler,
-    /// so that the daemon does not preempt the very tasks it places (a
-    /// real-time wakeup stays on its CPU instead of taking an idle one), no
-    /// wakeups from the ring (it looks once per window), and coalescing.
-    pub(super) fn apply_mode(&mut self) {
-        debug!(busy = self.busy, "scheduling mode");
-        if let Err(e) = self.source.set_wakeups(!self.coalescing()) {
-            warn!("could not switch the ring buffer's wakeups: {e}");
+    /// configured), to place at once; never during heavy work. Under a high
+    /// rate: the normal scheduler, so that the daemon does not preempt the
+    /// very tasks it places (a real-time wakeup stays on its CPU instead of
+    /// taking an idle one), and no wakeups from the ring (it looks once per
+    /// window). `None` when no real-time priority is configured.
+    pub(super) fn realtime(&self) -> Option<Option<i32>> {
+        (self.realtime_priority != 0).then(|| (!self.busy && !self.heavy).then_some(i32::from(self.realtime_priority)))
+    }
+
+    /// The mean gap between entries below which the rate is high, and
+    /// (with hysteresis: nine tenths of the rate) above which it is low again.
+    fn gaps(&self) -> (Duration, Duration) {
+        (self.enter_gap, self.enter_gap * 10 / 9)
+    }
+
+    fn set_busy(&mut self, busy: bool) -> bool {
+        let changed = self.busy != busy;
+        self.busy = busy;
+        if changed {
+            debug!(busy, "scheduling mode");
         }
-        let priority = self.config.realtime_priority;
-        if priority == 0 {
-            return;
-        }
-        let wanted = (!self.busy && !self.heavy).then_some(i32::from(priority));
-        if let Err(e) = crate::ffi::set_realtime(wanted) {
-            warn!("could not change the scheduling policy (realtime_priority): {e}");
-        }
+        changed
     }
 }
 

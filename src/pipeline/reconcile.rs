@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use crate::core::node::CgroupId;
 use crate::core::nsset::{NsMask, NsSet};
 use crate::core::tracker::{Entry, Granularity, Placement};
-use crate::placer::{Outcome, Placer};
+use crate::pipeline::placer::{Outcome, Placer};
 use crate::sys::cgroupfs::CgroupBackend;
 use crate::sys::error::IoError;
 use crate::sys::scan::TaskSample;
@@ -108,7 +108,7 @@ mod tests {
     use super::*;
     use crate::core::nsset::NsSet;
     use crate::core::tracker::{Limits, Tracker};
-    use crate::placer::fake::FakeBackend;
+    use crate::testing::FakeBackend;
 
     const ROOT: CgroupId = 1;
 

@@ -29,19 +29,19 @@ const PIN_ORDER: [NsKind; 10] = [
 
 /// One open namespace per node.
 #[derive(Default)]
-pub(super) struct Pins {
+pub struct Pins {
     fds: HashMap<CgroupId, OwnedFd>,
 }
 
 impl Pins {
     /// Whether a node holds its namespace.
-    pub(super) fn holds(&self, node: CgroupId) -> bool {
+    pub fn holds(&self, node: CgroupId) -> bool {
         self.fds.contains_key(&node)
     }
 
     /// Pins one of `node`'s namespaces from a task in its set; false when
     /// the task no longer has it (gone, or moved on to another set).
-    pub(super) fn pin(&mut self, proc: &ProcFs, node: &Node, tgid: u32, tid: u32) -> bool {
+    pub fn pin(&mut self, proc: &ProcFs, node: &Node, tgid: u32, tid: u32) -> bool {
         if self.holds(node.id) {
             return true;
         }
@@ -59,12 +59,12 @@ impl Pins {
     }
 
     /// Lets a removed node's namespace go.
-    pub(super) fn release(&mut self, node: CgroupId) {
+    pub fn release(&mut self, node: CgroupId) {
         self.fds.remove(&node);
     }
 
     /// How many namespaces are held.
-    pub(super) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.fds.len()
     }
 }
@@ -72,7 +72,7 @@ impl Pins {
 /// Raises the soft limit on open files to the hard one: every node holds a
 /// descriptor. Where that fails, nodes past the limit are not pinned (their
 /// sets retire at once) and the daemon says so.
-pub(super) fn raise_open_files_limit() {
+pub fn raise_open_files_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {

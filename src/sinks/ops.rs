@@ -19,21 +19,19 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::outcome::{Outcome, Sink};
-use super::Timer;
-use super::{Daemon, DaemonError};
+use super::SinkError;
+use crate::pipeline::outcome::{Dropped, Outcome, Sink};
 use crate::config::Config;
 use crate::core::node::{CgroupId, Node};
 use crate::core::nsset::NsKind;
 use crate::history::{Msg, NodeRow, Retention, Writer};
-use crate::placer::unix_now;
-use crate::sys::cgroupfs::CgroupBackend;
+use crate::pipeline::placer::unix_now;
 use crate::sys::hierarchy::{Hierarchy, Version};
 use crate::sys::status_file::{status_path, write_atomically, Counters, StatusFile};
 
@@ -43,7 +41,7 @@ pub const LATENCY_BUCKETS: [f64; 16] =
 /// How often at most the status file is rewritten (only after a change).
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// How long before a publication the lock was busy for is tried again.
-const RETRY_PUBLISH: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_PUBLISH: Duration = Duration::from_millis(50);
 
 /// The figure docs/benchmarks.md measured for the syscall tracepoints (its getppid row).
 pub const TRACEPOINT_COST: &str =
@@ -54,7 +52,7 @@ pub const NO_FAVORDYNMODS_COST: &str =
 
 /// Timer jobs of this module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum OpsJob {
+pub enum OpsJob {
     Status,
     LogCounters,
     Publish,
@@ -62,23 +60,23 @@ pub(super) enum OpsJob {
 
 /// A node as the metrics show it.
 #[derive(Clone, Debug)]
-struct NodeLabel {
+pub(crate) struct NodeLabel {
     name: String,
     path: String,
     created_unix: u64,
     owner: u32,
 }
 
-enum Change {
+pub(crate) enum Change {
     Add(CgroupId, NodeLabel),
     Remove(CgroupId),
 }
 
 /// What the metrics threads read.
 #[derive(Default)]
-struct State {
-    counters: Counters,
-    nodes: BTreeMap<CgroupId, NodeLabel>,
+pub(crate) struct State {
+    pub(crate) counters: Counters,
+    pub(crate) nodes: BTreeMap<CgroupId, NodeLabel>,
 }
 
 /// Where the threads find the hierarchy and their bounds.
@@ -90,28 +88,50 @@ struct View {
     started_unix: u64,
 }
 
-/// The daemon's operability state (a field of [`Daemon`]).
-pub(super) struct Ops {
-    state: Arc<Mutex<State>>,
+/// What the pipeline did, counted from its outcomes.
+#[derive(Default)]
+pub struct Counted {
+    pub events: u64,
+    pub moved: u64,
+    pub created: u64,
+    pub removed: u64,
+    pub reconciles: u64,
+    pub refused: u64,
+    /// Moves dropped because the task exited first.
+    pub dropped_gone: u64,
+    /// Moves dropped because the tid had become another task's.
+    pub dropped_reused: u64,
+    /// Moves dropped because another writer had moved the task.
+    pub dropped_other_writer: u64,
+    /// Per mirror (its controllers): tasks placed outside its root, so not mirrored.
+    pub not_mirrored: BTreeMap<String, u64>,
+    /// Event-to-moved latency (µs).
+    pub latency: crate::core::histogram::Histogram,
+}
+
+/// The daemon's operability state.
+pub struct Ops {
+    counted: Counted,
+    pub(crate) state: Arc<Mutex<State>>,
     /// Whether node changes are followed (metrics or history on).
-    follow: bool,
-    metrics_on: bool,
-    history: Option<Writer>,
-    pending: Vec<Change>,
-    latency: Vec<u64>,
-    latency_sum_us: u64,
+    pub(crate) follow: bool,
+    pub(crate) metrics_on: bool,
+    pub(crate) history: Option<Writer>,
+    pub(crate) pending: Vec<Change>,
+    pub(crate) latency: Vec<u64>,
+    pub(crate) latency_sum_us: u64,
     /// Entries coalesced away (no node made), in total and not yet sent to history.
-    coalesced: u64,
-    coalesced_sent: u64,
-    published: Option<Counters>,
-    publish_armed: bool,
-    status_path: Option<PathBuf>,
-    status: StatusFile,
-    status_armed: bool,
-    status_written: Option<Counters>,
-    log_armed: bool,
-    logged: Option<Counters>,
-    hup: Arc<AtomicBool>,
+    pub(crate) coalesced: u64,
+    pub(crate) coalesced_sent: u64,
+    pub(crate) published: Option<Counters>,
+    pub(crate) publish_armed: bool,
+    pub(crate) status_path: Option<PathBuf>,
+    pub(crate) status: StatusFile,
+    pub(crate) status_armed: bool,
+    pub(crate) status_written: Option<Counters>,
+    pub(crate) log_armed: bool,
+    pub(crate) logged: Option<Counters>,
+    pub(crate) hup: Arc<AtomicBool>,
 }
 
 /// The options of the mount at `mount` (mount options, then superblock
@@ -131,7 +151,7 @@ pub fn mount_options(mount: &Path) -> Option<String> {
     })
 }
 
-fn node_row(node: &Node, path: String) -> NodeRow {
+pub(crate) fn node_row(node: &Node, path: String) -> NodeRow {
     let r = &node.record;
     NodeRow {
         cgroup_id: node.id,
@@ -145,18 +165,18 @@ fn node_row(node: &Node, path: String) -> NodeRow {
     }
 }
 
-fn label_of(node: &Node, path: String) -> NodeLabel {
+pub(crate) fn label_of(node: &Node, path: String) -> NodeLabel {
     NodeLabel { name: node.name.clone(), path, created_unix: node.record.created_unix, owner: node.record.owner() }
 }
 
 impl Ops {
     /// Opens the history, binds the metrics address, starts the threads and
     /// installs the SIGHUP handler (its signal wakes the loop through `wake`).
-    pub(super) fn start(config: &Config, hierarchy: &Hierarchy, root: &str, wake: &UnixStream) -> Result<Ops, DaemonError> {
+    pub fn start(config: &Config, hierarchy: &Hierarchy, root: &str, wake: &UnixStream) -> Result<Ops, SinkError> {
         let hup = Arc::new(AtomicBool::new(false));
         let sig = signal_hook::consts::SIGHUP;
-        signal_hook::flag::register(sig, Arc::clone(&hup)).map_err(DaemonError::Signals)?;
-        signal_hook::low_level::pipe::register(sig, wake.try_clone().map_err(DaemonError::Signals)?).map_err(DaemonError::Signals)?;
+        signal_hook::flag::register(sig, Arc::clone(&hup)).map_err(SinkError::Signals)?;
+        signal_hook::low_level::pipe::register(sig, wake.try_clone().map_err(SinkError::Signals)?).map_err(SinkError::Signals)?;
 
         let state = Arc::new(Mutex::new(State::default()));
         let view = View {
@@ -168,13 +188,13 @@ impl Ops {
         let m = &config.metrics;
         let mut listen = None;
         if !m.listen.is_empty() {
-            let listener = TcpListener::bind(&m.listen).map_err(|e| DaemonError::Config(format!("metrics.listen {}: {e}", m.listen)))?;
-            let addr = listener.local_addr().map_err(|e| DaemonError::Config(format!("metrics.listen: {e}")))?;
+            let listener = TcpListener::bind(&m.listen).map_err(|e| SinkError::Config(format!("metrics.listen {}: {e}", m.listen)))?;
+            let addr = listener.local_addr().map_err(|e| SinkError::Config(format!("metrics.listen: {e}")))?;
             let (state, view) = (Arc::clone(&state), view.clone());
             std::thread::Builder::new()
                 .name("nsgroup-metrics".into())
                 .spawn(move || serve(listener, &state, &view))
-                .map_err(|e| DaemonError::Config(format!("metrics.listen: starting the server: {e}")))?;
+                .map_err(|e| SinkError::Config(format!("metrics.listen: starting the server: {e}")))?;
             info!(address = %addr, path = "/metrics", "serving metrics");
             listen = Some(addr.to_string());
         }
@@ -183,7 +203,7 @@ impl Ops {
             std::thread::Builder::new()
                 .name("nsgroup-textfile".into())
                 .spawn(move || write_textfile_every(&file, Duration::from_secs(every), &state, &view))
-                .map_err(|e| DaemonError::Config(format!("metrics.file: starting its writer: {e}")))?;
+                .map_err(|e| SinkError::Config(format!("metrics.file: starting its writer: {e}")))?;
             info!(file = %m.file.display(), interval_s = m.file_interval_seconds, "writing metrics for the textfile collector");
         }
         let h = &config.history;
@@ -226,6 +246,7 @@ impl Ops {
             ..StatusFile::default()
         };
         Ok(Ops {
+            counted: Counted::default(),
             state,
             follow: !m.listen.is_empty() || !m.file.as_os_str().is_empty() || history.is_some(),
             metrics_on: !m.listen.is_empty() || !m.file.as_os_str().is_empty(),
@@ -248,6 +269,13 @@ impl Ops {
     }
 }
 
+impl Ops {
+    /// What was counted so far.
+    pub fn counted(&self) -> &Counted {
+        &self.counted
+    }
+}
+
 impl Sink for Ops {
     fn follows_nodes(&self) -> bool {
         self.follow
@@ -256,8 +284,21 @@ impl Sink for Ops {
     /// Latencies and coalesced entries counted; nodes made and removed to
     /// the metrics' node series and the history.
     fn take(&mut self, outcome: &Outcome<'_>) {
+        let c = &mut self.counted;
         match *outcome {
-            Outcome::Placed { latency_us, .. } => {
+            Outcome::Events { count, .. } => c.events += count,
+            Outcome::Refused { .. } => c.refused += 1,
+            Outcome::Dropped { why, .. } => match why {
+                Dropped::Gone => c.dropped_gone += 1,
+                Dropped::Reused => c.dropped_reused += 1,
+                Dropped::OtherWriter => c.dropped_other_writer += 1,
+            },
+            Outcome::NotMirrored { controllers, .. } => *c.not_mirrored.entry(controllers.to_string()).or_default() += 1,
+            Outcome::Reconciled { .. } => c.reconciles += 1,
+            Outcome::Placed { latency_us, created, .. } => {
+                c.moved += 1;
+                c.created += u64::from(created);
+                c.latency.record(latency_us);
                 let secs = latency_us as f64 / 1e6;
                 let bucket = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
                 self.latency[bucket] += 1;
@@ -272,6 +313,7 @@ impl Sink for Ops {
                 }
             }
             Outcome::Removed { removal, .. } => {
+                c.removed += 1;
                 if self.metrics_on {
                     self.pending.push(Change::Remove(removal.node.id));
                 }
@@ -281,187 +323,8 @@ impl Sink for Ops {
                 }
             }
             Outcome::Coalesced { entries } => self.coalesced += entries,
-            Outcome::Created { .. } | Outcome::Reconciled { .. } | Outcome::LimitApplied { .. } | Outcome::Overflow { .. } => {}
+            Outcome::Created { .. } | Outcome::LimitApplied { .. } | Outcome::Overflow { .. } | Outcome::Failed { .. } => {}
         }
-    }
-}
-
-impl Daemon {
-    fn ops_counters(&self) -> Counters {
-        let s = &self.stats;
-        Counters {
-            events: s.events,
-            placements: s.moved,
-            nodes_created: s.created,
-            nodes_removed: s.removed,
-            reconciles: s.reconciles,
-            refusals: s.refused,
-            dropped_gone: s.dropped_gone,
-            dropped_reused: s.dropped_reused,
-            dropped_other_writer: s.dropped_other_writer,
-            ring_dropped: self.source.dropped(),
-            coalesced_entries: self.sinks.ops.coalesced,
-            history_dropped: self.sinks.ops.history.as_ref().map_or(0, Writer::dropped),
-            live_nodes: self.placer.tracker().node_count() as u64,
-            latency_buckets: self.sinks.ops.latency.clone(),
-            latency_sum_us: self.sinks.ops.latency_sum_us,
-            latency_count: s.latency.count(),
-        }
-    }
-
-    /// After the start's reconcile: the nodes that exist to the history (which
-    /// closes those gone meanwhile) and the metrics; the status file; what
-    /// the hooks cost.
-    pub(super) fn ops_started(&mut self) {
-        let source = self.source.describe();
-        let tracepoints = source.contains("tracepoint/syscalls");
-        let options = mount_options(self.hierarchy.mount()).unwrap_or_default();
-        let favordynmods = options.split([',', ' ']).any(|o| o == "favordynmods");
-        let mut costs = Vec::new();
-        if tracepoints {
-            costs.push(TRACEPOINT_COST.to_string());
-        }
-        if !favordynmods {
-            costs.push(NO_FAVORDYNMODS_COST.to_string());
-        }
-        for cost in &costs {
-            warn!(cost = %cost, "what tracking costs this machine");
-        }
-        let why = if source.contains("no syscall hook") {
-            "hooks = \"no-syscall\": no syscall is hooked; unshare/setns callers are seen at their next fork or exec, or by the next snapshot"
-        } else if source.contains("refused") {
-            "fentry/fexit on unshare/setns were refused by the kernel; the syscall tracepoints are the fallback"
-        } else if tracepoints {
-            "fentry/fexit are unavailable here; the syscall tracepoints are the fallback"
-        } else if source.contains("proc connector") {
-            "BPF is unavailable or source = \"proc\": the netlink proc connector and /proc rescans"
-        } else {
-            "the preferred hooks loaded"
-        };
-        self.sinks.ops.status = StatusFile {
-            mount_options: options,
-            favordynmods,
-            source,
-            syscall_tracepoints: tracepoints,
-            hooks_why: why.into(),
-            costs,
-            own_hierarchy: self.own_hierarchy,
-            ..std::mem::take(&mut self.sinks.ops.status)
-        };
-        if self.sinks.ops.follow {
-            let nodes: Vec<Node> = self.placer.tracker().nodes().cloned().collect();
-            let mut live = Vec::with_capacity(nodes.len());
-            for node in nodes {
-                let path = self.placer.backend().path_of(node.id).ok().flatten().unwrap_or_default();
-                if self.sinks.ops.metrics_on {
-                    self.sinks.ops.pending.push(Change::Add(node.id, label_of(&node, path.clone())));
-                }
-                live.push(node_row(&node, path));
-            }
-            if let Some(h) = &self.sinks.ops.history {
-                h.send(Msg::Start { live, now_unix: unix_now() });
-            }
-        }
-        self.ops_turn();
-        self.ops_write_status();
-    }
-
-    /// Once per turn of the loop: SIGHUP, the counters and node changes to
-    /// the metrics, coalesced counts to the history, the status and counter
-    /// timers armed after a change.
-    pub(super) fn ops_turn(&mut self) {
-        if self.sinks.ops.hup.swap(false, Ordering::Relaxed) {
-            info!(
-                signal = "SIGHUP",
-                "ignored: the configuration is read at start only (restart nsgroup to apply a change; nodes stay)"
-            );
-        }
-        let unsent = self.sinks.ops.coalesced - self.sinks.ops.coalesced_sent;
-        if unsent > 0 {
-            if let Some(h) = &self.sinks.ops.history {
-                h.send(Msg::Coalesced { minute_unix: unix_now() / 60 * 60, entries: unsent });
-            }
-            self.sinks.ops.coalesced_sent = self.sinks.ops.coalesced;
-        }
-        let counters = self.ops_counters();
-        let changed = self.sinks.ops.published.as_ref() != Some(&counters) || !self.sinks.ops.pending.is_empty();
-        if !changed {
-            return;
-        }
-        if let Ok(mut state) = self.sinks.ops.state.try_lock() {
-            for change in self.sinks.ops.pending.drain(..) {
-                match change {
-                    Change::Add(id, label) => {
-                        state.nodes.insert(id, label);
-                    }
-                    Change::Remove(id) => {
-                        state.nodes.remove(&id);
-                    }
-                }
-            }
-            state.counters = counters.clone();
-            drop(state);
-            self.sinks.ops.published = Some(counters.clone());
-        } else if !self.sinks.ops.publish_armed {
-            self.sinks.ops.publish_armed = true;
-            self.timers.schedule(RETRY_PUBLISH, Timer::Ops(OpsJob::Publish));
-        }
-        if self.sinks.ops.status_path.is_some() && self.sinks.ops.status_written.is_none() {
-            // The first one at once: an idle daemon then never wakes for it.
-            self.ops_write_status();
-        } else if self.sinks.ops.status_path.is_some() && !self.sinks.ops.status_armed && self.sinks.ops.status_written.as_ref() != Some(&counters) {
-            self.sinks.ops.status_armed = true;
-            self.timers.schedule(STATUS_EVERY, Timer::Ops(OpsJob::Status));
-        }
-        let every = self.config.status.log_counters_seconds;
-        if every > 0 && !self.sinks.ops.log_armed && self.sinks.ops.logged.as_ref() != Some(&counters) {
-            self.sinks.ops.log_armed = true;
-            self.timers.schedule(Duration::from_secs(every), Timer::Ops(OpsJob::LogCounters));
-        }
-    }
-
-    pub(super) fn ops_timer(&mut self, job: OpsJob) {
-        match job {
-            OpsJob::Publish => {
-                self.sinks.ops.publish_armed = false;
-                self.sinks.ops.published = None;
-                self.ops_turn();
-            }
-            OpsJob::Status => {
-                self.sinks.ops.status_armed = false;
-                self.ops_write_status();
-            }
-            OpsJob::LogCounters => {
-                self.sinks.ops.log_armed = false;
-                self.sinks.ops.logged = Some(self.ops_counters());
-                self.log_stats();
-            }
-        }
-    }
-
-    /// Writes the status file atomically (a temporary file renamed over it).
-    fn ops_write_status(&mut self) {
-        let Some(path) = self.sinks.ops.status_path.clone() else { return };
-        let counters = self.ops_counters();
-        self.sinks.ops.status.counters = counters.clone();
-        self.sinks.ops.status.written_unix = unix_now();
-        self.sinks.ops.status_written = Some(counters);
-        let text = serde_json::to_vec_pretty(&self.sinks.ops.status).unwrap_or_default();
-        if let Err(e) = write_atomically(&path, &text, 0o644) {
-            if self.reports.allow(super::reports::Kind::Failed) {
-                warn!(file = %path.display(), error = %e, "writing the status file failed");
-            }
-        }
-    }
-
-    /// At exit: the status file goes (no daemon runs); the history writer
-    /// finishes what is queued.
-    pub(super) fn ops_stopped(&mut self) {
-        self.ops_turn();
-        if let Some(path) = &self.sinks.ops.status_path {
-            let _ = std::fs::remove_file(path);
-        }
-        self.sinks.ops.history.take();
     }
 }
 

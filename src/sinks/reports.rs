@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::core::tracker::Refusal;
 
 /// How often the counts are reported (and the per-kind allowance renewed).
-pub(super) const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Lines of one kind written per interval before the rest are only counted.
 const LINES_PER_INTERVAL: u32 = 5;
 /// Users named in one report; the rest are summed up.
@@ -16,7 +16,7 @@ const USERS_PER_REPORT: usize = 20;
 
 /// Kinds of log lines that users can cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     /// An entry left where it is, for a reason worth a line.
     Refused,
     /// A placement or removal that failed.
@@ -43,7 +43,7 @@ impl Kind {
 
 /// Refusals of one user in the current interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct UserRefusals {
+pub(crate) struct UserRefusals {
     /// Over `max_nodes_per_user`.
     pub quota: u64,
     /// Over `max_creations_per_second_per_user`.
@@ -60,7 +60,7 @@ impl UserRefusals {
 
 /// One interval's counts, taken for logging.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Summary {
+pub(crate) struct Summary {
     /// Lines not written, by kind.
     pub suppressed: Vec<(&'static str, u64)>,
     /// The users with the most refusals, most first.
@@ -71,7 +71,7 @@ pub(super) struct Summary {
 
 /// The counts of the current interval.
 #[derive(Default)]
-pub(super) struct Reports {
+pub(crate) struct Reports {
     lines: HashMap<Kind, (u32, u64)>,
     users: BTreeMap<u32, UserRefusals>,
     /// Whether a [`super::timers::Timer::Report`] is pending.
@@ -80,7 +80,7 @@ pub(super) struct Reports {
 
 impl Reports {
     /// Whether a line of `kind` may be written now; counted either way.
-    pub(super) fn allow(&mut self, kind: Kind) -> bool {
+    pub(crate) fn allow(&mut self, kind: Kind) -> bool {
         let (written, suppressed) = self.lines.entry(kind).or_default();
         if *written < LINES_PER_INTERVAL {
             *written += 1;
@@ -92,7 +92,7 @@ impl Reports {
     }
 
     /// Counts a refused entry of a set owned by `owner`.
-    pub(super) fn refused(&mut self, owner: u32, why: &Refusal) {
+    pub(crate) fn refused(&mut self, owner: u32, why: &Refusal) {
         let u = self.users.entry(owner).or_default();
         match why {
             Refusal::UserQuota { .. } => u.quota += 1,
@@ -103,7 +103,7 @@ impl Reports {
 
     /// Whether the report timer must be started: something was counted and
     /// no timer is pending. Idle, nothing is armed (no periodic wakeups).
-    pub(super) fn arm(&mut self) -> bool {
+    pub(crate) fn arm(&mut self) -> bool {
         if self.armed || (self.lines.is_empty() && self.users.is_empty()) {
             return false;
         }
@@ -112,7 +112,7 @@ impl Reports {
     }
 
     /// The interval's counts; a new interval starts.
-    pub(super) fn take(&mut self) -> Summary {
+    pub(crate) fn take(&mut self) -> Summary {
         self.armed = false;
         let mut suppressed: Vec<(&'static str, u64)> =
             self.lines.drain().filter(|(_, (_, n))| *n > 0).map(|(k, (_, n))| (k.name(), n)).collect();

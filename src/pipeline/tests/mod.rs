@@ -1,0 +1,1 @@
+//! Unit tests of the pipeline over the fake backend and the fake procfs.

@@ -1,0 +1,132 @@
+//! The pipeline's upkeep, beside the event path: removing nodes whose last
+//! task left (bottom-up through emptied parents, retrying while the last
+//! task is still on its way out), sweeping for nodes emptied while events
+//! were lost, and reconciling from a snapshot of every task.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::outcome::{Cause, Outcome, Step};
+use super::reconcile::{reconcile, Report};
+use super::{Around, Pipeline};
+use crate::core::node::{CgroupId, Node};
+use crate::core::tracker::Placement;
+use crate::policy::gate::Checked;
+use crate::policy::rules;
+use crate::sys::cgroupfs::CgroupBackend;
+use crate::sys::error::IoError;
+use crate::sys::scan::TaskSample;
+
+impl<B: CgroupBackend> Pipeline<B> {
+    /// Removes `node` if empty, then its emptied parents; retries while the
+    /// last task is still on its way out.
+    pub fn cleanup(&mut self, node: CgroupId, attempt: u32, around: &mut dyn Around) {
+        self.cleanup.due(node);
+        let mut current = Some(node);
+        while let Some(id) = current {
+            let Some(parent) = self.placer.tracker().node(id).map(|n| n.parent) else { return };
+            match self.placer.try_remove(id) {
+                Ok(Some(removal)) => {
+                    self.pins.release(id);
+                    let mirrored = self.mirrors.remove(&removal.node, around);
+                    around.publish(Outcome::Removed { removal: &removal, mirrored: &mirrored });
+                    current = Some(parent).filter(|p| self.placer.tracker().node(*p).is_some());
+                }
+                Ok(None) => {
+                    // Busy: retry while only exiting tasks hold it (the node
+                    // asked about, or a parent reached by removing its last child).
+                    if !self.placer.tracker().has_child_nodes(id) && !self.has_live_tasks(id) {
+                        self.schedule_cleanup(id, if id == node { attempt + 1 } else { 1 }, around);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    around.publish(Outcome::Failed { step: Step::Remove, subject: &id.to_string(), error: &e });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether a node holds a task that is not on its way out. Stops at the
+    /// first live one.
+    fn has_live_tasks(&mut self, id: CgroupId) -> bool {
+        let Ok(members) = self.placer.backend().members_of(id) else { return true };
+        members.into_iter().any(|tid| self.proc.stat(tid, tid).ok().flatten().is_some_and(|s| !s.is_dead()))
+    }
+
+    /// Removes (per policy) every node that is empty now; `occupied` are
+    /// nodes known to hold tasks (not tried).
+    pub fn sweep(&mut self, occupied: &HashSet<CgroupId>, around: &mut dyn Around) {
+        let Ok(at_once) = self.cleanup.sweep_attempt() else { return };
+        let tracker = self.placer.tracker();
+        let leaves: Vec<CgroupId> =
+            tracker.nodes().filter(|n| !tracker.has_child_nodes(n.id) && !occupied.contains(&n.id)).map(|n| n.id).collect();
+        for id in leaves {
+            match at_once {
+                Some(attempt) => self.cleanup(id, attempt, around),
+                None => self.schedule_cleanup(id, 0, around),
+            }
+        }
+    }
+
+    /// Places every task of a snapshot as if it had just entered its set
+    /// (the same checks and limits as an event's), then: nodes none of whose
+    /// tasks is in its set any more retire their set, empty nodes go, and
+    /// the nodes made and the reconcile are published. `stop` cuts it short.
+    pub fn reconcile(&mut self, tasks: Vec<TaskSample>, why: &str, stop: &AtomicBool, around: &mut dyn Around) -> Result<Report, IoError> {
+        let started = Instant::now();
+        let before: Option<HashSet<CgroupId>> = around.follows_nodes().then(|| self.placer.tracker().nodes().map(|n| n.id).collect());
+        let (config, gate, v2) = (&self.config, &mut self.gate, self.v2);
+        let admitted = |t: &TaskSample| rules::admits(config, &t.comm, t.owner, &t.cgroup_path);
+        let check = |placer: &mut super::placer::Placer<B>, entry: &_, t: &TaskSample, placement: Placement| {
+            if stop.load(Ordering::Relaxed) {
+                return Placement::Stay;
+            }
+            let (tracker, backend) = placer.parts();
+            match gate.check(tracker, backend, placement, entry, t.start, t.cgroup) {
+                Ok(Checked::Go(p)) => rules::with_policy_limits(config, v2, backend, p, &t.comm),
+                Ok(Checked::Dropped(why)) => {
+                    around.publish(Outcome::Dropped { tid: t.tid, comm: &t.comm, why });
+                    Placement::Stay
+                }
+                Err(e) => {
+                    around.publish(Outcome::Failed { step: Step::Check, subject: &t.tid.to_string(), error: &e });
+                    Placement::Stay
+                }
+            }
+        };
+        let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admitted, check)?;
+        self.pending.replace_placed(placed.iter().map(|p| (p.tid, p.start, p.cgroup)));
+        let mut occupied = HashSet::new();
+        for p in placed {
+            let Some(node) = self.placer.tracker().node(p.cgroup) else { continue };
+            around.track(p.tid, p.cgroup);
+            occupied.insert(p.cgroup);
+            if p.set == node.record.set {
+                self.pins.pin(&self.proc, node, p.tgid, p.tid);
+            }
+            self.follow_in_mirrors(p.cgroup, p.tgid, p.tid, around);
+        }
+        self.publish_refused_files(around);
+        // A node none of whose tasks is in its set any more (adopted, or
+        // emptied while events were lost) cannot tell its set's recycled
+        // inode numbers from its own: it is no longer found by its set.
+        let unpinned: Vec<_> = self.placer.tracker().nodes().map(|n| n.id).filter(|id| !self.pins.holds(*id)).collect();
+        for id in unpinned {
+            self.placer.tracker_mut().retire_set(id);
+        }
+        self.sweep(&occupied, around);
+        if let Some(before) = before {
+            let mut fresh: Vec<Node> = self.placer.tracker().nodes().filter(|n| !before.contains(&n.id)).cloned().collect();
+            fresh.sort_by_key(|n| (n.record.created_unix, n.id));
+            for node in &fresh {
+                let path = self.placer.backend().path_of(node.id).ok().flatten().unwrap_or_default();
+                around.publish(Outcome::Created { node, path: &path, cause: Cause::Reconcile });
+            }
+        }
+        around.publish(Outcome::Reconciled { why, report: &report, elapsed: started.elapsed() });
+        Ok(report)
+    }
+}
