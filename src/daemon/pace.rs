@@ -202,6 +202,60 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::nsset::NsSet;
+
+    fn ev(kind: EventKind, tid: u32, ktime_ns: u64) -> Event {
+        Event { ktime_ns, ..crate::testing::event(kind, tid, 1, NsSet::default(), NsSet::default()) }
+    }
+
+    #[test]
+    fn a_task_that_exits_within_its_batch_is_coalesced_away_unless_it_forked() {
+        let mut p = Pace::new(1000, 1250, 0);
+        let now = monotonic_ns();
+        let mut batch = vec![
+            ev(EventKind::Unshare, 1, now),
+            ev(EventKind::Exit, 1, now),
+            ev(EventKind::Unshare, 2, now),
+            ev(EventKind::Fork { ptid: 2 }, 3, now),
+            ev(EventKind::Exit, 2, now),
+        ];
+        let mut handle = Vec::new();
+        assert_eq!(p.split(&mut batch, &mut handle), [1]);
+        let kept: Vec<_> = handle.iter().map(|e| (e.tid, e.kind)).collect();
+        assert_eq!(kept, [(1, EventKind::Exit), (2, EventKind::Unshare), (3, EventKind::Fork { ptid: 2 }), (2, EventKind::Exit)]);
+    }
+
+    #[test]
+    fn under_a_high_rate_young_entries_are_held_with_what_follows_them() {
+        let mut p = Pace::new(1_000_000, 1250, 1);
+        let now = monotonic_ns();
+        assert_eq!(p.realtime(), Some(Some(1)), "idle: real-time");
+        let mut changed = false;
+        for i in 0..ENTER_OVER as u64 {
+            changed |= p.note_entry(now + i * 1000);
+        }
+        assert!(changed && p.coalescing(), "1 µs apart: the high-rate mode");
+        assert_eq!(p.realtime(), Some(None), "busy: the normal scheduler");
+        let mut batch = vec![ev(EventKind::Unshare, 1, now), ev(EventKind::Fork { ptid: 1 }, 2, now - 5_000_000_000), ev(EventKind::Exit, 9, now)];
+        let mut handle = Vec::new();
+        p.split(&mut batch, &mut handle);
+        assert_eq!(handle.iter().map(|e| e.tid).collect::<Vec<_>>(), [9], "the fork follows its held parent");
+        assert!(p.held_until().is_some());
+        let mut again = Vec::new();
+        p.release_held(&mut again);
+        assert_eq!(again.iter().map(|e| e.tid).collect::<Vec<_>>(), [1, 2], "in order");
+        assert!(!p.quiet_tick(), "a quiet moment right after the burst does not end it");
+    }
+
+    #[test]
+    fn heavy_work_never_runs_real_time_and_no_priority_means_no_change() {
+        let mut p = Pace::new(1000, 1250, 5);
+        p.set_heavy(true);
+        assert_eq!(p.realtime(), Some(None));
+        p.set_heavy(false);
+        assert_eq!(p.realtime(), Some(Some(5)));
+        assert_eq!(Pace::new(1000, 1250, 0).realtime(), None);
+    }
 
     #[test]
     fn the_rate_is_the_mean_gap_over_the_latest_entries() {

@@ -21,6 +21,10 @@ pub struct FakeBackend {
     pub log: Vec<String>,
     /// Tasks that are gone: moving them finds them vanished.
     pub vanished_tids: BTreeSet<u32>,
+    /// Controller files the kernel refuses to take.
+    pub refused_files: BTreeSet<String>,
+    /// Cgroups whose removal fails (an I/O error, as a kernel may return).
+    pub failing_removals: BTreeSet<CgroupId>,
     next_id: CgroupId,
 }
 
@@ -88,6 +92,9 @@ impl CgroupBackend for FakeBackend {
     }
     fn remove(&mut self, id: CgroupId) -> Result<Removed, IoError> {
         let Some(path) = self.paths.get(&id).cloned() else { return Ok(Removed::Vanished) };
+        if self.failing_removals.contains(&id) {
+            return Err(IoError::new("rmdir", &path, std::io::Error::from_raw_os_error(16)));
+        }
         let busy = self.members.get(&id).is_some_and(|m| !m.is_empty())
             || self.paths.values().any(|p| p.starts_with(&format!("{path}/")));
         if busy {
@@ -101,10 +108,15 @@ impl CgroupBackend for FakeBackend {
         Vec::new()
     }
     fn configure(&mut self, id: CgroupId, files: &[(&'static str, String)]) -> Vec<String> {
+        let mut refused = Vec::new();
         for (file, value) in files {
+            if self.refused_files.contains(*file) {
+                refused.push(format!("{file}={value}: Invalid argument"));
+                continue;
+            }
             self.log.push(format!("write {}/{file} {value}", self.paths[&id]));
         }
-        Vec::new()
+        refused
     }
     fn id_at(&mut self, path: &str) -> Result<Option<CgroupId>, IoError> {
         Ok(self.id_of(path))

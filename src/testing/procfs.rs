@@ -91,6 +91,22 @@ impl FakeProc {
         Ok(NsSet::new(inodes))
     }
 
+    /// The set named `name`: the set `from` with new namespaces of the
+    /// kinds `changed` only (what an unshare of those kinds makes). Made on
+    /// first use; the kinds kept are the same files (hard links).
+    pub fn derive(&self, name: &str, from: &str, changed: &[NsKind]) -> io::Result<NsSet> {
+        let dir = self.dir.join("ns-sets").join(name);
+        if !dir.exists() {
+            let base = ns_dir(&self.dir, from)?;
+            fs::create_dir_all(&dir)?;
+            for k in NsKind::ALL.into_iter().filter(|k| !changed.contains(k)) {
+                fs::hard_link(base.join(k.proc_name()), dir.join(k.proc_name()))?;
+            }
+        }
+        ns_dir(&self.dir, name)?;
+        self.set(name)
+    }
+
     /// Writes (or rewrites) a task.
     pub fn write(&self, t: &FakeTask) -> io::Result<()> {
         let root = self.dir.join("proc");

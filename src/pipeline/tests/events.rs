@@ -1,0 +1,231 @@
+//! The event path: entries, setns sequences, forks, exits.
+
+use super::*;
+use crate::bpf::EventKind::{Exec, Fork, Setns, Unshare};
+
+#[test]
+fn an_unshare_makes_a_node_and_moves_the_task_into_it() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    assert_eq!(b.at(100), "/t/node_100");
+    assert_eq!(b.outcomes(), ["created /t/node_100 Event", "placed 100 /t/node_100 new"]);
+    assert_eq!(b.log(), ["mkdir /t/node_100", "move 100 /t/node_100"]);
+    let node = b.id("/t/node_100");
+    assert_eq!(b.out.tracked, [(100, node)]);
+    assert_eq!(b.out.settled, [100], "done with its entry");
+}
+
+#[test]
+fn unshare_fork_pid_nests_the_child_below_its_parent() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    // The child, forked into the new pid namespace, has a set of its own.
+    b.spawn(101, "/t/node_100", "b");
+    let e = b.ev(Fork { ptid: 100 }, 101, "a", "b");
+    b.send(&e);
+    assert_eq!(b.at(101), "/t/node_100/node_101");
+}
+
+#[test]
+fn a_task_joining_a_set_that_has_a_node_moves_into_it() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    b.spawn(200, "/t", "base");
+    b.enter(Exec, 200, "base", "a");
+    assert_eq!(b.at(200), "/t/node_100");
+    assert_eq!(b.outcomes().last().unwrap(), "placed 200 /t/node_100");
+    assert!(!b.log().iter().any(|l| l == "mkdir /t/node_200"));
+}
+
+#[test]
+fn nsenters_several_setns_are_placed_once_when_it_settles() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    b.log();
+    b.spawn(300, "/t", "base");
+    // One namespace per setns: base → half → a.
+    b.enter(Setns, 300, "base", "half");
+    b.enter(Setns, 300, "half", "a");
+    assert_eq!(b.out.scheduled.len(), 1, "one settle timer");
+    assert_eq!(b.at(300), "/t", "not moved before it settles");
+    b.run_jobs();
+    assert_eq!(b.at(300), "/t/node_100");
+    assert_eq!(b.log(), ["move 300 /t/node_100"], "no node for the half-way set");
+}
+
+#[test]
+fn ip_netns_exec_is_placed_in_a_node_of_its_own() {
+    // setns into the named netns, then unshare(CLONE_NEWNS): the unshare
+    // consumes the setns, and the task's set is not the base set.
+    let mut b = Bed::new();
+    b.spawn(400, "/t", "base");
+    b.enter(Setns, 400, "base", "netns");
+    b.enter(Unshare, 400, "netns", "netns+mnt");
+    assert_eq!(b.at(400), "/t/node_400");
+    b.run_jobs();
+    assert_eq!(b.at(400), "/t/node_400", "the settle timer finds nothing left to do");
+    assert!(!b.log().iter().any(|l| l == "move 400 /t"), "never moved back up");
+}
+
+#[test]
+fn twenty_ip_netns_exec_at_once_each_get_a_node() {
+    let mut b = Bed::new();
+    for i in 0..20 {
+        b.spawn(500 + i, "/t", "base");
+        b.enter(Setns, 500 + i, "base", &format!("netns{i}"));
+    }
+    for i in 0..20 {
+        b.enter(Unshare, 500 + i, &format!("netns{i}"), &format!("netns{i}+mnt"));
+    }
+    b.run_jobs();
+    for i in 0..20 {
+        assert_eq!(b.at(500 + i), format!("/t/node_{}", 500 + i));
+    }
+}
+
+#[test]
+fn an_exec_after_setns_comes_from_the_set_before_the_first_setns() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    b.spawn(600, "/t", "base");
+    b.enter(Setns, 600, "base", "half");
+    b.change(600, |t| t.set = "a".into());
+    let e = b.ev(Exec, 600, "half", "a");
+    b.send(&e);
+    assert_eq!(b.at(600), "/t/node_100", "placed at its exec, before the timer");
+}
+
+#[test]
+fn a_fork_of_a_deferred_setns_caller_places_the_caller_first() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    b.spawn(700, "/t", "base");
+    b.enter(Setns, 700, "base", "a");
+    b.spawn(701, "/t", "a");
+    let e = b.ev(Fork { ptid: 700 }, 701, "a", "a");
+    b.send(&e);
+    assert_eq!((b.at(700), b.at(701)), ("/t/node_100".into(), "/t/node_100".into()));
+}
+
+#[test]
+fn setns_back_to_the_base_set_leaves_the_node_and_looks_at_it() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    // Entering the base set's namespaces again takes CAP_SYS_ADMIN there.
+    b.task(FakeTask { cap_eff: 1 << 21, ..FakeTask::new(800, "/t", "base") });
+    b.enter(Exec, 800, "base", "a");
+    b.exit(100);
+    b.run_jobs();
+    assert_eq!(b.at(800), "/t/node_100", "a live task keeps the node");
+    b.enter(Setns, 800, "a", "base");
+    b.run_jobs();
+    assert_eq!(b.at(800), "/t");
+    let node = b.id("/t/node_100");
+    assert!(b.out.scheduled.iter().any(|(_, j)| *j == Job::Cleanup(node, 0)), "the node it left may be empty now");
+    b.run_jobs();
+    assert!(b.outcomes().contains(&"removed /t/node_100".to_string()));
+}
+
+#[test]
+fn a_backlogged_event_is_decided_from_where_the_task_was_put() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    // A later event of the same task still carries the root as its cgroup.
+    b.change(100, |t| t.set = "b".into());
+    let mut e = b.ev(Unshare, 100, "a", "b");
+    e.cgroup = ROOT;
+    b.send(&e);
+    assert_eq!(b.at(100), "/t/node_100/node_100", "nested below the node it was put in");
+}
+
+#[test]
+fn an_unknown_previous_set_is_what_the_tasks_cgroup_expects() {
+    // The proc connector's exec events carry no previous set.
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.change(100, |t| t.set = "a".into());
+    let mut e = b.ev(Exec, 100, "base", "a");
+    e.prev = NsSet::default();
+    b.send(&e);
+    assert_eq!(b.at(100), "/t/node_100");
+}
+
+#[test]
+fn a_child_forked_mid_move_follows_its_parent() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    // Its child was forked after the unshare, before the move: same set, old cgroup.
+    b.task(FakeTask { ppid: 100, ..FakeTask::new(101, "/t", "a") });
+    b.change(100, |t| t.children = vec![101]);
+    b.enter(Unshare, 100, "base", "a");
+    assert_eq!(b.at(101), "/t/node_100");
+    let node = b.id("/t/node_100");
+    assert!(b.out.tracked.contains(&(101, node)));
+}
+
+#[test]
+fn a_child_elsewhere_or_in_another_set_stays() {
+    let mut b = Bed::new();
+    b.backend().add_cgroup(5, "/t/other");
+    b.spawn(100, "/t", "base");
+    b.task(FakeTask { ppid: 100, ..FakeTask::new(101, "/t/other", "a") });
+    b.task(FakeTask { ppid: 100, ..FakeTask::new(102, "/t", "c") });
+    b.change(100, |t| t.children = vec![101, 102]);
+    b.enter(Unshare, 100, "base", "a");
+    assert_eq!((b.at(101), b.at(102)), ("/t/other".into(), "/t".into()));
+}
+
+#[test]
+fn a_child_that_is_exiting_is_not_moved() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.task(FakeTask { ppid: 100, state: 'Z', ..FakeTask::new(101, "/t", "a") });
+    b.change(100, |t| t.children = vec![101]);
+    b.enter(Unshare, 100, "base", "a");
+    assert_eq!(b.at(101), "/t", "the child's move is checked like any other");
+}
+
+#[test]
+fn a_task_gone_before_its_move_leaves_no_node() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.change(100, |t| t.set = "a".into());
+    b.backend().vanished_tids.insert(100);
+    let e = b.ev(Unshare, 100, "base", "a");
+    b.send(&e);
+    assert_eq!(b.log(), ["mkdir /t/node_100", "rmdir /t/node_100"]);
+    assert!(b.outcomes().is_empty());
+    assert!(b.pipeline.tracker().node_of_set(&b.set("a")).is_none());
+}
+
+#[test]
+fn an_exit_looks_at_the_node_it_died_in_and_the_one_it_was_put_in() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    b.out.scheduled.clear();
+    b.exit(100);
+    let node = b.id("/t/node_100");
+    assert_eq!(b.out.scheduled, [(Duration::from_millis(2), Job::Cleanup(node, 0))]);
+    b.run_jobs();
+    assert_eq!(b.outcomes().last().unwrap(), "removed /t/node_100");
+    assert_eq!(b.log().last().unwrap(), "rmdir /t/node_100");
+}
+
+#[test]
+fn a_coalesced_entry_forgets_its_pending_setns() {
+    let mut b = Bed::new();
+    b.spawn(900, "/t", "base");
+    b.enter(Setns, 900, "base", "a");
+    b.pipeline.forget_entry(900);
+    b.run_jobs();
+    assert_eq!(b.at(900), "/t", "its settle timer finds nothing");
+}
