@@ -41,6 +41,8 @@ pub enum Placement {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewNode {
     pub parent: CgroupId,
+    /// How deep it would be: 1 directly below the tracked root.
+    pub depth: u32,
     /// The first candidate name; see [`naming`] for the rest.
     pub creator_pid: u32,
     pub creator_uid: u32,
@@ -99,21 +101,6 @@ pub enum Granularity {
     Process,
 }
 
-/// Limits on node creation: the "out of control" creation the kernel's subsystem had.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Nodes nested deeper than this are not created.
-    pub max_depth: u32,
-    /// At most this many nodes exist at once.
-    pub max_nodes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits { max_depth: 32, max_nodes: 100_000 }
-    }
-}
-
 /// The set of known nodes and the rules that place tasks among them.
 #[derive(Debug)]
 pub struct Tracker {
@@ -126,12 +113,11 @@ pub struct Tracker {
     /// The set of cgroups that are not nodes (the daemon's own, masked).
     base_set: NsSet,
     granularity: Granularity,
-    limits: Limits,
 }
 
 impl Tracker {
     /// A tracker with no nodes yet.
-    pub fn new(base_set: NsSet, granularity: Granularity, limits: Limits) -> Tracker {
+    pub fn new(base_set: NsSet, granularity: Granularity) -> Tracker {
         Tracker {
             nodes: HashMap::new(),
             child_nodes: HashMap::new(),
@@ -139,7 +125,6 @@ impl Tracker {
             by_owner: HashMap::new(),
             base_set,
             granularity,
-            limits,
         }
     }
 
@@ -168,14 +153,9 @@ impl Tracker {
             }
             depth += 1;
         }
-        if depth + 1 > self.limits.max_depth {
-            return Placement::Refused(Refusal::TooDeep { depth: depth + 1 });
-        }
-        if self.nodes.len() >= self.limits.max_nodes {
-            return Placement::Refused(Refusal::TooMany { count: self.nodes.len() });
-        }
         Placement::Create(NewNode {
             parent: cgroup,
+            depth: depth + 1,
             creator_pid: entry.tid,
             creator_uid: entry.uid,
             owner: entry.owner,
@@ -321,7 +301,7 @@ mod tests {
     }
 
     fn tracker() -> Tracker {
-        Tracker::new(set(1), Granularity::Thread, Limits::default())
+        Tracker::new(set(1), Granularity::Thread)
     }
 
     fn entry(tid: u32, cgroup: CgroupId, set: NsSet, prev: NsSet) -> Entry {
@@ -385,16 +365,17 @@ mod tests {
     }
 
     #[test]
-    fn limits_refuse_with_a_reason() {
-        let mut t = Tracker::new(set(1), Granularity::Thread, Limits { max_depth: 1, max_nodes: 1 });
+    fn a_new_node_knows_how_deep_it_would_be() {
+        let mut t = Tracker::new(set(1), Granularity::Thread);
         t.add_node(node(2000, CG, set(2), set(1))).unwrap();
-        assert_eq!(t.place(&entry(10, 2000, set(3), set(2))), Placement::Refused(Refusal::TooDeep { depth: 2 }));
-        assert_eq!(t.place(&entry(10, CG, set(4), set(1))), Placement::Refused(Refusal::TooMany { count: 1 }));
+        let Placement::Create(inner) = t.place(&entry(10, 2000, set(3), set(2))) else { panic!() };
+        let Placement::Create(outer) = t.place(&entry(10, CG, set(4), set(1))) else { panic!() };
+        assert_eq!((inner.depth, outer.depth), (2, 1));
     }
 
     #[test]
     fn cgroup2_places_processes_by_their_leader() {
-        let t = Tracker::new(set(1), Granularity::Process, Limits::default());
+        let t = Tracker::new(set(1), Granularity::Process);
         let thread = Entry { tid: 11, tgid: 10, uid: 0, owner: 0, cgroup: CG, set: set(2), prev: set(1) };
         assert_eq!(t.place(&thread), Placement::Refused(Refusal::SplitThread));
         assert!(matches!(t.place(&Entry { tid: 10, ..thread }), Placement::Create(_)));

@@ -26,12 +26,12 @@ use crate::bpf::{Event, EventKind, Probe, Scope, Subtree};
 use crate::config::{Config, Source as SourceChoice};
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsKind;
-use crate::core::tracker::{Limits, Tracker};
+use crate::core::tracker::Tracker;
 use crate::pipeline::mirrors::Mirrors;
 use crate::pipeline::outcome::Outcome;
 use crate::pipeline::placer::{unix_now, Placer};
 use crate::pipeline::{Around, Job, Parts, Pipeline};
-use crate::policy::gate::Gate;
+use crate::policy::gate::{Bounds, Gate};
 use crate::policy::quota::{QuotaLimits, UserQuotas};
 use crate::sinks::ops::OpsJob;
 use crate::sinks::Sinks;
@@ -171,8 +171,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
 
     let own_pid = std::process::id();
     let own_set = proc.ns_set(own_pid, own_pid)?.unwrap_or_default();
-    let limits = Limits { max_depth: config.max_depth, max_nodes: config.max_nodes };
-    let tracker = Tracker::new(own_set.masked(mask), hierarchy.granularity(), limits);
+        let tracker = Tracker::new(own_set.masked(mask), hierarchy.granularity());
     let writer = CgroupWriter::new(hierarchy.clone(), &root).with_controllers(config.controllers.clone(), config.leaf);
     let mut placer = Placer::new(tracker, writer, unix_now);
     let started = Instant::now();
@@ -191,7 +190,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         .then(|| crate::sys::delegation::Delegation::new(hierarchy.clone()));
     let user_ns = own_set.get(NsKind::User);
     let key = hierarchy.key().clone();
-    let gate = Gate::new(proc.clone(), key.clone(), quotas, user_ns, delegation);
+    let bounds = Bounds { max_depth: config.max_depth, max_nodes: config.max_nodes };
+    let gate = Gate::new(bounds, proc.clone(), key.clone(), quotas, user_ns, delegation);
     let parts = Parts { placer, gate, mirrors, proc: proc.clone(), key, v2, own_hierarchy };
     let pipeline = Pipeline::new(parts, config.clone()).map_err(DaemonError::Config)?;
 

@@ -155,7 +155,7 @@ mod tests {
     use crate::testing::FakeBackend;
     use super::*;
     use crate::core::nsset::NsSet;
-    use crate::core::tracker::{Granularity, Limits};
+    use crate::core::tracker::Granularity;
 
     const ROOT: CgroupId = 1;
 
@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn placer() -> Placer<FakeBackend> {
-        let tracker = Tracker::new(set(1), Granularity::Thread, Limits::default());
+        let tracker = Tracker::new(set(1), Granularity::Thread);
         Placer::new(tracker, FakeBackend::with_root(ROOT, "/t"), || 42)
     }
 

@@ -107,7 +107,7 @@ pub fn reconcile<B: CgroupBackend>(
 mod tests {
     use super::*;
     use crate::core::nsset::NsSet;
-    use crate::core::tracker::{Limits, Tracker};
+    use crate::core::tracker::Tracker;
     use crate::testing::FakeBackend;
 
     const ROOT: CgroupId = 1;
@@ -136,7 +136,7 @@ mod tests {
     }
 
     fn placer() -> Placer<FakeBackend> {
-        Placer::new(Tracker::new(set(1), Granularity::Thread, Limits::default()), FakeBackend::with_root(ROOT, "/t"), || 0)
+        Placer::new(Tracker::new(set(1), Granularity::Thread), FakeBackend::with_root(ROOT, "/t"), || 0)
     }
 
     #[test]

@@ -34,8 +34,19 @@ pub enum Checked {
     Dropped(Dropped),
 }
 
+/// Bounds on node creation: the "out of control" creation the kernel's
+/// subsystem had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Nodes nested deeper than this are not created.
+    pub max_depth: u32,
+    /// At most this many nodes exist at once.
+    pub max_nodes: usize,
+}
+
 /// The checks, with what they need to know.
 pub struct Gate {
+    bounds: Bounds,
     proc: ProcFs,
     key: HierarchyKey,
     quotas: UserQuotas,
@@ -48,21 +59,23 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(
+        bounds: Bounds,
         proc: ProcFs,
         key: HierarchyKey,
         quotas: UserQuotas,
         own_user_ns: u64,
         delegation: Option<Delegation>,
     ) -> Gate {
-        Gate { proc, key, quotas, own_user_ns, delegation }
+        Gate { bounds, proc, key, quotas, own_user_ns, delegation }
     }
 
     /// Checks `placement`, decided for `entry` (a task that started at
     /// `start_ns`, believed to be in cgroup `expected`). Stays and refusals pass
-    /// as they are; a creation over the user's quota becomes a refusal; a
-    /// move or creation is dropped unless the tid is still that task, in that
-    /// cgroup; one that would take the task out of its cgroup's subtree is
-    /// refused unless the task has CAP_SYS_ADMIN in the daemon's user namespace.
+    /// as they are; a creation beyond the bounds or over the owner's quota
+    /// becomes a refusal; a move or creation is dropped unless the tid is
+    /// still that task, in that cgroup; one that would take the task out of
+    /// its cgroup's subtree is refused unless the task has CAP_SYS_ADMIN in
+    /// the daemon's user namespace.
     pub fn check(
         &mut self,
         tracker: &Tracker,
@@ -76,6 +89,12 @@ impl Gate {
             Placement::Stay | Placement::Refused(_) => return Ok(Checked::Go(placement)),
             Placement::Move(to) => *to,
             Placement::Create(new) => {
+                if new.depth > self.bounds.max_depth {
+                    return Ok(Checked::Go(Placement::Refused(Refusal::TooDeep { depth: new.depth })));
+                }
+                if tracker.node_count() >= self.bounds.max_nodes {
+                    return Ok(Checked::Go(Placement::Refused(Refusal::TooMany { count: tracker.node_count() })));
+                }
                 if let Err(refusal) = self.quotas.admit(entry.owner, tracker.nodes_of_owner(entry.owner), Instant::now()) {
                     return Ok(Checked::Go(Placement::Refused(refusal)));
                 }

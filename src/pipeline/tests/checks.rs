@@ -86,6 +86,18 @@ fn nodes_are_not_nested_beyond_max_depth() {
 }
 
 #[test]
+fn no_node_is_made_beyond_max_nodes_and_a_refusal_makes_none() {
+    let mut b = Bed::with("max_nodes = 1\n");
+    b.spawn(100, "/t", "base");
+    b.spawn(101, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    b.enter(Unshare, 101, "base", "b");
+    assert_eq!(b.at(101), "/t");
+    assert_eq!(b.outcomes().last().unwrap(), "refused 101 TooMany { count: 1 }");
+    assert!(!b.log().iter().any(|l| l.contains("node_101")), "no mkdir for a refused entry");
+}
+
+#[test]
 fn an_owner_over_its_quota_gets_no_more_nodes_and_others_still_do() {
     let mut b = Bed::with("max_nodes_per_user = 1\n");
     b.task(FakeTask { uid: 1000, ..FakeTask::new(100, "/t", "base") });

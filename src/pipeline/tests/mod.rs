@@ -14,12 +14,12 @@ use crate::bpf::{Event, EventKind};
 use crate::config::Config;
 use crate::core::node::CgroupId;
 use crate::core::nsset::{NsKind, NsSet};
-use crate::core::tracker::{Granularity, Limits, Tracker};
+use crate::core::tracker::{Granularity, Tracker};
 use crate::pipeline::mirrors::Mirrors;
 use crate::pipeline::outcome::Outcome;
 use crate::pipeline::placer::Placer;
 use crate::pipeline::{Around, Job, Parts, Pipeline};
-use crate::policy::gate::Gate;
+use crate::policy::gate::{Bounds, Gate};
 use crate::policy::quota::{QuotaLimits, UserQuotas};
 use crate::testing::procfs::{FakeProc, FakeTask, KEY};
 use crate::testing::FakeBackend;
@@ -98,15 +98,15 @@ impl Bed {
         let fake = FakeProc::at(dir.path());
         let config = Config::parse(toml, std::path::Path::new("/test.toml")).unwrap();
         let base = fake.set("base").unwrap();
-        let limits = Limits { max_depth: config.max_depth, max_nodes: config.max_nodes };
-        let tracker = Tracker::new(base, granularity, limits);
+                let tracker = Tracker::new(base, granularity);
         let placer = Placer::new(tracker, FakeBackend::with_root(ROOT, ROOT_PATH), || 42);
         let quotas = UserQuotas::new(QuotaLimits {
             max_nodes_per_user: config.max_nodes_per_user,
             creations_per_second: config.max_creations_per_second_per_user,
             exempt_uids: config.quota_exempt_uids.clone(),
         });
-        let gate = Gate::new(fake.proc(), KEY, quotas, base.get(NsKind::User), None);
+        let bounds = Bounds { max_depth: config.max_depth, max_nodes: config.max_nodes };
+        let gate = Gate::new(bounds, fake.proc(), KEY, quotas, base.get(NsKind::User), None);
         let parts = Parts { placer, gate, mirrors: Mirrors::new(Vec::new()), proc: fake.proc(), key: KEY, v2, own_hierarchy: true };
         let pipeline = Pipeline::new(parts, config).unwrap();
         Bed { _dir: dir, fake, pipeline, tasks: BTreeMap::new(), out: Loop::default() }
