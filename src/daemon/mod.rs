@@ -244,10 +244,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let reconcile_started = Instant::now();
     let report = d.reconcile("start")?;
     d.apply_pace();
-    if d.source.needs_rescans() {
-        let first = d.source.rescan_interval().map_or(resync::RESCAN_MIN_MS, |i| i.as_millis() as u64);
-        d.timers.schedule(Duration::from_millis(first), Timer::Rescan(first));
-    }
+    d.start_rescans();
     info!(
         hierarchy = %d.hierarchy.mount().display(),
         version = if v2 { "v2" } else { "v1" },

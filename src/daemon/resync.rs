@@ -19,7 +19,7 @@ use crate::sys::scan::{scan, TaskSample};
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// Rescan intervals without BPF: from 1 s, doubling while rescans find nothing, up to 60 s.
-pub(super) const RESCAN_MIN_MS: u64 = 1000;
+const RESCAN_MIN_MS: u64 = 1000;
 const RESCAN_MAX_MS: u64 = 60_000;
 
 /// When to look for emptied nodes again after a reconcile for lost events
@@ -42,6 +42,14 @@ impl Daemon {
         }
         for ms in SWEEP_AFTER_OVERFLOW_MS {
             self.timers.schedule(Duration::from_millis(ms), Timer::Sweep);
+        }
+    }
+
+    /// Starts the rescans where the source needs them (no BPF, or no syscall hook).
+    pub(super) fn start_rescans(&mut self) {
+        if self.source.needs_rescans() {
+            let first = self.source.rescan_interval().map_or(RESCAN_MIN_MS, |i| i.as_millis() as u64);
+            self.timers.schedule(Duration::from_millis(first), Timer::Rescan(first));
         }
     }
 

@@ -10,7 +10,7 @@ use crate::sys::cgroupfs::Removed;
 use crate::sys::procfs::ProcFs;
 
 use super::outcome::{Outcome, Step};
-use super::Around;
+use super::around::Around;
 
 /// The mirrored hierarchies, in configuration order.
 pub struct Mirrors {

@@ -16,6 +16,7 @@
 //! the backend, so every step runs in unit tests without root.
 
 pub mod adopt;
+mod around;
 pub mod cleanup;
 pub mod mirrors;
 pub mod outcome;
@@ -40,6 +41,8 @@ use crate::source::monotonic_ns;
 use crate::sys::cgroupfs::CgroupBackend;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
 
+pub use around::{Around, Job};
+
 use adopt::ExecNode;
 use cleanup::Cleanup;
 use mirrors::Mirrors;
@@ -52,30 +55,6 @@ use placer::{Outcome as CarriedOut, Placer};
 /// chain of forks that outruns the daemon is bounded work all the same;
 /// reconcile finds the rest).
 const FOLLOW_DEPTH: u32 = 16;
-
-/// Work the pipeline asks the loop to do later.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Job {
-    /// A setns caller's set has settled: [`Pipeline::settle`].
-    Settle(u32),
-    /// See whether a node emptied ([`Pipeline::cleanup`]); the attempt number backs off.
-    Cleanup(CgroupId, u32),
-}
-
-/// What the pipeline needs of the loop that runs it: timers, the event
-/// source's per-task bookkeeping, and the sinks.
-pub trait Around {
-    /// Runs `job` after `after`.
-    fn schedule(&mut self, after: Duration, job: Job);
-    /// `tid` is in node `node` now: its exit must be reported.
-    fn track(&mut self, tid: u32, node: CgroupId);
-    /// The daemon is done with `tid`'s latest entry.
-    fn settled(&mut self, tid: u32);
-    /// Hands an outcome to every sink.
-    fn publish(&mut self, outcome: Outcome<'_>);
-    /// Whether a sink follows nodes (a reconcile then publishes the nodes it made).
-    fn follows_nodes(&mut self) -> bool;
-}
 
 /// What the pipeline is set up with.
 pub struct Parts<B> {

@@ -10,7 +10,7 @@
 use tracing::info;
 
 use crate::pipeline::outcome::{Outcome, Sink};
-use super::SinkError;
+use super::error::SinkError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
 use crate::api::proto::{set_map, ApiEvent, CreatorView};

@@ -4,20 +4,14 @@
 //! history and status file).
 
 pub mod api;
+mod error;
 pub mod log;
 pub mod ops;
 mod reports;
 
-use crate::pipeline::outcome::{Outcome, Sink};
+pub use error::SinkError;
 
-/// Why a sink could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("signal handling: {0}")]
-    Signals(std::io::Error),
-}
+use crate::pipeline::outcome::{Outcome, Sink};
 
 /// Every sink, in the order they hear of an outcome.
 pub struct Sinks {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::SinkError;
+use super::error::SinkError;
 use crate::pipeline::outcome::{Dropped, Outcome, Sink};
 use crate::config::Config;
 use crate::core::node::{CgroupId, Node};
