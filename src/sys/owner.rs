@@ -122,15 +122,6 @@ mod tests {
     }
 
     #[test]
-    fn a_fixture_without_nsfs_files_reads_as_the_uid() {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = crate::testing::procfs::FakeProc::at(dir.path());
-        fake.write(&crate::testing::procfs::FakeTask { uid: 200_005, ..crate::testing::procfs::FakeTask::new(7, "/x", "a") }).unwrap();
-        let proc = fake.proc();
-        assert_eq!(owner(&proc, 7, 7, 1).unwrap(), Some(200_005));
-    }
-
-    #[test]
     fn a_range_is_known_by_the_uid_its_lowest_inner_uid_maps_to() {
         assert_eq!(lowest_mapped("         0     100000      65536\n"), 100_000);
         assert_eq!(lowest_mapped("      1000       1000          1\n         0          0          1\n"), 0);

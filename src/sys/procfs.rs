@@ -227,7 +227,6 @@ impl ProcFs {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::procfs::*;
     use super::*;
 
     #[test]
@@ -251,24 +250,4 @@ mod tests {
         assert_eq!(cgroup_path_in(text, &HierarchyKey::V1(3)), None);
     }
 
-    #[test]
-    fn reads_tasks_from_a_fixture_and_vanished_is_none() {
-        let tmp = tempfile::tempdir().unwrap();
-        let fake = FakeProc::at(tmp.path());
-        fake.write(&FakeTask { comm: "sh".into(), ..FakeTask::new(10, "/t", "a") }).unwrap();
-        fake.write(&FakeTask { tid: 11, comm: "worker".into(), ..FakeTask::new(10, "/t", "b") }).unwrap();
-        let proc = fake.proc();
-        assert_eq!(proc.pids().unwrap(), vec![10]);
-        assert_eq!(proc.tids(10).unwrap(), vec![10, 11]);
-        let sa = proc.ns_set(10, 10).unwrap().unwrap();
-        let sb = proc.ns_set(10, 11).unwrap().unwrap();
-        assert_ne!(sa, sb);
-        assert_eq!(proc.stat(10, 11).unwrap().unwrap().comm, "worker");
-        assert_eq!(proc.cgroup_path(10, 10, &HierarchyKey::V1(10)).unwrap().as_deref(), Some("/t"));
-        assert_eq!(proc.tgid(10).unwrap(), Some(10));
-        assert_eq!(proc.ns_set(99, 99).unwrap(), None);
-        assert_eq!(proc.stat(99, 99).unwrap(), None);
-        assert_eq!(proc.tids(99).unwrap(), Vec::<u32>::new());
-        assert_eq!(proc.children(99, 99).unwrap(), Vec::<u32>::new());
-    }
 }
