@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{Daemon, DaemonError, Timer};
 use crate::pipeline::reconcile::Report;
@@ -73,7 +73,6 @@ impl Daemon {
     pub(super) fn reconcile(&mut self, why: &'static str) -> Result<Report, DaemonError> {
         self.pace.set_heavy(true);
         self.apply_pace();
-        let started = Instant::now();
         let result = self.snapshot().and_then(|tasks| {
             let stop = Arc::clone(&self.stop);
             let (pipeline, mut ports) = self.step();
@@ -82,22 +81,7 @@ impl Daemon {
         self.pace.set_heavy(false);
         self.apply_pace();
         self.last_reconcile = Some(Instant::now());
-        let report = result?;
-        // A periodic rescan (no BPF) that found nothing says nothing.
-        if why != "rescan" || report.moved > 0 {
-            info!(
-                why,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                examined = report.examined,
-                moved = report.moved,
-                created = report.created,
-                foreign = report.foreign,
-                refused = report.refused,
-                vanished = report.vanished,
-                "reconciled"
-            );
-        }
-        Ok(report)
+        result
     }
 
     /// Every task in scope: from the BPF task iterator, or from /proc. The

@@ -133,6 +133,18 @@ impl Sink for Log {
                     }
                 }
             }
+            // A periodic rescan (no BPF) that found nothing says nothing.
+            Outcome::Reconciled { why, report, elapsed } if why != "rescan" || report.moved > 0 => info!(
+                why,
+                elapsed_ms = elapsed.as_millis() as u64,
+                examined = report.examined,
+                moved = report.moved,
+                created = report.created,
+                foreign = report.foreign,
+                refused = report.refused,
+                vanished = report.vanished,
+                "reconciled"
+            ),
             Outcome::Created { cause: Cause::Reconcile, .. }
             | Outcome::Events { .. }
             | Outcome::Reconciled { .. }
