@@ -139,7 +139,7 @@ pub struct DaemonProcess {
     /// How it exited, once it has and was reaped.
     status: Option<ExitStatus>,
     /// Its stderr.
-    pub log: PathBuf,
+    log: PathBuf,
 }
 
 impl DaemonProcess {
