@@ -12,6 +12,17 @@ use crate::core::node::CgroupId;
 /// Back-off of the emptiness checks after an exit.
 pub const BACKOFF_MS: [u64; 6] = [2, 20, 100, 300, 600, 1000];
 
+/// What a sweep does with an empty node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// Nothing: nodes are kept.
+    Keep,
+    /// Checks it at once, as attempt `n` (no retries left).
+    AtOnce(u32),
+    /// Schedules its check as after an exit (linger first).
+    Schedule,
+}
+
 /// The nodes with a check pending, and the policy.
 pub struct Cleanup {
     policy: Policy,
@@ -42,14 +53,12 @@ impl Cleanup {
         self.pending.remove(&node);
     }
 
-    /// How a sweep treats an empty node: `Some(attempt)` to check it at
-    /// once with no retries left (remove), `None` to schedule it as after an
-    /// exit (linger); `Err(())` when nodes are kept.
-    pub fn sweep_attempt(&self) -> Result<Option<u32>, ()> {
+    /// How a sweep treats the empty nodes it finds.
+    pub fn sweep(&self) -> Sweep {
         match self.policy {
-            Policy::Keep => Err(()),
-            Policy::Remove => Ok(Some(BACKOFF_MS.len() as u32)),
-            Policy::Linger => Ok(None),
+            Policy::Keep => Sweep::Keep,
+            Policy::Remove => Sweep::AtOnce(BACKOFF_MS.len() as u32),
+            Policy::Linger => Sweep::Schedule,
         }
     }
 }
@@ -76,10 +85,10 @@ mod tests {
         assert_eq!(l.schedule(1, 0), Some(Duration::from_secs(9)));
         l.due(1);
         assert_eq!(l.schedule(1, 1), Some(Duration::from_millis(20)));
-        assert_eq!(l.sweep_attempt(), Ok(None));
+        assert_eq!(l.sweep(), Sweep::Schedule);
         let mut k = Cleanup::new(Policy::Keep, Duration::ZERO);
         assert_eq!(k.schedule(1, 0), None);
-        assert_eq!(k.sweep_attempt(), Err(()));
-        assert_eq!(Cleanup::new(Policy::Remove, Duration::ZERO).sweep_attempt(), Ok(Some(BACKOFF_MS.len() as u32)));
+        assert_eq!(k.sweep(), Sweep::Keep);
+        assert_eq!(Cleanup::new(Policy::Remove, Duration::ZERO).sweep(), Sweep::AtOnce(BACKOFF_MS.len() as u32));
     }
 }

@@ -121,7 +121,7 @@ impl<B: CgroupBackend> Pipeline<B> {
 
     /// How many nodes hold their namespace.
     pub fn pinned(&self) -> usize {
-        self.pins.len()
+        self.pins.held()
     }
 
     /// Takes one event.

@@ -64,7 +64,7 @@ impl Pins {
     }
 
     /// How many namespaces are held.
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.fds.len()
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use super::cleanup::Sweep;
 use super::outcome::{Cause, Outcome, Step};
 use super::reconcile::{reconcile, Report};
 use super::{Around, Pipeline};
@@ -59,14 +60,17 @@ impl<B: CgroupBackend> Pipeline<B> {
     /// Removes (per policy) every node that is empty now; `occupied` are
     /// nodes known to hold tasks (not tried).
     pub fn sweep(&mut self, occupied: &HashSet<CgroupId>, around: &mut dyn Around) {
-        let Ok(at_once) = self.cleanup.sweep_attempt() else { return };
+        let how = self.cleanup.sweep();
+        if how == Sweep::Keep {
+            return;
+        }
         let tracker = self.placer.tracker();
         let leaves: Vec<CgroupId> =
             tracker.nodes().filter(|n| !tracker.has_child_nodes(n.id) && !occupied.contains(&n.id)).map(|n| n.id).collect();
         for id in leaves {
-            match at_once {
-                Some(attempt) => self.cleanup(id, attempt, around),
-                None => self.schedule_cleanup(id, 0, around),
+            match how {
+                Sweep::AtOnce(attempt) => self.cleanup(id, attempt, around),
+                Sweep::Schedule | Sweep::Keep => self.schedule_cleanup(id, 0, around),
             }
         }
     }
