@@ -336,6 +336,9 @@ fn odd_command_names_are_shown_escaped() {
     let p = h.spawn(&[odd.to_str().unwrap(), "--uts", "sleep", "60"]);
     // comm is the name before exec of sleep: check the node record.
     h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
+    // Placed at its unshare: it may not have exec'd sleep yet.
+    let comm = format!("/proc/{}/comm", p.pid);
+    wait_for("its exec of sleep", || std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep"));
     let text = tree(&h, &[]);
     assert!(text.contains(&format!("{} sleep", p.pid)), "{text}");
     let json: serde_json::Value = serde_json::from_str(&tree(&h, &["--json"])).unwrap();
