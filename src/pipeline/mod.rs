@@ -56,6 +56,14 @@ use placer::{Outcome as CarriedOut, Placer};
 /// reconcile finds the rest).
 const FOLLOW_DEPTH: u32 = 16;
 
+/// Whether the event source may forget a task's entry now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    Now,
+    /// Not yet: its exec is awaited.
+    Later,
+}
+
 /// What the pipeline is set up with.
 pub struct Parts<B> {
     pub placer: Placer<B>,
@@ -175,20 +183,24 @@ impl<B: CgroupBackend> Pipeline<B> {
         let prev = if prev.is_empty() { self.placer.tracker().home_set(cgroup) } else { prev };
         let entry =
             Entry { tid: ev.tid, tgid: ev.tgid, uid: ev.uid, owner: ev.owner, cgroup, set: ev.set.masked(self.mask), prev: prev.masked(self.mask) };
-        if self.admitted(ev, cgroup) {
-            self.place_entry(ev, &entry, around);
+        // A task whose node `nsgroup exec` still sets up stays pending: its
+        // exec is then reported, and placed.
+        if self.admitted(ev, cgroup) && self.place_entry(ev, &entry, around) == Settle::Later {
+            return;
         }
         around.settled(ev.tid);
     }
 
     /// Decide, check, prepare, carry out, publish; then what follows a move.
-    fn place_entry(&mut self, ev: &Event, entry: &Entry, around: &mut dyn Around) {
+    fn place_entry(&mut self, ev: &Event, entry: &Entry, around: &mut dyn Around) -> Settle {
         let decided = self.placer.tracker().place(entry);
         // Only root runs `nsgroup exec` (its records are root's to write).
-        if matches!(decided, Placement::Create(_)) && ev.uid == 0 && self.took_exec_node(ev, entry, around) {
-            return;
+        if matches!(decided, Placement::Create(_)) && ev.uid == 0 {
+            if let Some(settle) = self.took_exec_node(ev, entry, around) {
+                return settle;
+            }
         }
-        let Some(placement) = self.check(ev, entry, decided, around) else { return };
+        let Some(placement) = self.check(ev, entry, decided, around) else { return Settle::Now };
         let files = match &placement {
             Placement::Create(new) => new.files.clone(),
             _ => Vec::new(),
@@ -223,6 +235,7 @@ impl<B: CgroupBackend> Pipeline<B> {
             Ok(CarriedOut::Stayed) | Ok(CarriedOut::Vanished) => {}
             Err(e) => around.publish(Outcome::Failed { step: Step::Place, subject: &ev.tid.to_string(), error: &e }),
         }
+        Settle::Now
     }
 
     /// Step 2 and 3: the policy's checks, then the new node's limits. `None`
@@ -256,14 +269,15 @@ impl<B: CgroupBackend> Pipeline<B> {
         rules::admits(&self.config, &ev.comm, ev.owner, &path)
     }
 
-    /// A node `nsgroup exec` made for the task: adopted (true), or still
-    /// being set up (true: placed at its exec).
-    fn took_exec_node(&mut self, ev: &Event, entry: &Entry, around: &mut dyn Around) -> bool {
+    /// A node `nsgroup exec` made for the task: adopted (settled now), or
+    /// still being set up (settled at its exec, when it is placed); `None`
+    /// when there is none.
+    fn took_exec_node(&mut self, ev: &Event, entry: &Entry, around: &mut dyn Around) -> Option<Settle> {
         match adopt::exec_node(&mut self.placer, &self.proc, &self.key, self.mask, entry) {
-            ExecNode::No => false,
+            ExecNode::No => None,
             ExecNode::Pending => {
                 self.pending.await_exec(ev.tid, entry.prev);
-                true
+                Some(Settle::Later)
             }
             ExecNode::Adopted(node) => {
                 if let Some(n) = self.placer.tracker().node(node) {
@@ -272,7 +286,7 @@ impl<B: CgroupBackend> Pipeline<B> {
                 around.track(ev.tid, node);
                 self.pending.placed(ev.tid, ev.start_ns, node);
                 self.hold_namespace(node, entry, true);
-                true
+                Some(Settle::Now)
             }
         }
     }

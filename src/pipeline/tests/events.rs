@@ -229,3 +229,34 @@ fn a_coalesced_entry_forgets_its_pending_setns() {
     b.run_jobs();
     assert_eq!(b.at(900), "/t", "its settle timer finds nothing");
 }
+
+#[test]
+fn a_node_nsgroup_exec_is_setting_up_waits_for_the_exec_then_is_adopted() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    // `nsgroup exec` made node_100 with a record not complete yet.
+    b.backend().add_cgroup(50, "/t/node_100");
+    let mut record = crate::core::node::NodeRecord {
+        set: NsSet::default(),
+        parent_set: b.set("base"),
+        creator_pid: 100,
+        creator_comm: "t".into(),
+        creator_uid: 0,
+        owner: None,
+        created_unix: 1,
+        mirrors: vec![],
+    };
+    b.backend().records.insert(50, record.clone());
+    b.enter(Unshare, 100, "base", "a");
+    assert!(b.out.settled.is_empty(), "left pending: its exec must be reported");
+    assert_eq!(b.at(100), "/t");
+    // exec finished the record and moved the task; then the task execs.
+    record.set = b.set("a");
+    b.backend().records.insert(50, record);
+    b.backend().put(100, 50);
+    b.enter(Exec, 100, "a", "a");
+    assert_eq!(b.out.settled, [100]);
+    assert!(b.out.tracked.contains(&(100, 50)));
+    assert_eq!(b.pipeline.tracker().node_of_set(&b.set("a")).map(|n| n.id), Some(50), "adopted, not made anew");
+    assert!(!b.log().iter().any(|l| l.starts_with("mkdir")));
+}
