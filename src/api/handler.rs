@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
+use super::events::Publisher;
 use super::peer::Peer;
 use super::perm::{self, Refusal};
 use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
-use super::server::Publisher;
 use super::territory::Host;
 use crate::control::limits::{self, Limit};
 use crate::control::tighten::{self, TightenError};

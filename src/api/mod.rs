@@ -7,10 +7,11 @@
 //!   systemd hosts its owner's user slice too);
 //! - [`peer`]: who calls (SO_PEERCRED, /proc, pid races);
 //! - [`handler`]: carrying one request out;
-//! - [`server`]: the thread that serves the socket; [`publisher`]: the
+//! - [`server`]: the thread that serves the socket; [`events`]: the
 //!   handle the daemon hands events to; [`conn`]: one client connection's buffers;
 //!   [`capacity`]: the bounds on connections, requests and memory, and the
-//!   share kept for the administrator; [`fanout`]: the event log all
+//!   share kept for the administrator; [`fanout`]: the events from the
+//!   daemon's queue to the subscribers, through [`event_log`], the log all
 //!   subscribers share; [`workers`]: the threads that carry requests out;
 //! - [`listen`]: the socket on disk (one owner, mode, group);
 //! - [`client`]: the command line's side of the socket;
@@ -22,13 +23,14 @@ pub mod capacity;
 pub mod client;
 pub mod conn;
 pub mod direct;
+pub mod event_log;
+pub mod events;
 pub mod fanout;
 pub mod handler;
 pub mod listen;
 pub mod peer;
 pub mod perm;
 pub mod proto;
-pub mod publisher;
 pub mod server;
 pub mod strict;
 pub mod territory;
