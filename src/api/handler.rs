@@ -22,6 +22,7 @@ use crate::core::node::NodeRecord;
 use crate::core::nsset::NsSet;
 use crate::model::{self, Units};
 use crate::sys::hierarchy::{Hierarchy, Version};
+use crate::sys::cgroup_dir;
 use crate::sys::error::IoError;
 use crate::sys::mounts::read_mountinfo;
 use crate::sys::procfs::ProcFs;
@@ -327,7 +328,7 @@ impl Context {
         if !self.proc.stat(tgid, tid)?.is_some_and(|s| s.start_ticks == stat.start_ticks && !s.is_dead()) {
             return Err(gone());
         }
-        crate::sys::cgroupfs::attach_to(&self.hierarchy, &dest, tgid, tid).map_err(|e| error(Code::Failed, e.to_string()))?;
+        cgroup_dir::move_task(&self.hierarchy.dir(&dest), self.hierarchy.version(), tgid, tid)?;
         Ok(json!({ "pid": tid, "path": dest, "cgroup_id": self.hierarchy.id(&dest)? }))
     }
 
@@ -349,11 +350,11 @@ impl Context {
         };
         for n in attempts {
             let path = join(&parent, &n);
-            match crate::sys::cgroupfs::make_cgroup(&self.hierarchy, &path) {
-                Ok(true) => return Ok(json!({ "path": path, "cgroup_id": self.hierarchy.id(&path)? })),
-                Ok(false) if name.is_none() => continue,
-                Ok(false) => return Err(error(Code::Failed, format!("mkdir {}: {}", self.hierarchy.dir(&path).display(), std::io::Error::from(rustix::io::Errno::EXIST)))),
-                Err(e) => return Err(error(Code::Failed, e.to_string())),
+            let dir = self.hierarchy.dir(&path);
+            // A name given must be free; one chosen moves on to the next.
+            let made = if name.is_some() { cgroup_dir::make_new(&dir).map(|()| true)? } else { cgroup_dir::make(&dir)? };
+            if made {
+                return Ok(json!({ "path": path, "cgroup_id": self.hierarchy.id(&path)? }));
             }
         }
         Err(error(Code::Failed, format!("no free node name below {}", Escaped(&parent))))

@@ -24,6 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::core::escape::Escaped;
+use crate::sys::error::IoError;
 use values::{bytes, count, cpu_max, device, digits, io_max_line, io_weights, lines, period, quota, show, throttle_line, Ceilings, Level};
 
 mod values;
@@ -150,8 +151,7 @@ pub fn writable_without_cap(file: &str) -> Result<Class, TightenError> {
 /// Reads files of the cgroup directory `dir` (the value in force).
 pub fn reader(dir: &Path) -> impl Fn(&str) -> Result<String, TightenError> + '_ {
     move |file| {
-        let path = dir.join(file);
-        std::fs::read_to_string(&path).map_err(|source| {
+        crate::sys::cgroup_dir::read(&dir.join(file)).map_err(|IoError { path, source, .. }| {
             let source = match source.kind() {
                 io::ErrorKind::NotFound => io::Error::new(source.kind(), "no such file: the controller is not enabled on this node, or not mounted"),
                 _ => source,

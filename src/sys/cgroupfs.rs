@@ -1,7 +1,8 @@
 //! The cgroupfs edge that writes: the narrow [`CgroupBackend`] the pipeline
 //! carries placements out through, and [`CgroupWriter`], the real one, which
 //! creates nodes, stores their records, moves tasks and removes nodes. Every
-//! write nsgroup makes to a hierarchy goes through here.
+//! write nsgroup makes to a hierarchy goes through here or, by path for the
+//! API, the verbs and mirrors, through [`super::cgroup_dir`].
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,14 +18,6 @@ use super::subtree::Enabled;
 use crate::core::cgpath::join;
 use crate::core::node::{CgroupId, NodeRecord};
 
-/// Moves thread `tid` of process `tgid` (the whole process on cgroup2)
-/// into cgroup `rel` of `hierarchy`: one write, for the API's checked moves.
-pub fn attach_to(hierarchy: &Hierarchy, rel: &str, tgid: u32, tid: u32) -> Result<(), IoError> {
-    let version = hierarchy.version();
-    let path = hierarchy.dir(rel).join(version.attach_file());
-    fs::write(&path, version.attach_id(tgid, tid).to_string()).map_err(|e| IoError::new("move task into", &path, e))
-}
-
 /// Writes controller `files` into the cgroup directory `dir`, in order;
 /// returns what the kernel refused, as `file=value: error` each (the rest is
 /// written all the same).
@@ -33,16 +26,6 @@ pub fn write_files(dir: &std::path::Path, files: &[(&'static str, String)]) -> V
         .iter()
         .filter_map(|(file, value)| fs::write(dir.join(file), value).err().map(|e| format!("{file}={value}: {e}")))
         .collect()
-}
-
-/// Creates cgroup `rel` of `hierarchy` (mode 0755); `Ok(false)` when it exists.
-pub fn make_cgroup(hierarchy: &Hierarchy, rel: &str) -> Result<bool, IoError> {
-    let dir = hierarchy.dir(rel);
-    match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o755)) {
-        Ok(()) => Ok(true),
-        Err(Errno::EXIST) => Ok(false),
-        Err(e) => Err(IoError::new("mkdir", &dir, e)),
-    }
 }
 
 /// What creating a node's directory found.
