@@ -12,11 +12,11 @@ use super::peer::Peer;
 use super::perm::{self, Refusal};
 use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
 use super::territory::Host;
-use crate::control::limits::{self, Limit};
 use crate::control::tighten::{self, TightenError};
 use crate::control::verbs::{self, PidfdSignaller, Subtree, Timing, VerbError};
 use crate::core::cgpath::{canonical, join, within};
 use crate::core::escape::Escaped;
+use crate::core::limit::{self, Limit};
 use crate::core::naming;
 use crate::core::node::NodeRecord;
 use crate::core::nsset::NsSet;
@@ -69,7 +69,7 @@ impl LimitPolicy {
     /// The files and values the policy writes on `node` (cgroup2 and v1 names).
     fn files_of(&self, node: &NodeRef) -> Vec<(&'static str, String)> {
         let parent = perm::parent_of(&node.path).unwrap_or("/");
-        self.rules.as_ref().map(|rules| limits::files(&rules(&node.record, parent))).unwrap_or_default()
+        self.rules.as_ref().map(|rules| limit::files(&rules(&node.record, parent))).unwrap_or_default()
     }
 }
 

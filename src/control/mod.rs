@@ -4,7 +4,9 @@
 //! CAP_SYS_ADMIN (only tighter values).
 
 pub mod exec;
-pub mod limits;
 pub mod mirror;
 pub mod tighten;
 pub mod verbs;
+
+/// The limits' parsing and allow-list, by their former path (they are [`crate::core::limit`]'s).
+pub use crate::core::limit as limits;

@@ -19,9 +19,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::control::tighten;
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
+use crate::core::limit;
 use crate::core::node::MirrorPath;
 use crate::sys::cgroup_dir;
 use crate::sys::error::IoError;
@@ -296,32 +296,21 @@ fn left(s: &Subtree) -> Result<usize, VerbError> {
     }
 }
 
-/// The longest value written.
-const MAX_VALUE: usize = 256;
-
 /// The controller a limit file belongs to (`pids` for `pids.max`), or why
-/// it is refused: only the files of [`crate::control::tighten::FILES`].
+/// it is refused: only the files of [`crate::core::limit::FILES`].
 pub fn limit_controller(file: &str) -> Result<&str, VerbError> {
-    if tighten::class_of(file).is_none() {
-        let known: Vec<&str> = tighten::FILES.iter().map(|(f, _)| *f).collect();
-        return Err(VerbError::NotALimit { file: file.to_string(), why: format!("known limits: {}", known.join(", ")) });
-    }
-    Ok(file.split('.').next().unwrap_or(file))
+    limit::controller_of(file).ok_or_else(|| {
+        let known: Vec<&str> = limit::FILES.iter().map(|(f, _)| *f).collect();
+        VerbError::NotALimit { file: file.to_string(), why: format!("known limits: {}", known.join(", ")) }
+    })
 }
 
-/// Checks a value: printable ASCII, at most 256 bytes, one line.
+/// Checks a value: printable ASCII, at most 256 bytes, one line ([`limit::value_problem`]).
 pub fn check_value(file: &str, value: &str) -> Result<(), VerbError> {
-    let bad = |why| Err(VerbError::BadValue { file: file.to_string(), value: value.to_string(), why });
-    if value.is_empty() {
-        return bad("empty");
+    match limit::value_problem(value) {
+        None => Ok(()),
+        Some(why) => Err(VerbError::BadValue { file: file.to_string(), value: value.to_string(), why }),
     }
-    if value.len() > MAX_VALUE {
-        return bad("longer than 256 bytes");
-    }
-    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return bad("only printable ASCII on one line");
-    }
-    Ok(())
 }
 
 /// Writes `value` to `file` in `dir` (checked with [`limit_controller`] and
