@@ -1,5 +1,5 @@
 //! Carrying out one request for one caller: resolving the target, asking
-//! the permission model ([`super::perm`]) with facts read from /proc and
+//! the permission model ([`crate::policy::perm`]) with facts read from /proc and
 //! cgroupfs, then acting through cgroupfs ([`crate::control::verbs`] for the
 //! verbs). Runs on the API's worker threads, never on the daemon's.
 
@@ -9,9 +9,7 @@ use serde_json::{json, Value};
 
 use super::events::Publisher;
 use super::peer::Peer;
-use super::perm::{self, Refusal};
 use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
-use super::territory::Host;
 use crate::control::tighten::{self, TightenError};
 use crate::control::verbs::{self, PidfdSignaller, Subtree, Timing, VerbError};
 use crate::core::cgpath::{canonical, join, within};
@@ -21,6 +19,8 @@ use crate::core::naming;
 use crate::core::node::NodeRecord;
 use crate::core::nsset::NsSet;
 use crate::model::{self, Units};
+use crate::policy::perm::{self, Refusal};
+use crate::policy::territory::Host;
 use crate::sys::hierarchy::{Hierarchy, Version};
 use crate::sys::cgroup_dir;
 use crate::sys::error::IoError;
@@ -190,6 +190,15 @@ pub fn limit_dir(hierarchy: &Hierarchy, node: &NodeRef, controller: &str) -> Res
     })
 }
 
+/// The kind of host `hierarchy` is on, as it is now.
+fn host_of(hierarchy: &Hierarchy) -> Host {
+    if crate::sys::delegation::systemd_manages(hierarchy) {
+        Host::Systemd
+    } else {
+        Host::Plain
+    }
+}
+
 /// Units of /proc figures.
 fn units() -> Units {
     Units { clock_ticks: rustix::param::clock_ticks_per_second(), page_size: rustix::param::page_size() as u64 }
@@ -212,9 +221,9 @@ impl Context {
     }
 
     /// The caller's facts; on a systemd host its territory holds its
-    /// owner's user slice ([`super::territory`]).
+    /// owner's user slice ([`crate::policy::territory`]).
     fn caller(&self, peer: &Peer) -> Result<perm::Caller, ErrorBody> {
-        Ok(peer.caller(&self.proc, self.hierarchy.key(), self.user_ns, Host::of(&self.hierarchy))??)
+        Ok(peer.caller(&self.proc, self.hierarchy.key(), self.user_ns, host_of(&self.hierarchy))??)
     }
 
     /// A target in the tracked subtree that is a node.

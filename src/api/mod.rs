@@ -1,12 +1,9 @@
 //! nsgroup's local API: a Unix socket speaking JSON Lines (docs/api.md).
 //!
 //! - [`proto`]: the wire format (requests, answers, error codes, events);
-//! - [`perm`]: the permission model — the kernel's ns subsystem's rules for
-//!   moving and creating, nsgroup's rule for the verbs;
-//! - [`territory`]: where a caller may act on its own nodes (its cgroup; on
-//!   systemd hosts its owner's user slice too);
 //! - [`peer`]: who calls (SO_PEERCRED, /proc, pid races);
-//! - [`handler`]: carrying one request out;
+//! - [`handler`]: carrying one request out, as the permission model
+//!   ([`crate::policy::perm`]) allows;
 //! - [`server`]: the thread that serves the socket; [`events`]: the
 //!   handle the daemon hands events to; [`conn`]: one client connection's buffers;
 //!   [`capacity`]: the bounds on connections, requests and memory, and the
@@ -17,7 +14,7 @@
 //! - [`client`]: the command line's side of the socket;
 //! - [`direct`]: the answer through the daemon, or without it (as root);
 //! - [`strict`]: strict mode, the LSM BPF program that enforces the same
-//!   rules on direct cgroupfs writes.
+//!   rules on direct cgroupfs writes ([`crate::policy::strict`]: its table).
 
 pub mod capacity;
 pub mod client;
@@ -29,9 +26,7 @@ pub mod fanout;
 pub mod handler;
 pub mod listen;
 pub mod peer;
-pub mod perm;
 pub mod proto;
 pub mod server;
 pub mod strict;
-pub mod territory;
 pub mod workers;
