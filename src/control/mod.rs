@@ -7,6 +7,3 @@ pub mod exec;
 pub mod mirror;
 pub mod tighten;
 pub mod verbs;
-
-/// The limits' parsing and allow-list, by their former path (they are [`crate::core::limit`]'s).
-pub use crate::core::limit as limits;
