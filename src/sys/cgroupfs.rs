@@ -228,14 +228,10 @@ impl CgroupBackend for CgroupWriter {
         };
         let rel = join(&parent_rel, name);
         let dir = self.hierarchy.dir(&rel);
-        let existed = match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o755)) {
-            Ok(()) => false,
-            Err(Errno::EXIST) => true,
-            Err(e) => return Err(IoError::new("mkdir", &dir, e)),
-        };
+        let made = super::cgroup_dir::make(&dir)?;
         let id = self.hierarchy.id(&rel)?;
         self.paths.insert(id, rel.clone());
-        if !existed {
+        if made {
             return Ok(Created::New(id));
         }
         Ok(if self.is_empty(&rel)? { Created::EmptyLeftover(id) } else { Created::Taken })
@@ -254,10 +250,7 @@ impl CgroupBackend for CgroupWriter {
     }
 
     fn attach(&mut self, id: CgroupId, tid: u32, tgid: u32) -> Result<Attached, IoError> {
-        let who = match self.hierarchy.version() {
-            Version::V1 => tid,
-            Version::V2 => tgid,
-        };
+        let who = self.hierarchy.version().attach_id(tgid, tid);
         // A node with a leaf holds its tasks there.
         let id = self.leaves.get(&id).copied().unwrap_or(id);
         let Some(f) = self.attach_file(id)? else { return Ok(Attached::Vanished) };
@@ -282,16 +275,12 @@ impl CgroupBackend for CgroupWriter {
             }
         }
         let Some(rel) = self.path_of(id)? else { return Ok(Removed::Vanished) };
-        let dir = self.hierarchy.dir(&rel);
-        match rustix::fs::rmdir(&dir) {
-            Ok(()) | Err(Errno::NOENT) => {
-                self.paths.remove(&id);
-                self.attach_fds.remove(&id);
-                Ok(Removed::Removed)
-            }
-            Err(Errno::BUSY) | Err(Errno::NOTEMPTY) => Ok(Removed::Busy),
-            Err(e) => Err(IoError::new("rmdir", &dir, e)),
+        if !super::cgroup_dir::remove(&self.hierarchy.dir(&rel))? {
+            return Ok(Removed::Busy);
         }
+        self.paths.remove(&id);
+        self.attach_fds.remove(&id);
+        Ok(Removed::Removed)
     }
 
     fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)> {
