@@ -201,15 +201,23 @@ fn bytes(v: &str) -> Option<Option<u64>> {
     if v == "max" {
         return Some(None);
     }
-    let (digits, shift) = match v.as_bytes().last()? {
-        b'K' | b'k' => (&v[..v.len() - 1], 10),
-        b'M' | b'm' => (&v[..v.len() - 1], 20),
-        b'G' | b'g' => (&v[..v.len() - 1], 30),
-        b'T' | b't' => (&v[..v.len() - 1], 40),
-        _ => (v, 0),
-    };
+    let (digits, shift) = byte_suffix(v)?;
     let n: u64 = digits.parse().ok()?;
     n.checked_mul(1u64 << shift).map(Some)
+}
+
+/// A byte value's number and the shift of its K, M, G or T suffix (powers
+/// of 1024; 0 without one), as every byte value nsgroup reads is written.
+pub fn byte_suffix(v: &str) -> Option<(&str, u32)> {
+    // Cut only after an ASCII suffix: a char boundary.
+    let cut = |shift| (&v[..v.len() - 1], shift);
+    Some(match v.as_bytes().last()? {
+        b'K' | b'k' => cut(10),
+        b'M' | b'm' => cut(20),
+        b'G' | b'g' => cut(30),
+        b'T' | b't' => cut(40),
+        _ => (v, 0),
+    })
 }
 
 /// A device and its `key=value` pairs (`None`: `max`).
@@ -386,6 +394,15 @@ mod tests {
             assert!(class_of(key.file()).is_some(), "{}", key.file());
         }
         assert_eq!(LimitKey::ALL.map(LimitKey::controller), ["memory", "memory", "pids", "cpu", "cpu", "io"]);
+    }
+
+    #[test]
+    fn byte_suffixes_are_powers_of_1024() {
+        assert_eq!(byte_suffix("512M"), Some(("512", 20)));
+        assert_eq!(byte_suffix("1t"), Some(("1", 40)));
+        assert_eq!(byte_suffix("4096"), Some(("4096", 0)));
+        assert_eq!(byte_suffix("1é"), Some(("1é", 0)), "no cut inside a character");
+        assert_eq!(byte_suffix(""), None);
     }
 
     #[test]
