@@ -102,16 +102,19 @@ const volatile __u32 root_level = 0;
 const volatile __u32 daemon_tgid = 0;
 const volatile __u32 own_user_ns = 0;    /* CAP_SYS_ADMIN counts only here */
 
-/* Refusals by rule (the order of nsg_rule), and passes. */
+/* Refusals by rule (the order of nsg_rule), and passes: the counters of
+ * src/policy/strict.rs (`COUNTED`), each named `R_` and the rule's name in
+ * capitals. Its tests check this enum, and the order of the refuse() calls
+ * in each program, against that table. */
 enum nsg_rule {
 	R_PASSED,
-	R_ATTACH_OTHER_NEEDS_CAP,
+	R_ATTACH_OTHER_NEEDS_CAP_SYS_ADMIN,
 	R_ATTACH_OTHER_BELOW_MOVER,
 	R_ATTACH_EMPTY_ONLY,
 	R_ATTACH_CHILD_ONLY,
-	R_CREATE_NEEDS_CAP,
+	R_CREATE_NEEDS_CAP_SYS_ADMIN,
 	R_CREATE_BELOW_CREATOR,
-	R_UNREADABLE, /* fail closed: a write whose pid could not be read as the kernel would */
+	R_UNREADABLE_WRITE, /* fail closed: a write whose pid could not be read as the kernel would */
 	R_COUNT,
 };
 
@@ -353,10 +356,10 @@ int BPF_PROG(nsg_file_permission, struct file *file, int mask, int ret)
 	char buf[32] = {};
 	long n = written_bytes(cur, buf, sizeof(buf));
 	if (n <= 0)
-		return refuse(R_UNREADABLE);
+		return refuse(R_UNREADABLE_WRITE);
 	long nr = parse_pid(buf, n);
 	if (nr < 0)
-		return refuse(R_UNREADABLE);
+		return refuse(R_UNREADABLE_WRITE);
 
 	struct task_struct *task = cur;
 	bool self = nr == 0;
@@ -372,7 +375,7 @@ int BPF_PROG(nsg_file_permission, struct file *file, int mask, int ret)
 	struct cgroup *mover = task_cgroup(cur);
 	if (!self) {
 		if (!sys_admin(cur))
-			return refuse(R_ATTACH_OTHER_NEEDS_CAP);
+			return refuse(R_ATTACH_OTHER_NEEDS_CAP_SYS_ADMIN);
 		if (!mover || !below(dst, mover))
 			return refuse(R_ATTACH_OTHER_BELOW_MOVER);
 	}
@@ -403,7 +406,7 @@ int BPF_PROG(nsg_inode_mkdir, struct inode *dir, struct dentry *dentry, umode_t 
 		return 0;
 	struct task_struct *cur = bpf_get_current_task_btf();
 	if (!sys_admin(cur))
-		return refuse(R_CREATE_NEEDS_CAP);
+		return refuse(R_CREATE_NEEDS_CAP_SYS_ADMIN);
 	struct cgroup *creator = task_cgroup(cur);
 	if (!creator || !below(parent, creator))
 		return refuse(R_CREATE_BELOW_CREATOR);

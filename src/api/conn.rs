@@ -1,6 +1,6 @@
 //! One client connection of the API server: the bytes received and not yet
 //! taken as request lines, the answers not yet sent, and — for a subscriber —
-//! its position in the shared event log ([`super::fanout`]). Answers and
+//! its position in the shared event log ([`super::event_log`]). Answers and
 //! event lines go out whole, each between two lines of the other.
 
 use std::collections::VecDeque;
@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use super::capacity::Class;
-use super::fanout::EventLog;
+use super::event_log::EventLog;
 use super::peer::Peer;
 use super::proto::MAX_LINE;
 use super::workers::Job;

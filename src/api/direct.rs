@@ -14,6 +14,7 @@ use super::proto::{self, Code, ErrorBody, Request, Target};
 use crate::control::verbs::{self, PidfdSignaller, Timing};
 use crate::core::cgpath::{canonical, join};
 use crate::core::escape::Escaped;
+use crate::sys::cgroup_dir;
 use crate::sys::locate::locate;
 use crate::sys::procfs::ProcFs;
 
@@ -93,18 +94,14 @@ fn direct(reach: &Reach, request: &Request) -> Result<Value, ErrorBody> {
             if !h.dir(&dest).is_dir() {
                 return Err(ErrorBody::new(Code::NotFound, format!("no cgroup {} in {}", Escaped(&dest), h.mount().display())));
             }
-            crate::sys::cgroupfs::attach_to(&h, &dest, *pid, *pid).map_err(|e| ErrorBody::new(Code::Failed, e.to_string()))?;
+            cgroup_dir::move_task(&h.dir(&dest), h.version(), *pid, *pid)?;
             Ok(serde_json::json!({ "pid": pid, "path": dest }))
         }
         Request::Create { parent, name } => {
             let parent = canonical(parent).map_err(|e| ErrorBody::new(Code::Invalid, e.to_string()))?;
             let name = name.clone().unwrap_or_else(|| format!("node_{}", std::process::id()));
             let path = join(&parent, &name);
-            match crate::sys::cgroupfs::make_cgroup(&h, &path) {
-                Ok(true) => {}
-                Ok(false) => return Err(ErrorBody::new(Code::Failed, format!("mkdir {}: {}", h.dir(&path).display(), std::io::Error::from(rustix::io::Errno::EXIST)))),
-                Err(e) => return Err(ErrorBody::new(Code::Failed, e.to_string())),
-            }
+            cgroup_dir::make_new(&h.dir(&path))?;
             Ok(serde_json::json!({ "path": path }))
         }
         _ => Err(ErrorBody::new(Code::Invalid, "this request needs the daemon")),

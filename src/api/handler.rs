@@ -1,5 +1,5 @@
 //! Carrying out one request for one caller: resolving the target, asking
-//! the permission model ([`super::perm`]) with facts read from /proc and
+//! the permission model ([`crate::policy::perm`]) with facts read from /proc and
 //! cgroupfs, then acting through cgroupfs ([`crate::control::verbs`] for the
 //! verbs). Runs on the API's worker threads, never on the daemon's.
 
@@ -7,21 +7,22 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
+use super::events::Publisher;
 use super::peer::Peer;
-use super::perm::{self, Refusal};
 use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
-use super::server::Publisher;
-use super::territory::Host;
-use crate::control::limits::{self, Limit};
 use crate::control::tighten::{self, TightenError};
 use crate::control::verbs::{self, PidfdSignaller, Subtree, Timing, VerbError};
 use crate::core::cgpath::{canonical, join, within};
 use crate::core::escape::Escaped;
+use crate::core::limit::{self, Limit};
 use crate::core::naming;
 use crate::core::node::NodeRecord;
 use crate::core::nsset::NsSet;
 use crate::model::{self, Units};
+use crate::policy::perm::{self, Refusal};
+use crate::policy::territory::Host;
 use crate::sys::hierarchy::{Hierarchy, Version};
+use crate::sys::cgroup_dir;
 use crate::sys::error::IoError;
 use crate::sys::mounts::read_mountinfo;
 use crate::sys::procfs::ProcFs;
@@ -68,7 +69,7 @@ impl LimitPolicy {
     /// The files and values the policy writes on `node` (cgroup2 and v1 names).
     fn files_of(&self, node: &NodeRef) -> Vec<(&'static str, String)> {
         let parent = perm::parent_of(&node.path).unwrap_or("/");
-        self.rules.as_ref().map(|rules| limits::files(&rules(&node.record, parent))).unwrap_or_default()
+        self.rules.as_ref().map(|rules| limit::files(&rules(&node.record, parent))).unwrap_or_default()
     }
 }
 
@@ -189,6 +190,15 @@ pub fn limit_dir(hierarchy: &Hierarchy, node: &NodeRef, controller: &str) -> Res
     })
 }
 
+/// The kind of host `hierarchy` is on, as it is now.
+fn host_of(hierarchy: &Hierarchy) -> Host {
+    if crate::sys::delegation::systemd_manages(hierarchy) {
+        Host::Systemd
+    } else {
+        Host::Plain
+    }
+}
+
 /// Units of /proc figures.
 fn units() -> Units {
     Units { clock_ticks: rustix::param::clock_ticks_per_second(), page_size: rustix::param::page_size() as u64 }
@@ -211,9 +221,9 @@ impl Context {
     }
 
     /// The caller's facts; on a systemd host its territory holds its
-    /// owner's user slice ([`super::territory`]).
+    /// owner's user slice ([`crate::policy::territory`]).
     fn caller(&self, peer: &Peer) -> Result<perm::Caller, ErrorBody> {
-        Ok(peer.caller(&self.proc, self.hierarchy.key(), self.user_ns, Host::of(&self.hierarchy))??)
+        Ok(peer.caller(&self.proc, self.hierarchy.key(), self.user_ns, host_of(&self.hierarchy))??)
     }
 
     /// A target in the tracked subtree that is a node.
@@ -327,7 +337,7 @@ impl Context {
         if !self.proc.stat(tgid, tid)?.is_some_and(|s| s.start_ticks == stat.start_ticks && !s.is_dead()) {
             return Err(gone());
         }
-        crate::sys::cgroupfs::attach_to(&self.hierarchy, &dest, tgid, tid).map_err(|e| error(Code::Failed, e.to_string()))?;
+        cgroup_dir::move_task(&self.hierarchy.dir(&dest), self.hierarchy.version(), tgid, tid)?;
         Ok(json!({ "pid": tid, "path": dest, "cgroup_id": self.hierarchy.id(&dest)? }))
     }
 
@@ -349,11 +359,11 @@ impl Context {
         };
         for n in attempts {
             let path = join(&parent, &n);
-            match crate::sys::cgroupfs::make_cgroup(&self.hierarchy, &path) {
-                Ok(true) => return Ok(json!({ "path": path, "cgroup_id": self.hierarchy.id(&path)? })),
-                Ok(false) if name.is_none() => continue,
-                Ok(false) => return Err(error(Code::Failed, format!("mkdir {}: {}", self.hierarchy.dir(&path).display(), std::io::Error::from(rustix::io::Errno::EXIST)))),
-                Err(e) => return Err(error(Code::Failed, e.to_string())),
+            let dir = self.hierarchy.dir(&path);
+            // A name given must be free; one chosen moves on to the next.
+            let made = if name.is_some() { cgroup_dir::make_new(&dir).map(|()| true)? } else { cgroup_dir::make(&dir)? };
+            if made {
+                return Ok(json!({ "path": path, "cgroup_id": self.hierarchy.id(&path)? }));
             }
         }
         Err(error(Code::Failed, format!("no free node name below {}", Escaped(&parent))))

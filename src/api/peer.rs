@@ -12,8 +12,8 @@
 
 use std::os::unix::net::UnixStream;
 
-use super::perm::{peer_gone, Caller, Refusal};
-use super::territory::Host;
+use crate::policy::perm::{peer_gone, Caller, Refusal};
+use crate::policy::territory::Host;
 use crate::sys::error::IoError;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
 

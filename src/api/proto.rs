@@ -300,6 +300,13 @@ pub fn event_line(seq: u64, event: &ApiEvent) -> Value {
     Value::Object(m)
 }
 
+/// A JSON value as one line.
+pub fn line_of(v: &Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec(v).expect("a value serializes");
+    out.push(b'\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,12 +39,12 @@ use super::capacity::{self, Class, Holding, Pool};
 use super::conn::{Conn, TOO_LONG_MARK};
 pub use super::fanout::SUBSCRIBER_BUFFER;
 use super::fanout::Fanout;
+use super::events::Shared;
+pub use super::events::{Counters, Publisher};
 use super::handler::Context;
 use super::peer::{boot_ticks_now, Peer};
-use super::proto::{self, answer_error, answer_ok, Code, ErrorBody, Request, MAX_LINE};
-use super::publisher::Shared;
-pub use super::publisher::{Counters, Publisher};
-use super::workers::{self, line_of, Done, Job, Queue, API_NICE};
+use super::proto::{self, answer_error, answer_ok, line_of, Code, ErrorBody, Request, MAX_LINE};
+use super::workers::{self, Done, Job, Queue, API_NICE};
 use crate::sys::procfs::ProcFs;
 
 /// How long a request line may stay unfinished.

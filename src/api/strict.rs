@@ -1,7 +1,8 @@
 //! Strict mode: loads `bpf/lsm.bpf.c` (compiled by build.rs) with aya and
 //! attaches its LSM programs, which enforce the permission model on direct
 //! writes to the tracked hierarchy's `cgroup.procs`/`tasks`/`cgroup.threads`
-//! and on `mkdir`s there.
+//! and on `mkdir`s there (the programs, their rules and counters:
+//! [`crate::policy::strict`]).
 //!
 //! It needs Linux 6.0 or later built with `CONFIG_BPF_LSM=y` and
 //! `CONFIG_DEBUG_INFO_BTF=y`, booted with `bpf` among its LSMs (`lsm=…,bpf`
@@ -18,6 +19,7 @@ use aya::{Btf, Ebpf};
 use tracing::info;
 
 use crate::bpf::{verifier_tail, Subtree};
+use crate::policy::strict::{Hook, HOOKS};
 use crate::sys::hierarchy::Hierarchy;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lsm.bpf.o"));
@@ -25,20 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ls
 /// Where the active LSMs are listed (securityfs).
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
-/// The programs and the LSM hooks they attach to.
-const HOOKS: [(&str, &str); 2] = [("nsg_file_permission", "file_permission"), ("nsg_inode_mkdir", "inode_mkdir")];
-
-/// The refusal counters, by index (`strict_stats` in bpf/lsm.bpf.c).
-pub const COUNTERS: [&str; 8] = [
-    "passed",
-    "attach.other_needs_cap_sys_admin",
-    "attach.other_below_mover",
-    "attach.empty_only",
-    "attach.child_only",
-    "create.needs_cap_sys_admin",
-    "create.below_creator",
-    "unreadable_write",
-];
+/// The counters, by index (`strict_stats` in bpf/lsm.bpf.c).
+pub use crate::policy::strict::COUNTERS;
 
 /// What the programs need to know.
 #[derive(Clone, Copy, Debug)]
@@ -150,7 +140,7 @@ impl Strict {
             .override_global("daemon_tgid", &scope.daemon_tgid, true)
             .override_global("own_user_ns", &scope.own_user_ns, true)
             .load(OBJECT)?;
-        for (name, hook) in HOOKS {
+        for Hook { program: name, hook, .. } in HOOKS {
             let program = ebpf.program_mut(name).ok_or(StrictError::Missing(name))?;
             let lsm: &mut Lsm = program.try_into().map_err(|source| StrictError::Program { hook, source })?;
             lsm.load(hook, &btf).map_err(|e| load_error(hook, e))?;
@@ -161,7 +151,7 @@ impl Strict {
 
     /// The hooks attached.
     pub fn describe(&self) -> String {
-        HOOKS.iter().map(|(_, h)| format!("lsm/{h}")).collect::<Vec<_>>().join(", ")
+        HOOKS.iter().map(|h| format!("lsm/{}", h.hook)).collect::<Vec<_>>().join(", ")
     }
 
     /// The counters so far: passes, refusals by rule, unreadable writes.

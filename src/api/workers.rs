@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::handler::Context;
 use super::peer::Peer;
-use super::proto::{answer_error, answer_ok, Request};
+use super::proto::{answer_error, answer_ok, line_of, Request};
 
 /// Workers that take any request.
 const WORKERS: usize = 4;
@@ -131,13 +131,6 @@ fn work(queue: &Queue, admin_only: bool, results: &Sender<Done>, ctx: &Context, 
         }
         let _ = (&*wake).write(&[1]);
     }
-}
-
-/// A JSON value as one line.
-pub fn line_of(v: &Value) -> Vec<u8> {
-    let mut out = serde_json::to_vec(v).expect("a value serializes");
-    out.push(b'\n');
-    out
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use nsgroup::config::Config;
-use nsgroup::control::limits::Limit;
+use nsgroup::core::limit::Limit;
 use nsgroup::control::{exec, mirror};
 use nsgroup::core::nsset::NsKind;
 use nsgroup::sys::hierarchy::Version;

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Config, DEFAULT_PATH};
-use crate::control::limits::Limit;
+use crate::core::limit::Limit;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! limits a new node gets (the limit rules that match its creation).
 
 use super::{Config, Filter, LimitRule};
-use crate::control::limits::Limit;
+use crate::core::limit::Limit;
 use crate::core::cgpath::within;
 use crate::core::nsset::NsMask;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::limits::Limit;
+use crate::core::limit::Limit;
 use crate::core::nsset::NsKind;
 use crate::sys::subtree::LeafPolicy;
 

@@ -2,7 +2,7 @@
 //! names that can match, numbers in range, limit values that parse.
 
 use super::{ApiConfig, Config};
-use crate::control::limits::Limit;
+use crate::core::limit::Limit;
 use crate::core::cgpath::canonical;
 use crate::core::nsset::NsMask;
 

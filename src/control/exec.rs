@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 
-use crate::control::limits::Limit;
+use crate::core::limit::Limit;
 use crate::control::mirror::Mirror;
 use crate::core::cgpath::join;
 use crate::core::naming;

@@ -8,17 +8,14 @@
 //! own: tasks outside it are not mirrored, and counted.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
-
-use rustix::fs::Mode;
-use rustix::io::Errno;
 
 use crate::config::MirrorConfig;
 use crate::core::cgpath::{join, within};
 use crate::core::node::{CgroupId, Node};
+use crate::sys::cgroup_dir;
 use crate::sys::cgroupfs::Removed;
-use crate::sys::hierarchy::Hierarchy;
+use crate::sys::hierarchy::{Hierarchy, Version};
 use crate::sys::error::{or_vanished, IoError};
 use crate::sys::mounts::Mount;
 use crate::sys::procfs::ProcFs;
@@ -157,17 +154,15 @@ impl Mirror {
         for attempt in 1..=MAX_NAME_ATTEMPTS {
             let candidate = if attempt == 1 { name.to_string() } else { format!("{name}~{attempt}") };
             let path = join(parent, &candidate);
-            let dir = self.hierarchy.dir(&path);
-            match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o755)) {
-                Ok(()) => return Ok(Some(path)),
-                Err(Errno::EXIST) => {
+            match or_vanished(cgroup_dir::make(&self.hierarchy.dir(&path)))? {
+                Some(true) => return Ok(Some(path)),
+                Some(false) => {
                     let empty = self.hierarchy.members(&path)?.is_empty() && self.hierarchy.children(&path)?.is_empty();
                     if empty && !self.nodes.values().any(|p| *p == path) {
                         return Ok(Some(path));
                     }
                 }
-                Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(IoError::new("mkdir", &dir, e)),
+                None => return Ok(None),
             }
         }
         Err(IoError::new("mkdir", self.hierarchy.dir(&join(parent, name)), std::io::Error::other("no free name")))
@@ -176,29 +171,19 @@ impl Mirror {
     /// Moves a thread (or, under a cgroup2 tracked hierarchy, its process)
     /// into `path`; false when it is gone.
     fn attach(&self, path: &str, tgid: u32, tid: u32) -> Result<bool, IoError> {
-        let version = if self.per_process { crate::sys::hierarchy::Version::V2 } else { crate::sys::hierarchy::Version::V1 };
-        let (file, who) = (version.attach_file(), version.attach_id(tgid, tid));
-        let target = self.hierarchy.dir(path).join(file);
-        let written = std::fs::OpenOptions::new().write(true).open(&target).and_then(|mut f| f.write_all(format!("{who}\n").as_bytes()));
-        match written {
-            Ok(()) => Ok(true),
-            Err(e) if crate::sys::error::vanished(&e) => Ok(false),
-            Err(e) => Err(IoError::new("move task into", &target, e)),
-        }
+        // The tracked hierarchy's granularity, in this one.
+        let version = if self.per_process { Version::V2 } else { Version::V1 };
+        Ok(or_vanished(cgroup_dir::move_task(&self.hierarchy.dir(path), version, tgid, tid))?.is_some())
     }
 
     /// Removes a node's mirror (the node is gone or going).
     pub fn remove(&mut self, node: CgroupId) -> Result<Removed, IoError> {
         let Some(path) = self.nodes.get(&node).cloned() else { return Ok(Removed::Vanished) };
-        let dir = self.hierarchy.dir(&path);
-        match rustix::fs::rmdir(&dir) {
-            Ok(()) | Err(Errno::NOENT) => {
-                self.nodes.remove(&node);
-                Ok(Removed::Removed)
-            }
-            Err(Errno::BUSY) | Err(Errno::NOTEMPTY) => Ok(Removed::Busy),
-            Err(e) => Err(IoError::new("rmdir", &dir, e)),
+        if !cgroup_dir::remove(&self.hierarchy.dir(&path))? {
+            return Ok(Removed::Busy);
         }
+        self.nodes.remove(&node);
+        Ok(Removed::Removed)
     }
 
     /// Forgets a mirror left in place.

@@ -4,7 +4,6 @@
 //! CAP_SYS_ADMIN (only tighter values).
 
 pub mod exec;
-pub mod limits;
 pub mod mirror;
 pub mod tighten;
 pub mod verbs;

@@ -1,7 +1,8 @@
-//! The files `limit` may write, and what a caller without CAP_SYS_ADMIN may
-//! write into them: only values that tighten. A delegatee never loosens what
-//! it was given (the kernel's delegation model: the limits of a delegated
-//! cgroup belong to its parent's owner), so for such a caller
+//! What a caller without CAP_SYS_ADMIN may write into the files `limit`
+//! writes (their classes: [`crate::core::limit::FILES`]): only values that
+//! tighten. A delegatee never loosens what it was given (the kernel's
+//! delegation model: the limits of a delegated cgroup belong to its
+//! parent's owner), so for such a caller
 //!
 //! - a ceiling (`pids.max`, `memory.max`, `memory.high`, `cpu.max` as a rate,
 //!   `io.max` per device and key, their v1 equivalents, …) never goes above
@@ -18,96 +19,17 @@
 //! "none"; no sign, hex, inner whitespace or overflow), compared exactly
 //! (rates by cross-multiplication), and written in the normalised form that
 //! was checked. Pure: the value in force comes through a reader, the policy's
-//! as the files and values the daemon writes ([`crate::control::limits::Limit::files`]).
+//! as the files and values the daemon writes ([`crate::core::limit::files`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::core::escape::Escaped;
+use crate::core::limit::{class_of, Class};
+use crate::sys::error::IoError;
 use values::{bytes, count, cpu_max, device, digits, io_max_line, io_weights, lines, period, quota, show, throttle_line, Ceilings, Level};
 
 mod values;
-
-/// How a file's value may change without CAP_SYS_ADMIN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// A ceiling in bytes: `max` (cgroup2) or `-1` (v1) for none.
-    Bytes { v1: bool },
-    /// A ceiling in tasks: `max` for none.
-    Count,
-    /// cgroup2 `cpu.max`: `max|QUOTA [PERIOD]`, compared as quota / period.
-    CpuMax,
-    /// v1 `cpu.cfs_quota_us` (`-1` for none), a rate with `cpu.cfs_period_us`.
-    CfsQuota,
-    /// v1 `cpu.cfs_period_us`, a rate with `cpu.cfs_quota_us`.
-    CfsPeriod,
-    /// cgroup2 `io.max`: `MAJ:MIN` with `rbps=`, `wbps=`, `riops=`, `wiops=`.
-    IoMax,
-    /// v1 `blkio.throttle.*_device`: `MAJ:MIN N`, 0 for none.
-    Throttle,
-    /// A weight in `min..=max` whose default is `default`.
-    Weight { default: u64, min: u64, max: u64 },
-    /// cgroup2 `io.weight`: `[default] N` or `MAJ:MIN N`.
-    IoWeight,
-    /// `0` or `1`, where `1` is the harsher setting.
-    Flag,
-    /// A protection: what others must leave the node.
-    Protection,
-    /// Values nsgroup does not order.
-    Unordered,
-}
-
-/// The files `limit` writes, and their classes; `*` stands for one path
-/// component of letters and digits (a hugetlb page size). Everything else
-/// (`cgroup.*`, `tasks`, `release_agent`, `notify_on_release`, …) is
-/// refused: a limit never moves tasks or runs programs.
-pub const FILES: &[(&str, Class)] = &[
-    // cgroup2
-    ("memory.max", Class::Bytes { v1: false }),
-    ("memory.high", Class::Bytes { v1: false }),
-    ("memory.low", Class::Protection),
-    ("memory.min", Class::Protection),
-    ("memory.swap.max", Class::Bytes { v1: false }),
-    ("memory.swap.high", Class::Bytes { v1: false }),
-    ("memory.oom.group", Class::Flag),
-    ("pids.max", Class::Count),
-    ("cpu.max", Class::CpuMax),
-    ("cpu.weight", Class::Weight { default: 100, min: 1, max: 10_000 }),
-    ("cpu.weight.nice", Class::Unordered),
-    ("cpu.idle", Class::Flag),
-    ("io.max", Class::IoMax),
-    ("io.weight", Class::IoWeight),
-    ("io.latency", Class::Protection),
-    ("hugetlb.*.max", Class::Bytes { v1: false }),
-    ("cpuset.cpus", Class::Unordered),
-    ("cpuset.mems", Class::Unordered),
-    // cgroup v1
-    ("memory.limit_in_bytes", Class::Bytes { v1: true }),
-    ("memory.soft_limit_in_bytes", Class::Bytes { v1: true }),
-    ("memory.memsw.limit_in_bytes", Class::Bytes { v1: true }),
-    ("memory.swappiness", Class::Unordered),
-    ("cpu.shares", Class::Weight { default: 1024, min: 2, max: 262_144 }),
-    ("cpu.cfs_quota_us", Class::CfsQuota),
-    ("cpu.cfs_period_us", Class::CfsPeriod),
-    // CFQ's, the scheduler that has this file (BFQ's is blkio.bfq.weight).
-    ("blkio.weight", Class::Weight { default: 500, min: 10, max: 1000 }),
-    ("blkio.throttle.read_bps_device", Class::Throttle),
-    ("blkio.throttle.write_bps_device", Class::Throttle),
-    ("blkio.throttle.read_iops_device", Class::Throttle),
-    ("blkio.throttle.write_iops_device", Class::Throttle),
-    ("hugetlb.*.limit_in_bytes", Class::Bytes { v1: true }),
-];
-
-/// The class of a file `limit` may write; `None` for any other file.
-pub fn class_of(file: &str) -> Option<Class> {
-    let parts: Vec<&str> = file.split('.').collect();
-    let matches = |pattern: &str| {
-        let p: Vec<&str> = pattern.split('.').collect();
-        p.len() == parts.len()
-            && p.iter().zip(&parts).all(|(a, b)| *a == *b || (*a == "*" && !b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric())))
-    };
-    FILES.iter().find(|(pattern, _)| matches(pattern)).map(|(_, class)| *class)
-}
 
 /// Why a caller without CAP_SYS_ADMIN may not write a value (each is a rule
 /// of the permission table, docs/semantics.md §15).
@@ -150,8 +72,7 @@ pub fn writable_without_cap(file: &str) -> Result<Class, TightenError> {
 /// Reads files of the cgroup directory `dir` (the value in force).
 pub fn reader(dir: &Path) -> impl Fn(&str) -> Result<String, TightenError> + '_ {
     move |file| {
-        let path = dir.join(file);
-        std::fs::read_to_string(&path).map_err(|source| {
+        crate::sys::cgroup_dir::read(&dir.join(file)).map_err(|IoError { path, source, .. }| {
             let source = match source.kind() {
                 io::ErrorKind::NotFound => io::Error::new(source.kind(), "no such file: the controller is not enabled on this node, or not mounted"),
                 _ => source,
@@ -541,19 +462,6 @@ mod tests {
         }
         for file in ["cpuset.cpus", "cpuset.mems", "cpu.weight.nice", "memory.swappiness", "cgroup.procs", "tasks"] {
             assert_eq!(outcome(file, "0", &[], &[]), "NeedsCap", "{file}");
-        }
-    }
-
-    #[test]
-    fn the_allowlist_matches_whole_components() {
-        assert_eq!(class_of("hugetlb.2MB.max"), Some(Class::Bytes { v1: false }));
-        assert_eq!(class_of("hugetlb.1GB.limit_in_bytes"), Some(Class::Bytes { v1: true }));
-        for f in ["hugetlb..max", "hugetlb.2-MB.max", "memory.max.x", "memory", "../pids.max", "release_agent"] {
-            assert_eq!(class_of(f), None, "{f}");
-        }
-        // Every file the policy writes is one `limit` may write.
-        for key in crate::control::limits::LimitKey::ALL {
-            assert!(class_of(key.file()).is_some(), "{}", key.file());
         }
     }
 

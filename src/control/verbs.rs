@@ -1,6 +1,7 @@
 //! The verbs on a node's subtree — freeze, thaw, kill — and controller
-//! values (`limit`), through cgroupfs paths only, so that every step is
-//! testable on a tempdir fixture without root.
+//! values (`limit`), through cgroupfs paths only ([`crate::sys::cgroup_dir`]
+//! reads and writes them), so that every step is testable on a tempdir
+//! fixture without root.
 //!
 //! - cgroup2: `cgroup.freeze` (then `cgroup.events` says `frozen 1`),
 //!   `cgroup.kill` (then `populated 0`); before Linux 5.14 (no
@@ -14,15 +15,16 @@
 //! a pidfd, checks that the task is still inside the subtree, and signals the
 //! pidfd, so a tid that was reused meanwhile is never hit.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::control::tighten;
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
+use crate::core::limit;
 use crate::core::node::MirrorPath;
+use crate::sys::cgroup_dir;
+use crate::sys::error::IoError;
 use crate::sys::hierarchy::Version;
 use crate::sys::mounts::Mount;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
@@ -123,18 +125,14 @@ impl Signaller for PidfdSignaller {
     }
 }
 
-fn write(path: &Path, value: &str) -> Result<(), VerbError> {
-    fs::write(path, value).map_err(|source| VerbError::Write { path: path.to_path_buf(), value: value.trim().to_string(), source })
+/// A write the kernel refused, with the value written.
+fn wrote(value: &str) -> impl FnOnce(IoError) -> VerbError + '_ {
+    move |e| VerbError::Write { path: e.path, value: value.trim().to_string(), source: e.source }
 }
 
-fn read(path: &Path) -> Result<String, VerbError> {
-    fs::read_to_string(path).map_err(|source| VerbError::Read { path: path.to_path_buf(), source })
-}
-
-/// The value of a `key value` line of `cgroup.events`.
-fn event_field(dir: &Path, key: &str) -> Result<Option<String>, VerbError> {
-    let text = read(&dir.join("cgroup.events"))?;
-    Ok(text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(|v| v.trim().to_string())))
+/// A read that failed.
+fn unread(e: IoError) -> VerbError {
+    VerbError::Read { path: e.path, source: e.source }
 }
 
 /// Polls `cond` until it holds or the timeout passes; the last detail names what was seen.
@@ -165,23 +163,22 @@ pub fn thaw(s: &Subtree, timing: Timing) -> Result<Outcome, VerbError> {
 fn set_frozen(s: &Subtree, frozen: bool, timing: Timing) -> Result<Outcome, VerbError> {
     match s.version {
         Version::V2 => {
-            write(&s.dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
             let want = if frozen { "1" } else { "0" };
+            cgroup_dir::set_frozen(&s.dir, frozen).map_err(wrote(want))?;
             let what = if frozen { "the subtree did not freeze" } else { "the subtree did not thaw" };
             wait_until(what, timing, || {
-                let seen = event_field(&s.dir, "frozen")?;
+                let seen = cgroup_dir::events(&s.dir, "frozen").map_err(unread)?;
                 Ok((seen.as_deref() == Some(want), format!("cgroup.events says frozen {}", seen.unwrap_or_default())))
             })?;
             Ok(Outcome { method: "cgroup.freeze", ..Outcome::default() })
         }
         Version::V1 => {
             let Some(dir) = &s.freezer else { return Err(VerbError::NoFreezer(s.dir.clone())) };
-            let state = dir.join("freezer.state");
             let want = if frozen { "FROZEN" } else { "THAWED" };
-            write(&state, want)?;
+            cgroup_dir::set_freezer_state(dir, want).map_err(wrote(want))?;
             let what = if frozen { "the subtree did not freeze" } else { "the subtree did not thaw" };
             wait_until(what, timing, || {
-                let seen = read(&state)?;
+                let seen = cgroup_dir::freezer_state(dir).map_err(unread)?;
                 Ok((seen.trim() == want, format!("freezer.state says {}", seen.trim())))
             })?;
             Ok(Outcome { method: "freezer.state", ..Outcome::default() })
@@ -189,30 +186,10 @@ fn set_frozen(s: &Subtree, frozen: bool, timing: Timing) -> Result<Outcome, Verb
     }
 }
 
-/// The task ids (v1: threads from `tasks`; cgroup2: processes from
-/// `cgroup.procs`) of every cgroup at and below `dir`.
+/// The task ids (v1: threads; cgroup2: processes) of every cgroup at and
+/// below `dir`.
 pub fn tasks(dir: &Path, version: Version) -> Result<Vec<u32>, VerbError> {
-    let file = match version {
-        Version::V1 => "tasks",
-        Version::V2 => "cgroup.procs",
-    };
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        match fs::read_to_string(d.join(file)) {
-            Ok(text) => out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
-            // A cgroup removed while we looked (the whole subtree, once
-            // emptied, by the daemon's cleanup) holds no task.
-            Err(e) if crate::sys::error::vanished(&e) || e.raw_os_error() == Some(libc::ENODEV) => continue,
-            Err(source) => return Err(VerbError::Read { path: d.join(file), source }),
-        }
-        if let Ok(entries) = fs::read_dir(&d) {
-            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    cgroup_dir::tasks_below(dir, version).map_err(unread)
 }
 
 /// One round: signals every task of the subtree; how many were signalled.
@@ -238,9 +215,8 @@ pub const NO_CGROUP_KILL_WARNING: &str = "this kernel has no cgroup.kill (Linux 
 /// `cgroup.kill` on cgroup2 (Linux 5.14+), else in rounds of freeze,
 /// SIGKILL and thaw (a v1 node without freezer: rounds of SIGKILL).
 pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Result<Outcome, VerbError> {
-    let kill_file = s.dir.join("cgroup.kill");
-    if s.version == Version::V2 && kill_file.exists() {
-        write(&kill_file, "1")?;
+    if s.version == Version::V2 && cgroup_dir::can_kill_all(&s.dir) {
+        cgroup_dir::kill_all(&s.dir).map_err(wrote("1"))?;
         wait_until("the subtree did not empty", timing, || {
             if !s.dir.exists() {
                 // Emptied, and removed by the daemon's cleanup already.
@@ -248,7 +224,7 @@ pub fn kill(s: &Subtree, signaller: &mut dyn Signaller, timing: Timing) -> Resul
             }
             // Gone meanwhile (its files go with it): emptied and removed.
             let gone = |e: &VerbError| matches!(e, VerbError::Read { source, .. } if crate::sys::error::vanished(source));
-            let seen = event_field(&s.dir, "populated").or_else(|e| if gone(&e) || !s.dir.exists() { Ok(Some("0".into())) } else { Err(e) })?;
+            let seen = cgroup_dir::events(&s.dir, "populated").map_err(unread).or_else(|e| if gone(&e) || !s.dir.exists() { Ok(Some("0".into())) } else { Err(e) })?;
             Ok((seen.as_deref() == Some("0"), format!("cgroup.events says populated {}", seen.unwrap_or_default())))
         })?;
         return Ok(Outcome { method: "cgroup.kill", rounds: 1, ..Outcome::default() });
@@ -320,32 +296,21 @@ fn left(s: &Subtree) -> Result<usize, VerbError> {
     }
 }
 
-/// The longest value written.
-const MAX_VALUE: usize = 256;
-
 /// The controller a limit file belongs to (`pids` for `pids.max`), or why
-/// it is refused: only the files of [`crate::control::tighten::FILES`].
+/// it is refused: only the files of [`crate::core::limit::FILES`].
 pub fn limit_controller(file: &str) -> Result<&str, VerbError> {
-    if tighten::class_of(file).is_none() {
-        let known: Vec<&str> = tighten::FILES.iter().map(|(f, _)| *f).collect();
-        return Err(VerbError::NotALimit { file: file.to_string(), why: format!("known limits: {}", known.join(", ")) });
-    }
-    Ok(file.split('.').next().unwrap_or(file))
+    limit::controller_of(file).ok_or_else(|| {
+        let known: Vec<&str> = limit::FILES.iter().map(|(f, _)| *f).collect();
+        VerbError::NotALimit { file: file.to_string(), why: format!("known limits: {}", known.join(", ")) }
+    })
 }
 
-/// Checks a value: printable ASCII, at most 256 bytes, one line.
+/// Checks a value: printable ASCII, at most 256 bytes, one line ([`limit::value_problem`]).
 pub fn check_value(file: &str, value: &str) -> Result<(), VerbError> {
-    let bad = |why| Err(VerbError::BadValue { file: file.to_string(), value: value.to_string(), why });
-    if value.is_empty() {
-        return bad("empty");
+    match limit::value_problem(value) {
+        None => Ok(()),
+        Some(why) => Err(VerbError::BadValue { file: file.to_string(), value: value.to_string(), why }),
     }
-    if value.len() > MAX_VALUE {
-        return bad("longer than 256 bytes");
-    }
-    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return bad("only printable ASCII on one line");
-    }
-    Ok(())
 }
 
 /// Writes `value` to `file` in `dir` (checked with [`limit_controller`] and
@@ -361,7 +326,7 @@ pub fn write_limit(dir: &Path, file: &str, value: &str) -> Result<PathBuf, VerbE
             source: io::Error::new(io::ErrorKind::NotFound, "no such file: the controller is not enabled on this node, or not mounted"),
         });
     }
-    write(&path, value)?;
+    cgroup_dir::write(&path, value).map_err(wrote(value))?;
     Ok(path)
 }
 
@@ -384,6 +349,7 @@ pub fn mirror_with(mounts: &[Mount], mirrors: &[MirrorPath], controller: &str) -
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::fs;
 
     /// A fake kernel: killing a tid removes it from every `tasks`/`cgroup.procs` file below.
     struct FakeSignals {

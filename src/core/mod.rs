@@ -1,7 +1,8 @@
-//! The pure core: namespace sets, nodes, naming and the tracker. No I/O.
+//! The pure core: namespace sets, nodes, naming, limits and the tracker. No I/O.
 pub mod cgpath;
 pub mod escape;
 pub mod histogram;
+pub mod limit;
 pub mod naming;
 pub mod node;
 pub mod nsset;

@@ -4,7 +4,7 @@
 //! API's `nsgroup exec`).
 
 use crate::config::{Config, Creation, Subject};
-use crate::control::limits::Limit;
+use crate::core::limit::Limit;
 use crate::core::node::NodeRecord;
 use crate::core::nsset::NsMask;
 use crate::core::tracker::Placement;

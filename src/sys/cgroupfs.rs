@@ -1,7 +1,8 @@
 //! The cgroupfs edge that writes: the narrow [`CgroupBackend`] the pipeline
 //! carries placements out through, and [`CgroupWriter`], the real one, which
 //! creates nodes, stores their records, moves tasks and removes nodes. Every
-//! write nsgroup makes to a hierarchy goes through here.
+//! write nsgroup makes to a hierarchy goes through here or, by path for the
+//! API, the verbs and mirrors, through [`super::cgroup_dir`].
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,14 +18,6 @@ use super::subtree::Enabled;
 use crate::core::cgpath::join;
 use crate::core::node::{CgroupId, NodeRecord};
 
-/// Moves thread `tid` of process `tgid` (the whole process on cgroup2)
-/// into cgroup `rel` of `hierarchy`: one write, for the API's checked moves.
-pub fn attach_to(hierarchy: &Hierarchy, rel: &str, tgid: u32, tid: u32) -> Result<(), IoError> {
-    let version = hierarchy.version();
-    let path = hierarchy.dir(rel).join(version.attach_file());
-    fs::write(&path, version.attach_id(tgid, tid).to_string()).map_err(|e| IoError::new("move task into", &path, e))
-}
-
 /// Writes controller `files` into the cgroup directory `dir`, in order;
 /// returns what the kernel refused, as `file=value: error` each (the rest is
 /// written all the same).
@@ -33,16 +26,6 @@ pub fn write_files(dir: &std::path::Path, files: &[(&'static str, String)]) -> V
         .iter()
         .filter_map(|(file, value)| fs::write(dir.join(file), value).err().map(|e| format!("{file}={value}: {e}")))
         .collect()
-}
-
-/// Creates cgroup `rel` of `hierarchy` (mode 0755); `Ok(false)` when it exists.
-pub fn make_cgroup(hierarchy: &Hierarchy, rel: &str) -> Result<bool, IoError> {
-    let dir = hierarchy.dir(rel);
-    match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o755)) {
-        Ok(()) => Ok(true),
-        Err(Errno::EXIST) => Ok(false),
-        Err(e) => Err(IoError::new("mkdir", &dir, e)),
-    }
 }
 
 /// What creating a node's directory found.
@@ -245,14 +228,10 @@ impl CgroupBackend for CgroupWriter {
         };
         let rel = join(&parent_rel, name);
         let dir = self.hierarchy.dir(&rel);
-        let existed = match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o755)) {
-            Ok(()) => false,
-            Err(Errno::EXIST) => true,
-            Err(e) => return Err(IoError::new("mkdir", &dir, e)),
-        };
+        let made = super::cgroup_dir::make(&dir)?;
         let id = self.hierarchy.id(&rel)?;
         self.paths.insert(id, rel.clone());
-        if !existed {
+        if made {
             return Ok(Created::New(id));
         }
         Ok(if self.is_empty(&rel)? { Created::EmptyLeftover(id) } else { Created::Taken })
@@ -271,10 +250,7 @@ impl CgroupBackend for CgroupWriter {
     }
 
     fn attach(&mut self, id: CgroupId, tid: u32, tgid: u32) -> Result<Attached, IoError> {
-        let who = match self.hierarchy.version() {
-            Version::V1 => tid,
-            Version::V2 => tgid,
-        };
+        let who = self.hierarchy.version().attach_id(tgid, tid);
         // A node with a leaf holds its tasks there.
         let id = self.leaves.get(&id).copied().unwrap_or(id);
         let Some(f) = self.attach_file(id)? else { return Ok(Attached::Vanished) };
@@ -299,16 +275,12 @@ impl CgroupBackend for CgroupWriter {
             }
         }
         let Some(rel) = self.path_of(id)? else { return Ok(Removed::Vanished) };
-        let dir = self.hierarchy.dir(&rel);
-        match rustix::fs::rmdir(&dir) {
-            Ok(()) | Err(Errno::NOENT) => {
-                self.paths.remove(&id);
-                self.attach_fds.remove(&id);
-                Ok(Removed::Removed)
-            }
-            Err(Errno::BUSY) | Err(Errno::NOTEMPTY) => Ok(Removed::Busy),
-            Err(e) => Err(IoError::new("rmdir", &dir, e)),
+        if !super::cgroup_dir::remove(&self.hierarchy.dir(&rel))? {
+            return Ok(Removed::Busy);
         }
+        self.paths.remove(&id);
+        self.attach_fds.remove(&id);
+        Ok(Removed::Removed)
     }
 
     fn usage(&mut self, id: CgroupId) -> Vec<(String, u64)> {

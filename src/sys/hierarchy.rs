@@ -28,12 +28,22 @@ pub enum Version {
 }
 
 impl Version {
-    /// The file tasks are moved through: v1 moves threads (`tasks`),
-    /// cgroup2 whole processes (`cgroup.procs`). The one place this is chosen.
+    /// The file tasks are moved through, which lists the ids a move takes:
+    /// v1 moves threads (`tasks`), cgroup2 whole processes (`cgroup.procs`).
+    /// With [`Version::thread_list_file`], the one place a membership file is chosen.
     pub fn attach_file(self) -> &'static str {
         match self {
             Version::V1 => "tasks",
             Version::V2 => "cgroup.procs",
+        }
+    }
+
+    /// The file that lists every thread of a cgroup: `tasks` on v1,
+    /// `cgroup.threads` on cgroup2.
+    pub fn thread_list_file(self) -> &'static str {
+        match self {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.threads",
         }
     }
 
@@ -138,11 +148,7 @@ impl Hierarchy {
 
     /// The task ids in a cgroup (threads); empty when it is gone.
     pub fn members(&self, rel: &str) -> Result<Vec<u32>, IoError> {
-        let file = match self.version {
-            Version::V1 => "tasks",
-            Version::V2 => "cgroup.threads",
-        };
-        let path = self.dir(rel).join(file);
+        let path = self.dir(rel).join(self.version.thread_list_file());
         let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
         Ok(text.unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect())
     }

@@ -1,5 +1,6 @@
 //! The system edge: procfs, cgroupfs, mounts, service notification, the
 //! status file.
+pub mod cgroup_dir;
 pub mod cgroupfs;
 pub mod connector;
 pub mod delegation;

@@ -64,13 +64,7 @@ pub(super) fn bytes(s: &str, v1: bool) -> Option<Level> {
         "-1" if v1 => return Some(Level::NONE),
         _ => {}
     }
-    let (number, shift) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 20),
-        b'G' | b'g' => (&s[..s.len() - 1], 30),
-        b'T' | b't' => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
-    };
+    let (number, shift) = crate::core::limit::byte_suffix(s)?;
     let n = digits(number)?.checked_mul(1 << shift)?;
     Some(if v1 && n >= V1_UNLIMITED { Level::NONE } else { Level::amount(n) })
 }

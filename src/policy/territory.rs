@@ -15,7 +15,6 @@
 
 use crate::core::cgpath::within;
 use crate::core::escape::Escaped;
-use crate::sys::hierarchy::Hierarchy;
 
 /// Whether the tracked hierarchy is systemd's, which lays out a slice per user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,17 +23,6 @@ pub enum Host {
     Plain,
     /// systemd manages the hierarchy ([`crate::sys::delegation::systemd_manages`]).
     Systemd,
-}
-
-impl Host {
-    /// The kind of host `hierarchy` is on, as it is now.
-    pub fn of(hierarchy: &Hierarchy) -> Host {
-        if crate::sys::delegation::systemd_manages(hierarchy) {
-            Host::Systemd
-        } else {
-            Host::Plain
-        }
-    }
 }
 
 /// Where a caller may act on its own nodes.

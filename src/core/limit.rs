@@ -1,6 +1,9 @@
-//! Controller values for new nodes: the cgroup2 files a limit rule may set,
-//! how each value is checked, and how each maps onto cgroup v1 files (for
-//! mirrors in v1 controller hierarchies).
+//! Limits, pure: the one allow-list of the controller files nsgroup writes
+//! ([`FILES`], each with the class that orders its values), the check every
+//! value written passes ([`value_problem`]), and the limits rules set on new
+//! nodes ([`Limit`]): the cgroup2 files a rule may set, how each value is
+//! checked, and how each maps onto cgroup v1 files (for mirrors in v1
+//! controller hierarchies). Writing them is control's.
 //!
 //! | cgroup2 | v1 |
 //! | --- | --- |
@@ -12,6 +15,113 @@
 //! | `io.max` `MAJ:MIN rbps= wbps= riops= wiops=` | `blkio.throttle.{read,write}_{bps,iops}_device` |
 
 use std::fmt;
+
+/// How a file's value may change without CAP_SYS_ADMIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// A ceiling in bytes: `max` (cgroup2) or `-1` (v1) for none.
+    Bytes { v1: bool },
+    /// A ceiling in tasks: `max` for none.
+    Count,
+    /// cgroup2 `cpu.max`: `max|QUOTA [PERIOD]`, compared as quota / period.
+    CpuMax,
+    /// v1 `cpu.cfs_quota_us` (`-1` for none), a rate with `cpu.cfs_period_us`.
+    CfsQuota,
+    /// v1 `cpu.cfs_period_us`, a rate with `cpu.cfs_quota_us`.
+    CfsPeriod,
+    /// cgroup2 `io.max`: `MAJ:MIN` with `rbps=`, `wbps=`, `riops=`, `wiops=`.
+    IoMax,
+    /// v1 `blkio.throttle.*_device`: `MAJ:MIN N`, 0 for none.
+    Throttle,
+    /// A weight in `min..=max` whose default is `default`.
+    Weight { default: u64, min: u64, max: u64 },
+    /// cgroup2 `io.weight`: `[default] N` or `MAJ:MIN N`.
+    IoWeight,
+    /// `0` or `1`, where `1` is the harsher setting.
+    Flag,
+    /// A protection: what others must leave the node.
+    Protection,
+    /// Values nsgroup does not order.
+    Unordered,
+}
+
+/// The files `limit` writes, and their classes; `*` stands for one path
+/// component of letters and digits (a hugetlb page size). Everything else
+/// (`cgroup.*`, `tasks`, `release_agent`, `notify_on_release`, …) is
+/// refused: a limit never moves tasks or runs programs.
+pub const FILES: &[(&str, Class)] = &[
+    // cgroup2
+    ("memory.max", Class::Bytes { v1: false }),
+    ("memory.high", Class::Bytes { v1: false }),
+    ("memory.low", Class::Protection),
+    ("memory.min", Class::Protection),
+    ("memory.swap.max", Class::Bytes { v1: false }),
+    ("memory.swap.high", Class::Bytes { v1: false }),
+    ("memory.oom.group", Class::Flag),
+    ("pids.max", Class::Count),
+    ("cpu.max", Class::CpuMax),
+    ("cpu.weight", Class::Weight { default: 100, min: 1, max: 10_000 }),
+    ("cpu.weight.nice", Class::Unordered),
+    ("cpu.idle", Class::Flag),
+    ("io.max", Class::IoMax),
+    ("io.weight", Class::IoWeight),
+    ("io.latency", Class::Protection),
+    ("hugetlb.*.max", Class::Bytes { v1: false }),
+    ("cpuset.cpus", Class::Unordered),
+    ("cpuset.mems", Class::Unordered),
+    // cgroup v1
+    ("memory.limit_in_bytes", Class::Bytes { v1: true }),
+    ("memory.soft_limit_in_bytes", Class::Bytes { v1: true }),
+    ("memory.memsw.limit_in_bytes", Class::Bytes { v1: true }),
+    ("memory.swappiness", Class::Unordered),
+    ("cpu.shares", Class::Weight { default: 1024, min: 2, max: 262_144 }),
+    ("cpu.cfs_quota_us", Class::CfsQuota),
+    ("cpu.cfs_period_us", Class::CfsPeriod),
+    // CFQ's, the scheduler that has this file (BFQ's is blkio.bfq.weight).
+    ("blkio.weight", Class::Weight { default: 500, min: 10, max: 1000 }),
+    ("blkio.throttle.read_bps_device", Class::Throttle),
+    ("blkio.throttle.write_bps_device", Class::Throttle),
+    ("blkio.throttle.read_iops_device", Class::Throttle),
+    ("blkio.throttle.write_iops_device", Class::Throttle),
+    ("hugetlb.*.limit_in_bytes", Class::Bytes { v1: true }),
+];
+
+/// The class of a file `limit` may write; `None` for any other file.
+pub fn class_of(file: &str) -> Option<Class> {
+    let parts: Vec<&str> = file.split('.').collect();
+    let matches = |pattern: &str| {
+        let p: Vec<&str> = pattern.split('.').collect();
+        p.len() == parts.len()
+            && p.iter().zip(&parts).all(|(a, b)| *a == *b || (*a == "*" && !b.is_empty() && b.bytes().all(|c| c.is_ascii_alphanumeric())))
+    };
+    FILES.iter().find(|(pattern, _)| matches(pattern)).map(|(_, class)| *class)
+}
+
+/// The controller a file of [`FILES`] belongs to (`pids` for `pids.max`);
+/// `None` for any other file.
+pub fn controller_of(file: &str) -> Option<&str> {
+    class_of(file)?;
+    file.split('.').next()
+}
+
+/// The longest value written.
+pub const MAX_VALUE: usize = 256;
+
+/// Why `value` is written into no controller file, if it is not: every
+/// value is printable ASCII on one line, of 1 to [`MAX_VALUE`] bytes.
+pub fn value_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        return Some("empty");
+    }
+    if value.len() > MAX_VALUE {
+        return Some("longer than 256 bytes");
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Some("only printable ASCII on one line");
+    }
+    None
+}
+
 
 /// A limit file nsgroup knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,12 +153,7 @@ impl LimitKey {
 
     /// The cgroup2 controller the file belongs to.
     pub fn controller(self) -> &'static str {
-        match self {
-            LimitKey::MemoryMax | LimitKey::MemoryHigh => "memory",
-            LimitKey::PidsMax => "pids",
-            LimitKey::CpuMax | LimitKey::CpuWeight => "cpu",
-            LimitKey::IoMax => "io",
-        }
+        controller_of(self.file()).expect("every key's file is in FILES")
     }
 
     /// The v1 controller that carries it.
@@ -63,12 +168,17 @@ impl LimitKey {
     pub fn from_file(name: &str) -> Option<LimitKey> {
         LimitKey::ALL.into_iter().find(|k| k.file() == name)
     }
+
+    /// The files of every key, for messages.
+    fn files() -> String {
+        LimitKey::ALL.map(LimitKey::file).join(", ")
+    }
 }
 
 /// A value that cannot be used for its file.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
-    #[error("unknown limit file {0:?} (known: memory.max, memory.high, pids.max, cpu.max, cpu.weight, io.max)")]
+    #[error("unknown limit file {0:?} (known: {known})", known = LimitKey::files())]
     UnknownFile(String),
     #[error("{file}: {value:?} {why}")]
     BadValue { file: &'static str, value: String, why: &'static str },
@@ -91,15 +201,23 @@ fn bytes(v: &str) -> Option<Option<u64>> {
     if v == "max" {
         return Some(None);
     }
-    let (digits, shift) = match v.as_bytes().last()? {
-        b'K' | b'k' => (&v[..v.len() - 1], 10),
-        b'M' | b'm' => (&v[..v.len() - 1], 20),
-        b'G' | b'g' => (&v[..v.len() - 1], 30),
-        b'T' | b't' => (&v[..v.len() - 1], 40),
-        _ => (v, 0),
-    };
+    let (digits, shift) = byte_suffix(v)?;
     let n: u64 = digits.parse().ok()?;
     n.checked_mul(1u64 << shift).map(Some)
+}
+
+/// A byte value's number and the shift of its K, M, G or T suffix (powers
+/// of 1024; 0 without one), as every byte value nsgroup reads is written.
+pub fn byte_suffix(v: &str) -> Option<(&str, u32)> {
+    // Cut only after an ASCII suffix: a char boundary.
+    let cut = |shift| (&v[..v.len() - 1], shift);
+    Some(match v.as_bytes().last()? {
+        b'K' | b'k' => cut(10),
+        b'M' | b'm' => cut(20),
+        b'G' | b'g' => cut(30),
+        b'T' | b't' => cut(40),
+        _ => (v, 0),
+    })
 }
 
 /// A device and its `key=value` pairs (`None`: `max`).
@@ -209,7 +327,7 @@ impl Limit {
 
 /// Every file and value `limits` write on a node: the cgroup2 ones and
 /// their v1 equivalents (the policy's values, as a `limit` without
-/// CAP_SYS_ADMIN compares with them: [`crate::control::tighten`]).
+/// CAP_SYS_ADMIN compares with them).
 pub fn files(limits: &[Limit]) -> Vec<(&'static str, String)> {
     let v1: Vec<&str> = LimitKey::ALL.iter().map(|k| k.v1_controller()).collect();
     limits.iter().flat_map(|l| std::iter::once(l.v2()).chain(l.v1(&v1))).collect()
@@ -262,6 +380,41 @@ mod tests {
             v1("io.max", "8:0 rbps=100 wbps=max", &["blkio"]),
             vec![("blkio.throttle.read_bps_device", "8:0 100".to_string()), ("blkio.throttle.write_bps_device", "8:0 0".to_string())]
         );
+    }
+
+    #[test]
+    fn the_allowlist_matches_whole_components() {
+        assert_eq!(class_of("hugetlb.2MB.max"), Some(Class::Bytes { v1: false }));
+        assert_eq!(class_of("hugetlb.1GB.limit_in_bytes"), Some(Class::Bytes { v1: true }));
+        for f in ["hugetlb..max", "hugetlb.2-MB.max", "memory.max.x", "memory", "../pids.max", "release_agent"] {
+            assert_eq!(class_of(f), None, "{f}");
+        }
+        // Every file a rule sets is one `limit` may write, of the same controller.
+        for key in LimitKey::ALL {
+            assert!(class_of(key.file()).is_some(), "{}", key.file());
+        }
+        assert_eq!(LimitKey::ALL.map(LimitKey::controller), ["memory", "memory", "pids", "cpu", "cpu", "io"]);
+    }
+
+    #[test]
+    fn byte_suffixes_are_powers_of_1024() {
+        assert_eq!(byte_suffix("512M"), Some(("512", 20)));
+        assert_eq!(byte_suffix("1t"), Some(("1", 40)));
+        assert_eq!(byte_suffix("4096"), Some(("4096", 0)));
+        assert_eq!(byte_suffix("1é"), Some(("1é", 0)), "no cut inside a character");
+        assert_eq!(byte_suffix(""), None);
+    }
+
+    #[test]
+    fn values_are_one_printable_line() {
+        assert_eq!(controller_of("pids.max"), Some("pids"));
+        assert_eq!(controller_of("hugetlb.2MB.max"), Some("hugetlb"));
+        assert_eq!(controller_of("cgroup.procs"), None);
+        assert_eq!(value_problem("8"), None);
+        assert_eq!(value_problem("8:0 rbps=1"), None);
+        for bad in ["", "8\n9", "\u{1b}[2J", &"9".repeat(MAX_VALUE + 1)] {
+            assert!(value_problem(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub enum Rule {
 
 impl Rule {
     /// The stable name (`error.rule`).
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Rule::AttachOtherNeedsCap => "attach.other_needs_cap_sys_admin",
             Rule::AttachOtherBelowMover => "attach.other_below_mover",
