@@ -37,6 +37,15 @@ impl Version {
         }
     }
 
+    /// The file listing a cgroup's tasks (threads): `tasks` in v1,
+    /// `cgroup.threads` in cgroup2. The one place this is chosen.
+    pub fn task_list_file(self) -> &'static str {
+        match self {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.threads",
+        }
+    }
+
     /// The id written to [`Version::attach_file`] to move thread `tid` of process `tgid`.
     pub fn attach_id(self, tgid: u32, tid: u32) -> u32 {
         match self {
@@ -138,11 +147,7 @@ impl Hierarchy {
 
     /// The task ids in a cgroup (threads); empty when it is gone.
     pub fn members(&self, rel: &str) -> Result<Vec<u32>, IoError> {
-        let file = match self.version {
-            Version::V1 => "tasks",
-            Version::V2 => "cgroup.threads",
-        };
-        let path = self.dir(rel).join(file);
+        let path = self.dir(rel).join(self.version.task_list_file());
         let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
         Ok(text.unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
