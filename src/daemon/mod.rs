@@ -8,7 +8,6 @@
 //! timers, then signals again; nothing per event or per timer costs in
 //! proportion to the hierarchy's size.
 
-mod ops_calls;
 mod pace;
 mod resync;
 mod timers;
@@ -33,10 +32,10 @@ use crate::pipeline::placer::{unix_now, Placer};
 use crate::pipeline::{Around, Job, Parts, Pipeline};
 use crate::policy::gate::{Bounds, Gate};
 use crate::policy::quota::{QuotaLimits, UserQuotas};
-use crate::sinks::ops::OpsJob;
+use crate::sinks::ops::{Gauges, OpsJob, Started};
 use crate::sinks::Sinks;
 use crate::source::{ProcSource, Source};
-use crate::sys::cgroupfs::CgroupWriter;
+use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
 use crate::sys::error::IoError;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
@@ -258,7 +257,15 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         reconcile_ms = reconcile_started.elapsed().as_millis() as u64,
         "nsgroup is tracking"
     );
-    d.ops_started();
+    let started = Started {
+        source: d.source.describe(),
+        own_hierarchy: d.own_hierarchy,
+        mirrors: d.pipeline.mirrors().controllers().map(str::to_string).collect(),
+    };
+    let gauges = d.gauges();
+    let (tracker, backend) = d.pipeline.placer().parts();
+    let nodes = tracker.nodes().map(|n| (n, backend.path_of(n.id).ok().flatten().unwrap_or_default()));
+    d.sinks.ops.started(started, &gauges, nodes, &mut ops_timers(&mut d.timers));
     // The BTF parse at load, and the threads' start, left freed heap behind.
     crate::ffi::release_free_memory();
     d.notify("READY=1");
@@ -268,8 +275,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     d.event_loop(&sig_read)?;
     d.notify("STOPPING=1");
     info!("stopping on signal; nodes stay");
-    d.log_stats();
-    d.ops_stopped();
+    d.sinks.ops.stopped(&d.gauges());
     Ok(())
 }
 
@@ -319,7 +325,8 @@ impl Daemon {
             }
             self.run_timers();
             self.sinks.api.flush();
-            self.ops_turn();
+            let gauges = self.gauges();
+            self.sinks.ops.turn(&gauges, &mut ops_timers(&mut self.timers));
         }
         Ok(())
     }
@@ -399,7 +406,10 @@ impl Daemon {
                     let tracker = self.pipeline.tracker();
                     self.sinks.log.write_reports(|owner| tracker.nodes_of_owner(owner), self.config.max_nodes_per_user);
                 }
-                Timer::Ops(job) => self.ops_timer(job),
+                Timer::Ops(job) => {
+                    let gauges = self.gauges();
+                    self.sinks.ops.timer(job, &gauges, &mut ops_timers(&mut self.timers));
+                }
                 Timer::Watchdog(every) => {
                     self.notify("WATCHDOG=1");
                     self.timers.schedule(every, Timer::Watchdog(every));
@@ -427,14 +437,14 @@ impl Daemon {
     /// Sends `state` and a `STATUS=` line of what the daemon tracks to the
     /// service manager, if there is one.
     fn notify(&self, state: &str) {
-        let c = self.sinks.ops.counted();
+        let c = self.sinks.ops.counters();
         let status = format!(
             "STATUS=tracking {} in {}: {} nodes, {} placed, {} refused, {} events lost",
             self.root,
             self.hierarchy.mount().display(),
             self.pipeline.tracker().node_count(),
-            c.moved,
-            c.refused,
+            c.placements,
+            c.refusals,
             self.source.dropped()
         );
         if let Err(e) = crate::sys::notify::sd_notify(&format!("{state}\n{status}")) {
@@ -449,26 +459,18 @@ impl Daemon {
         }
     }
 
-    fn log_stats(&self) {
-        let c = self.sinks.ops.counted();
-        info!(
-            events = c.events,
-            moved = c.moved,
-            created = c.created,
-            removed = c.removed,
-            reconciles = c.reconciles,
-            refused = c.refused,
-            dropped_gone = c.dropped_gone,
-            dropped_reused = c.dropped_reused,
-            dropped_other_writer = c.dropped_other_writer,
-            not_mirrored = %self.pipeline.mirrors().controllers().map(|m| c.not_mirrored.get(m).copied().unwrap_or(0).to_string()).collect::<Vec<_>>().join(","),
-            pinned = self.pipeline.pinned(),
-            ring_dropped = self.source.dropped(),
-            ring_emitted = self.source.emitted(),
-            latency_p50_us = c.latency.quantile(0.5),
-            latency_p99_us = c.latency.quantile(0.99),
-            latency_max_us = c.latency.max(),
-            "stats"
-        );
+    /// What operability hears from the loop alone.
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            ring_dropped: self.source.dropped(),
+            ring_emitted: self.source.emitted(),
+            live_nodes: self.pipeline.tracker().node_count() as u64,
+            pinned: self.pipeline.pinned() as u64,
+        }
     }
+}
+
+/// Operability's timers, among the loop's.
+fn ops_timers(timers: &mut Timers<Timer>) -> impl FnMut(Duration, OpsJob) + '_ {
+    move |after, job| timers.schedule(after, Timer::Ops(job))
 }

@@ -2,33 +2,18 @@
 //! by its id and name only (paths would make the label set unbounded), sorted
 //! by id.
 
-use std::fmt::Write as _;
+use std::fmt::Display;
 use std::io::{self, Write};
 
-use crate::core::escape::Escaped;
+use super::exposition::{Exposition, Format, Kind};
 use crate::model::TreeNode;
 
-/// A label value: escaped like every user-controlled string, then quoted
-/// for OpenMetrics.
-fn label(value: &str) -> String {
-    Escaped(value).to_string().replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-/// Writes one metric family: its metadata, then `sample` for each cgroup.
-fn family(
-    text: &mut String,
-    cgroups: &[&TreeNode],
-    (name, kind, unit, help): (&str, &str, &str, &str),
-    sample: impl Fn(&TreeNode) -> String,
-) {
-    let _ = writeln!(text, "# TYPE {name} {kind}");
-    if !unit.is_empty() {
-        let _ = writeln!(text, "# UNIT {name} {unit}");
-    }
-    let _ = writeln!(text, "# HELP {name} {help}");
-    let series = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+/// Writes one metric family: its metadata, then the figure `value` gives
+/// for each cgroup, labelled by id and name.
+fn per_cgroup<D: Display>(x: &mut Exposition, cgroups: &[&TreeNode], (name, kind, unit, help): (&str, Kind, &str, &str), value: impl Fn(&TreeNode) -> D) {
+    let mut family = x.family(name, kind, unit, help);
     for n in cgroups {
-        let _ = writeln!(text, "{series}{{id=\"{}\",name=\"{}\"}} {}", n.cgroup_id, label(&n.name), sample(n));
+        family.sample(&[("id", &n.cgroup_id.to_string()), ("name", &n.name)], value(n));
     }
 }
 
@@ -43,30 +28,24 @@ pub fn write(out: &mut impl Write, tree: &TreeNode) -> io::Result<()> {
     }
     cgroups.sort_by_key(|n| n.cgroup_id);
     let nodes = cgroups.iter().filter(|n| n.node).count();
-    let mut text = String::new();
-    let _ = writeln!(text, "# TYPE nsgroup_nodes gauge\n# HELP nsgroup_nodes Nodes in the tree.\nnsgroup_nodes {nodes}");
-    let _ = writeln!(
-        text,
-        "# TYPE nsgroup_unreadable_tasks gauge\n# HELP nsgroup_unreadable_tasks Tasks left out: their /proc entries could not be read.\nnsgroup_unreadable_tasks {}",
-        tree.unreadable_tasks
-    );
-    family(&mut text, &cgroups, ("nsgroup_tasks", "gauge", "", "Tasks in the cgroup and below."), |n| {
-        n.subtree_usage.tasks.to_string()
-    });
-    family(
-        &mut text,
+    let mut x = Exposition::with_capacity(Format::OpenMetrics, 512 + cgroups.len() * 160);
+    x.family("nsgroup_nodes", Kind::Gauge, "", "Nodes in the tree.").sample(&[], nodes);
+    x.family("nsgroup_unreadable_tasks", Kind::Gauge, "", "Tasks left out: their /proc entries could not be read.")
+        .sample(&[], tree.unreadable_tasks);
+    per_cgroup(&mut x, &cgroups, ("nsgroup_tasks", Kind::Gauge, "", "Tasks in the cgroup and below."), |n| n.subtree_usage.tasks);
+    per_cgroup(
+        &mut x,
         &cgroups,
-        ("nsgroup_cpu_seconds", "counter", "seconds", "CPU time (user + system) of the live tasks in the cgroup and below."),
-        |n| n.subtree_usage.cpu_seconds.to_string(),
+        ("nsgroup_cpu_seconds", Kind::Counter, "seconds", "CPU time (user + system) of the live tasks in the cgroup and below."),
+        |n| n.subtree_usage.cpu_seconds,
     );
-    family(
-        &mut text,
+    per_cgroup(
+        &mut x,
         &cgroups,
-        ("nsgroup_rss_bytes", "gauge", "bytes", "Resident memory of the live processes in the cgroup and below."),
-        |n| n.subtree_usage.rss_bytes.to_string(),
+        ("nsgroup_rss_bytes", Kind::Gauge, "bytes", "Resident memory of the live processes in the cgroup and below."),
+        |n| n.subtree_usage.rss_bytes,
     );
-    text.push_str("# EOF\n");
-    out.write_all(text.as_bytes())
+    out.write_all(x.finish().as_bytes())
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! The status file a running daemon keeps and `nsgroup status` reads: its
-//! contents, where it lives, and the atomic write (a temporary file renamed
-//! over it) that the status file and the metrics textfile share.
+//! contents (with the daemon's one counter struct, which the metrics and the
+//! counter log line are made from too), where it lives, the mount options
+//! it shows, and the atomic write (a temporary file renamed over it) that
+//! the status file and the metrics textfile share.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -9,8 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::hierarchy::Hierarchy;
 
-/// The daemon's counters, as published.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The upper bounds (seconds) of the event-to-moved latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// What the daemon counted, and the gauges published beside: one struct
+/// for the status file, the metrics and the counter log line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     pub events: u64,
     pub placements: u64,
@@ -30,6 +38,47 @@ pub struct Counters {
     pub latency_buckets: Vec<u64>,
     pub latency_sum_us: u64,
     pub latency_count: u64,
+    /// Per mirror (its controllers): tasks placed outside its root, so not
+    /// mirrored (in the log line only).
+    #[serde(skip)]
+    pub not_mirrored: BTreeMap<String, u64>,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            events: 0,
+            placements: 0,
+            nodes_created: 0,
+            nodes_removed: 0,
+            reconciles: 0,
+            refusals: 0,
+            dropped_gone: 0,
+            dropped_reused: 0,
+            dropped_other_writer: 0,
+            ring_dropped: 0,
+            coalesced_entries: 0,
+            history_dropped: 0,
+            live_nodes: 0,
+            latency_buckets: vec![0; LATENCY_BUCKETS.len() + 1],
+            latency_sum_us: 0,
+            latency_count: 0,
+            not_mirrored: BTreeMap::new(),
+        }
+    }
+}
+
+impl Counters {
+    /// Counts one event-to-moved latency in its bucket.
+    pub fn record_latency(&mut self, us: u64) {
+        let secs = us as f64 / 1e6;
+        let bucket = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(n) = self.latency_buckets.get_mut(bucket) {
+            *n += 1;
+        }
+        self.latency_sum_us += us;
+        self.latency_count += 1;
+    }
 }
 
 /// The status file: what `nsgroup status` shows.
@@ -68,6 +117,23 @@ pub fn status_path(dir: &Path, hierarchy: &Hierarchy, root: &str) -> std::io::Re
     Ok(dir.join(format!("{dev}-{id}.status.json")))
 }
 
+/// The options of the mount at `mount` (mount options, then superblock
+/// options), from /proc/self/mountinfo.
+pub fn mount_options(mount: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mount.to_str()?;
+    info.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let f: Vec<&str> = left.split(' ').collect();
+        let point = f.get(4)?.replace("\\040", " ");
+        if point != want {
+            return None;
+        }
+        let superopts = right.split(' ').nth(2).unwrap_or("");
+        Some(format!("{} {superopts}", f.get(5)?))
+    })
+}
+
 /// Writes `path` through a temporary file in its directory and a rename.
 pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -103,5 +169,21 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["x.status.json"]);
+    }
+
+    #[test]
+    fn latencies_fall_in_the_first_bucket_they_fit_and_the_mirrors_stay_out_of_the_file() {
+        let mut c = Counters::default();
+        for us in [50, 51, 2500, 20_000_000] {
+            c.record_latency(us);
+        }
+        assert_eq!((c.latency_buckets[0], c.latency_buckets[1], c.latency_buckets[5], c.latency_buckets[16]), (1, 1, 1, 1));
+        assert_eq!((c.latency_count, c.latency_sum_us), (4, 20_002_601));
+        c.not_mirrored.insert("memory".into(), 2);
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json.get("not_mirrored").is_none(), "{json}");
+        assert_eq!(json["latency_buckets"].as_array().map(Vec::len), Some(LATENCY_BUCKETS.len() + 1));
+        let back: Counters = serde_json::from_value(json).unwrap();
+        assert_eq!(back.latency_count, 4);
     }
 }
