@@ -40,7 +40,7 @@ use super::conn::{Conn, TOO_LONG_MARK};
 pub use super::fanout::SUBSCRIBER_BUFFER;
 use super::fanout::Fanout;
 use super::events::Shared;
-pub use super::events::{Counters, Publisher};
+use super::events::{Counters, Publisher};
 use super::handler::Context;
 use super::peer::{boot_ticks_now, Peer};
 use super::proto::{self, answer_error, answer_ok, line_of, Code, ErrorBody, Request, MAX_LINE};

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use nsgroup::config::Config;
 use nsgroup::core::escape::Escaped;
 use nsgroup::history::{coalesced, open_ro, parse_since, query, HistoryRow, Query};
-use nsgroup::pipeline::placer::unix_now;
+use nsgroup::sys::clock::unix_now;
 
 /// `nsgroup history`: every node that existed, from the history database.
 #[derive(clap::Args, Debug)]

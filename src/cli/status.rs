@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use nsgroup::config::Config;
 use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
-use nsgroup::pipeline::placer::unix_now;
+use nsgroup::sys::clock::unix_now;
 use nsgroup::sys::locate::locate;
 use nsgroup::sys::status_file::{status_path, StatusFile};
 

@@ -9,7 +9,7 @@ use clap::ValueEnum;
 use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
 use nsgroup::model::{self, Units};
-use nsgroup::pipeline::placer::unix_now;
+use nsgroup::sys::clock::unix_now;
 use nsgroup::render::text::{Column, View, DEFAULT_COLUMNS};
 use nsgroup::sys::locate::locate;
 use nsgroup::sys::procfs::ProcFs;

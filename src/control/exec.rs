@@ -16,7 +16,7 @@ use crate::core::naming;
 use crate::core::node::{Node, NodeRecord};
 use crate::core::nsset::{NsKind, NsSet};
 use crate::ffi::{clone3_into, Forked};
-use crate::pipeline::placer::unix_now;
+use crate::sys::clock::unix_now;
 use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter, Created};
 use crate::sys::hierarchy::{Hierarchy, Version};
 use crate::sys::error::IoError;

@@ -173,7 +173,7 @@ fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &st
                 apply(&tx, hierarchy, root, msg)?;
             }
             if prune {
-                apply_retention(&tx, retention, crate::pipeline::placer::unix_now())?;
+                apply_retention(&tx, retention, crate::sys::clock::unix_now())?;
             }
             tx.commit()
         })();

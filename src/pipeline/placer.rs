@@ -42,11 +42,6 @@ pub struct Placer<B> {
     clock: fn() -> u64,
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl<B: CgroupBackend> Placer<B> {
     pub fn new(tracker: Tracker, backend: B, clock: fn() -> u64) -> Placer<B> {
         Placer { tracker, backend, refused_files: Vec::new(), clock }

@@ -14,13 +14,14 @@ use super::error::SinkError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
 use crate::api::proto::{set_map, ApiEvent, CreatorView};
-use crate::api::server::{Publisher, Server};
+use crate::api::events::Publisher;
+use crate::api::server::Server;
 use crate::api::strict::{Strict, StrictScope};
 use crate::config::Config;
 use crate::control::verbs::Timing;
 use crate::core::node::Node;
 use crate::core::nsset::NsSet;
-use crate::pipeline::placer::unix_now;
+use crate::sys::clock::unix_now;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
 

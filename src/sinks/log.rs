@@ -9,7 +9,7 @@ use super::reports::{Kind, Reports, REPORT_INTERVAL};
 use crate::core::escape::Escaped;
 use crate::core::tracker::Refusal;
 use crate::pipeline::outcome::{Cause, Dropped, Outcome, Sink, Step};
-use crate::pipeline::placer::unix_now;
+use crate::sys::clock::unix_now;
 
 /// The log's lines for outcomes.
 #[derive(Default)]

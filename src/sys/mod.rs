@@ -1,6 +1,7 @@
 //! The system edge: procfs, cgroupfs, mounts, service notification, the
 //! status file.
 pub mod cgroup_dir;
+pub mod clock;
 pub mod cgroupfs;
 pub mod connector;
 pub mod delegation;

@@ -29,7 +29,7 @@ use crate::core::node::Node;
 use crate::core::nsset::NsKind;
 use crate::history::{Msg, NodeRow, Retention, Writer};
 use crate::pipeline::outcome::{Dropped, Outcome, Sink};
-use crate::pipeline::placer::unix_now;
+use crate::sys::clock::unix_now;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::status_file::{mount_options, status_path, Counters, StatusFile};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::on_change::OnChange;
-use crate::pipeline::placer::unix_now;
+use crate::sys::clock::unix_now;
 use crate::sys::status_file::{write_atomically, Counters, StatusFile};
 
 /// How often at most the status file is rewritten (only after a change).
