@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::control::wait_clean;
+use crate::mirrored::wait_clean;
 use crate::daemon::{figure, SETTLE};
 use crate::harness::{api_config, poll_until, DaemonProcess};
 use crate::hierarchy::Bench;

@@ -10,7 +10,7 @@ use anyhow::Result;
 use nsgroup::core::histogram::Histogram;
 use nsgroup::ffi::{fork, Forked};
 
-use crate::control::{under, wait_clean, Control};
+use crate::mirrored::{under, wait_clean, Control};
 use crate::daemon::latency_figures;
 use crate::harness::DaemonProcess;
 use crate::hierarchy::Bench;

@@ -19,6 +19,7 @@ mod harness;
 mod api;
 mod attack;
 mod control;
+mod mirrored;
 mod cost;
 mod daemon;
 mod hierarchy;
@@ -30,7 +31,7 @@ mod report;
 mod storm;
 mod tasks;
 
-use control::Control;
+use mirrored::Control;
 use hierarchy::{sibling, Bench};
 use report::Report;
 

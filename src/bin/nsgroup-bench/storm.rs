@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::control::{under, wait_clean, Control};
+use crate::mirrored::{under, wait_clean, Control};
 use crate::daemon::figure;
 use crate::harness::poll_until;
 use crate::hierarchy::Bench;
