@@ -1,8 +1,7 @@
-//! The daemon: events in, placements out, empty nodes removed, and a
-//! reconcile whenever events may have been lost. This module holds the loop;
-//! what it calls lives beside it: the pace ([`mode`]), the checks made on a
-//! task's behalf ([`gate`]), placement ([`place`]), cleanup, reconcile
-//! ([`resync`]), adoption at start, namespace pins, timers and reports.
+//! The daemon: the loop around the [`crate::pipeline`]. It keeps the event
+//! source, the timers and the pace ([`pace`]: per-event wakeups or batch
+//! windows), asks for reconciles when events may have been lost
+//! ([`resync`]), and hands the pipeline's outcomes to the [`crate::sinks`].
 //!
 //! Every turn of the loop is bounded: at most [`TURN_BUDGET`] of events, then
 //! timers, then signals again; nothing per event or per timer costs in
@@ -171,7 +170,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
 
     let own_pid = std::process::id();
     let own_set = proc.ns_set(own_pid, own_pid)?.unwrap_or_default();
-        let tracker = Tracker::new(own_set.masked(mask), hierarchy.granularity());
+    let tracker = Tracker::new(own_set.masked(mask), hierarchy.granularity());
     let writer = CgroupWriter::new(hierarchy.clone(), &root).with_controllers(config.controllers.clone(), config.leaf);
     let mut placer = Placer::new(tracker, writer, unix_now);
     let started = Instant::now();
@@ -340,7 +339,9 @@ impl Daemon {
             self.pace.release_held(batch);
             let fresh = batch.len();
             let undecodable = self.source.drain(BATCH, batch)? as u64;
-            self.sinks.publish(Outcome::Events { count: (batch.len() - fresh) as u64, undecodable });
+            if undecodable > 0 {
+                self.sinks.publish(Outcome::Events { count: 0, undecodable });
+            }
             let quiet = batch.len() == fresh;
             let mut changed = false;
             for ev in batch[fresh..].iter().filter(|e| e.kind != EventKind::Exit) {
@@ -375,6 +376,9 @@ impl Daemon {
         }
         if !coalesced.is_empty() {
             ports.publish(Outcome::Coalesced { entries: coalesced.len() as u64 });
+        }
+        if !now.is_empty() {
+            ports.publish(Outcome::Events { count: now.len() as u64, undecodable: 0 });
         }
         for ev in now.drain(..) {
             pipeline.on_event(&ev, &mut ports);

@@ -9,7 +9,7 @@ use crate::policy::rules::applied;
 use crate::sys::cgroupfs::Removed;
 use crate::sys::procfs::ProcFs;
 
-use super::outcome::{Outcome, Step};
+use super::outcome::{Failure, Outcome};
 use super::around::Around;
 
 /// The mirrored hierarchies, in configuration order.
@@ -59,7 +59,7 @@ impl Mirrors {
             match mirror.place(proc, node, tgid, tid, &files) {
                 Ok(Mirrored::Created { path, refused }) => {
                     for r in &refused {
-                        around.publish(Outcome::Failed { step: Step::Limit, subject: &path, error: r });
+                        around.publish(Outcome::Failed { what: Failure::MirrorLimit { mirror: &path, controllers: mirror.controllers() }, error: r });
                     }
                     for (file, value) in applied(&files, &refused) {
                         around.publish(Outcome::LimitApplied { path: &path, file, value });
@@ -68,7 +68,7 @@ impl Mirrors {
                 }
                 Ok(Mirrored::Outside) => around.publish(Outcome::NotMirrored { node: node.id, controllers: mirror.controllers() }),
                 Ok(Mirrored::Stayed | Mirrored::Moved | Mirrored::Gone) => {}
-                Err(e) => around.publish(Outcome::Failed { step: Step::Mirror, subject: mirror.controllers(), error: &e }),
+                Err(e) => around.publish(Outcome::Failed { what: Failure::Mirror { controllers: mirror.controllers() }, error: &e }),
             }
         }
         created
@@ -86,7 +86,7 @@ impl Mirrors {
                     mirror.forget(node.id);
                 }
                 Err(e) => {
-                    around.publish(Outcome::Failed { step: Step::Remove, subject: &node.name, error: &e });
+                    around.publish(Outcome::Failed { what: Failure::RemoveMirror { node: &node.name }, error: &e });
                     mirror.forget(node.id);
                 }
             }

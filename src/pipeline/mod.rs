@@ -46,7 +46,7 @@ pub use around::{Around, Job};
 use adopt::ExecNode;
 use cleanup::Cleanup;
 use mirrors::Mirrors;
-use outcome::{Cause, Outcome, Step};
+use outcome::{Cause, Failure, Outcome, Task};
 use pending::Pending;
 use pins::Pins;
 use placer::{Outcome as CarriedOut, Placer};
@@ -55,6 +55,9 @@ use placer::{Outcome as CarriedOut, Placer};
 /// chain of forks that outruns the daemon is bounded work all the same;
 /// reconcile finds the rest).
 const FOLLOW_DEPTH: u32 = 16;
+/// How many children of one task follow it (a task that forks thousands
+/// between its entry and its move costs bounded work; reconcile finds the rest).
+const MAX_CHILDREN: usize = 256;
 
 /// Whether the event source may forget a task's entry now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,9 +198,11 @@ impl<B: CgroupBackend> Pipeline<B> {
     fn place_entry(&mut self, ev: &Event, entry: &Entry, around: &mut dyn Around) -> Settle {
         let decided = self.placer.tracker().place(entry);
         // Only root runs `nsgroup exec` (its records are root's to write).
-        if matches!(decided, Placement::Create(_)) && ev.uid == 0 {
-            if let Some(settle) = self.took_exec_node(ev, entry, around) {
-                return settle;
+        if let Placement::Create(new) = &decided {
+            if ev.uid == 0 && self.gate.beyond_bounds(self.placer.tracker(), new).is_none() {
+                if let Some(settle) = self.took_exec_node(ev, entry, around) {
+                    return settle;
+                }
             }
         }
         let Some(placement) = self.check(ev, entry, decided, around) else { return Settle::Now };
@@ -211,6 +216,8 @@ impl<B: CgroupBackend> Pipeline<B> {
             Ok(CarriedOut::Moved { to, created }) => {
                 let latency_us = monotonic_ns().saturating_sub(ev.ktime_ns) / 1000;
                 self.hold_namespace(to, entry, created);
+                // Mirrors first: a new node's record lists them when it is published.
+                self.follow_in_mirrors(to, entry.tgid, entry.tid, around);
                 let path = self.placer.backend().path_of(to).ok().flatten().unwrap_or_default();
                 if let Some(node) = created.then(|| self.placer.tracker().node(to)).flatten() {
                     around.publish(Outcome::Created { node, path: &path, cause: Cause::Event });
@@ -218,7 +225,6 @@ impl<B: CgroupBackend> Pipeline<B> {
                         around.publish(Outcome::LimitApplied { path: &path, file, value });
                     }
                 }
-                self.follow_in_mirrors(to, entry.tgid, entry.tid, around);
                 around.publish(Outcome::Placed { task: ev, to, path: &path, created, latency_us });
                 // Tracked before it stops being pending: its exit is reported.
                 around.track(ev.tid, to);
@@ -231,9 +237,9 @@ impl<B: CgroupBackend> Pipeline<B> {
             }
             // Already in its node (forked there): its exit matters too.
             Ok(CarriedOut::Stayed) if self.placer.tracker().node(entry.cgroup).is_some() => around.track(ev.tid, entry.cgroup),
-            Ok(CarriedOut::Refused(why)) => around.publish(Outcome::Refused { task: ev, why: &why }),
+            Ok(CarriedOut::Refused(why)) => around.publish(Outcome::Refused { task: Task::of(ev), why: &why }),
             Ok(CarriedOut::Stayed) | Ok(CarriedOut::Vanished) => {}
-            Err(e) => around.publish(Outcome::Failed { step: Step::Place, subject: &ev.tid.to_string(), error: &e }),
+            Err(e) => around.publish(Outcome::Failed { what: Failure::Place { tid: ev.tid }, error: &e }),
         }
         Settle::Now
     }
@@ -249,7 +255,7 @@ impl<B: CgroupBackend> Pipeline<B> {
                 None
             }
             Err(e) => {
-                around.publish(Outcome::Failed { step: Step::Check, subject: &ev.tid.to_string(), error: &e });
+                around.publish(Outcome::Failed { what: Failure::Check { tid: ev.tid }, error: &e });
                 None
             }
         }
@@ -296,7 +302,7 @@ impl<B: CgroupBackend> Pipeline<B> {
         let refused = self.placer.take_refused_files();
         for (node, r) in &refused {
             let path = self.placer.backend().path_of(*node).ok().flatten().unwrap_or_default();
-            around.publish(Outcome::Failed { step: Step::Limit, subject: &path, error: r });
+            around.publish(Outcome::Failed { what: Failure::Limit { node: &path }, error: r });
         }
         refused.into_iter().map(|(_, r)| r).collect()
     }
@@ -329,7 +335,7 @@ impl<B: CgroupBackend> Pipeline<B> {
         recorded.extend(made);
         if let Some(record) = self.placer.tracker_mut().set_mirrors(id, recorded).map(|n| n.record.clone()) {
             if let Err(e) = self.placer.backend().store_record(id, &record) {
-                around.publish(Outcome::Failed { step: Step::Record, subject: &node.name, error: &e });
+                around.publish(Outcome::Failed { what: Failure::Record { node: id }, error: &e });
             }
         }
     }
@@ -342,7 +348,7 @@ impl<B: CgroupBackend> Pipeline<B> {
             return;
         }
         let Ok(children) = self.proc.children(parent.tgid, parent.tid) else { return };
-        for child in children {
+        for child in children.into_iter().take(MAX_CHILDREN) {
             let Ok(Some(path)) = self.proc.cgroup_path(child, child, &self.key) else { continue };
             let Ok(Some(cgroup)) = self.placer.backend().id_at(&path) else { continue };
             let Ok(Some(set)) = self.proc.ns_set(child, child) else { continue };
@@ -351,18 +357,24 @@ impl<B: CgroupBackend> Pipeline<B> {
                 continue;
             }
             let entry = Entry { tid: child, tgid: child, cgroup: parent.cgroup, prev: parent.set, ..*parent };
-            let Some(placement) = self.check_child(&entry, stat.start_ns(), around) else { continue };
-            if let Ok(CarriedOut::Moved { to, .. }) = self.placer.carry_out(placement, &entry, "") {
-                around.track(child, to);
-                self.follow_in_mirrors(to, child, child, around);
-                self.follow_children(&entry, depth - 1, around);
+            let task = Task { tid: child, uid: parent.uid, owner: parent.owner, comm: &stat.comm };
+            let Some(placement) = self.check_child(&entry, task, stat.start_ns(), around) else { continue };
+            match self.placer.carry_out(placement, &entry, "") {
+                Ok(CarriedOut::Moved { to, .. }) => {
+                    around.track(child, to);
+                    self.follow_in_mirrors(to, child, child, around);
+                    self.follow_children(&entry, depth - 1, around);
+                }
+                Ok(CarriedOut::Refused(why)) => around.publish(Outcome::Refused { task, why: &why }),
+                Ok(CarriedOut::Stayed | CarriedOut::Vanished) => {}
+                Err(e) => around.publish(Outcome::Failed { what: Failure::Place { tid: child }, error: &e }),
             }
         }
     }
 
     /// A child's placement, decided and checked as any other (no node is
     /// made for a child: it follows its parent into an existing one).
-    fn check_child(&mut self, entry: &Entry, start_ns: u64, around: &mut dyn Around) -> Option<Placement> {
+    fn check_child(&mut self, entry: &Entry, task: Task<'_>, start_ns: u64, around: &mut dyn Around) -> Option<Placement> {
         let decided = self.placer.tracker().place(entry);
         if !matches!(decided, Placement::Move(_)) {
             return None;
@@ -370,9 +382,12 @@ impl<B: CgroupBackend> Pipeline<B> {
         let (tracker, backend) = self.placer.parts();
         match self.gate.check(tracker, backend, decided, entry, start_ns, entry.cgroup) {
             Ok(Checked::Go(p)) => Some(p),
-            Ok(Checked::Dropped(_)) => None,
+            Ok(Checked::Dropped(why)) => {
+                around.publish(Outcome::Dropped { tid: task.tid, comm: task.comm, why });
+                None
+            }
             Err(e) => {
-                around.publish(Outcome::Failed { step: Step::Check, subject: &entry.tid.to_string(), error: &e });
+                around.publish(Outcome::Failed { what: Failure::Check { tid: entry.tid }, error: &e });
                 None
             }
         }

@@ -24,26 +24,47 @@ pub enum Cause {
     Reconcile,
 }
 
-/// What a failure was doing (the log sink rate-limits them per kind).
+/// What failed, and on what (the log sink rate-limits failures).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Checking a placement (reading the task's state).
-    Check,
-    /// Carrying a placement out.
-    Place,
-    /// Writing a policy limit on a new node or its mirror (the task is placed anyway).
-    Limit,
-    /// Placing a task in a mirrored hierarchy.
-    Mirror,
-    /// Removing a node or one of its mirrors.
-    Remove,
-    /// Storing a node's record.
-    Record,
+pub enum Failure<'a> {
+    /// Checking a placement of `tid` (reading its state).
+    Check { tid: u32 },
+    /// Carrying a placement of `tid` out.
+    Place { tid: u32 },
+    /// Writing a policy limit on the new node at `node` (the task is placed anyway).
+    Limit { node: &'a str },
+    /// Writing a policy limit on the mirror at `mirror` of `controllers`.
+    MirrorLimit { mirror: &'a str, controllers: &'a str },
+    /// Placing a task in the mirror of `controllers`.
+    Mirror { controllers: &'a str },
+    /// Removing node `node`.
+    Remove { node: CgroupId },
+    /// Removing a mirror of the node named `node`.
+    RemoveMirror { node: &'a str },
+    /// Storing the mirrors in the record of node `node`.
+    Record { node: CgroupId },
 }
+
+/// The task an entry was of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task<'a> {
+    pub tid: u32,
+    pub uid: u32,
+    pub owner: u32,
+    pub comm: &'a str,
+}
+
+impl<'a> Task<'a> {
+    pub fn of(ev: &'a Event) -> Task<'a> {
+        Task { tid: ev.tid, uid: ev.uid, owner: ev.owner, comm: &ev.comm }
+    }
+}
+
 
 /// One thing that happened.
 pub enum Outcome<'a> {
-    /// `count` events were taken from the source, `undecodable` records skipped.
+    /// `count` events were handed to the pipeline (not those held back or
+    /// coalesced away); `undecodable` records from the source were skipped.
     Events { count: u64, undecodable: u64 },
     /// A node was made at `path`.
     Created { node: &'a Node, path: &'a str, cause: Cause },
@@ -61,15 +82,15 @@ pub enum Outcome<'a> {
     /// `lost` events were lost (the ring overflowed).
     Overflow { lost: u64 },
     /// `task`'s entry was left in place for `why` (a quota, the rules).
-    Refused { task: &'a Event, why: &'a Refusal },
+    Refused { task: Task<'a>, why: &'a Refusal },
     /// A move decided for task `tid` (named `comm`) was dropped: it is
     /// gone, or someone else's.
     Dropped { tid: u32, comm: &'a str, why: Dropped },
     /// A task of node `node` was placed outside the root of the mirror of
     /// `controllers`, so not mirrored.
     NotMirrored { node: CgroupId, controllers: &'a str },
-    /// A step failed on `subject` (a path or a tid); the daemon goes on.
-    Failed { step: Step, subject: &'a str, error: &'a dyn Display },
+    /// A step failed; the daemon goes on.
+    Failed { what: Failure<'a>, error: &'a dyn Display },
 }
 
 /// A listener of outcomes.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::cleanup::Sweep;
-use super::outcome::{Cause, Outcome, Step};
+use super::outcome::{Cause, Failure, Outcome};
 use super::reconcile::{reconcile, Report};
 use super::{Around, Pipeline};
 use crate::core::node::{CgroupId, Node};
@@ -43,7 +43,7 @@ impl<B: CgroupBackend> Pipeline<B> {
                     return;
                 }
                 Err(e) => {
-                    around.publish(Outcome::Failed { step: Step::Remove, subject: &id.to_string(), error: &e });
+                    around.publish(Outcome::Failed { what: Failure::Remove { node: id }, error: &e });
                     return;
                 }
             }
@@ -96,7 +96,7 @@ impl<B: CgroupBackend> Pipeline<B> {
                     Placement::Stay
                 }
                 Err(e) => {
-                    around.publish(Outcome::Failed { step: Step::Check, subject: &t.tid.to_string(), error: &e });
+                    around.publish(Outcome::Failed { what: Failure::Check { tid: t.tid }, error: &e });
                     Placement::Stay
                 }
             }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::core::cgpath::within;
 use crate::core::node::CgroupId;
 use super::quota::UserQuotas;
-use crate::core::tracker::{Entry, Placement, Refusal, Tracker};
+use crate::core::tracker::{Entry, NewNode, Placement, Refusal, Tracker};
 use crate::sys::cgroupfs::CgroupBackend;
 use crate::sys::error::IoError;
 use crate::sys::delegation::Delegation;
@@ -69,6 +69,15 @@ impl Gate {
         Gate { bounds, proc, key, quotas, own_user_ns, delegation }
     }
 
+    /// Why a node `new` may not be made: too deep, or too many nodes.
+    pub fn beyond_bounds(&self, tracker: &Tracker, new: &NewNode) -> Option<Refusal> {
+        if new.depth > self.bounds.max_depth {
+            return Some(Refusal::TooDeep { depth: new.depth });
+        }
+        let count = tracker.node_count();
+        (count >= self.bounds.max_nodes).then_some(Refusal::TooMany { count })
+    }
+
     /// Checks `placement`, decided for `entry` (a task that started at
     /// `start_ns`, believed to be in cgroup `expected`). Stays and refusals pass
     /// as they are; a creation beyond the bounds or over the owner's quota
@@ -89,11 +98,8 @@ impl Gate {
             Placement::Stay | Placement::Refused(_) => return Ok(Checked::Go(placement)),
             Placement::Move(to) => *to,
             Placement::Create(new) => {
-                if new.depth > self.bounds.max_depth {
-                    return Ok(Checked::Go(Placement::Refused(Refusal::TooDeep { depth: new.depth })));
-                }
-                if tracker.node_count() >= self.bounds.max_nodes {
-                    return Ok(Checked::Go(Placement::Refused(Refusal::TooMany { count: tracker.node_count() })));
+                if let Some(refusal) = self.beyond_bounds(tracker, new) {
+                    return Ok(Checked::Go(Placement::Refused(refusal)));
                 }
                 if let Err(refusal) = self.quotas.admit(entry.owner, tracker.nodes_of_owner(entry.owner), Instant::now()) {
                     return Ok(Checked::Go(Placement::Refused(refusal)));

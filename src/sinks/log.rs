@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 use super::reports::{Kind, Reports, REPORT_INTERVAL};
 use crate::core::escape::Escaped;
 use crate::core::tracker::Refusal;
-use crate::pipeline::outcome::{Cause, Dropped, Outcome, Sink, Step};
+use crate::pipeline::outcome::{Cause, Dropped, Failure, Outcome, Sink};
 use crate::sys::clock::unix_now;
 
 /// The log's lines for outcomes.
@@ -99,12 +99,12 @@ impl Sink for Log {
                     warn!(records = undecodable, "undecodable ring buffer records skipped");
                 }
             }
-            Outcome::Refused { task, why } => {
+            Outcome::Refused { ref task, why } => {
                 self.reports.refused(task.owner, why);
                 // Counted only: a storm, or every sandboxed service of a systemd host.
                 let quota = matches!(why, Refusal::UserQuota { .. } | Refusal::UserRate { .. } | Refusal::NotDelegated);
                 if !quota && self.reports.allow(Kind::Refused) {
-                    warn!(tid = task.tid, uid = task.uid, owner_uid = task.owner, comm = %Escaped(&task.comm), "left in place: {why}");
+                    warn!(tid = task.tid, uid = task.uid, owner_uid = task.owner, comm = %Escaped(task.comm), "left in place: {why}");
                 }
             }
             Outcome::Dropped { tid, comm, why } => match why {
@@ -120,16 +120,19 @@ impl Sink for Log {
                     }
                 }
             },
-            Outcome::Failed { step, subject, error } => {
+            Outcome::Failed { what, error } => {
                 if self.reports.allow(Kind::Failed) {
-                    let subject = Escaped(subject);
-                    match step {
-                        Step::Check => warn!(tid = %subject, "checking a placement failed: {error}"),
-                        Step::Place => warn!(tid = %subject, "placing failed: {error}"),
-                        Step::Limit => warn!(node = %subject, "limit not applied (the task is placed anyway): {error}"),
-                        Step::Mirror => warn!(controllers = %subject, "mirroring failed: {error}"),
-                        Step::Remove => warn!(node = %subject, "removing failed: {error}"),
-                        Step::Record => warn!(node = %subject, "storing the node's record failed: {error}"),
+                    match what {
+                        Failure::Check { tid } => warn!(tid, "checking a placement failed: {error}"),
+                        Failure::Place { tid } => warn!(tid, "placing failed: {error}"),
+                        Failure::Limit { node } => warn!(node = %Escaped(node), "limit not applied (the task is placed anyway): {error}"),
+                        Failure::MirrorLimit { mirror, controllers } => {
+                            warn!(mirror = %Escaped(mirror), controllers, "limit not applied (the task is placed anyway): {error}")
+                        }
+                        Failure::Mirror { controllers } => warn!(controllers, "mirroring failed: {error}"),
+                        Failure::Remove { node } => warn!("removing node {node}: {error}"),
+                        Failure::RemoveMirror { node } => warn!("removing a mirror of {}: {error}", Escaped(node)),
+                        Failure::Record { node } => warn!("storing the mirrors of node {node}: {error}"),
                     }
                 }
             }

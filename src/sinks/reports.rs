@@ -74,7 +74,7 @@ pub(crate) struct Summary {
 pub(crate) struct Reports {
     lines: HashMap<Kind, (u32, u64)>,
     users: BTreeMap<u32, UserRefusals>,
-    /// Whether a [`super::timers::Timer::Report`] is pending.
+    /// Whether the report timer is pending ([`super::log::Log::report_due`]).
     armed: bool,
 }
 

@@ -208,7 +208,6 @@ impl CgroupBackend for CgroupWriter {
         Ok(out)
     }
 
-    /// Learns every cgroup of the subtree again.
     fn record_at(&mut self, rel: &str) -> Result<Option<(u32, Vec<u8>)>, IoError> {
         let Some(bytes) = self.hierarchy.record_bytes(rel) else { return Ok(None) };
         Ok(or_vanished(self.hierarchy.owner(rel))?.map(|owner| (owner, bytes)))

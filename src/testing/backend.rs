@@ -23,6 +23,8 @@ pub struct FakeBackend {
     pub vanished_tids: BTreeSet<u32>,
     /// Controller files the kernel refuses to take.
     pub refused_files: BTreeSet<String>,
+    /// The uid owning a cgroup's directory, where it is not root.
+    pub owners: BTreeMap<CgroupId, u32>,
     /// Cgroups whose removal fails (an I/O error, as a kernel may return).
     pub failing_removals: BTreeSet<CgroupId>,
     next_id: CgroupId,
@@ -128,6 +130,8 @@ impl CgroupBackend for FakeBackend {
         Ok(())
     }
     fn record_at(&mut self, path: &str) -> Result<Option<(u32, Vec<u8>)>, IoError> {
-        Ok(self.id_of(path).and_then(|id| self.records.get(&id)).map(|r| (0, r.to_bytes())))
+        let Some(id) = self.id_of(path) else { return Ok(None) };
+        let owner = self.owners.get(&id).copied().unwrap_or(0);
+        Ok(self.records.get(&id).map(|r| (owner, r.to_bytes())))
     }
 }

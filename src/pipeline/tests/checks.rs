@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::bpf::EventKind::{Exec, Setns, Unshare};
-use crate::pipeline::outcome::Step;
 
 #[test]
 fn a_reused_tid_is_dropped_and_counted_once() {
@@ -201,7 +200,7 @@ fn a_limit_the_kernel_refuses_is_reported_and_the_task_placed_anyway() {
     b.enter(Unshare, 100, "base", "a");
     assert_eq!(b.at(100), "/t/node_100");
     let out = b.outcomes();
-    assert!(out.contains(&format!("failed {:?} /t/node_100", Step::Limit)), "{out:?}");
+    assert!(out.contains(&r#"failed Limit { node: "/t/node_100" }"#.to_string()), "{out:?}");
     assert!(out.contains(&"limit /t/node_100 pids.max=32".to_string()));
     assert!(!out.iter().any(|o| o.contains("memory.max=")), "{out:?}");
 }

@@ -58,17 +58,22 @@ fn nsenters_several_setns_are_placed_once_when_it_settles() {
 }
 
 #[test]
-fn ip_netns_exec_is_placed_in_a_node_of_its_own() {
-    // setns into the named netns, then unshare(CLONE_NEWNS): the unshare
-    // consumes the setns, and the task's set is not the base set.
+fn ip_netns_exec_is_placed_in_a_node_of_its_own_and_not_moved_back_up() {
+    // setns into the named netns, then unshare(CLONE_NEWNS), as root (who may
+    // move anywhere): the unshare consumes the setns, so when the settle timer
+    // comes there is nothing to move back to the tracked root.
     let mut b = Bed::new();
-    b.spawn(400, "/t", "base");
+    b.fake.derive("netns", "base", &[NsKind::Net]).unwrap();
+    b.fake.derive("netns+mnt", "netns", &[NsKind::Mnt]).unwrap();
+    b.task(FakeTask { cap_eff: 1 << 21, ..FakeTask::new(400, "/t", "base") });
     b.enter(Setns, 400, "base", "netns");
     b.enter(Unshare, 400, "netns", "netns+mnt");
-    assert_eq!(b.at(400), "/t/node_400");
     b.run_jobs();
-    assert_eq!(b.at(400), "/t/node_400", "the settle timer finds nothing left to do");
+    assert_eq!(b.at(400), "/t/node_400", "{:?}", b.outcomes());
     assert!(!b.log().iter().any(|l| l == "move 400 /t"), "never moved back up");
+    let node = b.id("/t/node_400");
+    let base = b.set("base");
+    assert_eq!(b.backend().records[&node].parent_set, base, "it came from the base set");
 }
 
 #[test]
@@ -88,16 +93,17 @@ fn twenty_ip_netns_exec_at_once_each_get_a_node() {
 }
 
 #[test]
-fn an_exec_after_setns_comes_from_the_set_before_the_first_setns() {
+fn an_exec_after_setns_into_a_new_set_records_the_set_before_the_first_setns() {
     let mut b = Bed::new();
-    b.spawn(100, "/t", "base");
-    b.enter(Unshare, 100, "base", "a");
     b.spawn(600, "/t", "base");
     b.enter(Setns, 600, "base", "half");
-    b.change(600, |t| t.set = "a".into());
-    let e = b.ev(Exec, 600, "half", "a");
+    b.change(600, |t| t.set = "z".into());
+    let e = b.ev(Exec, 600, "half", "z");
     b.send(&e);
-    assert_eq!(b.at(600), "/t/node_100", "placed at its exec, before the timer");
+    assert_eq!(b.at(600), "/t/node_600", "placed at its exec, before the timer");
+    let node = b.id("/t/node_600");
+    let base = b.set("base");
+    assert_eq!(b.backend().records[&node].parent_set, base);
 }
 
 #[test]
@@ -184,6 +190,23 @@ fn a_child_elsewhere_or_in_another_set_stays() {
 }
 
 #[test]
+fn a_child_the_gate_refuses_is_published_as_a_refusal() {
+    let mut b = Bed::new();
+    b.fake.derive("a-uts", "base", &[NsKind::Uts]).unwrap();
+    b.spawn(50, "/t", "base");
+    b.enter(Unshare, 50, "base", "a-uts");
+    b.backend().add_cgroup(5, "/t/side");
+    // A parent with CAP_SYS_ADMIN joins the node's set from a sibling cgroup;
+    // its child, forked mid-move, has no CAP_SYS_ADMIN: the gate refuses it.
+    b.task(FakeTask { ppid: 100, ..FakeTask::new(101, "/t/side", "a-uts") });
+    b.task(FakeTask { cap_eff: 1 << 21, children: vec![101], ..FakeTask::new(100, "/t/side", "base") });
+    b.outcomes();
+    b.enter(Exec, 100, "base", "a-uts");
+    assert_eq!((b.at(100), b.at(101)), ("/t/node_50".into(), "/t/side".into()));
+    assert!(b.outcomes().contains(&"refused 101 OutsideSubtree".to_string()), "the child's refusal is counted");
+}
+
+#[test]
 fn a_child_that_is_exiting_is_not_moved() {
     let mut b = Bed::new();
     b.spawn(100, "/t", "base");
@@ -191,6 +214,7 @@ fn a_child_that_is_exiting_is_not_moved() {
     b.change(100, |t| t.children = vec![101]);
     b.enter(Unshare, 100, "base", "a");
     assert_eq!(b.at(101), "/t", "the child's move is checked like any other");
+    assert!(b.outcomes().contains(&"dropped 101 Gone".to_string()));
 }
 
 #[test]
@@ -259,4 +283,53 @@ fn a_node_nsgroup_exec_is_setting_up_waits_for_the_exec_then_is_adopted() {
     assert!(b.out.tracked.contains(&(100, 50)));
     assert_eq!(b.pipeline.tracker().node_of_set(&b.set("a")).map(|n| n.id), Some(50), "adopted, not made anew");
     assert!(!b.log().iter().any(|l| l.starts_with("mkdir")));
+}
+
+#[test]
+fn a_record_on_a_directory_another_uid_owns_is_not_an_exec_node() {
+    let mut b = Bed::new();
+    b.spawn(100, "/t", "base");
+    b.backend().add_cgroup(50, "/t/node_100");
+    b.backend().owners.insert(50, 65534);
+    let record = crate::core::node::NodeRecord {
+        set: b.set("a"),
+        parent_set: b.set("base"),
+        creator_pid: 100,
+        creator_comm: "t".into(),
+        creator_uid: 0,
+        owner: None,
+        created_unix: 1,
+        mirrors: vec![],
+    };
+    b.backend().records.insert(50, record);
+    b.enter(Unshare, 100, "base", "a");
+    // Not adopted: made as any node (the empty leftover reused, its record rewritten).
+    assert!(b.log().contains(&"mkdir /t/node_100".to_string()));
+    assert_eq!(b.backend().records[&50].created_unix, 42, "the daemon's record, not the forged one");
+    assert_eq!(b.out.settled, [100]);
+}
+
+#[test]
+fn no_exec_node_is_adopted_beyond_max_depth() {
+    let mut b = Bed::with("max_depth = 1\n");
+    b.spawn(100, "/t", "base");
+    b.enter(Unshare, 100, "base", "a");
+    let node = b.id("/t/node_100");
+    b.backend().add_cgroup(60, "/t/node_100/node_100");
+    let record = crate::core::node::NodeRecord {
+        set: b.set("b"),
+        parent_set: b.set("a"),
+        creator_pid: 100,
+        creator_comm: "t".into(),
+        creator_uid: 0,
+        owner: None,
+        created_unix: 1,
+        mirrors: vec![],
+    };
+    b.backend().records.insert(60, record);
+    b.enter(Unshare, 100, "a", "b");
+    assert_eq!(b.pipeline.tracker().node(60).map(|n| n.id), None, "not adopted");
+    assert_eq!(b.at(100), "/t/node_100");
+    assert!(b.pipeline.tracker().node(node).is_some());
+    assert!(b.outcomes().last().unwrap().starts_with("refused 100 TooDeep"));
 }

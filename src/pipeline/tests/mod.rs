@@ -70,7 +70,7 @@ fn line(o: &Outcome<'_>) -> String {
         Outcome::Refused { task, why } => format!("refused {} {why:?}", task.tid),
         Outcome::Dropped { tid, why, .. } => format!("dropped {tid} {why:?}"),
         Outcome::NotMirrored { controllers, .. } => format!("not mirrored {controllers}"),
-        Outcome::Failed { step, subject, .. } => format!("failed {step:?} {subject}"),
+        Outcome::Failed { what, .. } => format!("failed {what:?}"),
     }
 }
 
@@ -98,7 +98,7 @@ impl Bed {
         let fake = FakeProc::at(dir.path());
         let config = Config::parse(toml, std::path::Path::new("/test.toml")).unwrap();
         let base = fake.set("base").unwrap();
-                let tracker = Tracker::new(base, granularity);
+        let tracker = Tracker::new(base, granularity);
         let placer = Placer::new(tracker, FakeBackend::with_root(ROOT, ROOT_PATH), || 42);
         let quotas = UserQuotas::new(QuotaLimits {
             max_nodes_per_user: config.max_nodes_per_user,

@@ -102,7 +102,7 @@ fn a_failed_removal_is_reported_and_the_node_kept() {
     b.exit(101);
     b.backend().failing_removals.insert(inner);
     b.run_jobs();
-    assert_eq!(b.outcomes(), [format!("failed Remove {inner}")]);
+    assert_eq!(b.outcomes(), [format!("failed Remove {{ node: {inner} }}")]);
     assert!(b.pipeline.tracker().node(inner).is_some(), "still tracked");
     assert!(b.out.scheduled.is_empty(), "not retried: the next exit or sweep looks again");
 }

@@ -12,7 +12,7 @@ use crate::bpf::EventKind;
 use crate::core::node::{CgroupId, NodeRecord};
 use crate::core::nsset::NsSet;
 use crate::core::tracker::Refusal;
-use crate::pipeline::outcome::{Cause, Step};
+use crate::pipeline::outcome::{Cause, Failure, Task};
 use crate::pipeline::placer::Removal;
 use crate::pipeline::reconcile::Report;
 use crate::sys::hierarchy::Version;
@@ -98,7 +98,7 @@ fn each_outcome_is_counted_once() {
     placed(ops, 40, true);
     placed(ops, 3000, false);
     ops.take(&Outcome::Created { node: &n, path: "/node_3", cause: Cause::Reconcile });
-    ops.take(&Outcome::Refused { task: &task, why: &Refusal::SplitThread });
+    ops.take(&Outcome::Refused { task: Task::of(&task), why: &Refusal::SplitThread });
     for why in [Dropped::Gone, Dropped::Reused, Dropped::Reused, Dropped::OtherWriter] {
         ops.take(&Outcome::Dropped { tid: 10, comm: "t", why });
     }
@@ -107,7 +107,7 @@ fn each_outcome_is_counted_once() {
     ops.take(&Outcome::Removed { removal: &removal, mirrored: &[] });
     ops.take(&Outcome::Coalesced { entries: 4 });
     ops.take(&Outcome::Overflow { lost: 9 });
-    ops.take(&Outcome::Failed { step: Step::Place, subject: "10", error: &"gone" });
+    ops.take(&Outcome::Failed { what: Failure::Place { tid: 10 }, error: &"gone" });
     let c = ops.counters();
     assert_eq!((c.events, c.placements, c.nodes_created, c.nodes_removed), (5, 2, 1, 1));
     assert_eq!((c.refusals, c.reconciles, c.coalesced_entries), (1, 1, 4));
