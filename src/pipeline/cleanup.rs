@@ -9,8 +9,10 @@ use std::time::Duration;
 use crate::config::Cleanup as Policy;
 use crate::core::node::CgroupId;
 
-/// Back-off of the emptiness checks after an exit.
-pub const BACKOFF_MS: [u64; 6] = [2, 20, 100, 300, 600, 1000];
+/// Back-off of the emptiness checks after an exit (about 16 s in all: a
+/// zombie its parent reaps late, on a loaded or emulated machine, holds its
+/// node that long).
+pub const BACKOFF_MS: [u64; 9] = [2, 20, 100, 300, 600, 1000, 2000, 4000, 8000];
 
 /// What a sweep does with an empty node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
