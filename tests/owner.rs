@@ -6,6 +6,15 @@
 mod common;
 use common::*;
 
+/// Without BPF the entries are found by /proc rescans: every 300 ms here.
+const WITHOUT_BPF: &str = "source = \"proc\"\nsnapshot_interval_ms = 300\n";
+
+/// Waits until the tree has not changed for longer than a rescan takes to
+/// come round (under emulation, too).
+fn settle(h: &Hier) {
+    h.wait_unchanged(std::time::Duration::from_millis(1500));
+}
+
 /// The owner's nodes among the root's, with their records.
 fn nodes_owned_by(h: &Hier, owner: u64) -> Vec<serde_json::Value> {
     h.nodes().iter().filter_map(|n| h.record(&h.path(n))).filter(|r| r["owner"].as_u64() == Some(owner)).collect()
@@ -49,7 +58,7 @@ fn subordinate_uids_share_their_owners_node_quota() {
 #[test]
 fn subordinate_uids_share_their_owners_node_quota_without_bpf() {
     if privileged() {
-        node_quota_holds_for_owners("source = \"proc\"\n");
+        node_quota_holds_for_owners(WITHOUT_BPF);
     }
 }
 
@@ -60,7 +69,7 @@ fn node_quota_holds_for_owners(extra: &str) {
     let d = Daemon::start(&h, &["--config", &cfg]);
     let watch = NodeWatch::start(h.dir(&h.root.clone()));
     let _storm = subordinate_storm(&mut h);
-    h.wait_unchanged(std::time::Duration::from_millis(500));
+    settle(&h);
     let (most, _) = watch.finish();
     let owned = nodes_owned_by(&h, 65534);
     assert!(!owned.is_empty(), "no node owned by 65534: {:?}", h.nodes());
@@ -94,7 +103,7 @@ fn subordinate_uids_share_their_owners_creation_rate() {
     let _d = Daemon::start(&h, &["--config", &cfg]);
     let started = std::time::Instant::now();
     let _storm = subordinate_storm(&mut h);
-    h.wait_unchanged(std::time::Duration::from_millis(500));
+    settle(&h);
     let owned = nodes_owned_by(&h, 65534).len();
     // What the bucket can have given since the storm began (plus one second of slack).
     let bound = 20 + 10 * (started.elapsed().as_secs() as usize + 1);
@@ -117,7 +126,7 @@ fn a_user_namespace_root_made_for_a_range_is_the_ranges() {
 #[test]
 fn a_user_namespace_root_made_for_a_range_is_the_ranges_without_bpf() {
     if privileged() {
-        root_made_namespaces_are_their_ranges("source = \"proc\"\n");
+        root_made_namespaces_are_their_ranges(WITHOUT_BPF);
     }
 }
 
@@ -127,7 +136,7 @@ fn root_made_namespaces_are_their_ranges(extra: &str) {
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &["--config", &cfg]);
     let mut container = storm_in_user_namespace(&mut h, &["--owner", "0", "--range-root", "--base", "300000"]);
-    h.wait_unchanged(std::time::Duration::from_millis(500));
+    settle(&h);
     let owned = nodes_owned_by(&h, 300_000);
     assert!(!owned.is_empty() && owned.len() <= 30, "{} nodes owned by the range 300000 with max_nodes_per_user = 30", owned.len());
     // Only the namespace's own set, entered by root before it was mapped, is root's.
@@ -135,9 +144,9 @@ fn root_made_namespaces_are_their_ranges(extra: &str) {
     assert!(payload_as_root.is_empty(), "the container's nodes counted as root's: {payload_as_root:?}");
     container.close_stdin();
     h.reap(container.pid);
-    h.wait_unchanged(std::time::Duration::from_millis(500));
+    settle(&h);
     let _private = storm_in_user_namespace(&mut h, &["--owner", "0", "--base", "300000"]);
-    h.wait_unchanged(std::time::Duration::from_millis(500));
+    settle(&h);
     let roots = nodes_owned_by(&h, 0).len();
     assert!(roots > 30, "{roots} nodes owned by root: root's own user namespace is exempt");
     h.kill_all();
