@@ -564,9 +564,6 @@ fn freeze_thaw_and_kill_a_forking_subtree_on_v1_with_a_freezer_mirror() {
 
 #[test]
 fn freeze_and_kill_on_cgroup2() {
-    if !privileged() {
-        return;
-    }
     let Some(h) = Hier::try_new(Kind::V2) else { return };
     let api = Api::start(&h, "", "");
     let s = api.sock().to_string();

@@ -202,9 +202,6 @@ fn joining_a_set_from_elsewhere_never_moves_sideways() {
 /// wins: a task moved out of the root, or to a non-node inside it, stays.
 #[test]
 fn other_writers_win_over_pending_events() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let elsewhere = h.outside("elsewhere");
     let other = h.path("other");
@@ -369,9 +366,6 @@ fn a_forged_command_name_cannot_forge_log_lines() {
 /// the dead one's lingering node.
 #[test]
 fn a_recycled_namespace_inode_does_not_join_the_old_node() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let root = h.root.clone();

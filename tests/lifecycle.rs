@@ -32,9 +32,6 @@ fn write_config(text: &str) -> (tempfile::TempDir, String) {
 
 #[test]
 fn empty_nodes_are_removed_bottom_up_and_logged() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let p = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
@@ -95,9 +92,6 @@ fn keep_and_linger_policies() {
 
 #[test]
 fn a_reused_pid_never_blocks_placement() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     // A node_<P> kept populated by the child of a task P that is gone.
@@ -118,9 +112,6 @@ fn a_reused_pid_never_blocks_placement() {
 
 #[test]
 fn an_empty_leftover_name_is_reused() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     // Take a free pid with clone3 set_tid.
@@ -135,9 +126,6 @@ fn an_empty_leftover_name_is_reused() {
 
 #[test]
 fn after_a_crash_a_restart_places_what_was_missed_and_adopts_the_rest() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let mut d = Daemon::start(&h, &[]);
     let before = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
@@ -168,9 +156,6 @@ fn after_a_crash_a_restart_places_what_was_missed_and_adopts_the_rest() {
 
 #[test]
 fn lost_events_are_counted_and_reconciled() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let mut d = Daemon::start(&h, &["--ring-buffer-bytes", "4096"]);
     // The daemon stopped while the storm starts: the events of its first
@@ -198,9 +183,6 @@ fn daemon_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn storms_converge_with_bounded_memory_and_leave_nothing() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let mut d = Daemon::start(&h, &[]);
     // 200 namespaces at once, each forking children at once; all live until
@@ -325,9 +307,6 @@ fn other_writers_are_respected_in_shared_hierarchies_only() {
 
 #[test]
 fn odd_command_names_are_shown_escaped() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let tmp = tempfile::tempdir().unwrap();
@@ -348,9 +327,6 @@ fn odd_command_names_are_shown_escaped() {
 
 #[test]
 fn without_bpf_the_proc_connector_and_rescans_place_tasks() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &["--source", "proc"]);
     assert!(d.log_text().contains("netlink proc connector"), "{}", d.log_text());
@@ -379,9 +355,6 @@ fn without_bpf_the_proc_connector_and_rescans_place_tasks() {
 
 #[test]
 fn a_full_log_disk_never_stops_the_daemon() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     // stderr on /dev/full: every log line fails with ENOSPC.
     let mut daemon = Command::new(NSGROUP)

@@ -92,9 +92,6 @@ fn spawn_nodes(h: &mut Hier, n: usize) -> Vec<u32> {
 
 #[test]
 fn the_endpoint_counts_placements_and_shows_nodes() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("");
     let d = Daemon::start(&h, &["--config", &s.config, "--metrics", "127.0.0.1:0"]);
@@ -132,9 +129,6 @@ fn the_endpoint_counts_placements_and_shows_nodes() {
 
 #[test]
 fn series_are_capped_and_the_cut_counted() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("[metrics]\nmax_node_series = 1\n");
     let _d = Daemon::start(&h, &["--config", &s.config, "--metrics", "127.0.0.1:0"]);
@@ -152,9 +146,6 @@ fn series_are_capped_and_the_cut_counted() {
 
 #[test]
 fn every_metric_of_the_dashboard_is_served() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("");
     let _d = Daemon::start(&h, &["--config", &s.config, "--metrics", "127.0.0.1:0"]);
@@ -189,9 +180,6 @@ fn every_metric_of_the_dashboard_is_served() {
 
 #[test]
 fn the_textfile_is_written_atomically_and_parses() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("[metrics]\nfile_interval_seconds = 1\n");
     let file = s.dir.join("textfile/nsgroup.prom");
@@ -229,9 +217,6 @@ fn history_rows(s: &Setup, extra: &[&str]) -> Vec<serde_json::Value> {
 
 #[test]
 fn history_records_a_node_created_and_removed() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("");
     let d = Daemon::start(&h, &["--config", &s.config]);
@@ -267,9 +252,6 @@ fn history_records_a_node_created_and_removed() {
 
 #[test]
 fn a_node_removed_while_the_daemon_was_down_is_closed_at_the_next_start() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("");
     let mut d = Daemon::start(&h, &["--config", &s.config]);
@@ -300,9 +282,6 @@ fn a_node_removed_while_the_daemon_was_down_is_closed_at_the_next_start() {
 
 #[test]
 fn status_shows_hooks_costs_and_counters() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("");
     let d = Daemon::start(&h, &["--config", &s.config]);
@@ -337,9 +316,6 @@ fn status_shows_hooks_costs_and_counters() {
 
 #[test]
 fn sighup_does_not_kill_the_daemon() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let s = setup("");
     let mut d = Daemon::start(&h, &["--config", &s.config]);

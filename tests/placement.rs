@@ -49,9 +49,6 @@ fn unshare_fork_pid_nests_v2() {
 
 #[test]
 fn unshare_without_fork_makes_one_node() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     // unshare() is seen through fentry/fexit where the kernel allows them,
@@ -67,9 +64,6 @@ fn unshare_without_fork_makes_one_node() {
 
 #[test]
 fn a_second_unshare_nests_one_level_deeper() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     // One process, two unshares (unshare execs unshare execs sleep).
@@ -79,9 +73,6 @@ fn a_second_unshare_nests_one_level_deeper() {
 
 #[test]
 fn setns_back_returns_to_the_original_cgroup() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "setns-back"]);
@@ -94,9 +85,6 @@ fn setns_back_returns_to_the_original_cgroup() {
 
 #[test]
 fn tasks_that_never_enter_a_set_are_never_moved() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let plain = h.spawn(&["sh", "-c", "sleep 60 & sleep 60 & wait"]);
@@ -111,9 +99,6 @@ fn tasks_that_never_enter_a_set_are_never_moved() {
 
 #[test]
 fn children_forked_before_the_move_follow_their_parent() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "unshare-fork", "--children", "16"]);
@@ -128,9 +113,6 @@ fn children_forked_before_the_move_follow_their_parent() {
 
 #[test]
 fn clone3_with_new_namespaces_gets_a_node() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "clone3"]);
@@ -141,9 +123,6 @@ fn clone3_with_new_namespaces_gets_a_node() {
 
 #[test]
 fn split_threads_are_placed_per_thread_on_v1() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "thread-unshare"]);
@@ -154,9 +133,6 @@ fn split_threads_are_placed_per_thread_on_v1() {
 
 #[test]
 fn split_threads_are_reported_on_cgroup2() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V2) else { return };
     let d = Daemon::start(&h, &[]);
     let mut p = h.spawn(&[WORKLOAD, "thread-unshare"]);
@@ -169,9 +145,6 @@ fn split_threads_are_reported_on_cgroup2() {
 
 #[test]
 fn start_up_reconciles_and_adopts_without_duplicates() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     // Entered before any daemon ran.
     let p = h.spawn(&["unshare", "--fork", "--pid", "--uts", "--kill-child", "sleep", "60"]);
@@ -192,9 +165,6 @@ fn start_up_reconciles_and_adopts_without_duplicates() {
 
 #[test]
 fn tree_shows_nodes_namespaces_and_tasks() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let p = h.spawn(&["unshare", "--fork", "--pid", "--mount-proc", "--net", "--uts", "--kill-child", "sleep", "60"]);
@@ -231,9 +201,6 @@ fn tree_shows_nodes_namespaces_and_tasks() {
 /// then fire: an unshare() and a setns() back are placed.
 #[test]
 fn the_syscall_hooks_are_the_ones_the_kernel_allows() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let d = Daemon::start(&h, &[]);
     let log = d.log_text();
@@ -284,9 +251,6 @@ fn daemon_without_syscall_hooks(h: &Hier, dir: &std::path::Path, interval_ms: u6
 /// neither is not seen at all.
 #[test]
 fn without_syscall_hooks_callers_are_placed_at_their_next_fork_or_exec() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let dir = tempfile::tempdir().unwrap();
     let _d = daemon_without_syscall_hooks(&h, dir.path(), 600_000);
@@ -312,9 +276,6 @@ fn without_syscall_hooks_callers_are_placed_at_their_next_fork_or_exec() {
 /// the next periodic snapshot, and so is its setns() back.
 #[test]
 fn without_syscall_hooks_a_caller_that_never_forks_is_placed_by_the_next_snapshot() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let dir = tempfile::tempdir().unwrap();
     let _d = daemon_without_syscall_hooks(&h, dir.path(), 500);
@@ -356,9 +317,6 @@ impl Drop for NamedNetns {
 /// unshare nests one level deeper, as a second unshare does). Never the root.
 #[test]
 fn ip_netns_exec_is_placed_in_a_node_of_its_own() {
-    if !privileged() {
-        return;
-    }
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
     let named = NamedNetns::add(20);

@@ -33,8 +33,12 @@ impl Hier {
         Hier::create(kind).unwrap_or_else(|why| panic!("no {kind:?} hierarchy for this test: {why}"))
     }
 
-    /// A hierarchy of `kind`, or `None` after saying why the test skips.
+    /// A fresh hierarchy of `kind`, or `None` (the test skips, saying why)
+    /// without root or where the kernel cannot give one.
     pub fn try_new(kind: Kind) -> Option<Hier> {
+        if !super::privileged() {
+            return None;
+        }
         Hier::create(kind).map_err(|why| skip(&why)).ok()
     }
 

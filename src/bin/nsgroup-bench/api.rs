@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::mirrored::wait_clean;
-use crate::daemon::{figure, SETTLE};
+use crate::daemon::{Measured, figure, SETTLE};
 use crate::harness::{api_config, poll_until, DaemonProcess};
 use crate::hierarchy::Bench;
 use crate::latency::{self, latency, Latencies, Latency};

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use nsgroup::core::histogram::Histogram;
 use nsgroup::ffi::{fork, Forked};
 
-use crate::daemon::{figure, SETTLE};
+use crate::daemon::{Measured, figure, SETTLE};
 use crate::harness::{as_nobody_command, poll_until};
 use crate::hierarchy::Bench;
 use crate::report::{ms, Report};

@@ -10,7 +10,7 @@ use rustix::thread::UnshareFlags;
 
 use nsgroup::ffi::{fork, unshare_namespaces, Forked};
 
-use crate::daemon::{figure, under_daemon, SETTLE};
+use crate::daemon::{Measured, figure, under_daemon, SETTLE};
 use crate::hierarchy::Bench;
 use crate::report::{ms, Report};
 use crate::tasks::Kids;

@@ -25,44 +25,62 @@ pub fn latency_figures(log: &str) -> [u64; 3] {
     ["latency_p50_us", "latency_p99_us", "latency_max_us"].map(|k| figure(log, k).unwrap_or(0))
 }
 
-impl DaemonProcess {
+/// What the suite reads of a daemon it started (beside the shared harness),
+/// and how it stops one.
+pub trait Measured {
     /// A `key=value` figure from the last log line that has it.
-    pub fn figure(&self, key: &str) -> Option<u64> {
-        figure(&self.log_text(), key)
-    }
+    fn figure(&self, key: &str) -> Option<u64>;
 
     /// User + system CPU time in ms, and (voluntary + involuntary) context switches.
-    pub fn cpu_and_wakeups(&self) -> (u64, u64) {
-        let cpu_ms = cpu_ticks(self.pid()).unwrap_or(0) * 1000 / rustix::param::clock_ticks_per_second();
-        (cpu_ms, self.status_field("voluntary_ctxt_switches:") + self.status_field("nonvoluntary_ctxt_switches:"))
-    }
+    fn cpu_and_wakeups(&self) -> (u64, u64);
 
     /// Time on a CPU so far, in ns, summed over the daemon's threads
     /// (`/proc/<pid>/task/*/schedstat`; exact, where utime + stime count
     /// in clock ticks).
-    pub fn run_time_ns(&self) -> u64 {
+    fn run_time_ns(&self) -> u64;
+
+    /// The number of a line of the daemon's /proc status (`VmRSS:` and
+    /// `VmHWM:` in KiB, `voluntary_ctxt_switches:`); 0 without it.
+    fn status_field(&self, field: &str) -> u64;
+
+    /// SIGTERM; how long the daemon took to exit (`None`: not within
+    /// `limit`, then killed) and how it exited.
+    fn stop_within(&mut self, limit: Duration) -> Result<(Option<Duration>, String)>;
+
+    /// SIGTERM, and the log once the daemon has exited.
+    fn stop(self) -> Result<String>
+    where
+        Self: Sized;
+}
+
+impl Measured for DaemonProcess {
+    fn figure(&self, key: &str) -> Option<u64> {
+        figure(&self.log_text(), key)
+    }
+
+    fn cpu_and_wakeups(&self) -> (u64, u64) {
+        let cpu_ms = cpu_ticks(self.pid()).unwrap_or(0) * 1000 / rustix::param::clock_ticks_per_second();
+        (cpu_ms, self.status_field("voluntary_ctxt_switches:") + self.status_field("nonvoluntary_ctxt_switches:"))
+    }
+
+    fn run_time_ns(&self) -> u64 {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
         tasks
             .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok()?.split_whitespace().next()?.parse::<u64>().ok())
             .sum()
     }
 
-    /// The number of a line of the daemon's /proc status (`VmRSS:` and
-    /// `VmHWM:` in KiB, `voluntary_ctxt_switches:`); 0 without it.
-    pub fn status_field(&self, field: &str) -> u64 {
+    fn status_field(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status.lines().find_map(|l| l.strip_prefix(field)?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
     }
 
-    /// SIGTERM; how long the daemon took to exit (`None`: not within
-    /// `limit`, then killed) and how it exited.
-    pub fn stop_within(&mut self, limit: Duration) -> Result<(Option<Duration>, String)> {
+    fn stop_within(&mut self, limit: Duration) -> Result<(Option<Duration>, String)> {
         let (took, status) = self.terminate_within(limit)?;
         Ok((took, status.to_string()))
     }
 
-    /// SIGTERM, and the log once the daemon has exited.
-    pub fn stop(mut self) -> Result<String> {
+    fn stop(mut self) -> Result<String> {
         self.terminate()?;
         Ok(self.log_text())
     }

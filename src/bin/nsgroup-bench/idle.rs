@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::daemon::Measured;
 use crate::hierarchy::Bench;
 use crate::report::Report;
 

@@ -11,6 +11,7 @@ use nsgroup::core::histogram::Histogram;
 use nsgroup::ffi::{fork, Forked};
 
 use crate::mirrored::{under, wait_clean, Control};
+use crate::daemon::Measured;
 use crate::daemon::latency_figures;
 use crate::harness::DaemonProcess;
 use crate::hierarchy::Bench;

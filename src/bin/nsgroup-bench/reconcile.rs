@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::daemon::Measured;
 use crate::hierarchy::Bench;
 use crate::report::{ms, Report};
 use crate::tasks::Held;

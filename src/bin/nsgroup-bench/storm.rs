@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::mirrored::{under, wait_clean, Control};
+use crate::daemon::Measured;
 use crate::daemon::figure;
 use crate::harness::poll_until;
 use crate::hierarchy::Bench;

@@ -260,16 +260,7 @@ fn a_node_nsgroup_exec_is_setting_up_waits_for_the_exec_then_is_adopted() {
     b.spawn(100, "/t", "base");
     // `nsgroup exec` made node_100 with a record not complete yet.
     b.backend().add_cgroup(50, "/t/node_100");
-    let mut record = crate::core::node::NodeRecord {
-        set: NsSet::default(),
-        parent_set: b.set("base"),
-        creator_pid: 100,
-        creator_comm: "t".into(),
-        creator_uid: 0,
-        owner: None,
-        created_unix: 1,
-        mirrors: vec![],
-    };
+    let mut record = b.record("", "base");
     b.backend().records.insert(50, record.clone());
     b.enter(Unshare, 100, "base", "a");
     assert!(b.out.settled.is_empty(), "left pending: its exec must be reported");
@@ -291,16 +282,7 @@ fn a_record_on_a_directory_another_uid_owns_is_not_an_exec_node() {
     b.spawn(100, "/t", "base");
     b.backend().add_cgroup(50, "/t/node_100");
     b.backend().owners.insert(50, 65534);
-    let record = crate::core::node::NodeRecord {
-        set: b.set("a"),
-        parent_set: b.set("base"),
-        creator_pid: 100,
-        creator_comm: "t".into(),
-        creator_uid: 0,
-        owner: None,
-        created_unix: 1,
-        mirrors: vec![],
-    };
+    let record = b.record("a", "base");
     b.backend().records.insert(50, record);
     b.enter(Unshare, 100, "base", "a");
     // Not adopted: made as any node (the empty leftover reused, its record rewritten).
@@ -316,16 +298,7 @@ fn no_exec_node_is_adopted_beyond_max_depth() {
     b.enter(Unshare, 100, "base", "a");
     let node = b.id("/t/node_100");
     b.backend().add_cgroup(60, "/t/node_100/node_100");
-    let record = crate::core::node::NodeRecord {
-        set: b.set("b"),
-        parent_set: b.set("a"),
-        creator_pid: 100,
-        creator_comm: "t".into(),
-        creator_uid: 0,
-        owner: None,
-        created_unix: 1,
-        mirrors: vec![],
-    };
+    let record = b.record("b", "a");
     b.backend().records.insert(60, record);
     b.enter(Unshare, 100, "a", "b");
     assert_eq!(b.pipeline.tracker().node(60).map(|n| n.id), None, "not adopted");

@@ -117,6 +117,21 @@ impl Bed {
         self.fake.set(name).unwrap()
     }
 
+    /// A record as a node made by task 100 of set `parent` for set `set`
+    /// would carry (`NsSet::default()` for `""`: one not complete yet).
+    fn record(&self, set: &str, parent: &str) -> crate::core::node::NodeRecord {
+        crate::core::node::NodeRecord {
+            set: if set.is_empty() { NsSet::default() } else { self.set(set) },
+            parent_set: self.set(parent),
+            creator_pid: 100,
+            creator_comm: "t".into(),
+            creator_uid: 0,
+            owner: None,
+            created_unix: 1,
+            mirrors: vec![],
+        }
+    }
+
     /// Starts (or rewrites) a task in the cgroup at `path`, in set `set`.
     fn task(&mut self, t: FakeTask) {
         let id = self.id(&t.cgroup);
