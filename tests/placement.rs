@@ -75,6 +75,12 @@ fn a_second_unshare_nests_one_level_deeper() {
 fn setns_back_returns_to_the_original_cgroup() {
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
+    setns_there_and_back(&mut h);
+}
+
+/// A task that enters a set by setns() is placed in a node of its own, and
+/// back in the root once it setns()es back.
+fn setns_there_and_back(h: &mut Hier) {
     let mut p = h.spawn(&[WORKLOAD, "setns-back"]);
     assert_eq!(p.read_json()["state"], "entered");
     h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
@@ -113,20 +119,21 @@ fn children_forked_before_the_move_follow_their_parent() {
 
 #[test]
 fn clone3_with_new_namespaces_gets_a_node() {
-    let Some(mut h) = Hier::try_new(Kind::V1) else { return };
-    let _d = Daemon::start(&h, &[]);
-    let mut p = h.spawn(&[WORKLOAD, "clone3"]);
-    let child = p.read_json()["child"].as_u64().unwrap() as u32;
-    h.expect_in(child, &h.path(&format!("node_{child}")));
-    assert_eq!(h.cgroup_of(p.pid).as_deref(), Some(h.root.as_str()));
+    the_task_it_names_gets_a_node_of_its_own("clone3", "child");
 }
 
 #[test]
 fn split_threads_are_placed_per_thread_on_v1() {
+    the_task_it_names_gets_a_node_of_its_own("thread-unshare", "thread");
+}
+
+/// On v1, the task the workload `mode` names under `key` (the one that
+/// entered new namespaces) is in a node of its own; the workload stays.
+fn the_task_it_names_gets_a_node_of_its_own(mode: &str, key: &str) {
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
     let _d = Daemon::start(&h, &[]);
-    let mut p = h.spawn(&[WORKLOAD, "thread-unshare"]);
-    let tid = p.read_json()["thread"].as_u64().unwrap() as u32;
+    let mut p = h.spawn(&[WORKLOAD, mode]);
+    let tid = p.read_json()[key].as_u64().unwrap() as u32;
     h.expect_in(tid, &h.path(&format!("node_{tid}")));
     assert_eq!(h.cgroup_of(p.pid).as_deref(), Some(h.root.as_str()));
 }
@@ -223,26 +230,21 @@ fn the_syscall_hooks_are_the_ones_the_kernel_allows() {
     }
     let p = h.spawn(&["unshare", "--uts", "sleep", "60"]);
     h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
-    let mut back = h.spawn(&[WORKLOAD, "setns-back"]);
-    assert_eq!(back.read_json()["state"], "entered");
-    h.expect_in(back.pid, &h.path(&format!("node_{}", back.pid)));
-    back.poke();
-    assert_eq!(back.read_json()["state"], "back");
-    h.expect_in(back.pid, &h.root);
+    setns_there_and_back(&mut h);
 }
 
 /// Starts the daemon with `hooks = "no-syscall"` and snapshots every
-/// `interval_ms`; checks from its start-up line that no syscall is hooked.
-fn daemon_without_syscall_hooks(h: &Hier, dir: &std::path::Path, interval_ms: u64) -> Daemon {
-    let config = dir.join("nsgroup.toml");
-    std::fs::write(&config, format!("hooks = \"no-syscall\"\nsnapshot_interval_ms = {interval_ms}\n")).unwrap();
-    let d = Daemon::start(h, &["--config", config.to_str().unwrap()]);
+/// `interval_ms` (its configuration lives as long as the guard); checks from
+/// its start-up line that no syscall is hooked.
+fn daemon_without_syscall_hooks(h: &Hier, interval_ms: u64) -> (tempfile::TempDir, Daemon) {
+    let (dir, config) = config_file(&format!("hooks = \"no-syscall\"\nsnapshot_interval_ms = {interval_ms}\n"));
+    let d = Daemon::start(h, &["--config", &config]);
     let log = d.log_text();
     let line = log.lines().find(|l| l.contains("nsgroup is tracking")).unwrap_or_else(|| panic!("no start-up line: {log}"));
     let source = line.split_once(" source=").map(|(_, s)| s.split(" adopt_ms=").next().unwrap()).expect(line);
     assert!(source.contains("no syscall hook") && source.contains("tp_btf/sched_process_fork"), "source={source}");
     assert!(!source.contains("tracepoint/syscalls/") && !source.contains("fentry"), "source={source}");
-    d
+    (dir, d)
 }
 
 /// `hooks = "no-syscall"` (docs/semantics.md): with snapshots too rare to
@@ -252,8 +254,7 @@ fn daemon_without_syscall_hooks(h: &Hier, dir: &std::path::Path, interval_ms: u6
 #[test]
 fn without_syscall_hooks_callers_are_placed_at_their_next_fork_or_exec() {
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let _d = daemon_without_syscall_hooks(&h, dir.path(), 600_000);
+    let _d = daemon_without_syscall_hooks(&h, 600_000);
     let mut quiet = h.spawn(&[WORKLOAD, "setns-back"]);
     assert_eq!(quiet.read_json()["state"], "entered");
     // unshare(), then forks.
@@ -277,14 +278,8 @@ fn without_syscall_hooks_callers_are_placed_at_their_next_fork_or_exec() {
 #[test]
 fn without_syscall_hooks_a_caller_that_never_forks_is_placed_by_the_next_snapshot() {
     let Some(mut h) = Hier::try_new(Kind::V1) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let _d = daemon_without_syscall_hooks(&h, dir.path(), 500);
-    let mut p = h.spawn(&[WORKLOAD, "setns-back"]);
-    assert_eq!(p.read_json()["state"], "entered");
-    h.expect_in(p.pid, &h.path(&format!("node_{}", p.pid)));
-    p.poke();
-    assert_eq!(p.read_json()["state"], "back");
-    h.expect_in(p.pid, &h.root);
+    let _d = daemon_without_syscall_hooks(&h, 500);
+    setns_there_and_back(&mut h);
 }
 
 /// Named network namespaces (`ip netns add`), deleted when dropped.

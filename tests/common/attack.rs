@@ -18,10 +18,15 @@ pub fn as_nobody<'a>(args: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// Panics with a clear message unless uid 65534 can run the workload binary
-/// and create user (and UTS) namespaces here.
-pub fn assert_nobody_can_attack() {
+/// Whether an attack test runs: `false` (it skips, saying why) without
+/// root; panics with a clear message unless uid 65534 can run the workload
+/// binary and create user (and UTS) namespaces here.
+pub fn attacks_can_run() -> bool {
+    if !super::privileged() {
+        return false;
+    }
     nobody_can_attack(WORKLOAD.as_ref()).unwrap_or_else(|e| panic!("{e:#}"));
+    true
 }
 
 /// A namespace inode of a task.
