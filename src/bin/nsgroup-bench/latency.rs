@@ -5,7 +5,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use nsgroup::core::histogram::Histogram;
 use nsgroup::ffi::{fork, Forked};
@@ -13,6 +13,7 @@ use nsgroup::ffi::{fork, Forked};
 use crate::mirrored::{under, wait_clean, Control};
 use crate::daemon::Measured;
 use crate::daemon::latency_figures;
+use crate::floor::{self, ratio, us, Floors};
 use crate::harness::DaemonProcess;
 use crate::hierarchy::Bench;
 use crate::report::Report;
@@ -80,12 +81,12 @@ impl Latency {
 }
 
 /// Part 1 under a fresh daemon (with the control part's mirrors and limit
-/// when `ctl` is given).
-pub fn round(b: &Bench, ctl: Option<&Control>, samples: u32) -> Result<Latency> {
+/// when `ctl` is given), started with `extra` arguments too.
+pub fn round(b: &Bench, ctl: Option<&Control>, extra: &[&str], samples: u32) -> Result<Latency> {
     let mut markers = vec![b.marker()];
     markers.extend(ctl.map(Control::markers).unwrap_or_default());
     under(ctl, |args| {
-        let d = b.start(args)?;
+        let d = b.start(&[args, extra].concat())?;
         let run0 = d.run_time_ns();
         let task = latency(&markers, samples, 1000)?;
         Latency::finish(b, ctl, d, run0, task, samples)
@@ -104,19 +105,50 @@ pub fn samples(quick: bool) -> u32 {
     if quick { 500 } else { 3000 }
 }
 
-/// Part 1: its rows, and its rounds for the API and control parts.
+/// How many times each floor is measured.
+fn floor_samples(quick: bool) -> u32 {
+    if quick { 300 } else { 2000 }
+}
+
+/// Part 1: the kernel's and the machine's floors, then placement latency
+/// under the default scheduling (SCHED_FIFO at priority 1) and under
+/// `realtime_priority = 0`, side by side, each as a ratio to its floor; its
+/// default round for the API and control parts.
 pub fn part(b: &Bench, r: &mut Report, ctl: Option<&Control>, quick: bool) -> Result<Latencies> {
     let samples = samples(quick);
-    let plain = round(b, None, samples)?;
-    let h = &plain.task;
-    r.row(
-        &format!("placement latency seen by the task, {} unshares at 1,000/s (p50 / p99 / max)", h.count()),
-        format!("{} / {} / {} µs", h.quantile(0.5), h.quantile(0.99), h.max()),
-        "p50 ≤ 100 µs, p99 ≤ 500 µs",
-        Some(h.quantile(0.5) <= 100 && h.quantile(0.99) <= 500 && h.count() == u64::from(samples)),
-    );
-    let [p50, p99, max] = plain.daemon;
-    r.row("daemon's event-to-moved latency (p50 / p99 / max)", format!("{p50} / {p99} / {max} µs"), "", None);
-    let mirrored = ctl.map(|c| round(b, Some(c), samples)).transpose()?;
+    let floors = floor::measure(b, floor_samples(quick))?;
+    floors.rows(r, floor_samples(quick));
+    let plain = round(b, None, &[], samples)?;
+    rows(r, &floors, &plain, samples, "the default (realtime_priority = 1)", true);
+    let config = b.work.join("realtime_priority_0.toml");
+    std::fs::write(&config, "realtime_priority = 0\n").with_context(|| format!("writing {}", config.display()))?;
+    let normal = round(b, None, &["--config", &config.display().to_string()], samples)?;
+    rows(r, &floors, &normal, samples, "realtime_priority = 0", false);
+    let mirrored = ctl.map(|c| round(b, Some(c), &[], samples)).transpose()?;
     Ok(Latencies { samples, plain, mirrored })
+}
+
+/// A round's rows: as the task sees it against the floor of a wakeup (in
+/// the daemon's class), mkdir and a move; the daemon's event-to-moved
+/// against mkdir and a move.
+fn rows(r: &mut Report, floors: &Floors, l: &Latency, samples: u32, setting: &str, realtime: bool) {
+    let micros = |v: u64| Duration::from_micros(v);
+    let h = &l.task;
+    let (p50, p99) = (micros(h.quantile(0.5)), micros(h.quantile(0.99)));
+    let (f50, f99) = (floors.task_seen(realtime, 0.5), floors.task_seen(realtime, 0.99));
+    r.row(
+        &format!("{setting}: placement latency seen by the task, {} unshares at 1,000/s (p50 / p99 / max); ratio to the floor (wakeup + mkdir + move: {} / {} µs)", h.count(), us(f50), us(f99)),
+        format!("{} / {} / {} µs; p50 {}, p99 {}", h.quantile(0.5), h.quantile(0.99), h.max(), ratio(p50, f50), ratio(p99, f99)),
+        "p50 ≤ 1.5×, p99 ≤ 3× the floor",
+        Some(p50.as_secs_f64() <= 1.5 * f50.as_secs_f64() && p99.as_secs_f64() <= 3.0 * f99.as_secs_f64() && h.count() == u64::from(samples)),
+    );
+    let new_node = &floors.favordynmods.new_node;
+    let (n50, n99) = (new_node.quantile(0.5), new_node.quantile(0.99));
+    let [d50, d99, max] = l.daemon;
+    r.row(
+        &format!("{setting}: daemon's event-to-moved latency, new nodes (p50 / p99 / max); ratio to the floor (mkdir + move: {} / {} µs)", us(n50), us(n99)),
+        format!("{d50} / {d99} / {max} µs; p50 {}, p99 {}", ratio(micros(d50), n50), ratio(micros(d99), n99)),
+        "p50 ≤ 1.5×, p99 ≤ 3× the floor",
+        Some(micros(d50).as_secs_f64() <= 1.5 * n50.as_secs_f64() && micros(d99).as_secs_f64() <= 3.0 * n99.as_secs_f64()),
+    );
 }

@@ -22,6 +22,7 @@ mod control;
 mod mirrored;
 mod cost;
 mod daemon;
+mod floor;
 mod hierarchy;
 mod hooks;
 mod idle;
