@@ -1,8 +1,9 @@
 //! The kernel's floor for what a placement needs, measured in the same run:
-//! mkdir of a cgroup and another task's move into it (a new node), a move
-//! alone (an existing node), on the suite's mount (`favordynmods`) and on one
-//! without it; and a pipe wakeup of a task in each scheduling class the
-//! daemon may run in. The latency rows are judged as ratios to these.
+//! the unshare() itself, mkdir of a cgroup and another task's move into it
+//! (a new node), a move alone (an existing node), on the suite's mount
+//! (`favordynmods`) and on one without it; and a pipe wakeup of a task in
+//! each scheduling class the daemon may run in. The latency rows are judged
+//! as ratios to these.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use nsgroup::ffi::{fork, set_realtime, Forked};
+use rustix::thread::UnshareFlags;
+
+use nsgroup::ffi::{fork, set_realtime, unshare_namespaces, Forked};
 
 use crate::harness::mount_named_v1;
 use crate::hierarchy::Bench;
@@ -59,6 +62,8 @@ pub struct MountFloor {
 
 /// The floors of one run.
 pub struct Floors {
+    /// unshare(CLONE_NEWUTS) in a fresh child, as the latency part's do.
+    pub unshare: Samples,
     /// The suite's own mount (`xattr,favordynmods`), as the daemon's.
     pub favordynmods: MountFloor,
     /// A mount without `favordynmods` (the kernel's default).
@@ -78,7 +83,8 @@ pub fn measure(b: &Bench, count: u32) -> Result<Floors> {
     let plain = mount_named_v1(&name, &at, "xattr").and_then(|()| mount_floor(&at, count));
     nsgroup::sys::mounts::destroy_named_v1(&name, &at);
     let _ = std::fs::remove_dir(&at);
-    Ok(Floors { favordynmods, plain: plain?, wake_other: wakeups(None, count).map_err(anyhow::Error::msg)?, wake_fifo: wakeups(Some(1), count) })
+    let unshare = unshares(count)?;
+    Ok(Floors { unshare, favordynmods, plain: plain?, wake_other: wakeups(None, count).map_err(anyhow::Error::msg)?, wake_fifo: wakeups(Some(1), count) })
 }
 
 /// mkdir + move of a held task into each of `count` new cgroups below
@@ -113,6 +119,29 @@ fn mount_floor(dir: &Path, count: u32) -> Result<MountFloor> {
     }
     result.and(back)?;
     Ok(f)
+}
+
+/// `count` children, one at a time, each timing its unshare(CLONE_NEWUTS).
+fn unshares(count: u32) -> Result<Samples> {
+    let mut out = Samples::default();
+    let mut kids = Kids::default();
+    for _ in 0..count {
+        let (mut ours, mut theirs) = UnixStream::pair()?;
+        let Forked::Parent { child } = fork()? else {
+            drop(ours);
+            let t0 = Instant::now();
+            let ok = unshare_namespaces(UnshareFlags::NEWUTS).is_ok();
+            let took = t0.elapsed().as_nanos() as u64;
+            std::process::exit(if ok && theirs.write_all(&took.to_ne_bytes()).is_ok() { 0 } else { 1 });
+        };
+        kids.add(child);
+        drop(theirs);
+        let mut buf = [0u8; 8];
+        ours.read_exact(&mut buf).context("a child's unshare(CLONE_NEWUTS) failed")?;
+        out.record(Duration::from_nanos(u64::from_ne_bytes(buf)));
+        kids.reap_all();
+    }
+    Ok(out)
 }
 
 /// A child in the scheduling class (SCHED_FIFO at `priority`, or
@@ -167,15 +196,16 @@ fn wakee(mut s: UnixStream, priority: Option<i32>) -> i32 {
 }
 
 impl Floors {
-    /// The floor of a placement into a new node as the task sees it: the
-    /// daemon's wakeup in `class` (SCHED_FIFO when `realtime`, where the
-    /// kernel allows it), mkdir and the move, each at quantile `q`.
+    /// The floor of a placement into a new node as the task sees it, from
+    /// its call to unshare(): the unshare, the daemon's wakeup (SCHED_FIFO
+    /// when `realtime`, where the kernel allows it), mkdir and the move, each
+    /// at quantile `q`.
     pub fn task_seen(&self, realtime: bool, q: f64) -> Duration {
         let wake = match (&self.wake_fifo, realtime) {
             (Ok(fifo), true) => fifo,
             _ => &self.wake_other,
         };
-        wake.quantile(q) + self.favordynmods.new_node.quantile(q)
+        self.unshare.quantile(q) + wake.quantile(q) + self.favordynmods.new_node.quantile(q)
     }
 
     /// The floors' own rows.
@@ -195,6 +225,12 @@ impl Floors {
         r.row(
             &format!("machine floor, {count} pipe wakeups of a sleeping task: SCHED_OTHER / SCHED_FIFO 1 (p50 / p99)"),
             format!("{} · {fifo}", self.wake_other.p50_p99()),
+            "",
+            None,
+        );
+        r.row(
+            &format!("kernel floor, {count} × unshare(CLONE_NEWUTS) in a fresh child (p50 / p99)"),
+            self.unshare.p50_p99(),
             "",
             None,
         );

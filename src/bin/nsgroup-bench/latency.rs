@@ -137,7 +137,7 @@ fn rows(r: &mut Report, floors: &Floors, l: &Latency, samples: u32, setting: &st
     let (p50, p99) = (micros(h.quantile(0.5)), micros(h.quantile(0.99)));
     let (f50, f99) = (floors.task_seen(realtime, 0.5), floors.task_seen(realtime, 0.99));
     r.row(
-        &format!("{setting}: placement latency seen by the task, {} unshares at 1,000/s (p50 / p99 / max); ratio to the floor (wakeup + mkdir + move: {} / {} µs)", h.count(), us(f50), us(f99)),
+        &format!("{setting}: placement latency seen by the task, {} unshares at 1,000/s (p50 / p99 / max); ratio to the floor (unshare + wakeup + mkdir + move: {} / {} µs)", h.count(), us(f50), us(f99)),
         format!("{} / {} / {} µs; p50 {}, p99 {}", h.quantile(0.5), h.quantile(0.99), h.max(), ratio(p50, f50), ratio(p99, f99)),
         "p50 ≤ 1.5×, p99 ≤ 3× the floor",
         Some(p50.as_secs_f64() <= 1.5 * f50.as_secs_f64() && p99.as_secs_f64() <= 3.0 * f99.as_secs_f64() && h.count() == u64::from(samples)),

@@ -42,13 +42,15 @@ impl Kids {
     }
 }
 
-/// In a forked child: unshares NEWUTS, then times (in µs) until
-/// `/proc/self/cgroup` names every one of `markers` (the node's path in the
-/// tracked hierarchy, and in the mirrors where there are mirrors), reading
-/// it in a loop for `spin`, then every 1 ms; fails after `limit`.
+/// In a forked child: unshares NEWUTS, then times (in µs, from the call to
+/// unshare(): a real-time daemon woken by its exit runs before the task
+/// does) until `/proc/self/cgroup` names every one of `markers` (the node's
+/// path in the tracked hierarchy, and in the mirrors where there are
+/// mirrors), reading it in a loop for `spin`, then every 1 ms; fails after
+/// `limit`.
 pub fn time_to_placement(markers: &[String], limit: Duration, spin: Duration) -> Result<u64> {
-    unshare_namespaces(UnshareFlags::NEWUTS)?;
     let t0 = now_ns();
+    unshare_namespaces(UnshareFlags::NEWUTS)?;
     // One read takes it all (a mirror's line comes near the end on a
     // machine with many hierarchies).
     let mut buf = [0u8; 16384];
