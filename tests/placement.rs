@@ -177,6 +177,8 @@ fn tree_shows_nodes_namespaces_and_tasks() {
     let p = h.spawn(&["unshare", "--fork", "--pid", "--mount-proc", "--net", "--uts", "--kill-child", "sleep", "60"]);
     let c = only_child(&p);
     h.expect_in(c, &h.path(&format!("node_{}/node_{c}", p.pid)));
+    // Placed at its fork, before it execs sleep.
+    wait_for("the child's exec", || std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|s| s.trim() == "sleep"));
     let text = tree(&h, &[]);
     let net = ns_inode(p.pid, "net");
     assert!(text.contains(&format!("node_{}", p.pid)), "{text}");

@@ -1,6 +1,7 @@
 //! Reading tasks from procfs, rooted at a path (`/proc`, or a fixture).
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -118,6 +119,36 @@ impl ProcFs {
         &self.root
     }
 
+    /// A procfs file's bytes in one read where they fit a page (`fs::read`
+    /// and `read_to_end` ask for the size, which procfs does not know, and
+    /// read 32 bytes at first: nine syscalls for a task's stat, where open,
+    /// read, read and close do); `None` when the task is gone.
+    fn read(path: &Path) -> Result<Option<Vec<u8>>, IoError> {
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut file = fs::File::open(path)?;
+            let (mut bytes, mut len) = (vec![0u8; 4096], 0);
+            loop {
+                if len == bytes.len() {
+                    bytes.resize(len * 2, 0);
+                }
+                match file.read(&mut bytes[len..])? {
+                    0 => break,
+                    n => len += n,
+                }
+            }
+            bytes.truncate(len);
+            Ok(bytes)
+        };
+        or_vanished(read().map_err(|e| IoError::new("read", path, e)))
+    }
+
+    /// [`ProcFs::read`] as text: bytes that are not UTF-8 (a cgroup named
+    /// so) are an error, as with `fs::read_to_string`, never a lookalike.
+    fn read_text(path: &Path) -> Result<Option<String>, IoError> {
+        let invalid = |e: std::string::FromUtf8Error| IoError::new("read", path, std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        ProcFs::read(path)?.map(|b| String::from_utf8(b).map_err(invalid)).transpose()
+    }
+
     fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
         self.root.join(format!("{pid}/task/{tid}"))
     }
@@ -164,21 +195,21 @@ impl ProcFs {
     /// A thread's stat fields; `None` when it is gone.
     pub fn stat(&self, pid: u32, tid: u32) -> Result<Option<TaskStat>, IoError> {
         let path = self.task_dir(pid, tid).join("stat");
-        let bytes = or_vanished(fs::read(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        let bytes = ProcFs::read(&path)?;
         Ok(bytes.and_then(|b| TaskStat::parse(&b)))
     }
 
     /// A thread's cgroup path in one hierarchy; `None` when it is gone.
     pub fn cgroup_path(&self, pid: u32, tid: u32, key: &HierarchyKey) -> Result<Option<String>, IoError> {
         let path = self.task_dir(pid, tid).join("cgroup");
-        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        let text = ProcFs::read_text(&path)?;
         Ok(text.and_then(|t| cgroup_path_in(&t, key)))
     }
 
     /// The children a thread forked; empty when it is gone.
     pub fn children(&self, pid: u32, tid: u32) -> Result<Vec<u32>, IoError> {
         let path = self.task_dir(pid, tid).join("children");
-        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        let text = ProcFs::read_text(&path)?;
         Ok(text.unwrap_or_default().split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
     }
 
@@ -188,7 +219,7 @@ impl ProcFs {
     pub fn has_sys_admin_in(&self, pid: u32, tid: u32, user_ns: u64) -> Result<bool, IoError> {
         const CAP_SYS_ADMIN: u64 = 1 << 21;
         let path = self.task_dir(pid, tid).join("status");
-        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        let text = ProcFs::read_text(&path)?;
         let caps = |l: &str| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok();
         let effective = text.and_then(|t| t.lines().find_map(caps)).unwrap_or(0);
         Ok(effective & CAP_SYS_ADMIN != 0 && self.ns_inode(pid, tid, NsKind::User)? == Some(user_ns))
@@ -219,7 +250,7 @@ impl ProcFs {
 
     fn status_field(&self, tid: u32, field: &str) -> Result<Option<u32>, IoError> {
         let path = self.root.join(format!("{tid}/status"));
-        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?;
+        let text = ProcFs::read_text(&path)?;
         let first = |l: &str| l.strip_prefix(field)?.split_ascii_whitespace().next()?.parse().ok();
         Ok(text.and_then(|t| t.lines().find_map(first)))
     }
