@@ -63,7 +63,7 @@ pub fn clients(b: &Bench, r: &mut Report, latencies: Option<&Latencies>, quick: 
     let samples = latency::samples(quick);
     let plain = match latencies {
         Some(l) if l.samples == samples => l.plain.task.clone(),
-        _ => latency::round(b, None, &[], samples)?.task,
+        _ => latency::round(b, None, latency::Start::With(&[]), samples)?.task,
     };
     let (with, requests) = latency_with_clients(b, samples)?;
     let h = &with.task;

@@ -47,7 +47,20 @@ impl Bench {
     /// A fresh daemon on the root, with `extra` arguments and the suite's
     /// `--daemon-arg`s, once it is ready.
     pub fn start(&self, extra: &[&str]) -> Result<DaemonProcess> {
-        let mut cmd = DaemonProcess::command(&self.nsgroup, &self.mount, &self.root);
+        self.start_as(DaemonProcess::command(&self.nsgroup, &self.mount, &self.root), extra)
+    }
+
+    /// [`Bench::start`] without CAP_SYS_NICE (dropped from the bounding set
+    /// by setpriv, which then execs the daemon): where a container or RT
+    /// group scheduling refuses SCHED_FIFO and a lower nice value.
+    pub fn start_without_sys_nice(&self, extra: &[&str]) -> Result<DaemonProcess> {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--"]).arg(&self.nsgroup);
+        cmd.args(["run", "--hierarchy"]).arg(&self.mount).args(["--root", &self.root]);
+        self.start_as(cmd, extra)
+    }
+
+    fn start_as(&self, mut cmd: Command, extra: &[&str]) -> Result<DaemonProcess> {
         // The bench's daemons keep no history in the host's /var/lib.
         cmd.args(["--history-database", ""]).args(extra).args(&self.daemon_args);
         DaemonProcess::start(cmd, &self.work, Duration::from_secs(120))

@@ -80,13 +80,25 @@ impl Latency {
     }
 }
 
+/// How a round's daemon is started.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    /// With these arguments too.
+    With(&'a [&'a str]),
+    /// With these arguments, without CAP_SYS_NICE.
+    WithoutSysNice(&'a [&'a str]),
+}
+
 /// Part 1 under a fresh daemon (with the control part's mirrors and limit
-/// when `ctl` is given), started with `extra` arguments too.
-pub fn round(b: &Bench, ctl: Option<&Control>, extra: &[&str], samples: u32) -> Result<Latency> {
+/// when `ctl` is given), started as `start` says.
+pub fn round(b: &Bench, ctl: Option<&Control>, start: Start, samples: u32) -> Result<Latency> {
     let mut markers = vec![b.marker()];
     markers.extend(ctl.map(Control::markers).unwrap_or_default());
     under(ctl, |args| {
-        let d = b.start(&[args, extra].concat())?;
+        let d = match start {
+            Start::With(extra) => b.start(&[args, extra].concat())?,
+            Start::WithoutSysNice(extra) => b.start_without_sys_nice(&[args, extra].concat())?,
+        };
         let run0 = d.run_time_ns();
         let task = latency(&markers, samples, 1000)?;
         Latency::finish(b, ctl, d, run0, task, samples)
@@ -111,20 +123,30 @@ fn floor_samples(quick: bool) -> u32 {
 }
 
 /// Part 1: the kernel's and the machine's floors, then placement latency
-/// under the default scheduling (SCHED_FIFO at priority 1) and under
-/// `realtime_priority = 0`, side by side, each as a ratio to its floor; its
-/// default round for the API and control parts.
+/// side by side under the default scheduling (SCHED_FIFO at priority 1),
+/// under `realtime_priority = 0` (with nice 0 and -10), and where SCHED_FIFO
+/// is refused, each as a ratio to its floor; its default round for the API
+/// and control parts.
 pub fn part(b: &Bench, r: &mut Report, ctl: Option<&Control>, quick: bool) -> Result<Latencies> {
     let samples = samples(quick);
     let floors = floor::measure(b, floor_samples(quick))?;
     floors.rows(r, floor_samples(quick));
-    let plain = round(b, None, &[], samples)?;
+    let plain = round(b, None, Start::With(&[]), samples)?;
     rows(r, &floors, &plain, samples, "the default (realtime_priority = 1)", true);
-    let config = b.work.join("realtime_priority_0.toml");
-    std::fs::write(&config, "realtime_priority = 0\n").with_context(|| format!("writing {}", config.display()))?;
-    let normal = round(b, None, &["--config", &config.display().to_string()], samples)?;
+    let config = |name: &str, text: &str| -> Result<String> {
+        let path = b.work.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.display().to_string())
+    };
+    let rt0 = config("realtime_priority_0.toml", "realtime_priority = 0\n")?;
+    let normal = round(b, None, Start::With(&["--config", &rt0]), samples)?;
     rows(r, &floors, &normal, samples, "realtime_priority = 0", false);
-    let mirrored = ctl.map(|c| round(b, Some(c), &[], samples)).transpose()?;
+    let niced = config("nice_-10.toml", "realtime_priority = 0\nnice = -10\n")?;
+    let niced = round(b, None, Start::With(&["--config", &niced]), samples)?;
+    rows(r, &floors, &niced, samples, "realtime_priority = 0, nice = -10", false);
+    let refused = round(b, None, Start::WithoutSysNice(&[]), samples)?;
+    rows(r, &floors, &refused, samples, "the default without CAP_SYS_NICE (SCHED_FIFO refused)", false);
+    let mirrored = ctl.map(|c| round(b, Some(c), Start::With(&[]), samples)).transpose()?;
     Ok(Latencies { samples, plain, mirrored })
 }
 
