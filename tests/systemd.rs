@@ -327,8 +327,39 @@ impl Drop for UserManager {
     }
 }
 
+/// A transient service `name` of uid 65534's manager running `cmd`
+/// (`Delegate=yes` if asked), and its cgroup; None (skipped) when the manager
+/// will not start one.
+fn user_service(manager: &UserManager, name: &str, delegate: bool, cmd: &[&str]) -> Option<String> {
+    let mut args = vec!["systemd-run", "--user", "--quiet", "--service-type=exec", "--unit", name];
+    if delegate {
+        args.extend(["-p", "Delegate=yes"]);
+    }
+    args.push("--");
+    let out = manager.command(&args).args(cmd).output().unwrap();
+    if !out.status.success() {
+        skip(&format!("uid {NOBODY}'s manager would not start a unit: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return None;
+    }
+    let mut cgroup = String::new();
+    wait_for("the user's unit's cgroup", || find_cgroup(&manager.cgroup, name).map(|c| cgroup = c).is_some());
+    Some(cgroup)
+}
+
+/// The first pid in the cgroup `cgroup`, once there is one.
+fn first_pid(cgroup: &str) -> u32 {
+    let mut pid = 0;
+    wait_for("a task in the unit", || {
+        let procs = std::fs::read_to_string(dir(cgroup).join("cgroup.procs")).unwrap_or_default();
+        procs.lines().next().and_then(|l| l.parse().ok()).map(|p| pid = p).is_some()
+    });
+    pid
+}
+
+const USER_SANDBOX: [&str; 6] = ["unshare", "--user", "--map-root-user", "--uts", "sleep", "600"];
+
 #[test]
-fn a_user_managers_units_get_nodes() {
+fn a_user_managers_units_get_nodes_only_where_it_delegated() {
     if !systemd_host() {
         return;
     }
@@ -336,34 +367,66 @@ fn a_user_managers_units_get_nodes() {
         Ok(m) => m,
         Err(why) => return skip(&why),
     };
-    // A transient service of uid 65534's own manager, started through its
-    // private socket: an unprivileged sandbox (user and uts namespaces).
-    let name = format!("{}.service", unit_name());
-    let out = manager
-        .command(&["systemd-run", "--user", "--quiet", "--service-type=exec", "--unit", &name, "--"])
-        .args(["unshare", "--user", "--map-root-user", "--uts", "sleep", "600"])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        skip(&format!("uid {NOBODY}'s manager would not start a unit: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        return;
-    }
-    let mut unit_cgroup = String::new();
-    wait_for("the user's unit's cgroup", || {
-        find_cgroup(&manager.cgroup, &name).map(|c| unit_cgroup = c).is_some()
-    });
-    let pid: u32 = std::fs::read_to_string(dir(&unit_cgroup).join("cgroup.procs")).unwrap().trim().parse().unwrap();
-    // Only the test's unit is tracked: the manager's own processes are not.
-    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{unit_cgroup}\"]\n"));
+    // Two transient services of uid 65534's own manager, started through
+    // its private socket, each an unprivileged sandbox (user and uts
+    // namespaces): one Delegate=yes, one not.
+    let (delegated, plain) = (format!("{}.service", unit_name()), format!("{}.service", unit_name()));
+    let Some(delegated_cgroup) = user_service(&manager, &delegated, true, &USER_SANDBOX) else { return };
+    let Some(plain_cgroup) = user_service(&manager, &plain, false, &USER_SANDBOX) else { return };
+    let (pid, plain_pid) = (first_pid(&delegated_cgroup), first_pid(&plain_cgroup));
+    // Only the test's units are tracked: the manager's own processes are not.
+    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{delegated_cgroup}\", \"{plain_cgroup}\"]\n"));
     let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
-    let node = format!("{unit_cgroup}/node_{pid}");
+    let node = format!("{delegated_cgroup}/node_{pid}");
     wait_for("the sandbox in its node", || cgroup_of(pid).as_ref() == Some(&node));
     let mut buf = vec![0u8; 65536];
     assert!(rustix::fs::getxattr(dir(&node), "trusted.nsgroup", &mut buf[..]).is_ok(), "the node has its record: {}", d.log_text());
+    // The unit its manager did not delegate is the manager's: nothing is
+    // written there, and the refusal is counted for its owner.
+    wait_for("the refusal reported", || refused_other(&d, NOBODY) >= 1);
+    assert_eq!(cgroup_of(plain_pid).as_ref(), Some(&plain_cgroup));
+    assert!(subdirs(&dir(&plain_cgroup)).is_empty(), "no cgroup in the undelegated unit: {}", d.log_text());
     // Stopping the user's manager ends its units, the sandbox with them.
     manager.stop();
     wait_for("the sandbox gone", || !Path::new(&format!("/proc/{pid}")).exists());
     wait_for("its node gone", || !dir(&node).exists());
+}
+
+#[test]
+fn check_holds_on_the_whole_host() {
+    if !systemd_host() {
+        return;
+    }
+    let manager = match UserManager::start() {
+        Ok(m) => m,
+        Err(why) => return skip(&why),
+    };
+    // The host's own services (PrivateTmp=, ProtectHostname=, …), a system
+    // service in namespaces of its own that is not delegated, a delegated
+    // one with its nodes, a user's sandbox in an undelegated unit of her
+    // manager: `nsgroup check` applies run's rules to all of them.
+    let slice = Slice::start();
+    let (_d, _c) = daemon(&slice, "");
+    let plain = slice.service(false, &SANDBOX);
+    let boxed = slice.service(true, &SANDBOX);
+    sandbox_of(&plain);
+    let (p, c) = sandbox_of(&boxed);
+    let node_c = format!("{}/node_{p}/node_{c}", boxed.cgroup);
+    wait_for("C in its node", || cgroup_of(c).as_ref() == Some(&node_c));
+    let Some(_user_unit) = user_service(&manager, &format!("{}.service", unit_name()), false, &USER_SANDBOX) else { return };
+    // Other tests' sandboxes may be between their start and their placement: retry.
+    let mut last = String::new();
+    let clean = (0..20).any(|_| {
+        let out = Command::new(NSGROUP).args(["check", "-v"]).output().unwrap();
+        last = format!("{}\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        out.status.success() || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            false
+        }
+    });
+    assert!(clean, "nsgroup check on the whole host: {last}");
+    assert!(last.contains("by delegation"), "the undelegated units' tasks are counted: {last}");
+    assert!(last.contains(&format!("left by rule delegation: {}", plain.main)), "{last}");
 }
 
 /// A process the test started; Drop kills it by pid and reaps it.

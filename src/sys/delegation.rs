@@ -37,23 +37,36 @@ impl Delegation {
         DELEGATE_XATTRS.iter().any(|x| rustix::fs::getxattr(&dir, *x, &mut buf).is_ok_and(|n| n > 0 && buf[0] == b'1'))
     }
 
-    /// Whether `rel` or one of its ancestors is marked delegated.
+    /// Whether `rel` or one of its ancestors is marked delegated. Inside a
+    /// user manager's cgroup (`user@<uid>.service`, which the system manager
+    /// delegated to that manager, not to nsgroup), only the marks the user
+    /// manager set on its own units below it count: the manager's cgroup
+    /// itself and its undelegated units are its own.
     pub fn delegated(&mut self, rel: &str) -> bool {
         if let Some(&known) = self.cache.get(rel) {
             return known;
         }
-        let answer = self.marked(rel)
-            || match rel.rsplit_once('/') {
-                Some(("", _)) if rel != "/" => self.delegated("/"),
-                Some((parent, _)) if !parent.is_empty() => self.delegated(parent),
-                _ => false,
-            };
+        let parent = match rel.rsplit_once('/') {
+            Some(("", _)) if rel != "/" => Some("/"),
+            Some((parent, _)) if !parent.is_empty() => Some(parent),
+            _ => None,
+        };
+        let answer = !is_user_manager(rel)
+            && (self.marked(rel) || parent.is_some_and(|p| !is_user_manager(p) && self.delegated(p)));
         if self.cache.len() >= MAX_CACHED {
             self.cache.clear();
         }
         self.cache.insert(rel.to_string(), answer);
         answer
     }
+}
+
+/// Whether the cgroup at `rel` is a user manager's: `user@<uid>.service`.
+fn is_user_manager(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or("");
+    name.strip_prefix("user@")
+        .and_then(|n| n.strip_suffix(".service"))
+        .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -80,5 +93,31 @@ mod tests {
         assert!(!d.delegated("/system.slice/udev.service"));
         assert!(!d.delegated("/system.slice"));
         assert!(!d.delegated("/"));
+    }
+
+    #[test]
+    fn inside_a_user_manager_only_its_own_marks_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let manager = "user.slice/user-1000.slice/user@1000.service";
+        for unit in ["app.slice/app-sandbox1.scope/inner", "app.slice/app-box.scope/inner", "init.scope"] {
+            std::fs::create_dir_all(tmp.path().join(manager).join(unit)).unwrap();
+        }
+        let set = |rel: &str| rustix::fs::setxattr(tmp.path().join(rel), "user.delegate", b"1", rustix::fs::XattrFlags::empty());
+        // systemd marks user@.service delegated (to the user manager).
+        if set(manager).is_err() {
+            eprintln!("skipped: no user xattrs on {}", tmp.path().display());
+            return;
+        }
+        set(&format!("{manager}/app.slice/app-box.scope")).unwrap();
+        let h = Hierarchy::new(tmp.path().to_path_buf(), Version::V2, HierarchyKey::Unified);
+        let mut d = Delegation::new(h);
+        let m = format!("/{manager}");
+        assert!(!d.delegated(&m), "the manager's own cgroup is the manager's");
+        assert!(!d.delegated(&format!("{m}/init.scope")));
+        assert!(!d.delegated(&format!("{m}/app.slice/app-sandbox1.scope")), "an app scope it did not delegate");
+        assert!(!d.delegated(&format!("{m}/app.slice/app-sandbox1.scope/inner")));
+        assert!(d.delegated(&format!("{m}/app.slice/app-box.scope")), "Delegate=yes in a user unit");
+        assert!(d.delegated(&format!("{m}/app.slice/app-box.scope/inner")));
+        assert!(is_user_manager("/user@0.service") && !is_user_manager("/user@.service") && !is_user_manager("/user@1x.service"));
     }
 }
