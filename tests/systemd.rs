@@ -415,15 +415,15 @@ fn check_holds_on_the_whole_host() {
     // one with its nodes, a user's sandbox in an undelegated unit of her
     // manager: `nsgroup check` applies run's rules to all of them. The
     // host's Delegate=yes services in namespaces of their own
-    // (systemd-udevd) get nodes from a daemon on the whole hierarchy, as an
-    // installed nsgroup makes them; it tracks only /system.slice and the
-    // test's slice, out of the other tests' units, and afterwards the test
-    // puts every task back where it was and removes the nodes.
+    // (systemd-udevd) get nodes from a daemon on /system.slice, as an
+    // installed nsgroup makes them (one on the whole hierarchy would act in
+    // the other tests' units too); afterwards the test puts every task back
+    // where it was and removes the nodes.
     let slice = Slice::start();
     // Dropped after the daemon (declared before it).
     let _restore = Restore { before: tasks_below("/system.slice"), cgroup: "/system.slice" };
-    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"/system.slice\", \"{}\"]\n", slice.cgroup));
-    let host = Daemon::start_at(Path::new(MOUNT), "/", &["--config", &config]);
+    let host = Daemon::start_at(Path::new(MOUNT), "/system.slice", &[]);
+    let (_d, _c) = daemon(&slice, "");
     let plain = slice.service(false, &SANDBOX);
     let boxed = slice.service(true, &SANDBOX);
     sandbox_of(&plain);
