@@ -359,13 +359,10 @@ fn user_service(manager: &UserManager, name: &str, delegate: bool, cmd: &[&str])
     Some(cgroup)
 }
 
-/// The first pid in the cgroup `cgroup`, once there is one.
+/// The first pid in the cgroup `cgroup` or below, once there is one.
 fn first_pid(cgroup: &str) -> u32 {
     let mut pid = 0;
-    wait_for("a task in the unit", || {
-        let procs = std::fs::read_to_string(dir(cgroup).join("cgroup.procs")).unwrap_or_default();
-        procs.lines().next().and_then(|l| l.parse().ok()).map(|p| pid = p).is_some()
-    });
+    wait_for("a task in the unit", || tasks_below(cgroup).first().map(|(p, _)| pid = *p).is_some());
     pid
 }
 
@@ -374,16 +371,19 @@ const USER_SANDBOX: [&str; 6] = ["unshare", "--user", "--map-root-user", "--uts"
 #[test]
 fn a_user_managers_units_get_nodes_only_where_it_delegated() {
     let Some(manager) = user_manager() else { return };
-    // Two transient services of uid 65534's own manager, started through
-    // its private socket, each an unprivileged sandbox (user and uts
-    // namespaces): one Delegate=yes, one not.
+    // Two transient services of uid 65534's own manager in its app.slice,
+    // started through its private socket once the daemon runs, each an
+    // unprivileged sandbox (user and uts namespaces): one Delegate=yes, one
+    // not. Only the test's units are tracked: the manager's own processes
+    // are not.
     let (delegated, plain) = (format!("{}.service", unit_name()), format!("{}.service", unit_name()));
+    let units = [&delegated, &plain].map(|u| format!("{}/app.slice/{u}", manager.cgroup));
+    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{}\", \"{}\"]\n", units[0], units[1]));
+    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
     let Some(delegated_cgroup) = user_service(&manager, &delegated, true, &USER_SANDBOX) else { return };
     let Some(plain_cgroup) = user_service(&manager, &plain, false, &USER_SANDBOX) else { return };
+    assert_eq!([&delegated_cgroup, &plain_cgroup], [&units[0], &units[1]], "a user's transient services go in her app.slice");
     let (pid, plain_pid) = (first_pid(&delegated_cgroup), first_pid(&plain_cgroup));
-    // Only the test's units are tracked: the manager's own processes are not.
-    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{delegated_cgroup}\", \"{plain_cgroup}\"]\n"));
-    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
     let node = format!("{delegated_cgroup}/node_{pid}");
     wait_for("the sandbox in its node", || cgroup_of(pid).as_ref() == Some(&node));
     let mut buf = vec![0u8; 65536];
