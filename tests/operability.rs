@@ -202,6 +202,9 @@ fn the_textfile_is_written_atomically_and_parses() {
 fn history_json(s: &Setup, extra: &[&str]) -> serde_json::Value {
     let db = s.db.display().to_string();
     let mut args = vec!["history", "--json", "--database", &db];
+    if !extra.contains(&"--hierarchy") {
+        args.push("--all");
+    }
     args.extend_from_slice(extra);
     let out = nsgroup(&args);
     assert!(out.status.success(), "history: {}", String::from_utf8_lossy(&out.stderr));
@@ -243,11 +246,15 @@ fn history_records_a_node_created_and_removed() {
     assert!(history_rows(&s, &["--comm", "nosuchcomm"]).is_empty());
     assert_eq!(history_rows(&s, &["--since", "1h"]).len(), 1);
     assert!(history_rows(&s, &["--since", &(removed + 100).to_string()]).is_empty());
+    // One daemon's rows: its hierarchy and root's.
+    let mount = h.mount.display().to_string();
+    assert_eq!(history_rows(&s, &["--hierarchy", &mount, "--root", &h.root]).len(), 1);
+    assert!(history_rows(&s, &["--hierarchy", &mount, "--root", "/elsewhere"]).is_empty());
     // The text form, and without the daemon.
     drop(d);
-    let out = nsgroup(&["history", "--database", s.db.to_str().unwrap()]);
+    let out = nsgroup(&["history", "--all", "--database", s.db.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains(&path) && text.contains("unshare"), "{text}");
+    assert!(out.status.success() && text.contains(&format!("{mount}{path}")) && text.contains("unshare"), "{text}");
 }
 
 #[test]
@@ -275,7 +282,7 @@ fn a_node_removed_while_the_daemon_was_down_is_closed_at_the_next_start() {
     let stays_rows: Vec<_> = rows.iter().filter(|r| r["path"] == stays_path.as_str()).collect();
     assert_eq!(stays_rows.len(), 1, "adopted, not recorded twice: {rows:?}");
     assert!(stays_rows[0]["removed_unix"].is_null());
-    let out = nsgroup(&["history", "--database", s.db.to_str().unwrap()]);
+    let out = nsgroup(&["history", "--all", "--database", s.db.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("closed when the next one started"));
     h.kill_all();
 }

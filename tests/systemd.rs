@@ -67,17 +67,7 @@ impl Service {
 
     /// The pids in the unit's cgroup and below, with their cgroups.
     fn tasks(&self) -> Vec<(u32, String)> {
-        let mut out = vec![];
-        let mut stack = vec![dir(&self.cgroup)];
-        while let Some(d) = stack.pop() {
-            let rel = format!("/{}", d.strip_prefix(MOUNT).unwrap().display());
-            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()) {
-                out.push((pid, rel.clone()));
-            }
-            stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-        }
-        out.sort();
-        out
+        tasks_below(&self.cgroup)
     }
 
     /// Every cgroup below the unit's, relative to it, sorted.
@@ -96,6 +86,21 @@ impl Drop for Service {
         let _ = systemctl(&["stop", &self.name]);
         let _ = systemctl(&["reset-failed", &self.name]);
     }
+}
+
+/// The pids in `cgroup` and below, with their cgroups, sorted.
+fn tasks_below(cgroup: &str) -> Vec<(u32, String)> {
+    let mut out = vec![];
+    let mut stack = vec![dir(cgroup)];
+    while let Some(d) = stack.pop() {
+        let rel = format!("/{}", d.strip_prefix(MOUNT).unwrap().display());
+        for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()) {
+            out.push((pid, rel.clone()));
+        }
+        stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    out.sort();
+    out
 }
 
 fn dir(cgroup: &str) -> PathBuf {
@@ -321,49 +326,154 @@ impl UserManager {
     }
 }
 
+/// uid 65534's manager on a systemd host, or None (skipped, saying why).
+fn user_manager() -> Option<UserManager> {
+    if !systemd_host() {
+        return None;
+    }
+    UserManager::start().map_err(|why| skip(&why)).ok()
+}
+
 impl Drop for UserManager {
     fn drop(&mut self) {
         let _ = systemctl(&["stop", &self.unit]);
     }
 }
 
-#[test]
-fn a_user_managers_units_get_nodes() {
-    if !systemd_host() {
-        return;
+/// A transient service `name` of uid 65534's manager running `cmd`
+/// (`Delegate=yes` if asked), and its cgroup; None (skipped) when the manager
+/// will not start one.
+fn user_service(manager: &UserManager, name: &str, delegate: bool, cmd: &[&str]) -> Option<String> {
+    let mut args = vec!["systemd-run", "--user", "--quiet", "--service-type=exec", "--unit", name];
+    if delegate {
+        args.extend(["-p", "Delegate=yes"]);
     }
-    let manager = match UserManager::start() {
-        Ok(m) => m,
-        Err(why) => return skip(&why),
-    };
-    // A transient service of uid 65534's own manager, started through its
-    // private socket: an unprivileged sandbox (user and uts namespaces).
-    let name = format!("{}.service", unit_name());
-    let out = manager
-        .command(&["systemd-run", "--user", "--quiet", "--service-type=exec", "--unit", &name, "--"])
-        .args(["unshare", "--user", "--map-root-user", "--uts", "sleep", "600"])
-        .output()
-        .unwrap();
+    args.push("--");
+    let out = manager.command(&args).args(cmd).output().unwrap();
     if !out.status.success() {
         skip(&format!("uid {NOBODY}'s manager would not start a unit: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        return;
+        return None;
     }
-    let mut unit_cgroup = String::new();
-    wait_for("the user's unit's cgroup", || {
-        find_cgroup(&manager.cgroup, &name).map(|c| unit_cgroup = c).is_some()
-    });
-    let pid: u32 = std::fs::read_to_string(dir(&unit_cgroup).join("cgroup.procs")).unwrap().trim().parse().unwrap();
-    // Only the test's unit is tracked: the manager's own processes are not.
-    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{unit_cgroup}\"]\n"));
+    let mut cgroup = String::new();
+    wait_for("the user's unit's cgroup", || find_cgroup(&manager.cgroup, name).map(|c| cgroup = c).is_some());
+    Some(cgroup)
+}
+
+/// The first pid in the cgroup `cgroup` or below, once there is one.
+fn first_pid(cgroup: &str) -> u32 {
+    let mut pid = 0;
+    wait_for("a task in the unit", || tasks_below(cgroup).first().map(|(p, _)| pid = *p).is_some());
+    pid
+}
+
+const USER_SANDBOX: [&str; 6] = ["unshare", "--user", "--map-root-user", "--uts", "sleep", "600"];
+
+#[test]
+fn a_user_managers_units_get_nodes_only_where_it_delegated() {
+    let Some(manager) = user_manager() else { return };
+    // Two transient services of uid 65534's own manager in its app.slice,
+    // started through its private socket once the daemon runs, each an
+    // unprivileged sandbox (user and uts namespaces): one Delegate=yes, one
+    // not. Only the test's units are tracked: the manager's own processes
+    // are not.
+    let (delegated, plain) = (format!("{}.service", unit_name()), format!("{}.service", unit_name()));
+    let units = [&delegated, &plain].map(|u| format!("{}/app.slice/{u}", manager.cgroup));
+    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{}\", \"{}\"]\n", units[0], units[1]));
     let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
-    let node = format!("{unit_cgroup}/node_{pid}");
+    let Some(delegated_cgroup) = user_service(&manager, &delegated, true, &USER_SANDBOX) else { return };
+    let Some(plain_cgroup) = user_service(&manager, &plain, false, &USER_SANDBOX) else { return };
+    assert_eq!([&delegated_cgroup, &plain_cgroup], [&units[0], &units[1]], "a user's transient services go in her app.slice");
+    let (pid, plain_pid) = (first_pid(&delegated_cgroup), first_pid(&plain_cgroup));
+    let node = format!("{delegated_cgroup}/node_{pid}");
     wait_for("the sandbox in its node", || cgroup_of(pid).as_ref() == Some(&node));
     let mut buf = vec![0u8; 65536];
     assert!(rustix::fs::getxattr(dir(&node), "trusted.nsgroup", &mut buf[..]).is_ok(), "the node has its record: {}", d.log_text());
+    // The unit its manager did not delegate is the manager's: nothing is
+    // written there, and the refusal is counted for its owner.
+    wait_for("the refusal reported", || refused_other(&d, NOBODY) >= 1);
+    assert_eq!(cgroup_of(plain_pid).as_ref(), Some(&plain_cgroup));
+    assert!(subdirs(&dir(&plain_cgroup)).is_empty(), "no cgroup in the undelegated unit: {}", d.log_text());
+    // A restart adopts the node: no second one, nothing moved.
+    drop(d);
+    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
+    wait_for("the restarted daemon tracking", || d.log_text().contains("nsgroup is tracking"));
+    assert!(d.log_text().contains("adopted=1"), "{}", d.log_text());
+    assert_eq!(subdirs(&dir(&delegated_cgroup)), [format!("node_{pid}")], "{}", d.log_text());
+    assert_eq!(cgroup_of(pid).as_ref(), Some(&node));
+    assert!(subdirs(&dir(&plain_cgroup)).is_empty());
     // Stopping the user's manager ends its units, the sandbox with them.
     manager.stop();
     wait_for("the sandbox gone", || !Path::new(&format!("/proc/{pid}")).exists());
     wait_for("its node gone", || !dir(&node).exists());
+}
+
+#[test]
+fn check_holds_on_the_whole_host() {
+    let Some(manager) = user_manager() else { return };
+    // The host's own services (PrivateTmp=, ProtectHostname=, …), a system
+    // service in namespaces of its own that is not delegated, a delegated
+    // one with its nodes, a user's sandbox in an undelegated unit of her
+    // manager: `nsgroup check` applies run's rules to all of them. The
+    // host's Delegate=yes services in namespaces of their own
+    // (systemd-udevd) get nodes from a daemon on /system.slice, as an
+    // installed nsgroup makes them (one on the whole hierarchy would act in
+    // the other tests' units too); afterwards the test puts every task back
+    // where it was and removes the nodes.
+    let slice = Slice::start();
+    // Dropped after the daemon (declared before it).
+    let _restore = Restore { before: tasks_below("/system.slice"), cgroup: "/system.slice" };
+    let host = Daemon::start_at(Path::new(MOUNT), "/system.slice", &[]);
+    let (_d, _c) = daemon(&slice, "");
+    let plain = slice.service(false, &SANDBOX);
+    let boxed = slice.service(true, &SANDBOX);
+    sandbox_of(&plain);
+    let (p, c) = sandbox_of(&boxed);
+    let node_c = format!("{}/node_{p}/node_{c}", boxed.cgroup);
+    wait_for("C in its node", || cgroup_of(c).as_ref() == Some(&node_c));
+    let user_unit = user_service(&manager, &format!("{}.service", unit_name()), false, &USER_SANDBOX);
+    // Other tests' sandboxes may be between their start and their placement: retry.
+    let mut last = String::new();
+    let clean = user_unit.is_some()
+        && (0..20).any(|_| {
+            let out = Command::new(NSGROUP).args(["check", "-v"]).output().unwrap();
+            last = format!("{}\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            out.status.success() || {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                false
+            }
+        });
+    if user_unit.is_none() {
+        return;
+    }
+    assert!(clean, "nsgroup check on the whole host: {last}\n{}", host.log_text());
+    assert!(last.contains("by delegation"), "the undelegated units' tasks are counted: {last}");
+    assert!(last.contains(&format!("left by rule delegation: {}", plain.main)), "{last}");
+}
+
+/// On drop: puts every task of `before` (pid and cgroup) that is elsewhere
+/// now back in its cgroup, then removes the nodes below `cgroup`, deepest first.
+struct Restore {
+    before: Vec<(u32, String)>,
+    cgroup: &'static str,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        restore(&self.before, self.cgroup);
+    }
+}
+
+fn restore(before: &[(u32, String)], cgroup: &str) {
+    for (pid, was) in before {
+        if cgroup_of(*pid).is_some_and(|now| &now != was) {
+            let _ = std::fs::write(dir(was).join("cgroup.procs"), pid.to_string());
+        }
+    }
+    let mut nodes: Vec<String> = subdirs(&dir(cgroup)).into_iter().filter(|d| d.rsplit('/').next().is_some_and(|n| n.starts_with("node_"))).collect();
+    nodes.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    for n in nodes {
+        let _ = std::fs::remove_dir(dir(cgroup).join(n.trim_start_matches('/')));
+    }
 }
 
 /// A process the test started; Drop kills it by pid and reaps it.
@@ -381,13 +491,7 @@ const OTHER_USER: u32 = 65533;
 
 #[test]
 fn a_user_controls_her_sandbox_from_another_unit_of_her_manager() {
-    if !systemd_host() {
-        return;
-    }
-    let manager = match UserManager::start() {
-        Ok(m) => m,
-        Err(why) => return skip(&why),
-    };
+    let Some(manager) = user_manager() else { return };
     // The sandbox, started the way desktops start apps: an app scope of her
     // manager (Delegate=yes, so its cgroup can pass pids on to the nodes).
     // The scope's process P is the test's child; C is P's child in a new

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use nsgroup::check::Verdict;
+use nsgroup::check::{Rules, Verdict};
 use nsgroup::config::Config;
 use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
@@ -30,6 +30,10 @@ pub struct CheckArgs {
     /// Print the verdict as JSON.
     #[arg(long)]
     json: bool,
+    /// List the tasks `run` leaves where they are by rule (filters,
+    /// max_depth, delegation), by rule; without it they are counted.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 /// Runs `nsgroup check`: 0 when the invariant holds, 1 when it does not.
@@ -37,13 +41,14 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let mask = config.mask().map_err(anyhow::Error::msg)?;
     let located = locate(args.at.hierarchy.as_deref().or(config.hierarchy.as_deref()), false)?;
-    let root = args.root.unwrap_or(config.root);
+    let root = args.root.unwrap_or_else(|| config.root.clone());
     require_cgroup(&located.hierarchy, &root)?;
     let proc = ProcFs::new("/proc");
     let me = std::process::id();
     let base = proc.ns_set(me, me)?.unwrap_or_default();
-    let verdict = nsgroup::check::check(&located.hierarchy, &root, &proc, base, mask)?;
-    write_verdict(&verdict, args.json).context("writing the verdict to stdout")?;
+    let mut rules = Rules::new(&config, mask, &located.hierarchy);
+    let verdict = nsgroup::check::check(&located.hierarchy, &root, &proc, base, &mut rules)?;
+    write_verdict(&verdict, args.json, args.verbose).context("writing the verdict to stdout")?;
     note_unreadable(verdict.unreadable_tasks as u64);
     if verdict.holds() {
         return Ok(ExitCode::SUCCESS);
@@ -56,7 +61,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
-fn write_verdict(verdict: &Verdict, json: bool) -> io::Result<()> {
+fn write_verdict(verdict: &Verdict, json: bool, verbose: bool) -> io::Result<()> {
     let mut out = io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, verdict)?;
@@ -77,6 +82,19 @@ fn write_verdict(verdict: &Verdict, json: bool) -> io::Result<()> {
                 Escaped(&m.cgroup),
                 Escaped(node)
             )?;
+        }
+        let by_rule = verdict.left_out_by_rule();
+        if !by_rule.is_empty() {
+            let counts: Vec<String> = by_rule.iter().map(|(rule, n)| format!("{n} by {}", rule.name())).collect();
+            writeln!(out, "left where they are by rule: {}", counts.join(", "))?;
+        }
+        if verbose {
+            let mut listed: Vec<_> = verdict.left_out.iter().collect();
+            listed.sort_by_key(|l| l.rule);
+            for l in listed {
+                let m = &l.task;
+                writeln!(out, "left by rule {}: {} {} in {}", l.rule.name(), m.tid, Escaped(&m.comm), Escaped(&m.cgroup))?;
+            }
         }
         for d in &verdict.duplicate_nodes {
             let paths: Vec<String> = d.iter().map(|p| Escaped(p).to_string()).collect();

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use nsgroup::config::Config;
+use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
+use nsgroup::sys::locate::locate;
 use nsgroup::history::{coalesced, open_ro, parse_since, query, HistoryRow, Query};
 use nsgroup::sys::clock::unix_now;
 
@@ -30,9 +32,19 @@ pub struct HistoryArgs {
     /// The database. Default: the configuration's history.database.
     #[arg(long, value_name = "FILE")]
     database: Option<PathBuf>,
-    /// Configuration file, for history.database. Default: /etc/nsgroup/nsgroup.toml if present.
+    /// Configuration file, for history.database (and the hierarchy and
+    /// root). Default: /etc/nsgroup/nsgroup.toml if present.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The daemon's hierarchy whose nodes to show. Default: as for run.
+    #[arg(long, value_name = "PATH", conflicts_with = "all")]
+    hierarchy: Option<PathBuf>,
+    /// The daemon's root whose nodes to show. Default: the configuration's root, else /.
+    #[arg(long, value_name = "CGROUP", value_parser = canonical, conflicts_with = "all")]
+    root: Option<String>,
+    /// Every daemon's nodes, of every hierarchy and root the database holds.
+    #[arg(long)]
+    all: bool,
 }
 
 /// Unix seconds as a UTC date and time (`2023-11-14 22:13:20`).
@@ -68,10 +80,8 @@ fn lifetime(r: &HistoryRow, now: u64) -> String {
 
 /// Runs `nsgroup history`; works whether the daemon runs or not.
 pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let db = match args.database {
-        Some(p) => p,
-        None => Config::load(args.config.as_deref())?.history.database,
-    };
+    let config = Config::load(args.config.as_deref())?;
+    let db = args.database.unwrap_or_else(|| config.history.database.clone());
     if db.as_os_str().is_empty() {
         bail!("history is off (history.database is empty in the configuration)");
     }
@@ -81,9 +91,17 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let now = unix_now();
     let since = args.since.as_deref().map(|s| parse_since(s, now)).transpose().map_err(|e| anyhow::anyhow!("--since {e}"))?;
     let conn = open_ro(&db).with_context(|| format!("opening {}", db.display()))?;
-    let q = Query { since_unix: since, comm: args.comm, limit: args.limit };
-    let rows = query(&conn, &q).with_context(|| format!("reading {}", db.display()))?;
-    let coalesced = coalesced(&conn, since).with_context(|| format!("reading {}", db.display()))?;
+    let scope = if args.all {
+        None
+    } else {
+        let located = locate(args.hierarchy.as_deref().or(config.hierarchy.as_deref()), false).context("finding the cgroup hierarchy (--all shows every hierarchy's nodes)")?;
+        Some((located.hierarchy.mount().display().to_string(), args.root.unwrap_or(config.root)))
+    };
+    let rows = {
+        let q = Query { since_unix: since, comm: args.comm, limit: args.limit, scope: scope.clone() };
+        query(&conn, &q).with_context(|| format!("reading {}", db.display()))?
+    };
+    let coalesced = coalesced(&conn, since, scope.as_ref()).with_context(|| format!("reading {}", db.display()))?;
     let mut out = io::stdout().lock();
     if args.json {
         let v = serde_json::json!({ "nodes": rows, "coalesced": coalesced });
@@ -109,7 +127,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
                 r.creator_pid,
                 Escaped(&r.creator_comm).to_string(),
                 r.creator_uid,
-                Escaped(&r.path)
+                Escaped(&if args.all { format!("{}{}", r.hierarchy.trim_end_matches('/'), r.path) } else { r.path.clone() })
             )?;
             if let Some(u) = &r.usage {
                 let figures: Vec<String> = u.iter().map(|(k, v)| format!("{k}={v}")).collect();

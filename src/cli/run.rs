@@ -45,7 +45,7 @@ pub struct RunArgs {
     #[arg(long)]
     strict: bool,
     /// The API's socket (api.socket); an empty PATH serves no API.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     api_socket: Option<PathBuf>,
     #[command(flatten)]
     metrics: MetricsFlags,
@@ -208,5 +208,17 @@ mod tests {
             let flag = arg.to_possible_value().unwrap();
             assert_eq!(serde_json::to_value(arg.source()).unwrap(), flag.get_name(), "{arg:?}");
         }
+    }
+
+    #[test]
+    fn an_empty_api_socket_serves_no_api() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("nsgroup.toml");
+        std::fs::write(&config, "").unwrap();
+        let args = ["nsgroup", "run", "--api-socket", "", "--config", config.to_str().unwrap()];
+        let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+        let crate::cli::Command::Run(args) = cli.command else { panic!("not run") };
+        assert_eq!(args.config().unwrap().api.socket, PathBuf::new());
     }
 }

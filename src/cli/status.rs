@@ -83,7 +83,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "tracking   {} in {} (cgroup {}{})", Escaped(&s.root), s.hierarchy, s.cgroup_version, if s.own_hierarchy { ", nsgroup's own hierarchy" } else { "" })?;
         writeln!(out, "mount      {}", s.mount_options)?;
         writeln!(out, "favordynmods {}", if s.favordynmods { "on" } else { "off" })?;
-        writeln!(out, "hooks      {}", s.source)?;
+        writeln!(out, "hooks      {}", Escaped(&s.source))?;
         writeln!(out, "why        {}", s.hooks_why)?;
         for cost in &s.costs {
             writeln!(out, "cost       {cost}")?;
@@ -107,7 +107,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         if let Some(h) = &s.history_database {
             writeln!(out, "history    {h}")?;
         }
-        writeln!(out, "(counters as of {}, rewritten at most every 5 s after a change)", time(s.written_unix))
+        writeln!(out, "(counters as of {}, written at the first change, then at most every 5 s after one)", time(s.written_unix))
     };
     write(&mut out).context("writing the status to stdout")?;
     Ok(if running { ExitCode::SUCCESS } else { ExitCode::from(3) })

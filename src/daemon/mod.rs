@@ -183,13 +183,10 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         creations_per_second: config.max_creations_per_second_per_user,
         exempt_uids: config.quota_exempt_uids.clone(),
     });
-    let delegation = config
-        .delegated_only
-        .unwrap_or_else(|| crate::sys::delegation::systemd_manages(&hierarchy))
-        .then(|| crate::sys::delegation::Delegation::new(hierarchy.clone()));
+    let delegation = crate::policy::gate::delegation_rule(&config, &hierarchy);
     let user_ns = own_set.get(NsKind::User);
     let key = hierarchy.key().clone();
-    let bounds = Bounds { max_depth: config.max_depth, max_nodes: config.max_nodes };
+    let bounds = Bounds::of(&config);
     let gate = Gate::new(bounds, proc.clone(), key.clone(), quotas, user_ns, delegation);
     let parts = Parts { placer, gate, mirrors, proc: proc.clone(), key, v2, own_hierarchy };
     let pipeline = Pipeline::new(parts, config.clone()).map_err(DaemonError::Config)?;

@@ -11,7 +11,11 @@
 //! share one database. At start the daemon sends the nodes that exist
 //! ([`Msg::Start`]); rows of its hierarchy and root still open but no longer
 //! present were removed while no daemon watched: they are closed with the
-//! start's time and `closed_at_start`.
+//! start's time and `closed_at_start`, and so are other hierarchies' and
+//! roots' open rows whose node is provably gone
+//! ([`crate::sys::mounts::node_gone`]: its hierarchy is mounted and the
+//! node's directory is not there). `nsgroup history` shows one hierarchy
+//! and root's rows unless asked for all ([`Query::scope`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -166,11 +170,19 @@ fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &st
             }
         }
         since_prune += batch.len() as u64;
-        let prune = batch.iter().any(|m| matches!(m, Msg::Start { .. })) || since_prune >= 1000;
+        let start = batch.iter().find_map(|m| match m {
+            Msg::Start { now_unix, .. } => Some(*now_unix),
+            _ => None,
+        });
+        let prune = start.is_some() || since_prune >= 1000;
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for msg in batch {
                 apply(&tx, hierarchy, root, msg)?;
+            }
+            if let Some(now_unix) = start {
+                let mounts = crate::sys::mounts::read_mountinfo(Path::new("/proc/self/mountinfo")).unwrap_or_default();
+                close_gone_elsewhere(&tx, hierarchy, root, now_unix, &|h, p, id| crate::sys::mounts::node_gone(&mounts, h, p, id))?;
             }
             if prune {
                 apply_retention(&tx, retention, crate::sys::clock::unix_now())?;
@@ -266,6 +278,23 @@ fn apply(tx: &Connection, hierarchy: &str, root: &str, msg: Msg) -> rusqlite::Re
     Ok(())
 }
 
+/// At a start: closes the open rows of other hierarchies and roots whose
+/// node `gone` proves gone (given its hierarchy, path and cgroup id), with
+/// the start's time and `closed_at_start`.
+fn close_gone_elsewhere(tx: &Connection, hierarchy: &str, root: &str, now_unix: u64, gone: &dyn Fn(&str, &str, u64) -> bool) -> rusqlite::Result<()> {
+    let open: Vec<(i64, String, String, i64)> = {
+        let mut st = tx.prepare("SELECT id, hierarchy, path, cgroup_id FROM nodes WHERE removed_unix IS NULL AND NOT (hierarchy = ?1 AND root = ?2)")?;
+        let rows = st.query_map(params![hierarchy, root], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (row, h, path, cgroup_id) in open {
+        if gone(&h, &path, cgroup_id as u64) {
+            tx.execute("UPDATE nodes SET removed_unix = ?1, closed_at_start = 1 WHERE id = ?2", params![now_unix as i64, row])?;
+        }
+    }
+    Ok(())
+}
+
 /// Deletes removed nodes older than the retention's days, then the oldest
 /// removed ones beyond its rows.
 pub fn apply_retention(tx: &Connection, r: Retention, now_unix: u64) -> rusqlite::Result<()> {
@@ -325,6 +354,8 @@ pub struct Query {
     pub since_unix: Option<u64>,
     pub comm: Option<String>,
     pub limit: Option<u64>,
+    /// Only the rows of this hierarchy (mount point) and root; None: every daemon's.
+    pub scope: Option<(String, String)>,
 }
 
 /// Opens the database read-only (works while the daemon writes: WAL).
@@ -344,9 +375,11 @@ pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> 
          FROM nodes
          WHERE (?1 IS NULL OR created_unix >= ?1 OR removed_unix IS NULL OR removed_unix >= ?1)
            AND (?2 IS NULL OR creator_comm = ?2)
+           AND (?4 IS NULL OR (hierarchy = ?4 AND root = ?5))
          ORDER BY created_unix, id LIMIT ?3",
     )?;
-    let rows = st.query_map(params![since, q.comm, limit], |r| {
+    let (h, root) = q.scope.as_ref().map(|(h, r)| (h.as_str(), r.as_str())).unzip();
+    let rows = st.query_map(params![since, q.comm, limit, h, root], |r| {
         let set: String = r.get(4)?;
         let usage: Option<String> = r.get(11)?;
         Ok(HistoryRow {
@@ -368,12 +401,14 @@ pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> 
     rows.collect()
 }
 
-/// The per-minute counts of entries coalesced away, since `since_unix`.
-pub fn coalesced(conn: &Connection, since_unix: Option<u64>) -> rusqlite::Result<Vec<CoalescedRow>> {
+/// The per-minute counts of entries coalesced away, since `since_unix`, of `scope` (as [`Query::scope`]).
+pub fn coalesced(conn: &Connection, since_unix: Option<u64>, scope: Option<&(String, String)>) -> rusqlite::Result<Vec<CoalescedRow>> {
     let mut st = conn.prepare(
-        "SELECT hierarchy, root, minute_unix, entries FROM coalesced WHERE (?1 IS NULL OR minute_unix >= ?1) ORDER BY minute_unix",
+        "SELECT hierarchy, root, minute_unix, entries FROM coalesced WHERE (?1 IS NULL OR minute_unix >= ?1)
+           AND (?2 IS NULL OR (hierarchy = ?2 AND root = ?3)) ORDER BY minute_unix",
     )?;
-    let rows = st.query_map(params![since_unix.map(|s| (s / 60 * 60) as i64)], |r| {
+    let (h, root) = scope.map(|(h, r)| (h.as_str(), r.as_str())).unzip();
+    let rows = st.query_map(params![since_unix.map(|s| (s / 60 * 60) as i64), h, root], |r| {
         Ok(CoalescedRow {
             hierarchy: r.get(0)?,
             root: r.get(1)?,
@@ -472,7 +507,11 @@ mod tests {
         assert!(all.iter().any(|r| r.hierarchy == "/other" && r.removed_unix.is_none()));
         let q = Query { comm: Some("unshare".into()), ..Query::default() };
         assert_eq!(query(&ro, &q).unwrap().len(), 1);
-        assert_eq!(coalesced(&ro, None).unwrap()[0].entries, 5);
+        assert_eq!(coalesced(&ro, None, None).unwrap()[0].entries, 5);
+        let scope = Some(("/other".to_string(), "/t".to_string()));
+        assert!(coalesced(&ro, None, scope.as_ref()).unwrap().is_empty());
+        let theirs = query(&ro, &Query { scope, ..Query::default() }).unwrap();
+        assert_eq!(theirs.iter().map(|r| r.creator_comm.as_str()).collect::<Vec<_>>(), ["x"], "one daemon's rows");
         // Retention by rows drops the oldest removed first.
         apply_retention(&conn, Retention { days: 0, rows: 4 }, 4000).unwrap();
         assert_eq!(query(&ro, &Query::default()).unwrap().len(), 4);
@@ -480,6 +519,36 @@ mod tests {
         // And by age.
         apply_retention(&conn, Retention { days: 1, rows: 0 }, 3000 + 86_400 * 2).unwrap();
         assert!(query(&ro, &Query::default()).unwrap().iter().all(|r| r.removed_unix.is_none()));
+    }
+
+    #[test]
+    fn a_start_closes_other_daemons_rows_only_when_their_node_is_provably_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_rw(&dir.path().join("h.sqlite")).unwrap();
+        apply(&conn, "/gone", "/t", Msg::Created(row(1, "a"))).unwrap();
+        apply(&conn, "/gone", "/t", Msg::Created(row(2, "b"))).unwrap();
+        apply(&conn, "/m", "/t", Msg::Created(row(3, "mine"))).unwrap();
+        let gone = |h: &str, _: &str, id: u64| h == "/gone" && id == 1;
+        close_gone_elsewhere(&conn, "/m", "/t", 3000, &gone).unwrap();
+        let rows = query(&conn, &Query::default()).unwrap();
+        let state: Vec<(&str, Option<u64>, bool)> = rows.iter().map(|r| (r.creator_comm.as_str(), r.removed_unix, r.closed_at_start)).collect();
+        assert_eq!(state, [("a", Some(3000), true), ("b", None, false), ("mine", None, false)]);
+    }
+
+    #[test]
+    fn a_node_is_gone_only_in_a_mounted_hierarchy_without_its_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("node_5")).unwrap();
+        let ino = std::fs::metadata(dir.path().join("node_5")).unwrap().ino();
+        let at = dir.path().display().to_string();
+        let line = format!("40 25 0:35 / {at} rw,relatime shared:14 - cgroup2 cgroup2 rw\n");
+        let mounts = crate::sys::mounts::parse_mountinfo(&line);
+        use crate::sys::mounts::node_gone;
+        assert!(!node_gone(&mounts, &at, "/node_5", ino));
+        assert!(node_gone(&mounts, &at, "/node_5", ino + 1), "another cgroup at its path");
+        assert!(node_gone(&mounts, &at, "/node_6", 9));
+        assert!(!node_gone(&[], &at, "/node_6", 9), "an unmounted hierarchy proves nothing");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use super::quota::UserQuotas;
 use crate::core::tracker::{Entry, NewNode, Placement, Refusal, Tracker};
 use crate::sys::cgroupfs::CgroupBackend;
 use crate::sys::error::IoError;
+use crate::config::Config;
 use crate::sys::delegation::Delegation;
+use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::{HierarchyKey, ProcFs};
 
 /// Why a decided move was dropped without a word to the task.
@@ -71,8 +73,8 @@ impl Gate {
 
     /// Why a node `new` may not be made: too deep, or too many nodes.
     pub fn beyond_bounds(&self, tracker: &Tracker, new: &NewNode) -> Option<Refusal> {
-        if new.depth > self.bounds.max_depth {
-            return Some(Refusal::TooDeep { depth: new.depth });
+        if let Some(refusal) = self.bounds.too_deep(new.depth) {
+            return Some(refusal);
         }
         let count = tracker.node_count();
         (count >= self.bounds.max_nodes).then_some(Refusal::TooMany { count })
@@ -124,12 +126,50 @@ impl Gate {
         // A node's leaf counts as the node.
         let here = writer.path_of(expected)?.unwrap_or(here);
         let Some(there) = writer.path_of(destination)? else { return Ok(Checked::Dropped(Dropped::Gone)) };
-        if self.delegation.as_mut().is_some_and(|d| !d.delegated(&there)) {
-            return Ok(Checked::Go(Placement::Refused(Refusal::NotDelegated)));
+        if let Some(refusal) = undelegated(self.delegation.as_mut(), &there) {
+            return Ok(Checked::Go(Placement::Refused(refusal)));
         }
-        if !within(&there, &here) && !self.proc.has_sys_admin_in(entry.tgid, entry.tid, self.own_user_ns)? {
-            return Ok(Checked::Go(Placement::Refused(Refusal::OutsideSubtree)));
+        if let Some(refusal) = outside_subtree(&self.proc, entry.tgid, entry.tid, self.own_user_ns, &here, &there)? {
+            return Ok(Checked::Go(Placement::Refused(refusal)));
         }
         Ok(Checked::Go(placement))
     }
+}
+
+impl Bounds {
+    /// The bounds `config` sets.
+    pub fn of(config: &Config) -> Bounds {
+        Bounds { max_depth: config.max_depth, max_nodes: config.max_nodes }
+    }
+
+    /// Why a node `depth` levels deep (1: directly below the tracked root) may not be made.
+    pub fn too_deep(&self, depth: u32) -> Option<Refusal> {
+        (depth > self.max_depth).then_some(Refusal::TooDeep { depth })
+    }
+}
+
+/// systemd's single-writer rule (docs/semantics.md §16), where it applies:
+/// on when `delegated_only` says so, else when systemd manages `hierarchy`.
+pub fn delegation_rule(config: &Config, hierarchy: &Hierarchy) -> Option<Delegation> {
+    config
+        .delegated_only
+        .unwrap_or_else(|| crate::sys::delegation::systemd_manages(hierarchy))
+        .then(|| Delegation::new(hierarchy.clone()))
+}
+
+/// Why a task may not be placed in the cgroup at `there`: it lies outside
+/// every subtree delegated to nsgroup (when the rule applies at all).
+pub fn undelegated(delegation: Option<&mut Delegation>, there: &str) -> Option<Refusal> {
+    delegation.is_some_and(|d| !d.delegated(there)).then_some(Refusal::NotDelegated)
+}
+
+/// The ns subsystem's rule (§13): why task `tid` of `tgid`, in the cgroup at
+/// `here`, may not be moved to `there`: it would leave its cgroup's subtree
+/// (up, or sideways to another subtree's set) without CAP_SYS_ADMIN in the
+/// user namespace `own_user_ns`.
+pub fn outside_subtree(proc: &ProcFs, tgid: u32, tid: u32, own_user_ns: u64, here: &str, there: &str) -> Result<Option<Refusal>, IoError> {
+    if within(there, here) || proc.has_sys_admin_in(tgid, tid, own_user_ns)? {
+        return Ok(None);
+    }
+    Ok(Some(Refusal::OutsideSubtree))
 }

@@ -59,6 +59,21 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .collect()
 }
 
+/// Whether the node `cgroup_id` at `path` of the hierarchy mounted at
+/// `hierarchy` is provably gone: that hierarchy is mounted (whole, as a
+/// cgroup filesystem, in `mounts`) and `path` there is missing or another
+/// cgroup. An unmounted hierarchy proves nothing (a v1 one lives on
+/// unmounted while it has cgroups).
+pub fn node_gone(mounts: &[Mount], hierarchy: &str, path: &str, cgroup_id: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mounted = mounts.iter().any(|m| m.is_cgroup() && m.root == "/" && m.mount_point == Path::new(hierarchy));
+    mounted
+        && match std::fs::symlink_metadata(Path::new(hierarchy).join(path.trim_start_matches('/'))) {
+            Ok(meta) => !meta.is_dir() || meta.ino() != cgroup_id,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+}
+
 /// Reads and parses a mountinfo file.
 pub fn read_mountinfo(path: &Path) -> Result<Vec<Mount>, IoError> {
     let text = std::fs::read_to_string(path).map_err(|e| IoError::new("read", path, e))?;

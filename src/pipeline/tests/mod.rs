@@ -105,7 +105,7 @@ impl Bed {
             creations_per_second: config.max_creations_per_second_per_user,
             exempt_uids: config.quota_exempt_uids.clone(),
         });
-        let bounds = Bounds { max_depth: config.max_depth, max_nodes: config.max_nodes };
+        let bounds = Bounds::of(&config);
         let gate = Gate::new(bounds, fake.proc(), KEY, quotas, base.get(NsKind::User), None);
         let parts = Parts { placer, gate, mirrors: Mirrors::new(Vec::new()), proc: fake.proc(), key: KEY, v2, own_hierarchy: true };
         let pipeline = Pipeline::new(parts, config).unwrap();

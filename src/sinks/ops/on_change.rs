@@ -14,7 +14,7 @@ impl OnChange {
     /// Whether to ask for the timer now (and it is then asked for): the
     /// counters changed since the job last ran, and no timer is due.
     pub(super) fn arm(&mut self, counters: &Counters) -> bool {
-        let wanted = !self.armed && self.last.as_ref() != Some(counters);
+        let wanted = !self.armed && self.changed(counters);
         self.armed |= wanted;
         wanted
     }
@@ -23,6 +23,11 @@ impl OnChange {
     pub(super) fn ran(&mut self, counters: &Counters) {
         self.armed = false;
         self.last = Some(counters.clone());
+    }
+
+    /// Whether the counters differ from those it last ran with.
+    pub(super) fn changed(&self, counters: &Counters) -> bool {
+        self.last.as_ref() != Some(counters)
     }
 
     pub(super) fn never_ran(&self) -> bool {

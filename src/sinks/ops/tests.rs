@@ -119,7 +119,7 @@ fn each_outcome_is_counted_once() {
 }
 
 #[test]
-fn the_status_is_written_at_start_then_at_most_every_5_s_and_only_after_a_change() {
+fn the_status_is_written_at_start_and_at_the_first_change_then_at_most_every_5_s_and_only_after_a_change() {
     let mut f = fixture(0);
     let gauges = Gauges { ring_dropped: 3, ring_emitted: 40, live_nodes: 2, pinned: 2 };
     assert_eq!(start(&mut f.ops, &gauges), []);
@@ -128,14 +128,17 @@ fn the_status_is_written_at_start_then_at_most_every_5_s_and_only_after_a_change
     assert_eq!((s.source.as_str(), s.counters.ring_dropped, s.counters.live_nodes), ("bpf: tracepoint/syscalls", 3, 2));
     assert_eq!(turn(&mut f.ops, &gauges), [], "idle: no timer");
     placed(&mut f.ops, 10, true);
+    assert_eq!(turn(&mut f.ops, &gauges), [], "the first change is written at once");
+    assert_eq!(read_status(&f.status).counters.placements, 1);
+    placed(&mut f.ops, 10, true);
     assert_eq!(turn(&mut f.ops, &gauges), [(STATUS_EVERY, OpsJob::Status)]);
     placed(&mut f.ops, 10, true);
     assert_eq!(turn(&mut f.ops, &gauges), [], "one timer at a time");
-    assert_eq!(read_status(&f.status).counters.placements, 0);
+    assert_eq!(read_status(&f.status).counters.placements, 1);
     let later = Gauges { live_nodes: 4, ..gauges };
     assert_eq!(timer(&mut f.ops, OpsJob::Status, &later), []);
     let s = read_status(&f.status);
-    assert_eq!((s.counters.placements, s.counters.live_nodes), (2, 4));
+    assert_eq!((s.counters.placements, s.counters.live_nodes), (3, 4));
     assert_eq!(turn(&mut f.ops, &later), []);
     assert_eq!(turn(&mut f.ops, &gauges), [(STATUS_EVERY, OpsJob::Status)], "a gauge changed");
 }
@@ -147,11 +150,11 @@ fn the_counters_are_logged_at_most_every_interval_and_only_after_a_change() {
     let every = Duration::from_secs(30);
     assert_eq!(start(&mut f.ops, &gauges), [(every, OpsJob::LogCounters)]);
     f.ops.take(&Outcome::Events { count: 1, undecodable: 0 });
-    assert_eq!(turn(&mut f.ops, &gauges), [(STATUS_EVERY, OpsJob::Status)], "the log's timer is due already");
+    assert_eq!(turn(&mut f.ops, &gauges), [], "the log's timer is due already, the status's first change written at once");
     assert_eq!(timer(&mut f.ops, OpsJob::LogCounters, &gauges), []);
     assert_eq!(turn(&mut f.ops, &gauges), []);
     f.ops.take(&Outcome::Events { count: 1, undecodable: 0 });
-    assert_eq!(turn(&mut f.ops, &gauges), [(every, OpsJob::LogCounters)]);
+    assert_eq!(turn(&mut f.ops, &gauges), [(STATUS_EVERY, OpsJob::Status), (every, OpsJob::LogCounters)]);
 }
 
 #[test]
@@ -169,7 +172,7 @@ fn a_publication_a_scrape_held_up_is_retried_on_a_timer() {
     let removal = Removal { node: node(7, 1000), path: "/node_7".into(), usage: vec![] };
     f.ops.take(&Outcome::Removed { removal: &removal, mirrored: &[] });
     let scrape = shared.lock().unwrap();
-    assert_eq!(turn(&mut f.ops, &gauges), [(RETRY_PUBLISH, OpsJob::Publish), (STATUS_EVERY, OpsJob::Status)]);
+    assert_eq!(turn(&mut f.ops, &gauges), [(RETRY_PUBLISH, OpsJob::Publish)], "the status's first change is written at once");
     assert_eq!(turn(&mut f.ops, &gauges), []);
     drop(scrape);
     assert_eq!(timer(&mut f.ops, OpsJob::Publish, &gauges), []);
