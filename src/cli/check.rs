@@ -1,32 +1,26 @@
 //! `nsgroup check`: the invariant's verdict, and its exit code.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use nsgroup::check::{Rules, Verdict};
-use nsgroup::config::Config;
-use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
 use nsgroup::sys::locate::locate;
 use nsgroup::sys::procfs::ProcFs;
 
-use super::{note_unreadable, require_cgroup, At};
+use super::{note_unreadable, require_cgroup, At, Scope};
 
 /// `nsgroup check`'s arguments.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("root", |a| a.help("The subtree to check (a cgroup path inside the hierarchy, starting with /, without . or ..). Default: the configuration's root, else /")))]
+#[command(mut_arg("config", |a| a.help("Configuration file, for the namespace kinds that count")))]
 pub struct CheckArgs {
     #[command(flatten)]
     at: At,
-    /// The subtree to check (a cgroup path inside the hierarchy, starting
-    /// with /, without . or ..). Default: the configuration's root, else /.
-    #[arg(long, value_name = "CGROUP", value_parser = canonical)]
-    root: Option<String>,
-    /// Configuration file, for the namespace kinds that count.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    scope: Scope,
     /// Print the verdict as JSON.
     #[arg(long)]
     json: bool,
@@ -38,10 +32,10 @@ pub struct CheckArgs {
 
 /// Runs `nsgroup check`: 0 when the invariant holds, 1 when it does not.
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
+    let config = args.scope.load()?;
     let mask = config.mask().map_err(anyhow::Error::msg)?;
     let located = locate(args.at.hierarchy.as_deref().or(config.hierarchy.as_deref()), false)?;
-    let root = args.root.unwrap_or_else(|| config.root.clone());
+    let root = config.root.clone();
     require_cgroup(&located.hierarchy, &root)?;
     let proc = ProcFs::new("/proc");
     let me = std::process::id();

@@ -47,6 +47,30 @@ struct At {
     hierarchy: Option<PathBuf>,
 }
 
+/// Which daemon: its subtree and its configuration (each subcommand says
+/// what the subtree means to it).
+#[derive(clap::Args, Debug)]
+struct Scope {
+    /// The daemon's subtree (a cgroup path inside the hierarchy, starting
+    /// with /, without . or ..). Default: the configuration's root, else /.
+    #[arg(long, value_name = "CGROUP", value_parser = nsgroup::core::cgpath::canonical)]
+    root: Option<String>,
+    /// Configuration file (TOML). Default: /etc/nsgroup/nsgroup.toml if present.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl Scope {
+    /// The configuration, with `--root` over its root.
+    fn load(&self) -> anyhow::Result<nsgroup::config::Config> {
+        let mut config = nsgroup::config::Config::load(self.config.as_deref())?;
+        if let Some(r) = &self.root {
+            config.root.clone_from(r);
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon: track tasks entering namespace sets and place them.

@@ -9,27 +9,21 @@ use anyhow::{bail, Context};
 use clap::ValueEnum;
 
 use nsgroup::config::{Config, Source};
-use nsgroup::core::cgpath::canonical;
 use nsgroup::daemon::{self, Setup};
 use nsgroup::sys::locate::locate;
 use nsgroup::sys::lock::{self, InstanceLock};
 use nsgroup::sys::procfs::ProcFs;
 
-use super::{require_cgroup, At};
+use super::{require_cgroup, At, Scope};
 
 /// `nsgroup run`'s arguments.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("root", |a| a.help("The subtree whose tasks are tracked and moved (a cgroup path inside the hierarchy, starting with /, without . or ..). Nothing outside it is touched. Default: the configuration's root, else /")))]
 pub struct RunArgs {
     #[command(flatten)]
     at: At,
-    /// The subtree whose tasks are tracked and moved (a cgroup path inside
-    /// the hierarchy, starting with /, without . or ..). Nothing outside it
-    /// is touched. Default: the configuration's root, else /.
-    #[arg(long, value_name = "CGROUP", value_parser = canonical)]
-    root: Option<String>,
-    /// Configuration file (TOML). Default: /etc/nsgroup/nsgroup.toml if present.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    scope: Scope,
     /// Size of the BPF ring buffer in bytes (power of two, >= 4096).
     #[arg(long, value_name = "BYTES")]
     ring_buffer_bytes: Option<u32>,
@@ -99,7 +93,7 @@ impl RunArgs {
     /// The configuration file with the flags over it, checked (a bad flag
     /// value is named as the flag).
     fn config(self) -> anyhow::Result<Config> {
-        let mut config = Config::load(self.config.as_deref())?;
+        let mut config = self.scope.load()?;
         config.api.strict |= self.strict;
         if let Some(socket) = self.api_socket {
             config.api.socket = socket;
@@ -116,9 +110,6 @@ impl RunArgs {
         }
         if let Some(h) = self.at.hierarchy {
             config.hierarchy = Some(h);
-        }
-        if let Some(r) = self.root {
-            config.root = r;
         }
         if let Some(rb) = self.ring_buffer_bytes {
             config.ring_buffer_bytes = rb;

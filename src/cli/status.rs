@@ -7,27 +7,24 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
-use nsgroup::config::Config;
-use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
 use nsgroup::sys::clock::unix_now;
 use nsgroup::sys::locate::locate;
 use nsgroup::sys::status_file::{status_path, StatusFile};
 
 use super::history::time;
+use super::Scope;
 
 /// `nsgroup status`: what a running daemon tracks and how, what it costs, its counters.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("root", |a| a.help("The daemon's root. Default: the configuration's root, else /")))]
+#[command(mut_arg("config", |a| a.help("Configuration file, for status.dir. Default: /etc/nsgroup/nsgroup.toml if present")))]
 pub struct StatusArgs {
     /// Mount point of the daemon's hierarchy. Default: as for run.
     #[arg(long, value_name = "PATH")]
     hierarchy: Option<PathBuf>,
-    /// The daemon's root. Default: the configuration's root, else /.
-    #[arg(long, value_name = "CGROUP", value_parser = canonical)]
-    root: Option<String>,
-    /// Configuration file, for status.dir. Default: /etc/nsgroup/nsgroup.toml if present.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    scope: Scope,
     /// Print the status file's JSON, with uptime_s and running added.
     #[arg(long)]
     json: bool,
@@ -41,9 +38,9 @@ fn alive(pid: u32) -> bool {
 /// atomically under status.dir, named like the instance lock). Exits 0 when
 /// a daemon runs, 3 when none does (like `systemctl status`).
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
+    let config = args.scope.load()?;
     let hierarchy = args.hierarchy.or(config.hierarchy.clone());
-    let root = args.root.unwrap_or(config.root.clone());
+    let root = config.root.clone();
     if config.status.dir.as_os_str().is_empty() {
         bail!("status files are off (status.dir is empty in the configuration)");
     }
