@@ -11,6 +11,7 @@ use crate::core::naming;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
 use sample::{CgroupSample, TaskSample};
+pub use sample::Readings;
 
 /// One cgroup in the tree (the JSON schema is in docs/semantics.md).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,6 +33,9 @@ pub struct TreeNode {
     /// Tasks here and below whose /proc entries could not be read: left out
     /// of the tree, shown or not.
     pub unreadable_tasks: u64,
+    /// Pressure and network (docs/semantics.md "Readings"); this cgroup's own.
+    #[serde(skip_serializing_if = "Readings::is_empty")]
+    pub readings: Readings,
     pub children: Vec<TreeNode>,
 }
 
@@ -201,6 +205,7 @@ fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: 
         usage,
         subtree_usage,
         unreadable_tasks: unreadable,
+        readings: s.readings.clone(),
         children,
     };
     Built { node: Some(node), tally: subtree, unreadable }
@@ -216,7 +221,7 @@ mod tests {
     }
 
     fn cg(path: &str, record: Option<NodeRecord>, tasks: Vec<TaskSample>, children: Vec<CgroupSample>) -> CgroupSample {
-        CgroupSample { path: path.into(), id: path.len() as u64, record, tasks, unreadable: 0, usage: vec![], children }
+        CgroupSample { path: path.into(), id: path.len() as u64, record, tasks, unreadable: 0, usage: vec![], readings: Readings::default(), children }
     }
 
     fn task(tid: u32, s: NsSet) -> TaskSample {

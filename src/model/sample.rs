@@ -4,12 +4,14 @@ use std::io::ErrorKind;
 
 use crate::core::cgpath::join;
 use crate::core::node::{CgroupId, NodeRecord};
-use crate::core::nsset::NsSet;
+use crate::core::nsset::{NsKind, NsSet};
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::error::{or_vanished, IoError};
 use crate::control::mirror::v1_usage;
 use crate::sys::mounts::Mount;
 use crate::sys::procfs::ProcFs;
+use crate::sys::readings::{self, Network, Pressures, ReadingError};
+use crate::sys::hierarchy::Version;
 
 /// One task in a cgroup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub struct TaskSample {
 }
 
 /// One cgroup.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CgroupSample {
     pub path: String,
     pub id: CgroupId,
@@ -34,7 +36,42 @@ pub struct CgroupSample {
     pub unreadable: u64,
     /// Figures the hierarchy keeps itself (cgroup2 controllers).
     pub usage: Vec<(String, u64)>,
+    /// Its pressure, network and the readings that failed.
+    pub readings: Readings,
     pub children: Vec<CgroupSample>,
+}
+
+/// What a cgroup reads beyond its usage files (docs/semantics.md "Readings").
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Readings {
+    /// PSI of the cgroup (cgroup2 hierarchies with PSI on; else empty).
+    #[serde(skip_serializing_if = "Pressures::is_empty")]
+    pub pressure: Pressures,
+    /// A node whose set has a network namespace of its own: its interfaces,
+    /// as a member sees them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Readings whose files were garbled or could not be read (left empty).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Readings {
+    pub fn is_empty(&self) -> bool {
+        self.pressure.is_empty() && self.network.is_none() && self.failed == 0
+    }
+
+    /// A reading's value, or nothing and one failure more.
+    fn keep<T: Default>(&mut self, r: Result<T, ReadingError>) -> T {
+        r.unwrap_or_else(|_| {
+            self.failed += 1;
+            T::default()
+        })
+    }
 }
 
 /// Samples `root` and everything below it; cgroups and tasks that vanish
@@ -74,7 +111,23 @@ fn sample_below(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, mounts: &[Moun
             usage.extend(v1_usage(&mount.mount_point.join(m.path.trim_start_matches('/'))));
         }
     }
-    Ok(Some(CgroupSample { path: root.to_string(), id, record, tasks, unreadable, usage, children }))
+    let mut readings = Readings::default();
+    if hierarchy.version() == Version::V2 {
+        readings.pressure = readings.keep(readings::pressures(&hierarchy.dir(root)));
+    }
+    if let Some(r) = record.as_ref().filter(|r| own_net(r)) {
+        // The first member in the node's network namespace reads its counters.
+        let net = r.set.get(NsKind::Net);
+        let member = tasks.iter().find(|t| t.set.get(NsKind::Net) == net);
+        readings.network = readings.keep(member.map(|t| readings::net_dev(proc.root(), t.tgid, t.tid)).transpose()).flatten();
+    }
+    Ok(Some(CgroupSample { path: root.to_string(), id, record, tasks, unreadable, usage, readings, children }))
+}
+
+/// Whether a node's set has a network namespace of its own.
+pub fn own_net(r: &NodeRecord) -> bool {
+    let net = r.set.get(NsKind::Net);
+    net != 0 && net != r.parent_set.get(NsKind::Net)
 }
 
 /// One member task; `None` when it is gone.

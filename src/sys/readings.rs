@@ -5,6 +5,7 @@
 //! missing file is `None`, a garbled one a [`ReadingError`] naming it.
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -216,6 +217,38 @@ pub fn parse_net_dev(text: &str, path: &Path) -> Result<Network, ReadingError> {
 pub fn net_dev(proc_root: &Path, pid: u32, tid: u32) -> Result<Option<Network>, ReadingError> {
     let path = proc_root.join(format!("{pid}/task/{tid}/net/dev"));
     read_bounded(&path)?.map(|t| parse_net_dev(&t, &path)).transpose()
+}
+
+/// The network counters of namespace `ns` (an inode number) as the first of
+/// `tids` still in it sees them (at most 8 are tried); `None` when none is.
+pub fn net_dev_of_members(proc_root: &Path, tids: &[u32], ns: u64) -> Result<Option<Network>, ReadingError> {
+    use std::os::unix::fs::MetadataExt;
+    for &tid in tids.iter().take(8) {
+        let in_ns = std::fs::metadata(proc_root.join(format!("{tid}/task/{tid}/ns/net"))).is_ok_and(|m| m.ino() == ns);
+        if in_ns {
+            if let Some(net) = net_dev(proc_root, tid, tid)? {
+                return Ok(Some(net));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The network counters of the network namespace `ns` (an open nsfs file,
+/// such as a node's pin), read by a short-lived thread that enters it: the
+/// namespace may have no task left. `None` when the thread could not enter it.
+pub fn net_dev_in(ns: std::os::fd::BorrowedFd) -> Result<Option<Network>, ReadingError> {
+    let ns = ns.try_clone_to_owned().map_err(|e| IoError::new("dup", "network namespace", e))?;
+    let reader = std::thread::Builder::new().name("nsgroup-netns".into()).spawn(move || {
+        use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+        if move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network)).is_err() {
+            return Ok(None);
+        }
+        let path = Path::new("/proc/thread-self/net/dev");
+        read_bounded(path)?.map(|t| parse_net_dev(&t, path)).transpose()
+    });
+    let reader = reader.map_err(|e| IoError::new("spawn a reader for", "network namespace", e))?;
+    reader.join().unwrap_or(Ok(None))
 }
 
 #[cfg(test)]
