@@ -11,6 +11,7 @@ mod exec;
 mod history;
 mod run;
 mod status;
+mod top;
 mod tree;
 
 use std::io::{self, Write};
@@ -68,6 +69,13 @@ pub enum Command {
     /// checked. Tasks whose /proc entries cannot be read (other users' without
     /// root) are not checked and are counted on stderr.
     Check(check::CheckArgs),
+    /// The nodes live, one row each, nested, with CPU, memory, swap, pids,
+    /// IO, network, pressure, age, owner and command (like systemd-cgtop).
+    ///
+    /// Keys sort, filter, and freeze, thaw or kill the selected node through
+    /// the API (q quits). Works whether the daemon runs or not; -b prints
+    /// plain-text frames, --json JSON lines.
+    Top(top::TopArgs),
     /// Run a command in new namespaces, in a fresh node of its own from its
     /// first instruction.
     ///
@@ -96,6 +104,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Tree(args) => tree::tree(args),
         Command::Check(args) => check::check(args),
+        Command::Top(args) => top::top(args),
         Command::Exec(args) => exec::exec(args),
         Command::History(args) => history::history(args),
         Command::Status(args) => status::status(args),

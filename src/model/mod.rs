@@ -2,6 +2,7 @@
 //! differ from their parent's, their tasks and their usage.
 
 pub mod sample;
+pub mod top;
 
 use std::collections::BTreeMap;
 

@@ -98,7 +98,7 @@ pub struct View {
     pub now_unix: u64,
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
     let mut v = n as f64;
     let mut u = 0;
@@ -110,7 +110,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// A duration in its two largest units: `42s`, `5m07s`, `3h05m`, `2d04h`.
-fn age(seconds: u64) -> String {
+pub(crate) fn age(seconds: u64) -> String {
     let (d, h, m, s) = (seconds / 86400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
     match () {
         _ if d > 0 => format!("{d}d{h:02}h"),
