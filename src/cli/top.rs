@@ -245,14 +245,17 @@ fn interactive(state: &mut State, reach: &Reach, interval: Duration, iterations:
         let h = &state.header;
         let rows = state.rows.view(h.sort.unwrap_or(SortKey::Cpu), h.reverse, &h.filter);
         let index = view.selected.and_then(|id| rows.iter().position(|r| r.cgroup_id == id));
-        let index = index.or_else(|| rows.iter().position(|r| r.node)).or((!rows.is_empty()).then_some(0));
+        // At first the first node (another user's nodes may not look like
+        // nodes: their records are root's to read), else the first row below the top.
+        let index = index.or_else(|| rows.iter().position(|r| r.node)).or_else(|| rows.get(1).map(|_| 1)).or((!rows.is_empty()).then_some(0));
         view.selected = index.map(|i| rows[i].cgroup_id);
         let status = match &view.typing {
             Some(t) => format!("command filter: {}_", Escaped(t)),
             None => view.status.clone(),
         };
         screen.0.draw(|f| frame::draw(f, h, &rows, index, &status)).context("drawing")?;
-        let target = index.map(|i| (rows[i].path.clone(), rows[i].node));
+        // Any row below the top is asked about: the daemon says what is a node and whose.
+        let target = index.filter(|&i| rows[i].depth > 0).map(|i| rows[i].path.clone());
         let count = rows.len();
         drop(rows);
         if iterations.is_some_and(|n| frames >= n) {
@@ -282,8 +285,8 @@ fn interactive(state: &mut State, reach: &Reach, interval: Duration, iterations:
             Some(Action::Quit) => return Ok(ExitCode::SUCCESS),
             Some(Action::Act(verb)) => {
                 view.status = match target {
-                    Some((path, true)) => act(reach, verb, &path),
-                    _ => "the selected row is no node".into(),
+                    Some(path) => act(reach, verb, &path),
+                    None => "select a node first (the top is none)".into(),
                 };
                 next = Instant::now();
             }

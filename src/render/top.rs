@@ -174,7 +174,7 @@ pub fn draw(f: &mut ratatui::Frame, h: &Header, rows: &[&Row], selected: Option<
     let t = Table::new(body, widths).header(headings).row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut state = TableState::default().with_selected(selected);
     f.render_stateful_widget(t, table, &mut state);
-    let keys = "q quit  f freeze  t thaw  k kill  up/down select  c m p i n s a o name: sort  r reverse  / command filter";
+    let keys = "q quit  f freeze  t thaw  k kill  up/down select  sort: c cpu m mem s swap p pids i io n net P psi a age o owner e command . name  r reverse  u mine  / command";
     f.render_widget(Paragraph::new(vec![Line::from(status.to_string()), Line::from(keys)]), foot);
 }
 

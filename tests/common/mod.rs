@@ -7,6 +7,7 @@
 
 pub mod attack;
 pub mod daemon;
+pub mod freezer;
 pub mod harness;
 pub mod hier;
 pub mod host;
@@ -14,6 +15,7 @@ pub mod systemd;
 
 pub use attack::*;
 pub use daemon::*;
+pub use freezer::*;
 pub use hier::*;
 pub use host::*;
 pub use systemd::*;
