@@ -78,17 +78,37 @@ impl Readings {
 /// while being read are left out, tasks that cannot be read are counted.
 /// `None` when `root` itself is gone.
 pub fn sample(hierarchy: &Hierarchy, root: &str, proc: &ProcFs) -> Result<Option<CgroupSample>, IoError> {
-    // Mirrors' figures are read where their hierarchies are mounted.
-    let mounts = crate::sys::mounts::read_mountinfo(std::path::Path::new("/proc/self/mountinfo")).unwrap_or_default();
-    sample_below(hierarchy, root, proc, &mounts)
+    sample_at(hierarchy, root, proc, Detail::Full)
 }
 
-fn sample_below(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, mounts: &[Mount]) -> Result<Option<CgroupSample>, IoError> {
+/// Like [`sample`], for figures only (`top`): the tasks of a cgroup with a
+/// record get its set instead of their own (their namespaces are not read).
+pub fn sample_usage(hierarchy: &Hierarchy, root: &str, proc: &ProcFs) -> Result<Option<CgroupSample>, IoError> {
+    sample_at(hierarchy, root, proc, Detail::Usage)
+}
+
+/// How much of each task is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    Full,
+    Usage,
+}
+
+fn sample_at(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, detail: Detail) -> Result<Option<CgroupSample>, IoError> {
+    // Mirrors' figures are read where their hierarchies are mounted.
+    let mounts = crate::sys::mounts::read_mountinfo(std::path::Path::new("/proc/self/mountinfo")).unwrap_or_default();
+    sample_below(hierarchy, root, proc, &mounts, detail)
+}
+
+fn sample_below(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, mounts: &[Mount], detail: Detail) -> Result<Option<CgroupSample>, IoError> {
     let Some(id) = or_vanished(hierarchy.id(root))? else { return Ok(None) };
     let mut tasks = Vec::new();
     let mut unreadable = 0;
-    for tid in hierarchy.members(root)? {
-        match task(proc, tid) {
+    let record = hierarchy.record(root);
+    let known_set = record.as_ref().map(|r| r.set).filter(|_| detail == Detail::Usage);
+    let members = hierarchy.members(root)?;
+    for &tid in &members {
+        match task(proc, tid, known_set) {
             Ok(Some(t)) => tasks.push(t),
             Ok(None) => {}
             Err(e) if e.source.kind() == ErrorKind::PermissionDenied => unreadable += 1,
@@ -98,11 +118,10 @@ fn sample_below(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, mounts: &[Moun
     tasks.sort_by_key(|t| (t.tgid, t.tid));
     let mut children = Vec::new();
     for name in hierarchy.children(root)? {
-        if let Some(child) = sample_below(hierarchy, &join(root, &name), proc, mounts)? {
+        if let Some(child) = sample_below(hierarchy, &join(root, &name), proc, mounts, detail)? {
             children.push(child);
         }
     }
-    let record = hierarchy.record(root);
     let mut usage = hierarchy.usage(root);
     for m in record.iter().flat_map(|r| &r.mirrors) {
         let wanted: Vec<&str> = m.controllers.split(',').collect();
@@ -118,8 +137,7 @@ fn sample_below(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, mounts: &[Moun
     if let Some(r) = record.as_ref().filter(|r| own_net(r)) {
         // The first member in the node's network namespace reads its counters.
         let net = r.set.get(NsKind::Net);
-        let member = tasks.iter().find(|t| t.set.get(NsKind::Net) == net);
-        readings.network = readings.keep(member.map(|t| readings::net_dev(proc.root(), t.tgid, t.tid)).transpose()).flatten();
+        readings.network = readings.keep(readings::net_dev_of_members(proc.root(), &members, net));
     }
     Ok(Some(CgroupSample { path: root.to_string(), id, record, tasks, unreadable, usage, readings, children }))
 }
@@ -130,9 +148,15 @@ pub fn own_net(r: &NodeRecord) -> bool {
     net != 0 && net != r.parent_set.get(NsKind::Net)
 }
 
-/// One member task; `None` when it is gone.
-fn task(proc: &ProcFs, tid: u32) -> Result<Option<TaskSample>, IoError> {
+/// One member task (of set `known`, else its own read); `None` when it is gone.
+fn task(proc: &ProcFs, tid: u32, known: Option<NsSet>) -> Result<Option<TaskSample>, IoError> {
     let Some(tgid) = proc.tgid(tid)? else { return Ok(None) };
-    let (Some(stat), Some(set)) = (proc.stat(tgid, tid)?, proc.ns_set(tgid, tid)?) else { return Ok(None) };
+    let Some(stat) = proc.stat(tgid, tid)? else { return Ok(None) };
+    let Some(set) = (match known {
+        Some(set) => Some(set),
+        None => proc.ns_set(tgid, tid)?,
+    }) else {
+        return Ok(None);
+    };
     Ok(Some(TaskSample { tid, tgid, comm: stat.comm, set, cpu_ticks: stat.cpu_ticks, rss_pages: stat.rss_pages }))
 }

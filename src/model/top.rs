@@ -321,7 +321,7 @@ impl Sampler {
     /// Samples now (`at_s` on a monotonic clock); `None` when the root is gone.
     /// The unreadable tasks are counted in the second value.
     pub fn sample(&mut self, at_s: f64, now_unix: u64) -> Result<Option<(Rows, u64)>, IoError> {
-        let Some(sample) = super::sample::sample(&self.hierarchy, &self.root, &self.proc)? else { return Ok(None) };
+        let Some(sample) = super::sample::sample_usage(&self.hierarchy, &self.root, &self.proc)? else { return Ok(None) };
         let Some(tree) = super::build(&sample, &self.base, self.units, false) else { return Ok(None) };
         let (rows, next) = Rows::of(&tree, &self.previous, at_s, now_unix);
         self.previous = next;
