@@ -4,6 +4,31 @@
 //! spec, a request, a history query); what is printed and the exit codes
 //! are decided here too.
 
+/// A library enum with `name()` and `help()` as a clap flag value: the
+/// newtype `$wrapper($inner)` over every value of `$all`.
+macro_rules! flag_value {
+    ($wrapper:ident, $all:expr) => {
+        impl clap::ValueEnum for $wrapper {
+            fn value_variants<'a>() -> &'a [Self] {
+                const ALL: [$wrapper; $all.len()] = {
+                    let mut all = [$wrapper($all[0]); $all.len()];
+                    let mut i = 0;
+                    while i < all.len() {
+                        all[i] = $wrapper($all[i]);
+                        i += 1;
+                    }
+                    all
+                };
+                &ALL
+            }
+
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.help()))
+            }
+        }
+    };
+}
+
 pub mod assets;
 mod api;
 mod check;

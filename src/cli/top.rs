@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::ValueEnum;
 use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
 use ratatui::backend::CrosstermBackend;
@@ -80,24 +79,7 @@ fn delay(s: &str) -> Result<f64, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key(SortKey);
 
-impl ValueEnum for Key {
-    fn value_variants<'a>() -> &'a [Self] {
-        const ALL: [Key; SortKey::ALL.len()] = {
-            let mut all = [Key(SortKey::Name); SortKey::ALL.len()];
-            let mut i = 0;
-            while i < all.len() {
-                all[i] = Key(SortKey::ALL[i]);
-                i += 1;
-            }
-            all
-        };
-        &ALL
-    }
-
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.help()))
-    }
-}
+flag_value!(Key, SortKey::ALL);
 
 /// Where the daemon's state is read, and the rate of its placements.
 struct Daemon {
