@@ -219,34 +219,6 @@ fn permission_table_uid65534_without_cap_sys_admin() {
     permission_table(Caller::Nobody);
 }
 
-/// Reads events from a subscription until `done` says so; every line.
-fn read_events(r: &mut BufReader<UnixStream>, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
-    let mut out = vec![];
-    let end = Instant::now() + Duration::from_secs(60);
-    while !done(&out) {
-        assert!(Instant::now() < end, "events did not come: {} so far", out.len());
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) => panic!("the subscription closed"),
-            Ok(_) => out.push(serde_json::from_str(&line).unwrap()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    out
-}
-
-fn subscribe(api: &Api) -> BufReader<UnixStream> {
-    let mut s = UnixStream::connect(&api.socket).unwrap();
-    s.write_all(b"{\"version\":1,\"id\":1,\"type\":\"subscribe\"}\n").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let mut r = BufReader::new(s);
-    let first = read_events(&mut r, |v| !v.is_empty());
-    assert_eq!(first[0]["type"], "ok", "{}", first[0]);
-    assert_eq!(first[0]["request"], "subscribe");
-    r
-}
-
 #[test]
 fn a_subscriber_sees_every_node_of_a_storm_in_order() {
     if !privileged() {

@@ -6,8 +6,6 @@
 mod common;
 use common::*;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -105,6 +103,7 @@ fn a_frame_shows_the_node_and_its_command_the_keys_freeze_and_thaw_it_and_q_quit
     let tmux = Tmux::start(&top_command(NSGROUP, &h, &api));
     let screen = tmux.wait_for("the node with its command", |s| s.lines().any(|l| l.contains(name_of(&node)) && l.contains("unshare")));
     assert!(screen.contains("NAME") && screen.contains("PSI c/m/io"), "{screen}");
+    assert!(screen.contains(&format!("daemon {} (", api.daemon.pid())), "the header has the daemon's state: {screen}");
     tmux.keys("f");
     wait_for("the node frozen", || std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN"));
     tmux.wait_for("the status line", |s| s.contains(&format!("froze {node}")));
@@ -114,30 +113,6 @@ fn a_frame_shows_the_node_and_its_command_the_keys_freeze_and_thaw_it_and_q_quit
     wait_for("top to quit", || !tmux.alive());
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-}
-
-/// Subscribes to the daemon's events; a reader with a short timeout.
-fn subscribe(api: &Api) -> BufReader<UnixStream> {
-    let mut s = UnixStream::connect(&api.socket).unwrap();
-    s.write_all(b"{\"version\":1,\"id\":1,\"type\":\"subscribe\"}\n").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    BufReader::new(s)
-}
-
-/// Reads events until one is `event` about `path`.
-fn wait_event(r: &mut BufReader<UnixStream>, event: &str, path: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        if r.read_line(&mut line).is_ok() && !line.is_empty() {
-            let v: Value = serde_json::from_str(&line).unwrap();
-            if v["event"] == event && v["data"]["path"] == path {
-                return v;
-            }
-        }
-    }
-    panic!("no {event} for {path}");
 }
 
 #[test]
@@ -180,7 +155,9 @@ fn batch_and_json_frames_show_a_network_namespace_nodes_traffic_and_its_final_us
     assert!(tree.lines().any(|l| l.contains(name_of(&node)) && l.contains("(net rx ")), "{tree}");
     // Its traffic is part of its final usage, read after its last task left.
     h.kill(p.pid);
-    let removed = wait_event(&mut events, "node_removed", &node);
+    let is_removal = |e: &Value| e["event"] == "node_removed" && e["data"]["path"] == node.as_str();
+    let seen = read_events(&mut events, |v| v.iter().any(is_removal));
+    let removed = seen.into_iter().find(is_removal).unwrap();
     let usage = &removed["data"]["usage"];
     assert!(usage["net_rx_packets"].as_u64().unwrap() > 0 && usage["net_tx_bytes"].as_u64().unwrap() > 0, "{removed}");
 }
@@ -205,4 +182,28 @@ fn an_unprivileged_top_shows_roots_node_and_its_kill_key_is_refused() {
     h.expect_in(p.pid, &node);
     tmux.keys("q");
     wait_for("top to quit", || !tmux.alive());
+}
+
+#[test]
+fn on_cgroup2_a_node_shows_its_pressure_in_tree_and_top() {
+    if !privileged() {
+        return;
+    }
+    let Some(mut h) = Hier::try_new(Kind::V2) else { return };
+    if !h.dir(&h.root).join("cpu.pressure").exists() {
+        skip("no PSI on this cgroup2 hierarchy");
+        return;
+    }
+    let _d = Daemon::start(&h, &[]);
+    let p = h.spawn(&["unshare", "--uts", "sleep", "60"]);
+    let node = node_of(&h, p.pid);
+    let tree: Value = serde_json::from_str(&tree(&h, &["--json"])).unwrap();
+    let ours = tree["children"].as_array().unwrap().iter().find(|c| c["path"] == node.as_str()).cloned().unwrap();
+    let cpu = &ours["readings"]["pressure"]["cpu"]["some"];
+    assert!(cpu["avg10"].is_f64() && cpu["total_us"].is_u64(), "{ours}");
+    let out = Command::new(NSGROUP).args(["top", "--json", "-n", "1", "--hierarchy"]).arg(&h.mount).args(["--root", &h.root]).output().unwrap();
+    let frame: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let row = frame["rows"].as_array().unwrap().iter().find(|r| r["path"] == node.as_str()).cloned().unwrap();
+    assert!(row["psi_cpu"].is_f64() && row["psi_memory"].is_f64() && row["psi_io"].is_f64(), "{row}");
+    h.kill(p.pid);
 }

@@ -7,6 +7,7 @@
 
 pub mod attack;
 pub mod daemon;
+pub mod events;
 pub mod freezer;
 pub mod harness;
 pub mod hier;
@@ -15,6 +16,7 @@ pub mod systemd;
 
 pub use attack::*;
 pub use daemon::*;
+pub use events::*;
 pub use freezer::*;
 pub use hier::*;
 pub use host::*;
