@@ -4,7 +4,7 @@ use std::io::ErrorKind;
 
 use crate::core::cgpath::join;
 use crate::core::node::{CgroupId, NodeRecord};
-use crate::core::nsset::{NsKind, NsSet};
+use crate::core::nsset::NsSet;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::error::{or_vanished, IoError};
 use crate::control::mirror::v1_usage;
@@ -134,19 +134,13 @@ fn sample_below(hierarchy: &Hierarchy, root: &str, proc: &ProcFs, mounts: &[Moun
     if hierarchy.version() == Version::V2 {
         readings.pressure = readings.keep(readings::pressures(&hierarchy.dir(root)));
     }
-    if let Some(r) = record.as_ref().filter(|r| own_net(r)) {
+    if let Some(net) = record.as_ref().and_then(NodeRecord::own_net) {
         // The first member in the node's network namespace reads its counters.
-        let net = r.set.get(NsKind::Net);
         readings.network = readings.keep(readings::net_dev_of_members(proc.root(), &members, net));
     }
     Ok(Some(CgroupSample { path: root.to_string(), id, record, tasks, unreadable, usage, readings, children }))
 }
 
-/// Whether a node's set has a network namespace of its own.
-pub fn own_net(r: &NodeRecord) -> bool {
-    let net = r.set.get(NsKind::Net);
-    net != 0 && net != r.parent_set.get(NsKind::Net)
-}
 
 /// One member task (of set `known`, else its own read); `None` when it is gone.
 fn task(proc: &ProcFs, tid: u32, known: Option<NsSet>) -> Result<Option<TaskSample>, IoError> {

@@ -60,7 +60,7 @@ impl Pins {
         if opened != Some(set.get(kind)) {
             return false;
         }
-        if crate::model::sample::own_net(&node.record) {
+        if node.record.own_net().is_some() {
             let net = if kind == NsKind::Net { fd.try_clone().ok() } else { proc.open_ns(tgid, tid, NsKind::Net).ok().flatten() };
             let same = net.as_ref().and_then(|fd| rustix::fs::fstat(fd).ok()).is_some_and(|st| st.st_ino == set.get(NsKind::Net));
             if let Some(net) = net.filter(|_| same) {

@@ -23,7 +23,7 @@ pub(super) struct NodeLabel {
 
 impl NodeLabel {
     pub(super) fn of(node: &Node, path: &str) -> NodeLabel {
-        let net_ns = crate::model::sample::own_net(&node.record).then(|| node.record.set.get(crate::core::nsset::NsKind::Net));
+        let net_ns = node.record.own_net();
         NodeLabel { name: node.name.clone(), path: path.to_string(), created_unix: node.record.created_unix, owner: node.record.owner(), net_ns }
     }
 
