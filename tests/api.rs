@@ -13,7 +13,7 @@ use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -216,34 +216,6 @@ fn permission_table_uid65534_with_cap_sys_admin() {
 #[test]
 fn permission_table_uid65534_without_cap_sys_admin() {
     permission_table(Caller::Nobody);
-}
-
-/// Reads events from a subscription until `done` says so; every line.
-fn read_events(r: &mut BufReader<UnixStream>, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
-    let mut out = vec![];
-    let end = Instant::now() + Duration::from_secs(60);
-    while !done(&out) {
-        assert!(Instant::now() < end, "events did not come: {} so far", out.len());
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) => panic!("the subscription closed"),
-            Ok(_) => out.push(serde_json::from_str(&line).unwrap()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    out
-}
-
-fn subscribe(api: &Api) -> BufReader<UnixStream> {
-    let mut s = UnixStream::connect(&api.socket).unwrap();
-    s.write_all(b"{\"version\":1,\"id\":1,\"type\":\"subscribe\"}\n").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let mut r = BufReader::new(s);
-    let first = read_events(&mut r, |v| !v.is_empty());
-    assert_eq!(first[0]["type"], "ok", "{}", first[0]);
-    assert_eq!(first[0]["request"], "subscribe");
-    r
 }
 
 #[test]
@@ -451,65 +423,6 @@ fn the_socket_keeps_out_whom_its_mode_keeps_out() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("is served by pid"), "{}", text(&out.stderr));
-}
-
-/// A private subtree of this machine's v1 freezer hierarchy, removed on drop.
-struct FreezerRoot {
-    dir: PathBuf,
-    root: String,
-}
-
-impl FreezerRoot {
-    fn new(h: &Hier) -> Option<FreezerRoot> {
-        let mount = PathBuf::from("/sys/fs/cgroup/freezer");
-        if !mount.join("tasks").exists() {
-            skip("no v1 freezer hierarchy at /sys/fs/cgroup/freezer");
-            return None;
-        }
-        let dir = mount.join(&h.name);
-        std::fs::create_dir(&dir).unwrap();
-        Some(FreezerRoot { dir, root: format!("/{}", h.name) })
-    }
-}
-
-impl Drop for FreezerRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
-        let mut dirs = vec![self.dir.clone()];
-        let mut i = 0;
-        while i < dirs.len() {
-            for e in std::fs::read_dir(&dirs[i]).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::write(e.path().join("freezer.state"), "THAWED");
-                    dirs.push(e.path());
-                }
-            }
-            i += 1;
-        }
-        for d in dirs.iter().rev() {
-            for tid in std::fs::read_to_string(d.join("tasks")).unwrap_or_default().lines().filter_map(|l| l.parse::<i32>().ok()) {
-                // Only the test's own tasks are ever in this private subtree.
-                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(tid).unwrap(), rustix::process::Signal::KILL);
-            }
-            for _ in 0..200 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// Starts `cmd` in the tracked root and in the freezer root.
-fn spawn_frozen_able(h: &Hier, f: &FreezerRoot, cmd: &str) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("echo $$ > '{}' && echo $$ > '{}' && exec {cmd}", h.dir(&h.root).join("tasks").display(), f.dir.join("tasks").display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {

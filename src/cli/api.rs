@@ -111,7 +111,7 @@ const DONE: u8 = 0;
 const NOT_FOUND: u8 = 1;
 const ERROR: u8 = 2;
 
-fn socket_path(explicit: Option<&Path>) -> PathBuf {
+pub(super) fn socket_path(explicit: Option<&Path>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("NSGROUP_SOCKET").filter(|s| !s.is_empty()).map(PathBuf::from))

@@ -4,6 +4,31 @@
 //! spec, a request, a history query); what is printed and the exit codes
 //! are decided here too.
 
+/// A library enum with `name()` and `help()` as a clap flag value: the
+/// newtype `$wrapper($inner)` over every value of `$all`.
+macro_rules! flag_value {
+    ($wrapper:ident, $all:expr) => {
+        impl clap::ValueEnum for $wrapper {
+            fn value_variants<'a>() -> &'a [Self] {
+                const ALL: [$wrapper; $all.len()] = {
+                    let mut all = [$wrapper($all[0]); $all.len()];
+                    let mut i = 0;
+                    while i < all.len() {
+                        all[i] = $wrapper($all[i]);
+                        i += 1;
+                    }
+                    all
+                };
+                &ALL
+            }
+
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.help()))
+            }
+        }
+    };
+}
+
 pub mod assets;
 mod api;
 mod check;
@@ -11,6 +36,7 @@ mod exec;
 mod history;
 mod run;
 mod status;
+mod top;
 mod tree;
 
 use std::io::{self, Write};
@@ -92,6 +118,13 @@ pub enum Command {
     /// checked. Tasks whose /proc entries cannot be read (other users' without
     /// root) are not checked and are counted on stderr.
     Check(check::CheckArgs),
+    /// The nodes live, one row each, nested, with CPU, memory, swap, pids,
+    /// IO, network, pressure, age, owner and command (like systemd-cgtop).
+    ///
+    /// Keys sort, filter, and freeze, thaw or kill the selected node through
+    /// the API (q quits). Works whether the daemon runs or not; -b prints
+    /// plain-text frames, --json JSON lines.
+    Top(top::TopArgs),
     /// Run a command in new namespaces, in a fresh node of its own from its
     /// first instruction.
     ///
@@ -120,6 +153,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Tree(args) => tree::tree(args),
         Command::Check(args) => check::check(args),
+        Command::Top(args) => top::top(args),
         Command::Exec(args) => exec::exec(args),
         Command::History(args) => history::history(args),
         Command::Status(args) => status::status(args),

@@ -52,27 +52,7 @@ enum Output {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ColumnArg(Column);
 
-impl ColumnArg {
-    const ALL: [ColumnArg; Column::ALL.len()] = {
-        let mut all = [ColumnArg(Column::Tasks); Column::ALL.len()];
-        let mut i = 0;
-        while i < all.len() {
-            all[i] = ColumnArg(Column::ALL[i]);
-            i += 1;
-        }
-        all
-    };
-}
-
-impl ValueEnum for ColumnArg {
-    fn value_variants<'a>() -> &'a [Self] {
-        &Self::ALL
-    }
-
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.help()))
-    }
-}
+flag_value!(ColumnArg, Column::ALL);
 
 /// Runs `nsgroup tree`; works whether the daemon runs or not.
 pub fn tree(args: TreeArgs) -> anyhow::Result<ExitCode> {

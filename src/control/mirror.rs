@@ -217,13 +217,17 @@ pub fn v1_usage(dir: &Path) -> Vec<(String, u64)> {
         ("memory.max_usage_in_bytes", "memory_peak_bytes"),
         ("cpuacct.usage", "cpu_nsec"),
     ];
-    files
+    let mut out: Vec<(String, u64)> = files
         .iter()
         .filter_map(|(file, name)| {
             let v = std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()?;
             Some((name.to_string(), v))
         })
-        .collect()
+        .collect();
+    if let Ok(Some(v)) = crate::sys::readings::swap_v1(dir) {
+        out.push(("swap_bytes".to_string(), v));
+    }
+    out
 }
 
 #[cfg(test)]

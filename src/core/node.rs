@@ -74,6 +74,13 @@ impl NodeRecord {
         self.owner.unwrap_or(self.creator_uid)
     }
 
+    /// The inode of the set's network namespace when it is its own (differs
+    /// from the parent set's): its traffic is the node's.
+    pub fn own_net(&self) -> Option<u64> {
+        let net = self.set.get(crate::core::nsset::NsKind::Net);
+        (net != 0 && net != self.parent_set.get(crate::core::nsset::NsKind::Net)).then_some(net)
+    }
+
     /// The xattr value.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a record always serializes")

@@ -2,6 +2,7 @@
 //! differ from their parent's, their tasks and their usage.
 
 pub mod sample;
+pub mod top;
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ use crate::core::naming;
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
 use sample::{CgroupSample, TaskSample};
+pub use sample::Readings;
 
 /// One cgroup in the tree (the JSON schema is in docs/semantics.md).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,6 +34,9 @@ pub struct TreeNode {
     /// Tasks here and below whose /proc entries could not be read: left out
     /// of the tree, shown or not.
     pub unreadable_tasks: u64,
+    /// Pressure and network (docs/semantics.md "Readings"); this cgroup's own.
+    #[serde(skip_serializing_if = "Readings::is_empty")]
+    pub readings: Readings,
     pub children: Vec<TreeNode>,
 }
 
@@ -148,7 +153,10 @@ fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: 
     let name = s.path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("/").to_string();
     let member_set = s.tasks.first().map(|t| t.set);
     let node_set = s.record.as_ref().map(|r| r.set).or_else(|| member_set.filter(|_| naming::creator_pid(&name).is_some()));
-    let is_node = node_set.is_some() && (s.record.is_some() || naming::creator_pid(&name).is_some());
+    // A node by its name whose record and tasks this reader may not read
+    // (another user's, without root) is still one, of unknown set.
+    let hidden_node = s.record.is_none() && s.tasks.is_empty() && s.unreadable > 0 && naming::creator_pid(&name).is_some();
+    let is_node = node_set.is_some() && (s.record.is_some() || naming::creator_pid(&name).is_some()) || hidden_node;
     let own_set = if is_node { node_set.unwrap_or(*parent_set) } else { *parent_set };
     let diff_from = s.record.as_ref().map_or(*parent_set, |r| if top { r.parent_set } else { *parent_set });
     let mut children = Vec::new();
@@ -201,6 +209,7 @@ fn build_at(s: &CgroupSample, parent_set: &NsSet, units: Units, all: bool, top: 
         usage,
         subtree_usage,
         unreadable_tasks: unreadable,
+        readings: s.readings.clone(),
         children,
     };
     Built { node: Some(node), tally: subtree, unreadable }
@@ -216,7 +225,7 @@ mod tests {
     }
 
     fn cg(path: &str, record: Option<NodeRecord>, tasks: Vec<TaskSample>, children: Vec<CgroupSample>) -> CgroupSample {
-        CgroupSample { path: path.into(), id: path.len() as u64, record, tasks, unreadable: 0, usage: vec![], children }
+        CgroupSample { path: path.into(), id: path.len() as u64, record, tasks, unreadable: 0, usage: vec![], readings: Readings::default(), children }
     }
 
     fn task(tid: u32, s: NsSet) -> TaskSample {
@@ -280,6 +289,18 @@ mod tests {
         assert_eq!((tree.usage.rss_bytes, tree.children[0].usage.rss_bytes), (10 * 4096, 10 * 4096));
         assert_eq!(tree.subtree_usage.rss_bytes, 10 * 4096);
         assert_eq!((tree.subtree_usage.tasks, tree.subtree_usage.processes), (2, 1));
+    }
+
+    #[test]
+    fn a_node_of_unreadable_tasks_and_record_is_shown_by_its_name() {
+        let mut hidden = cg("/t/node_5", None, vec![], vec![]);
+        hidden.unreadable = 1;
+        let mut plain = cg("/t/other", None, vec![], vec![]);
+        plain.unreadable = 1;
+        let root = cg("/t", None, vec![], vec![hidden, plain]);
+        let tree = build(&root, &set(1), Units { clock_ticks: 100, page_size: 4096 }, false).unwrap();
+        assert_eq!(tree.children.len(), 1);
+        assert!(tree.children[0].node && tree.children[0].namespaces.is_empty() && tree.children[0].name == "node_5");
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! it came from, the cheapest kind first): while the node exists, no other
 //! namespace can have that number, and no other set can look like its own.
 //! A node whose set could not be pinned is no longer found by its set.
+//! A node whose set has a network namespace of its own holds that one too,
+//! so that its final usage can count its traffic after its last task left.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::core::node::{CgroupId, Node};
 use crate::core::nsset::NsKind;
 use crate::sys::procfs::ProcFs;
+use crate::sys::readings::{net_dev_in, Network};
 
 /// The kinds to pin, cheapest first: a pinned namespace outlives its tasks
 /// as long as its node does, and a network namespace costs the most.
@@ -31,6 +34,9 @@ const PIN_ORDER: [NsKind; 10] = [
 #[derive(Default)]
 pub struct Pins {
     fds: HashMap<CgroupId, OwnedFd>,
+    /// The network namespace of a node whose set has one of its own (when
+    /// it is not the one pinned): read for the node's final usage.
+    nets: HashMap<CgroupId, OwnedFd>,
 }
 
 impl Pins {
@@ -54,13 +60,27 @@ impl Pins {
         if opened != Some(set.get(kind)) {
             return false;
         }
+        if node.record.own_net().is_some() {
+            let net = if kind == NsKind::Net { fd.try_clone().ok() } else { proc.open_ns(tgid, tid, NsKind::Net).ok().flatten() };
+            let same = net.as_ref().and_then(|fd| rustix::fs::fstat(fd).ok()).is_some_and(|st| st.st_ino == set.get(NsKind::Net));
+            if let Some(net) = net.filter(|_| same) {
+                self.nets.insert(node.id, net);
+            }
+        }
         self.fds.insert(node.id, fd);
         true
+    }
+
+    /// The network counters of a node's own network namespace, if it has one
+    /// held (its final usage: the namespace outlives its last task while held).
+    pub fn network(&self, node: CgroupId) -> Option<Network> {
+        net_dev_in(self.nets.get(&node)?.as_fd()).ok().flatten()
     }
 
     /// Lets a removed node's namespace go.
     pub fn release(&mut self, node: CgroupId) {
         self.fds.remove(&node);
+        self.nets.remove(&node);
     }
 
     /// How many namespaces are held.

@@ -28,7 +28,8 @@ impl<B: CgroupBackend> Pipeline<B> {
         while let Some(id) = current {
             let Some(parent) = self.placer.tracker().node(id).map(|n| n.parent) else { return };
             match self.placer.try_remove(id) {
-                Ok(Some(removal)) => {
+                Ok(Some(mut removal)) => {
+                    removal.usage.extend(self.pins.network(id).map(|n| n.figures()).unwrap_or_default());
                     self.pins.release(id);
                     let mirrored = self.mirrors.remove(&removal.node, around);
                     around.publish(Outcome::Removed { removal: &removal, mirrored: &mirrored });

@@ -4,3 +4,4 @@ pub mod exposition;
 pub mod json;
 pub mod metrics;
 pub mod text;
+pub mod top;

@@ -4,6 +4,7 @@ use std::io::{self, Write};
 
 use crate::core::escape::Escaped;
 use crate::model::TreeNode;
+use crate::sys::readings::Pressures;
 
 /// A figure a cgroup line can show (`tree -o`, like `ps -o`); see [`Column::help`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +13,10 @@ pub enum Column {
     Procs,
     Cpu,
     Rss,
+    Mem,
+    Swap,
+    Psi,
+    Net,
     Age,
     Creator,
     Uid,
@@ -22,11 +27,15 @@ pub enum Column {
 
 impl Column {
     /// Every column, in the order `--help` lists them.
-    pub const ALL: [Column; 10] = [
+    pub const ALL: [Column; 14] = [
         Column::Tasks,
         Column::Procs,
         Column::Cpu,
         Column::Rss,
+        Column::Mem,
+        Column::Swap,
+        Column::Psi,
+        Column::Net,
         Column::Age,
         Column::Creator,
         Column::Uid,
@@ -42,6 +51,10 @@ impl Column {
             Column::Procs => "procs",
             Column::Cpu => "cpu",
             Column::Rss => "rss",
+            Column::Mem => "mem",
+            Column::Swap => "swap",
+            Column::Psi => "psi",
+            Column::Net => "net",
             Column::Age => "age",
             Column::Creator => "creator",
             Column::Uid => "uid",
@@ -58,6 +71,10 @@ impl Column {
             Column::Procs => "Processes listed in the cgroup and below",
             Column::Cpu => "Their CPU time (user + system)",
             Column::Rss => "Their resident memory, each process once",
+            Column::Mem => "The memory the kernel charges the cgroup, and its peak (cgroup2, or a node's memory mirror)",
+            Column::Swap => "The swap the kernel charges the cgroup (cgroup2 memory.swap.current, or a memory mirror's memsw - usage)",
+            Column::Psi => "Pressure (PSI) on cpu, memory and io: the share of the last 10 and 60 s some task was stalled, in percent (cgroup2 only)",
+            Column::Net => "A node with a network namespace of its own: bytes and packets received and sent on all its interfaces",
             Column::Age => "Time since the node was created",
             Column::Creator => "The node's creator: pid and command",
             Column::Uid => "The creator's uid",
@@ -81,7 +98,7 @@ pub struct View {
     pub now_unix: u64,
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
     let mut v = n as f64;
     let mut u = 0;
@@ -93,7 +110,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// A duration in its two largest units: `42s`, `5m07s`, `3h05m`, `2d04h`.
-fn age(seconds: u64) -> String {
+pub(crate) fn age(seconds: u64) -> String {
     let (d, h, m, s) = (seconds / 86400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
     match () {
         _ if d > 0 => format!("{d}d{h:02}h"),
@@ -101,6 +118,15 @@ fn age(seconds: u64) -> String {
         _ if m > 0 => format!("{m}m{s:02}s"),
         _ => format!("{s}s"),
     }
+}
+
+/// `psi cpu 1.50/0.25 memory … io …`: each resource's some avg10/avg60.
+fn psi(p: &Pressures) -> Option<String> {
+    let parts: Vec<String> = [("cpu", p.cpu), ("memory", p.memory), ("io", p.io)]
+        .iter()
+        .filter_map(|(name, one)| one.map(|o| format!("{name} {:.2}/{:.2}", o.some.avg10, o.some.avg60)))
+        .collect();
+    (!parts.is_empty()).then(|| format!("psi {}", parts.join(" ")))
 }
 
 /// The `(…)` part of a cgroup line: the columns it has a value for.
@@ -114,6 +140,16 @@ fn figures(n: &TreeNode, view: &View) -> String {
             Column::Procs => Some(format!("procs {}", u.processes)),
             Column::Cpu => Some(format!("cpu {:.2}s", u.cpu_seconds)),
             Column::Rss => Some(format!("rss {}", bytes(u.rss_bytes))),
+            Column::Mem => n.usage.cgroup.get("memory_bytes").map(|m| match n.usage.cgroup.get("memory_peak_bytes") {
+                Some(p) => format!("mem {} peak {}", bytes(*m), bytes(*p)),
+                None => format!("mem {}", bytes(*m)),
+            }),
+            Column::Swap => n.usage.cgroup.get("swap_bytes").map(|s| format!("swap {}", bytes(*s))),
+            Column::Psi => psi(&n.readings.pressure),
+            Column::Net => n.readings.network.as_ref().map(|net| {
+                let [rb, rp, tb, tp] = net.totals();
+                format!("net rx {}/{rp} tx {}/{tp}", bytes(rb), bytes(tb))
+            }),
             Column::Age => n.creator.as_ref().map(|c| format!("age {}", age(view.now_unix.saturating_sub(c.created_unix)))),
             Column::Creator => n.creator.as_ref().map(|c| format!("creator {} {}", c.pid, Escaped(&c.comm))),
             Column::Uid => n.creator.as_ref().map(|c| format!("uid {}", c.uid)),
@@ -194,6 +230,7 @@ mod tests {
             usage: Usage::default(),
             subtree_usage: Usage::default(),
             unreadable_tasks: 0,
+            readings: Default::default(),
             children,
         }
     }
@@ -222,6 +259,21 @@ mod tests {
         let text = render(&tree, &picked);
         assert!(text.contains("node_5  (age 1h02m creator 5 unshare uid 200001 owner 1000 procs 1)\n"), "{text}");
         assert!(text.starts_with("/t  (procs 0)\n"), "a cgroup without a record shows what it has: {text}");
+    }
+
+    #[test]
+    fn readings_columns_are_empty_where_nothing_was_read() {
+        use crate::sys::readings::{Interface, Network, Pressure, Stall};
+        let mut node = cgroup("/t/node_5", vec![], vec![]);
+        node.usage.cgroup = [("memory_bytes".to_string(), 2 << 20), ("memory_peak_bytes".into(), 3 << 20), ("swap_bytes".into(), 4096)].into();
+        node.readings.pressure.cpu = Some(Pressure { some: Stall { avg10: 1.5, avg60: 0.25, total_us: 9 }, full: None });
+        let lo = Interface { name: "lo".into(), rx_bytes: 2048, rx_packets: 2, tx_bytes: 2048, tx_packets: 2 };
+        node.readings.network = Some(Network { interfaces: vec![lo], cut: 0 });
+        let tree = cgroup("/t", vec![], vec![node]);
+        let picked = View { columns: vec![Column::Mem, Column::Swap, Column::Psi, Column::Net], ..view() };
+        let text = render(&tree, &picked);
+        assert!(text.starts_with("/t\n"), "no figures, no columns: {text}");
+        assert!(text.contains("node_5  (mem 2.0M peak 3.0M swap 4.0K psi cpu 1.50/0.25 net rx 2.0K/2 tx 2.0K/2)\n"), "{text}");
     }
 
     #[test]

@@ -317,6 +317,9 @@ impl Hierarchy {
                 out.push((name.to_string(), v));
             }
         }
+        if let Ok(Some(v)) = super::readings::swap_v2(&dir) {
+            out.push(("swap_bytes".to_string(), v));
+        }
         if let Ok(text) = fs::read_to_string(dir.join("io.stat")) {
             // One line per device: `MAJ:MIN rbytes=… wbytes=… …`.
             let sum = |key: &str| -> u64 {

@@ -13,6 +13,7 @@ pub mod mounts;
 pub mod notify;
 pub mod owner;
 pub mod procfs;
+pub mod readings;
 pub mod scan;
 pub mod status_file;
 pub mod subtree;

@@ -7,6 +7,8 @@
 
 pub mod attack;
 pub mod daemon;
+pub mod events;
+pub mod freezer;
 pub mod harness;
 pub mod hier;
 pub mod host;
@@ -14,6 +16,8 @@ pub mod systemd;
 
 pub use attack::*;
 pub use daemon::*;
+pub use events::*;
+pub use freezer::*;
 pub use hier::*;
 pub use host::*;
 pub use systemd::*;

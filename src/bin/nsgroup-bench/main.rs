@@ -31,6 +31,7 @@ mod reconcile;
 mod report;
 mod storm;
 mod tasks;
+mod top;
 
 use mirrored::Control;
 use hierarchy::{sibling, Bench};
@@ -77,6 +78,8 @@ enum Part {
     /// else the syscall tracepoints) and "no-syscall", each against no
     /// daemon. Small enough to run in the guest (`--only hooks --quick`).
     Hooks,
+    /// One frame of `nsgroup top` on a 10,000-node tree against walking the tree alone.
+    Top,
 }
 
 fn main() -> Result<()> {
@@ -119,6 +122,9 @@ fn main() -> Result<()> {
     }
     if run(Part::Reconcile) {
         reconcile::part(&b, &mut r, q)?;
+    }
+    if run(Part::Top) {
+        top::part(&b, &mut r, q)?;
     }
     if run(Part::Attack) {
         attack::part(&b, &mut r)?;

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::core::node::{CgroupId, Node};
 use crate::render::exposition::{Exposition, Format, Kind};
+use crate::render::metrics::{write_readings, ReadingRow};
+use crate::sys::readings::{Network, Pressures};
 use crate::sys::status_file::{Counters, LATENCY_BUCKETS};
 
 /// A node as the metrics show it.
@@ -15,12 +17,28 @@ pub(super) struct NodeLabel {
     path: String,
     created_unix: u64,
     owner: u32,
+    /// The inode of the node's own network namespace, if its set has one.
+    pub(super) net_ns: Option<u64>,
 }
 
 impl NodeLabel {
     pub(super) fn of(node: &Node, path: &str) -> NodeLabel {
-        NodeLabel { name: node.name.clone(), path: path.to_string(), created_unix: node.record.created_unix, owner: node.record.owner() }
+        let net_ns = node.record.own_net();
+        NodeLabel { name: node.name.clone(), path: path.to_string(), created_unix: node.record.created_unix, owner: node.record.owner(), net_ns }
     }
+
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// What the metrics thread reads of a node at a scrape.
+#[derive(Clone, Debug, Default)]
+pub(super) struct NodeReading {
+    /// Tasks (threads) in the node.
+    pub(super) tasks: u64,
+    pub(super) pressure: Pressures,
+    pub(super) network: Option<Network>,
 }
 
 /// The exposition's bounds and fixed figures.
@@ -31,14 +49,15 @@ pub(super) struct Bounds {
     pub(super) started_unix: u64,
 }
 
-/// The exposition of `counters` and `nodes` (by id); `tasks_in` counts the
-/// tasks (threads) in the node at a path.
+/// The exposition of `counters` and `nodes` (by id); `read` reads a node's
+/// tasks, pressure and network (only the nodes with per-node series are
+/// asked for more than their tasks: `full` is false for the others).
 pub(super) fn render(
     c: &Counters,
     nodes: &[(CgroupId, NodeLabel)],
     bounds: &Bounds,
     format: Format,
-    tasks_in: impl Fn(&str) -> u64,
+    read: impl Fn(&NodeLabel, bool) -> NodeReading,
 ) -> String {
     let mut x = Exposition::with_capacity(format, 4096 + nodes.len().min(bounds.max_node_series) * 160);
     let counters: [(&str, &str, u64); 9] = [
@@ -79,9 +98,10 @@ pub(super) fn render(
 
     x.family("nsgroup_nodes", Kind::Gauge, "", "Live nodes.").sample(&[], c.live_nodes);
     // Every node's task list is read here, in the metrics thread, never by the loop.
-    let tasks: Vec<u64> = nodes.iter().map(|(_, l)| tasks_in(&l.path)).collect();
-    x.family("nsgroup_tasks", Kind::Gauge, "", "Tasks (threads) in nodes.").sample(&[], tasks.iter().sum::<u64>());
     let cap = bounds.max_node_series.min(nodes.len());
+    let readings: Vec<NodeReading> = nodes.iter().enumerate().map(|(i, (_, l))| read(l, i < cap)).collect();
+    let tasks: Vec<u64> = readings.iter().map(|r| r.tasks).collect();
+    x.family("nsgroup_tasks", Kind::Gauge, "", "Tasks (threads) in nodes.").sample(&[], tasks.iter().sum::<u64>());
     let shown: Vec<(String, &NodeLabel)> = nodes[..cap].iter().map(|(id, l)| (id.to_string(), l)).collect();
     let mut per_node = x.family(
         "nsgroup_node_tasks",
@@ -102,6 +122,12 @@ pub(super) fn render(
     for (id, l) in &shown {
         owner.sample(&[("id", id), ("name", &l.name), ("owner", &l.owner.to_string())], 1);
     }
+    let rows: Vec<ReadingRow> = shown
+        .iter()
+        .zip(&readings)
+        .map(|((id, l), r)| ReadingRow { id: id.clone(), name: &l.name, pressure: &r.pressure, network: r.network.as_ref() })
+        .collect();
+    write_readings(&mut x, "nsgroup_node_", &rows);
     x.family("nsgroup_node_series_cut", Kind::Gauge, "", "Nodes left without per-node series by metrics.max_node_series.")
         .sample(&[], nodes.len() - cap);
     // Per owner: the owners with most nodes first, as many as per-node series.
@@ -135,7 +161,7 @@ mod tests {
     fn nodes(owners: &[(CgroupId, u32)]) -> Vec<(CgroupId, NodeLabel)> {
         owners
             .iter()
-            .map(|&(id, owner)| (id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10, owner }))
+            .map(|&(id, owner)| (id, NodeLabel { name: format!("node_{id}"), path: format!("/x/node_{id}"), created_unix: 10, owner, net_ns: None }))
             .collect()
     }
 
@@ -144,7 +170,7 @@ mod tests {
         // Owner 7 has 3 nodes, 8 has 2, every other owner one.
         let nodes = nodes(&[(1, 7), (2, 8), (3, 7), (4, 9), (5, 8), (6, 7), (7, 10)]);
         let bounds = Bounds { max_node_series: 2, started_unix: 1 };
-        let text = render(&Counters::default(), &nodes, &bounds, Format::Prometheus, |_| 0);
+        let text = render(&Counters::default(), &nodes, &bounds, Format::Prometheus, |_, _| NodeReading::default());
         let owners: Vec<&str> = text.lines().filter(|l| l.starts_with("nsgroup_owner_nodes{")).collect();
         assert_eq!(owners, ["nsgroup_owner_nodes{owner=\"7\"} 3", "nsgroup_owner_nodes{owner=\"8\"} 2"]);
         assert!(text.contains("nsgroup_owner_series_cut 2\n"), "{text}");
@@ -157,7 +183,7 @@ mod tests {
         c.latency_buckets[3] = 2;
         let nodes = nodes(&[(1, 1000), (2, 1000), (3, 1000), (4, 1000), (5, 1000)]);
         let bounds = Bounds { max_node_series: 3, started_unix: 1 };
-        let om = render(&c, &nodes, &bounds, Format::OpenMetrics, |_| 0);
+        let om = render(&c, &nodes, &bounds, Format::OpenMetrics, |_, _| NodeReading::default());
         assert!(om.contains("# TYPE nsgroup_events counter\nnsgroup_events_total 7\n"), "{om}");
         assert!(om.ends_with("# EOF\n"));
         assert!(om.contains("nsgroup_placement_latency_seconds_bucket{le=\"+Inf\"} 2"));
@@ -166,7 +192,7 @@ mod tests {
         assert!(om.contains("nsgroup_node_owner{id=\"1\",name=\"node_1\",owner=\"1000\"} 1"), "{om}");
         assert!(om.contains("nsgroup_owner_nodes{owner=\"1000\"} 5\n"), "{om}");
         assert!(om.contains("nsgroup_owner_series_cut 0\n"), "{om}");
-        let prom = render(&c, &nodes, &bounds, Format::Prometheus, |_| 0);
+        let prom = render(&c, &nodes, &bounds, Format::Prometheus, |_, _| NodeReading::default());
         assert!(prom.contains("# TYPE nsgroup_events_total counter\n"));
         assert!(!prom.contains("# EOF"));
     }
@@ -179,7 +205,7 @@ mod tests {
         }
         let nodes = nodes(&[(1, 0), (2, 0)]);
         let bounds = Bounds { max_node_series: 500, started_unix: 1 };
-        let text = render(&c, &nodes, &bounds, Format::Prometheus, |path| if path == "/x/node_2" { 4 } else { 1 });
+        let text = render(&c, &nodes, &bounds, Format::Prometheus, |l, _| NodeReading { tasks: if l.path == "/x/node_2" { 4 } else { 1 }, ..NodeReading::default() });
         for line in [
             "nsgroup_placement_latency_seconds_bucket{le=\"0.00005\"} 2\n",
             "nsgroup_placement_latency_seconds_bucket{le=\"0.0005\"} 3\n",

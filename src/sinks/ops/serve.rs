@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::metrics::{render, Bounds, NodeLabel};
+use super::metrics::{render, Bounds, NodeLabel, NodeReading};
 use crate::config::MetricsConfig;
 use crate::core::node::{CgroupId, Node};
 use crate::render::exposition::Format;
 use crate::sinks::error::SinkError;
-use crate::sys::hierarchy::Hierarchy;
+use crate::sys::hierarchy::{Hierarchy, Version};
+use crate::sys::readings;
 use crate::sys::status_file::{write_atomically, Counters};
 
 /// What the metrics threads read.
@@ -152,8 +153,18 @@ impl Scraped {
             let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             (s.counters.clone(), s.nodes.iter().map(|(id, l)| (*id, l.clone())).collect())
         };
-        let tasks_in = |path: &str| self.hierarchy.members(path).map_or(0, |m| m.len() as u64);
-        render(&counters, &nodes, &self.bounds, format, tasks_in)
+        let read = |label: &NodeLabel, full: bool| {
+            let members = self.hierarchy.members(label.path()).unwrap_or_default();
+            let mut reading = NodeReading { tasks: members.len() as u64, ..NodeReading::default() };
+            if full && self.hierarchy.version() == Version::V2 {
+                reading.pressure = readings::pressures(&self.hierarchy.dir(label.path())).unwrap_or_default();
+            }
+            if let (true, Some(ns)) = (full, label.net_ns) {
+                reading.network = readings::net_dev_of_members(Path::new("/proc"), &members, ns).ok().flatten();
+            }
+            reading
+        };
+        render(&counters, &nodes, &self.bounds, format, read)
     }
 }
 
