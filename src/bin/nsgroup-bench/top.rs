@@ -14,6 +14,7 @@ use nsgroup::sys::hierarchy::Hierarchy;
 use nsgroup::sys::locate::locate;
 use nsgroup::sys::procfs::ProcFs;
 
+use crate::daemon::Measured;
 use crate::hierarchy::Bench;
 use crate::report::{ms, Report};
 use crate::tasks::Held;
