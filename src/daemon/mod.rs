@@ -30,8 +30,7 @@ use crate::pipeline::outcome::Outcome;
 use crate::pipeline::placer::Placer;
 use crate::sys::clock::unix_now;
 use crate::pipeline::{Around, Job, Parts, Pipeline};
-use crate::policy::gate::{Bounds, Gate};
-use crate::policy::quota::{QuotaLimits, UserQuotas};
+use crate::policy::gate::Gate;
 use crate::sinks::ops::{Gauges, OpsJob, Started};
 use crate::sinks::Sinks;
 use crate::source::{ProcSource, Source};
@@ -178,16 +177,10 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let v2 = hierarchy.version() == crate::sys::hierarchy::Version::V2;
     let mirrors = Mirrors::new(crate::control::mirror::open_all(&config, v2)?);
     let adopt_ms = started.elapsed().as_millis() as u64;
-    let quotas = UserQuotas::new(QuotaLimits {
-        max_nodes_per_user: config.max_nodes_per_user,
-        creations_per_second: config.max_creations_per_second_per_user,
-        exempt_uids: config.quota_exempt_uids.clone(),
-    });
     let delegation = crate::policy::gate::delegation_rule(&config, &hierarchy);
-    let user_ns = own_set.get(NsKind::User);
     let key = hierarchy.key().clone();
-    let bounds = Bounds::of(&config);
-    let gate = Gate::new(bounds, proc.clone(), key.clone(), quotas, user_ns, delegation);
+    let user_ns = own_set.get(NsKind::User);
+    let gate = Gate::new(&config, proc.clone(), key.clone(), user_ns, delegation);
     let parts = Parts { placer, gate, mirrors, proc: proc.clone(), key, v2, own_hierarchy };
     let pipeline = Pipeline::new(parts, config.clone()).map_err(DaemonError::Config)?;
 

@@ -60,15 +60,15 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(
-        bounds: Bounds,
-        proc: ProcFs,
-        key: HierarchyKey,
-        quotas: UserQuotas,
-        own_user_ns: u64,
-        delegation: Option<Delegation>,
-    ) -> Gate {
-        Gate { bounds, proc, key, quotas, own_user_ns, delegation }
+    /// The checks `config` asks for (its bounds and the owners' quotas), for
+    /// a daemon in user namespace `own_user_ns` under `delegation`'s rule.
+    pub fn new(config: &Config, proc: ProcFs, key: HierarchyKey, own_user_ns: u64, delegation: Option<Delegation>) -> Gate {
+        let quotas = UserQuotas::new(super::quota::QuotaLimits {
+            max_nodes_per_user: config.max_nodes_per_user,
+            creations_per_second: config.max_creations_per_second_per_user,
+            exempt_uids: config.quota_exempt_uids.clone(),
+        });
+        Gate { bounds: Bounds::of(config), proc, key, quotas, own_user_ns, delegation }
     }
 
     /// Why a node `new` may not be made: too deep, or too many nodes.

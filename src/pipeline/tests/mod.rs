@@ -19,8 +19,7 @@ use crate::pipeline::mirrors::Mirrors;
 use crate::pipeline::outcome::Outcome;
 use crate::pipeline::placer::Placer;
 use crate::pipeline::{Around, Job, Parts, Pipeline};
-use crate::policy::gate::{Bounds, Gate};
-use crate::policy::quota::{QuotaLimits, UserQuotas};
+use crate::policy::gate::Gate;
 use crate::testing::procfs::{FakeProc, FakeTask, KEY};
 use crate::testing::FakeBackend;
 
@@ -100,13 +99,7 @@ impl Bed {
         let base = fake.set("base").unwrap();
         let tracker = Tracker::new(base, granularity);
         let placer = Placer::new(tracker, FakeBackend::with_root(ROOT, ROOT_PATH), || 42);
-        let quotas = UserQuotas::new(QuotaLimits {
-            max_nodes_per_user: config.max_nodes_per_user,
-            creations_per_second: config.max_creations_per_second_per_user,
-            exempt_uids: config.quota_exempt_uids.clone(),
-        });
-        let bounds = Bounds::of(&config);
-        let gate = Gate::new(bounds, fake.proc(), KEY, quotas, base.get(NsKind::User), None);
+        let gate = Gate::new(&config, fake.proc(), KEY, base.get(NsKind::User), None);
         let parts = Parts { placer, gate, mirrors: Mirrors::new(Vec::new()), proc: fake.proc(), key: KEY, v2, own_hierarchy: true };
         let pipeline = Pipeline::new(parts, config).unwrap();
         Bed { _dir: dir, fake, pipeline, tasks: BTreeMap::new(), out: Loop::default() }
