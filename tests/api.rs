@@ -563,6 +563,67 @@ fn freeze_thaw_and_kill_a_forking_subtree_on_v1_with_a_freezer_mirror() {
 }
 
 #[test]
+fn the_timeline_shows_a_node_created_frozen_thawed_killed_and_removed() {
+    if !privileged() {
+        return;
+    }
+    let h = Hier::new(Kind::V1);
+    let Some(f) = FreezerRoot::new(&h) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (socket, db, config) = (dir.path().join("api.sock"), dir.path().join("history.sqlite"), dir.path().join("nsgroup.toml"));
+    let text_config = format!(
+        "[[mirror]]\ncontrollers = \"freezer\"\nroot = \"{}\"\n\n[api]\nsocket = \"{}\"\n[history]\ndatabase = \"{}\"\n",
+        f.root,
+        socket.display(),
+        db.display()
+    );
+    std::fs::write(&config, text_config).unwrap();
+    let _d = Daemon::start(&h, &["--config", config.to_str().unwrap()]);
+    let (s, db) = (socket.to_str().unwrap().to_string(), db.to_str().unwrap().to_string());
+    let mut sleeper = spawn_frozen_able(&h, &f, "unshare --uts sleep 600");
+    let pid = sleeper.id();
+    let node = node_of(&h, pid, &h.root);
+    wait_for("the node's freezer mirror", || f.dir.join(node.trim_start_matches(&format!("{}/", h.root))).join("freezer.state").exists());
+    let run = |args: &[&str]| Command::new(NSGROUP).args(args).output().unwrap();
+    let timeline = |target: &str| -> Value {
+        let out = run(&["history", "--json", "--database", &db, target]);
+        assert!(out.status.success(), "history {target}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let whats = |t: &Value| -> Vec<String> { t["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect() };
+    for verb in ["freeze", "thaw"] {
+        let out = run(&[verb, "--socket", &s, &node]);
+        assert!(out.status.success(), "{verb}: {}", text(&out.stderr));
+    }
+    // A live pid names the node it is in.
+    wait_for("freeze and thaw in the timeline", || whats(&timeline(&pid.to_string())) == ["freeze", "thaw"]);
+    let out = run(&["kill", "--socket", &s, &node]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = sleeper.wait();
+    wait_for("the node removed", || !h.dir(&node).exists());
+    let mut t = Value::Null;
+    wait_for("the removal in the timeline", || {
+        t = timeline(&node);
+        !t["node"]["removed_unix"].is_null()
+    });
+    assert_eq!(whats(&t), ["freeze", "thaw", "kill"], "{t}");
+    let events = t["events"].as_array().unwrap();
+    assert!(events.iter().all(|e| e["by"] == "api" && e["uid"] == 0), "{t}");
+    assert_eq!(events[0]["detail"]["method"], "freezer.state", "{t}");
+    assert_eq!(t["node"]["creator_comm"], "unshare", "{t}");
+    assert_eq!(t["events_dropped"], 0);
+    // The text form: created, the verbs, removed, in order; a gone pid names the last node it created.
+    let out = run(&["history", "--database", &db, &pid.to_string()]);
+    let lines = text(&out.stdout);
+    let order: Vec<usize> = ["created", "freeze", "thaw", "kill", "removed"].iter().map(|w| lines.find(&format!("  {w} ")).unwrap_or(usize::MAX)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]) && order[4] != usize::MAX, "{lines}");
+    assert!(lines.contains(&node), "{lines}");
+    let out = run(&["history", "--database", &db, "/no/such/node"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no node"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn freeze_and_kill_on_cgroup2() {
     if !privileged() {
         return;

@@ -220,8 +220,8 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         }
     }
 
-    let api = crate::sinks::api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set)?;
     let ops = crate::sinks::ops::Ops::start(&config, &hierarchy, &root, &sig_write)?;
+    let api = crate::sinks::api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set, ops.recorder())?;
     let pace = Pace::new(config.batch_window_us, config.coalesce_above_per_second, config.realtime_priority);
     let mut d = Daemon {
         pipeline,

@@ -12,6 +12,9 @@
 //! ([`Msg::Start`]); rows of its hierarchy and root still open but no longer
 //! present were removed while no daemon watched: they are closed with the
 //! start's time and `closed_at_start`.
+//!
+//! Each node also has a bounded timeline of what happened to it
+//! ([`timeline`]): limits, freezes, kills, OOM kills, pressure crossings.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,6 +25,10 @@ use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
+
+pub mod timeline;
+
+pub use timeline::{Happening, Timeline, Which};
 
 /// How many records may wait for the writer before new ones are dropped.
 pub const QUEUE: usize = 8192;
@@ -79,6 +86,25 @@ pub enum Msg {
     Removed { node: NodeRow, removed_unix: u64, usage: BTreeMap<String, u64> },
     /// Entries coalesced away (no node made) in the minute starting at `minute_unix`.
     Coalesced { minute_unix: u64, entries: u64 },
+    /// Something happened to the live node `cgroup_id` (its timeline).
+    Happened { cgroup_id: u64, happening: Happening },
+}
+
+/// A handle that queues records for the writer from other threads (the
+/// API's workers); never blocks, like [`Writer::send`].
+#[derive(Clone)]
+pub struct Recorder {
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// Queues `msg`; a full queue drops it and counts it.
+    pub fn send(&self, msg: Msg) {
+        if self.tx.try_send(msg).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The writer thread and its channel.
@@ -107,6 +133,7 @@ pub fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
     add_owner_column(&conn)?;
+    timeline::migrate(&conn)?;
     // Creator names and uids: root's and its group's only.
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640));
@@ -136,6 +163,11 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// A handle for other threads, counted with this writer's drops.
+    pub fn recorder(&self) -> Option<Recorder> {
+        self.tx.as_ref().map(|tx| Recorder { tx: tx.clone(), dropped: Arc::clone(&self.dropped) })
     }
 
     /// Records dropped because the queue was full (or the writer had failed).
@@ -262,6 +294,12 @@ fn apply(tx: &Connection, hierarchy: &str, root: &str, msg: Msg) -> rusqlite::Re
                 params![hierarchy, root, minute_unix as i64, entries as i64],
             )?;
         }
+        // A node not (or no longer) recorded has no timeline to add to.
+        Msg::Happened { cgroup_id, happening } => {
+            if let Some(row) = open_row(tx, hierarchy, root, cgroup_id)? {
+                timeline::record(tx, row, &happening)?;
+            }
+        }
     }
     Ok(())
 }
@@ -284,6 +322,7 @@ pub fn apply_retention(tx: &Connection, r: Retention, now_unix: u64) -> rusqlite
             )?;
         }
     }
+    timeline::orphans(tx)?;
     Ok(())
 }
 
@@ -334,37 +373,47 @@ pub fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The columns [`history_row`] reads.
+const ROW_COLUMNS: &str = "hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
+                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid)";
+
+fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
+    let set: String = r.get(4)?;
+    let usage: Option<String> = r.get(11)?;
+    Ok(HistoryRow {
+        hierarchy: r.get(0)?,
+        root: r.get(1)?,
+        cgroup_id: r.get::<_, i64>(2)? as u64,
+        path: r.get(3)?,
+        set: serde_json::from_str(&set).unwrap_or_default(),
+        creator_pid: r.get(5)?,
+        creator_comm: r.get(6)?,
+        creator_uid: r.get(7)?,
+        owner_uid: r.get(12)?,
+        created_unix: r.get::<_, i64>(8)? as u64,
+        removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        closed_at_start: r.get::<_, i64>(10)? != 0,
+        usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+    })
+}
+
+/// The node in row `id`.
+fn row_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<HistoryRow>> {
+    conn.query_row(&format!("SELECT {ROW_COLUMNS} FROM nodes WHERE id = ?1"), params![id], history_row).optional()
+}
+
 /// The nodes matching `q`, oldest first.
 pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> {
     let since = q.since_unix.map(|s| s as i64);
     let limit = q.limit.map_or(-1, |l| l as i64);
-    let mut st = conn.prepare(
-        "SELECT hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
-                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid)
+    let mut st = conn.prepare(&format!(
+        "SELECT {ROW_COLUMNS}
          FROM nodes
          WHERE (?1 IS NULL OR created_unix >= ?1 OR removed_unix IS NULL OR removed_unix >= ?1)
            AND (?2 IS NULL OR creator_comm = ?2)
-         ORDER BY created_unix, id LIMIT ?3",
-    )?;
-    let rows = st.query_map(params![since, q.comm, limit], |r| {
-        let set: String = r.get(4)?;
-        let usage: Option<String> = r.get(11)?;
-        Ok(HistoryRow {
-            hierarchy: r.get(0)?,
-            root: r.get(1)?,
-            cgroup_id: r.get::<_, i64>(2)? as u64,
-            path: r.get(3)?,
-            set: serde_json::from_str(&set).unwrap_or_default(),
-            creator_pid: r.get(5)?,
-            creator_comm: r.get(6)?,
-            creator_uid: r.get(7)?,
-            owner_uid: r.get(12)?,
-            created_unix: r.get::<_, i64>(8)? as u64,
-            removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-            closed_at_start: r.get::<_, i64>(10)? != 0,
-            usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
-        })
-    })?;
+         ORDER BY created_unix, id LIMIT ?3"
+    ))?;
+    let rows = st.query_map(params![since, q.comm, limit], history_row)?;
     rows.collect()
 }
 

@@ -62,7 +62,7 @@ impl Mirrors {
                         around.publish(Outcome::Failed { what: Failure::MirrorLimit { mirror: &path, controllers: mirror.controllers() }, error: r });
                     }
                     for (file, value) in applied(&files, &refused) {
-                        around.publish(Outcome::LimitApplied { path: &path, file, value });
+                        around.publish(Outcome::LimitApplied { node: node.id, path: &path, file, value });
                     }
                     created.push(MirrorPath { controllers: mirror.controllers().to_string(), path });
                 }

@@ -75,8 +75,9 @@ pub enum Outcome<'a> {
     Removed { removal: &'a Removal, mirrored: &'a [(String, u64)] },
     /// A reconcile ended (the nodes it made were published before).
     Reconciled { why: &'a str, report: &'a Report, elapsed: Duration },
-    /// The policy wrote `file` = `value` on the new node at `path`.
-    LimitApplied { path: &'a str, file: &'a str, value: &'a str },
+    /// The policy wrote `file` = `value` on node `node`, at `path` (the
+    /// node itself, or its mirror: published before the node's `Created`).
+    LimitApplied { node: CgroupId, path: &'a str, file: &'a str, value: &'a str },
     /// Entries coalesced away in the high-rate mode (no node made).
     Coalesced { entries: u64 },
     /// `lost` events were lost (the ring overflowed).

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::control::verbs::Timing;
 use crate::core::node::Node;
 use crate::core::nsset::NsSet;
+use crate::history::Recorder;
 use crate::sys::clock::unix_now;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
@@ -37,7 +38,15 @@ pub struct ApiHost {
 impl ApiHost {
     /// Loads strict mode (when configured: failing says exactly why), binds
     /// the socket and starts serving it.
-    pub fn start(config: &Config, hierarchy: &Hierarchy, root: &str, proc: &ProcFs, own_set: &NsSet) -> Result<ApiHost, SinkError> {
+    /// `history` records the verbs and limits requests carry out.
+    pub fn start(
+        config: &Config,
+        hierarchy: &Hierarchy,
+        root: &str,
+        proc: &ProcFs,
+        own_set: &NsSet,
+        history: Option<Recorder>,
+    ) -> Result<ApiHost, SinkError> {
         let user_ns = own_set.get(crate::core::nsset::NsKind::User);
         let strict = if config.api.strict {
             let scope = StrictScope::of(hierarchy, root, user_ns).map_err(|e| SinkError::Config(format!("api.strict: {e}")))?;
@@ -83,6 +92,7 @@ impl ApiHost {
                 LimitPolicy::new(move |record, parent| crate::policy::rules::limits_for(&config, record, parent))
             },
             list_cache: Default::default(),
+            history,
         };
         let server = Server::start(listener, ctx).map_err(|e| SinkError::Config(format!("api.socket: starting the server: {e}")))?;
         info!(socket = %socket.path().display(), mode = format!("{:04o}", api.socket_mode), "serving the API");
@@ -164,7 +174,7 @@ impl Sink for ApiHost {
                 created: report.created as u64,
                 elapsed_ms: elapsed.as_millis() as u64,
             },
-            Outcome::LimitApplied { path, file, value } => {
+            Outcome::LimitApplied { path, file, value, .. } => {
                 ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
             Outcome::Overflow { lost } => ApiEvent::Overflow { lost },

@@ -64,7 +64,7 @@ fn line(o: &Outcome<'_>) -> String {
         Outcome::Placed { task, path, created, .. } => format!("placed {} {path}{}", task.tid, if *created { " new" } else { "" }),
         Outcome::Removed { removal, .. } => format!("removed {}", removal.path),
         Outcome::Reconciled { why, report, .. } => format!("reconciled {why} moved {} created {}", report.moved, report.created),
-        Outcome::LimitApplied { path, file, value } => format!("limit {path} {file}={value}"),
+        Outcome::LimitApplied { path, file, value, .. } => format!("limit {path} {file}={value}"),
         Outcome::Coalesced { entries } => format!("coalesced {entries}"),
         Outcome::Overflow { lost } => format!("overflow {lost}"),
         Outcome::Refused { task, why } => format!("refused {} {why:?}", task.tid),
