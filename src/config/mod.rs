@@ -108,6 +108,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// The status file and periodic counters (`[status]`; `nsgroup status`).
     pub status: StatusConfig,
+    /// What the kernel does to nodes: OOM kills (`[watch]`; docs/semantics.md).
+    pub watch: WatchConfig,
 }
 
 /// One mirrored v1 hierarchy.
@@ -253,6 +255,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             history: HistoryConfig::default(),
             status: StatusConfig::default(),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -344,6 +347,27 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> HistoryConfig {
         HistoryConfig { database: PathBuf::from(DEFAULT_HISTORY_DB), retention_days: 30, retention_rows: 1_000_000 }
+    }
+}
+
+/// `[watch]`: the kernel's notifications about nodes.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Watch nodes' memory events for OOM kills (cgroup2: the node's
+    /// `memory.events`; v1: its memory mirror's `memory.oom_control`).
+    pub oom: bool,
+    /// At most this many nodes are watched; the rest are counted
+    /// (`nsgroup_watches_skipped`), not watched.
+    pub max_watches: usize,
+    /// Name the victim of an OOM kill from the kernel's log (`/dev/kmsg`,
+    /// read only after a kill, at most 512 records at a time).
+    pub kmsg: bool,
+}
+
+impl Default for WatchConfig {
+    fn default() -> WatchConfig {
+        WatchConfig { oom: true, max_watches: 4096, kmsg: true }
     }
 }
 

@@ -95,6 +95,11 @@ impl Mirrors {
     }
 
     /// Whether there are none (nothing to follow).
+    /// The mirror carrying the memory controller: its mount and controllers.
+    pub fn memory(&self) -> Option<(std::path::PathBuf, String)> {
+        self.all.iter().find(|m| m.controllers().split(',').any(|c| c == "memory")).map(|m| (m.mount().to_path_buf(), m.controllers().to_string()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.all.is_empty()
     }

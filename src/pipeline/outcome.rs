@@ -12,6 +12,7 @@ use crate::bpf::Event;
 use crate::core::node::{CgroupId, Node};
 use crate::core::tracker::Refusal;
 pub use crate::policy::gate::Dropped;
+use crate::sys::watch::{MemCounts, Victim};
 use super::placer::Removal;
 use super::reconcile::Report;
 
@@ -61,6 +62,21 @@ impl<'a> Task<'a> {
 }
 
 
+/// Tasks of a node killed by the OOM killer, as the kernel counted them.
+#[derive(Clone, Debug)]
+pub struct OomKill {
+    pub node: Node,
+    pub path: String,
+    /// The counts now (`memory.events.local`, `memory.events` or v1 `memory.oom_control`).
+    pub counts: MemCounts,
+    /// Kills (task and group) since the last look.
+    pub kills: u64,
+    /// The victim, from the kernel's log (when it could be read and matched).
+    pub victim: Option<Victim>,
+    /// The node's memory limit in force (`memory.max`, v1 `memory.limit_in_bytes`).
+    pub memory_max: Option<String>,
+}
+
 /// One thing that happened.
 pub enum Outcome<'a> {
     /// `count` events were handed to the pipeline (not those held back or
@@ -90,6 +106,8 @@ pub enum Outcome<'a> {
     /// A task of node `node` was placed outside the root of the mirror of
     /// `controllers`, so not mirrored.
     NotMirrored { node: CgroupId, controllers: &'a str },
+    /// The OOM killer killed in a node.
+    OomKill(&'a OomKill),
     /// A step failed; the daemon goes on.
     Failed { what: Failure<'a>, error: &'a dyn Display },
 }

@@ -13,7 +13,7 @@ use crate::pipeline::outcome::{Outcome, Sink};
 use super::error::SinkError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
-use crate::api::proto::{set_map, ApiEvent, CreatorView};
+use crate::api::proto::{set_map, ApiEvent, CreatorView, OomKillView, VictimView};
 use crate::api::events::Publisher;
 use crate::api::server::Server;
 use crate::api::strict::{Strict, StrictScope};
@@ -132,7 +132,7 @@ impl Sink for ApiHost {
     }
 
     /// `node_created`, `task_placed`, `node_removed`, `reconcile`,
-    /// `limits_applied` and `overflow`, built only while somebody subscribes.
+    /// `limits_applied`, `overflow` and `oom_kill`, built only while somebody subscribes.
     fn take(&mut self, outcome: &Outcome<'_>) {
         if !self.wants_events() {
             return;
@@ -178,6 +178,19 @@ impl Sink for ApiHost {
                 ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
             Outcome::Overflow { lost } => ApiEvent::Overflow { lost },
+            Outcome::OomKill(k) => ApiEvent::OomKill(Box::new(OomKillView {
+                path: k.path.clone(),
+                cgroup_id: k.node.id,
+                creator: creator(&k.node),
+                owner: k.node.record.owner(),
+                set: set_map(&k.node.record.set),
+                victim: k.victim.as_ref().map(|v| VictimView { pid: v.pid, comm: v.comm.clone() }),
+                memory_max: k.memory_max.clone(),
+                kills: k.kills,
+                oom: k.counts.oom,
+                oom_kill: k.counts.oom_kill,
+                oom_group_kill: k.counts.oom_group_kill,
+            })),
             Outcome::Coalesced { .. }
             | Outcome::Events { .. }
             | Outcome::Refused { .. }

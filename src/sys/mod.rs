@@ -16,3 +16,4 @@ pub mod procfs;
 pub mod scan;
 pub mod status_file;
 pub mod subtree;
+pub mod watch;

@@ -71,6 +71,7 @@ fn line(o: &Outcome<'_>) -> String {
         Outcome::Dropped { tid, why, .. } => format!("dropped {tid} {why:?}"),
         Outcome::NotMirrored { controllers, .. } => format!("not mirrored {controllers}"),
         Outcome::Failed { what, .. } => format!("failed {what:?}"),
+        Outcome::OomKill(k) => format!("oom_kill {} {}", k.path, k.kills),
     }
 }
 

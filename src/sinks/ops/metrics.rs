@@ -8,6 +8,9 @@ use crate::core::node::{CgroupId, Node};
 use crate::render::exposition::{Exposition, Format, Kind};
 use crate::sys::status_file::{Counters, LATENCY_BUCKETS};
 
+/// Every node kind (`NodeRecord::kind`): the OOM kill series' labels.
+const NODE_KINDS: [&str; 9] = ["user", "pid", "net", "mnt", "cgroup", "ipc", "uts", "time", "other"];
+
 /// A node as the metrics show it.
 #[derive(Clone, Debug)]
 pub(super) struct NodeLabel {
@@ -77,6 +80,12 @@ pub(super) fn render(
         .part("_sum", &[], c.latency_sum_us as f64 / 1e6)
         .part("_count", &[], cumulative);
 
+    let mut oom = x.family("nsgroup_oom_kills", Kind::Counter, "", "Tasks the OOM killer killed in nodes, by node kind (its outermost namespace of its own).");
+    for kind in NODE_KINDS {
+        oom.sample(&[("kind", kind)], c.oom_kills.get(kind).copied().unwrap_or(0));
+    }
+    x.family("nsgroup_watches_skipped", Kind::Gauge, "", "Nodes not watched for OOM kills: beyond watch.max_watches.")
+        .sample(&[], c.watches_skipped);
     x.family("nsgroup_nodes", Kind::Gauge, "", "Live nodes.").sample(&[], c.live_nodes);
     // Every node's task list is read here, in the metrics thread, never by the loop.
     let tasks: Vec<u64> = nodes.iter().map(|(_, l)| tasks_in(&l.path)).collect();

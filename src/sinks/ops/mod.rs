@@ -59,6 +59,8 @@ pub struct Gauges {
     pub live_nodes: u64,
     /// Namespaces held open for nodes.
     pub pinned: u64,
+    /// Nodes left unwatched by the bound.
+    pub watches_skipped: u64,
 }
 
 /// What the daemon runs with, known once its source runs.
@@ -307,6 +309,7 @@ impl Ops {
     fn refresh(&mut self, gauges: &Gauges) {
         self.counters.ring_dropped = gauges.ring_dropped;
         self.counters.live_nodes = gauges.live_nodes;
+        self.counters.watches_skipped = gauges.watches_skipped;
         self.counters.history_dropped = self.history.as_ref().map_or(0, Writer::dropped);
     }
 
@@ -385,6 +388,24 @@ impl Sink for Ops {
                 // A new node's limits come before it: held until it is recorded.
                 if self.history.is_some() && self.early.len() < MAX_EARLY {
                     self.early.push((node, happening("limit", "policy", None, detail)));
+                }
+            }
+            Outcome::OomKill(k) => {
+                *c.oom_kills.entry(k.node.record.kind().to_string()).or_default() += k.kills;
+                if let Some(h) = &self.history {
+                    let mut detail = BTreeMap::from([
+                        ("kills".to_string(), k.kills.into()),
+                        ("oom_kill".to_string(), k.counts.oom_kill.into()),
+                        ("oom_group_kill".to_string(), k.counts.oom_group_kill.into()),
+                    ]);
+                    if let Some(v) = &k.victim {
+                        detail.insert("victim_pid".into(), v.pid.into());
+                        detail.insert("victim_comm".into(), v.comm.clone().into());
+                    }
+                    if let Some(m) = &k.memory_max {
+                        detail.insert("memory_max".into(), m.clone().into());
+                    }
+                    h.send(Msg::Happened { cgroup_id: k.node.id, happening: happening("oom_kill", "kernel", None, detail) });
                 }
             }
             Outcome::Overflow { .. } | Outcome::Failed { .. } => {}
