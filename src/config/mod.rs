@@ -14,6 +14,7 @@ use crate::sys::subtree::LeafPolicy;
 
 mod load;
 mod matching;
+pub mod pressure;
 mod validate;
 
 pub use load::ConfigError;
@@ -110,6 +111,9 @@ pub struct Config {
     pub status: StatusConfig,
     /// What the kernel does to nodes: OOM kills (`[watch]`; docs/semantics.md).
     pub watch: WatchConfig,
+    /// Pressure rules (`[[pressure]]` tables): a PSI trigger on every node
+    /// whose creation matches, and what is done to it when it fires (cgroup2).
+    pub pressure: Vec<pressure::PressureRule>,
 }
 
 /// One mirrored v1 hierarchy.
@@ -256,6 +260,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             status: StatusConfig::default(),
             watch: WatchConfig::default(),
+            pressure: Vec::new(),
         }
     }
 }
@@ -363,11 +368,14 @@ pub struct WatchConfig {
     /// Name the victim of an OOM kill from the kernel's log (`/dev/kmsg`,
     /// read only after a kill, at most 512 records at a time).
     pub kmsg: bool,
+    /// At most this many PSI triggers (`[[pressure]]`) in all; the rest
+    /// are counted (`nsgroup_triggers_skipped`), not written.
+    pub max_pressure_triggers: usize,
 }
 
 impl Default for WatchConfig {
     fn default() -> WatchConfig {
-        WatchConfig { oom: true, max_watches: 4096, kmsg: true }
+        WatchConfig { oom: true, max_watches: 4096, kmsg: true, max_pressure_triggers: 256 }
     }
 }
 
