@@ -260,6 +260,27 @@ pub struct OomKillView {
     pub oom_group_kill: u64,
 }
 
+/// A `pressure` event: the node whose trigger fired, the trigger, and the
+/// rule's action with how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PressureView {
+    pub path: String,
+    pub cgroup_id: u64,
+    pub creator: CreatorView,
+    pub owner: u32,
+    pub resource: &'static str,
+    /// As written into `<resource>.pressure` (`some 150000 1000000`).
+    pub trigger: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// How the action was done (`cgroup.kill`, `cgroup.freeze`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<String>,
+    /// Why the action failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What the daemon (and the API itself, for `limit`) publishes to
 /// subscribers. Serialized as `"event": <name>, "data": {…}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -312,6 +333,8 @@ pub enum ApiEvent {
     Reconcile { why: String, examined: u64, moved: u64, created: u64, elapsed_ms: u64 },
     /// The OOM killer killed in a node (boxed: the other events stay small).
     OomKill(Box<OomKillView>),
+    /// A node's pressure crossed a `[[pressure]]` rule's threshold.
+    Pressure(Box<PressureView>),
     /// Events that never reached this subscriber (the daemon's queue to the
     /// API was full); `seq` numbers go on without a gap, this says how many are missing.
     Lost { events: u64 },

@@ -33,6 +33,7 @@ use crate::pipeline::{Around, Job, Parts, Pipeline};
 use crate::policy::gate::{Bounds, Gate};
 use crate::policy::quota::{QuotaLimits, UserQuotas};
 use crate::sinks::ops::{Gauges, OpsJob, Started};
+use crate::sinks::watch::Told;
 use crate::sinks::Sinks;
 use crate::source::{ProcSource, Source};
 use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
@@ -222,7 +223,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
 
     let ops = crate::sinks::ops::Ops::start(&config, &hierarchy, &root, &sig_write)?;
     let api = crate::sinks::api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set, ops.recorder())?;
-    let watch = crate::sinks::watch::Watch::start(&config.watch, &hierarchy, v2, pipeline.mirrors().memory());
+    let watch = crate::sinks::watch::Watch::start(&config, &hierarchy, &proc, pipeline.mirrors().memory());
     let pace = Pace::new(config.batch_window_us, config.coalesce_above_per_second, config.realtime_priority);
     let mut d = Daemon {
         pipeline,
@@ -347,10 +348,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// What the kernel told about nodes: each OOM kill to every sink.
+    /// What the kernel told about nodes (OOM kills, pressure), to every sink.
     fn handle_watches(&mut self) {
-        for kill in self.sinks.watch.fired() {
-            self.sinks.publish(Outcome::OomKill(&kill));
+        for told in self.sinks.watch.fired() {
+            match &told {
+                Told::Oom(kill) => self.sinks.publish(Outcome::OomKill(kill)),
+                Told::Pressure(crossed) => self.sinks.publish(Outcome::Pressure(crossed)),
+            }
         }
     }
 
@@ -494,7 +498,8 @@ impl Daemon {
             ring_emitted: self.source.emitted(),
             live_nodes: self.pipeline.tracker().node_count() as u64,
             pinned: self.pipeline.pinned() as u64,
-            watches_skipped: self.sinks.watch.skipped(),
+            watches_skipped: self.sinks.watch.skipped().0,
+            triggers_skipped: self.sinks.watch.skipped().1,
         }
     }
 }

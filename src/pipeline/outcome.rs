@@ -77,6 +77,18 @@ pub struct OomKill {
     pub memory_max: Option<String>,
 }
 
+/// A node's PSI trigger fired (a `[[pressure]]` rule), and what was done.
+#[derive(Clone, Debug)]
+pub struct PressureCrossed {
+    pub node: Node,
+    pub path: String,
+    pub resource: &'static str,
+    /// The trigger as written (`some 150000 1000000`).
+    pub trigger: String,
+    /// The rule's action, and how it went: the method (`cgroup.kill`, …) or why it failed.
+    pub action: Option<(&'static str, Result<&'static str, String>)>,
+}
+
 /// One thing that happened.
 pub enum Outcome<'a> {
     /// `count` events were handed to the pipeline (not those held back or
@@ -108,6 +120,8 @@ pub enum Outcome<'a> {
     NotMirrored { node: CgroupId, controllers: &'a str },
     /// The OOM killer killed in a node.
     OomKill(&'a OomKill),
+    /// A node's pressure crossed a rule's threshold.
+    Pressure(&'a PressureCrossed),
     /// A step failed; the daemon goes on.
     Failed { what: Failure<'a>, error: &'a dyn Display },
 }

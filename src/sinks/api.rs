@@ -13,7 +13,7 @@ use crate::pipeline::outcome::{Outcome, Sink};
 use super::error::SinkError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
-use crate::api::proto::{set_map, ApiEvent, CreatorView, OomKillView, VictimView};
+use crate::api::proto::{set_map, ApiEvent, CreatorView, OomKillView, PressureView, VictimView};
 use crate::api::events::Publisher;
 use crate::api::server::Server;
 use crate::api::strict::{Strict, StrictScope};
@@ -132,7 +132,7 @@ impl Sink for ApiHost {
     }
 
     /// `node_created`, `task_placed`, `node_removed`, `reconcile`,
-    /// `limits_applied`, `overflow` and `oom_kill`, built only while somebody subscribes.
+    /// `limits_applied`, `overflow`, `oom_kill` and `pressure`, built only while somebody subscribes.
     fn take(&mut self, outcome: &Outcome<'_>) {
         if !self.wants_events() {
             return;
@@ -178,6 +178,17 @@ impl Sink for ApiHost {
                 ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
             Outcome::Overflow { lost } => ApiEvent::Overflow { lost },
+            Outcome::Pressure(p) => ApiEvent::Pressure(Box::new(PressureView {
+                path: p.path.clone(),
+                cgroup_id: p.node.id,
+                creator: creator(&p.node),
+                owner: p.node.record.owner(),
+                resource: p.resource,
+                trigger: p.trigger.clone(),
+                action: p.action.as_ref().map(|(a, _)| *a),
+                done: p.action.as_ref().and_then(|(_, d)| d.as_ref().ok().map(|m| m.to_string())),
+                error: p.action.as_ref().and_then(|(_, d)| d.as_ref().err().cloned()),
+            })),
             Outcome::OomKill(k) => ApiEvent::OomKill(Box::new(OomKillView {
                 path: k.path.clone(),
                 cgroup_id: k.node.id,

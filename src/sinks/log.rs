@@ -179,6 +179,27 @@ impl Sink for Log {
                     );
                 }
             }
+            Outcome::Pressure(p) => {
+                let r = &p.node.record;
+                if self.per_owner.allow(r.owner(), std::time::Instant::now()) {
+                    let (action, done) = match &p.action {
+                        Some((a, Ok(method))) => (Some(*a), Some(method.to_string())),
+                        Some((a, Err(e))) => (Some(*a), Some(format!("failed: {e}"))),
+                        None => (None, None),
+                    };
+                    warn!(
+                        event = "pressure",
+                        path = %Escaped(&p.path),
+                        owner_uid = r.owner(),
+                        creator_comm = %Escaped(&r.creator_comm),
+                        resource = p.resource,
+                        trigger = %p.trigger,
+                        action,
+                        done,
+                        "a node's pressure crossed its rule's threshold"
+                    );
+                }
+            }
             Outcome::Created { cause: Cause::Reconcile, .. }
             | Outcome::Events { .. }
             | Outcome::Reconciled { .. }

@@ -39,6 +39,15 @@ pub struct Counters {
     /// Nodes left unwatched by `watch.max_watches`.
     #[serde(default)]
     pub watches_skipped: u64,
+    /// `[[pressure]]` triggers that fired, by resource.
+    #[serde(default)]
+    pub pressure_events: BTreeMap<String, u64>,
+    /// Their actions done, by action (`freeze`, `kill`).
+    #[serde(default)]
+    pub pressure_actions: BTreeMap<String, u64>,
+    /// PSI triggers left unwritten by `watch.max_pressure_triggers`.
+    #[serde(default)]
+    pub triggers_skipped: u64,
     /// Per bucket of the latency histogram's buckets (not cumulative), then
     /// above them.
     pub latency_buckets: Vec<u64>,
@@ -68,6 +77,9 @@ impl Default for Counters {
             live_nodes: 0,
             oom_kills: BTreeMap::new(),
             watches_skipped: 0,
+            pressure_events: BTreeMap::new(),
+            pressure_actions: BTreeMap::new(),
+            triggers_skipped: 0,
             latency_buckets: vec![0; LATENCY_BUCKETS.len() + 1],
             latency_sum_us: 0,
             latency_count: 0,

@@ -1,9 +1,12 @@
 //! The kernel's notifications about nodes, as one file descriptor for the
 //! daemon's loop: an epoll set holding an inotify instance (cgroup2
 //! `memory.events.local`, else `memory.events`: the kernel notifies changes
-//! through kernfs, as IN_MODIFY) and one eventfd per v1 node
-//! (`memory.oom_control`, registered through `cgroup.event_control`). At
-//! most `max` nodes are watched; the rest are counted, not watched.
+//! through kernfs, as IN_MODIFY), one eventfd per v1 node
+//! (`memory.oom_control`, registered through `cgroup.event_control`), and
+//! the PSI triggers (cgroup2: `some 150000 1000000` written into the node's
+//! `<resource>.pressure`, the file kept open, EPOLLPRI when it fires). At
+//! most `max` nodes are watched and `max_triggers` triggers written; the
+//! rest are counted, not watched.
 //!
 //! Also what the notifications are about: the counts (`oom`, `oom_kill`,
 //! `oom_group_kill`), the limit in force, and the victims the kernel logs
@@ -84,6 +87,15 @@ pub fn victim_in(record: &str, path: &str) -> Option<Victim> {
     Some(Victim { pid, comm: rest[..at].to_string() })
 }
 
+/// What a notification is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fired {
+    /// The node's memory events changed.
+    Memory,
+    /// The node's trigger of pressure rule `n` fired.
+    Pressure(usize),
+}
+
 /// A node's memory files, as watched.
 struct Watched {
     /// What to read: `memory.events(.local)` or `memory.oom_control`.
@@ -116,9 +128,14 @@ pub struct Watcher {
     max: usize,
     nodes: HashMap<CgroupId, Watched>,
     by_wd: HashMap<i32, CgroupId>,
-    by_token: HashMap<u64, CgroupId>,
+    by_token: HashMap<u64, (CgroupId, Fired)>,
     next_token: u64,
     skipped: u64,
+    max_triggers: usize,
+    /// Each node's triggers: their epoll tokens and open pressure files.
+    triggers: HashMap<CgroupId, Vec<(u64, OwnedFd)>>,
+    trigger_count: usize,
+    triggers_skipped: u64,
 }
 
 fn io(op: &'static str, what: impl AsRef<Path>) -> impl FnOnce(rustix::io::Errno) -> IoError {
@@ -126,12 +143,25 @@ fn io(op: &'static str, what: impl AsRef<Path>) -> impl FnOnce(rustix::io::Errno
 }
 
 impl Watcher {
-    /// An empty watcher for at most `max` nodes.
-    pub fn new(max: usize) -> Result<Watcher, IoError> {
+    /// An empty watcher for at most `max` nodes and `max_triggers` PSI triggers.
+    pub fn new(max: usize, max_triggers: usize) -> Result<Watcher, IoError> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("epoll_create", "the watches"))?;
         let inotify = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).map_err(io("inotify_init", "the watches"))?;
         epoll::add(&epoll, &inotify, epoll::EventData::new_u64(INOTIFY), epoll::EventFlags::IN).map_err(io("epoll_ctl", "the watches"))?;
-        Ok(Watcher { epoll, inotify, max, nodes: HashMap::new(), by_wd: HashMap::new(), by_token: HashMap::new(), next_token: 1, skipped: 0 })
+        Ok(Watcher {
+            epoll,
+            inotify,
+            max,
+            nodes: HashMap::new(),
+            by_wd: HashMap::new(),
+            by_token: HashMap::new(),
+            next_token: 1,
+            skipped: 0,
+            max_triggers,
+            triggers: HashMap::new(),
+            trigger_count: 0,
+            triggers_skipped: 0,
+        })
     }
 
     /// What the loop polls (readable: call [`Watcher::ready`]).
@@ -147,6 +177,50 @@ impl Watcher {
     /// Nodes watched now.
     pub fn watched(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Triggers not written because of the bound.
+    pub fn triggers_skipped(&self) -> u64 {
+        self.triggers_skipped
+    }
+
+    /// A token for epoll, for what it tells about `node`.
+    fn token(&mut self, node: CgroupId, fired: Fired) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.by_token.insert(token, (node, fired));
+        token
+    }
+
+    /// Writes the PSI trigger `trigger` (`some 150000 1000000`) into
+    /// `dir/<resource>.pressure` for pressure rule `rule` of `node`.
+    pub fn add_trigger(&mut self, node: CgroupId, dir: &Path, resource: &str, trigger: &str, rule: usize) -> Result<Armed, IoError> {
+        let file = dir.join(format!("{resource}.pressure"));
+        if !file.exists() {
+            return Ok(Armed::NoMemory);
+        }
+        if self.trigger_count >= self.max_triggers {
+            self.triggers_skipped += 1;
+            return Ok(Armed::Skipped);
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&file)
+            .map_err(|e| IoError::new("open", &file, e))?;
+        // One write, the trigger's text and its terminating NUL as the kernel's example does.
+        rustix::io::write(&f, format!("{trigger}\0").as_bytes()).map_err(io("write a PSI trigger to", &file))?;
+        let fd = OwnedFd::from(f);
+        let token = self.token(node, Fired::Pressure(rule));
+        if let Err(e) = epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(token), epoll::EventFlags::PRI) {
+            self.by_token.remove(&token);
+            return Err(io("epoll_ctl", &file)(e));
+        }
+        self.triggers.entry(node).or_default().push((token, fd));
+        self.trigger_count += 1;
+        Ok(Armed::Yes)
     }
 
     /// Watches the memory events of `node`, whose memory controller's
@@ -174,10 +248,11 @@ impl Watcher {
             How::Inotify(wd)
         } else {
             let fd = self.register_oom_eventfd(dir, &events)?;
-            let token = self.next_token;
-            self.next_token += 1;
-            epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN).map_err(io("epoll_ctl", &events))?;
-            self.by_token.insert(token, node);
+            let token = self.token(node, Fired::Memory);
+            if let Err(e) = epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(token), epoll::EventFlags::IN) {
+                self.by_token.remove(&token);
+                return Err(io("epoll_ctl", &events)(e));
+            }
             How::EventFd { token, fd }
         };
         self.nodes.insert(node, Watched { events, limit, how });
@@ -197,6 +272,10 @@ impl Watcher {
 
     /// Stops watching `node` (removed, or gone).
     pub fn forget(&mut self, node: CgroupId) {
+        for (token, _fd) in self.triggers.remove(&node).unwrap_or_default() {
+            self.by_token.remove(&token);
+            self.trigger_count -= 1;
+        }
         let Some(w) = self.nodes.remove(&node) else { return };
         match w.how {
             How::Inotify(wd) => {
@@ -210,25 +289,33 @@ impl Watcher {
         }
     }
 
-    /// The nodes whose files changed since the last call (each once, at most
-    /// [`READY_BATCH`] notifications a call); never blocks.
-    pub fn ready(&mut self, out: &mut Vec<CgroupId>) -> Result<(), IoError> {
+    /// The nodes whose files changed or triggers fired since the last call
+    /// (each once, at most [`READY_BATCH`] notifications a call); never blocks.
+    pub fn ready(&mut self, out: &mut Vec<(CgroupId, Fired)>) -> Result<(), IoError> {
         let mut events = Vec::with_capacity(READY_BATCH);
         let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
         match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&zero)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(io("epoll_wait", "the watches")(e)),
         }
-        for ev in &events {
-            let token = ev.data.u64();
+        for ev in events.iter().copied() {
+            let (token, flags) = (ev.data.u64(), ev.flags);
             if token == INOTIFY {
                 self.read_inotify(out)?;
-            } else if let Some(&node) = self.by_token.get(&token) {
-                if let Some(Watched { how: How::EventFd { fd, .. }, .. }) = self.nodes.get(&node) {
-                    let mut count = [0u8; 8];
-                    let _ = rustix::io::read(fd, &mut count);
+                continue;
+            }
+            let Some(&(node, fired)) = self.by_token.get(&token) else { continue };
+            match fired {
+                Fired::Memory => {
+                    if let Some(Watched { how: How::EventFd { fd, .. }, .. }) = self.nodes.get(&node) {
+                        let mut count = [0u8; 8];
+                        let _ = rustix::io::read(fd, &mut count);
+                    }
+                    out.push((node, fired));
                 }
-                out.push(node);
+                // A trigger whose cgroup went reports errors for ever: dropped.
+                Fired::Pressure(_) if flags.contains(epoll::EventFlags::ERR) => self.drop_trigger(node, token),
+                Fired::Pressure(_) => out.push((node, fired)),
             }
         }
         out.sort_unstable();
@@ -236,14 +323,23 @@ impl Watcher {
         Ok(())
     }
 
-    fn read_inotify(&mut self, out: &mut Vec<CgroupId>) -> Result<(), IoError> {
+    fn drop_trigger(&mut self, node: CgroupId, token: u64) {
+        self.by_token.remove(&token);
+        if let Some(list) = self.triggers.get_mut(&node) {
+            let before = list.len();
+            list.retain(|(t, _)| *t != token);
+            self.trigger_count -= before - list.len();
+        }
+    }
+
+    fn read_inotify(&mut self, out: &mut Vec<(CgroupId, Fired)>) -> Result<(), IoError> {
         let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
         let mut reader = inotify::Reader::new(&self.inotify, &mut buf);
         loop {
             match reader.next() {
                 Ok(ev) => {
                     if let Some(&node) = self.by_wd.get(&ev.wd()) {
-                        out.push(node);
+                        out.push((node, Fired::Memory));
                     }
                 }
                 Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return Ok(()),
@@ -327,6 +423,7 @@ impl Kmsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn memory_events_and_oom_control_parse() {
@@ -371,7 +468,7 @@ mod tests {
     #[test]
     fn watches_are_bounded_and_a_node_without_memory_is_not_watched() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Watcher::new(1).unwrap();
+        let mut w = Watcher::new(1, 1).unwrap();
         let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
         for d in [&a, &b, &c] {
             std::fs::create_dir(d).unwrap();
@@ -386,10 +483,33 @@ mod tests {
         std::fs::write(a.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
         let mut out = Vec::new();
         w.ready(&mut out).unwrap();
-        assert_eq!(out, [1]);
+        assert_eq!(out, [(1, Fired::Memory)]);
         assert_eq!(w.counts(1).unwrap(), Some(MemCounts { oom: 1, oom_kill: 1, oom_group_kill: 0 }));
         w.forget(1);
         assert_eq!(w.counts(1).unwrap(), None);
         assert_eq!(w.watch_memory(2, &b, true).unwrap(), Armed::Yes, "room again");
     }
+
+    #[test]
+    fn triggers_are_bounded_and_go_with_their_node() {
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO stands in for the kernel's pressure file: it can be polled, and tells what was written.
+        let file = dir.path().join("memory.pressure");
+        rustix::fs::mknodat(rustix::fs::CWD, &file, rustix::fs::FileType::Fifo, rustix::fs::Mode::RWXU, 0).unwrap();
+        let mut w = Watcher::new(4, 1).unwrap();
+        assert_eq!(w.add_trigger(1, dir.path(), "io", "some 1 500000", 0).unwrap(), Armed::NoMemory, "no io.pressure");
+        assert_eq!(w.add_trigger(1, dir.path(), "memory", "some 150000 1000000", 3).unwrap(), Armed::Yes);
+        let mut written = [0u8; 64];
+        let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&file).unwrap();
+        let n = rustix::io::read(&reader, &mut written).unwrap();
+        assert_eq!(&written[..n], b"some 150000 1000000\0");
+        assert_eq!(w.add_trigger(2, dir.path(), "memory", "some 1 500000", 0).unwrap(), Armed::Skipped);
+        assert_eq!(w.triggers_skipped(), 1);
+        let mut out = Vec::new();
+        w.ready(&mut out).unwrap();
+        assert!(out.is_empty(), "nothing fired: {out:?}");
+        w.forget(1);
+        assert_eq!(w.add_trigger(2, dir.path(), "memory", "some 1 500000", 0).unwrap(), Armed::Yes, "room again");
+    }
+
 }

@@ -72,6 +72,7 @@ fn line(o: &Outcome<'_>) -> String {
         Outcome::NotMirrored { controllers, .. } => format!("not mirrored {controllers}"),
         Outcome::Failed { what, .. } => format!("failed {what:?}"),
         Outcome::OomKill(k) => format!("oom_kill {} {}", k.path, k.kills),
+        Outcome::Pressure(p) => format!("pressure {} {}", p.path, p.trigger),
     }
 }
 

@@ -86,6 +86,16 @@ pub(super) fn render(
     }
     x.family("nsgroup_watches_skipped", Kind::Gauge, "", "Nodes not watched for OOM kills: beyond watch.max_watches.")
         .sample(&[], c.watches_skipped);
+    let mut pressure = x.family("nsgroup_pressure_events", Kind::Counter, "", "[[pressure]] triggers that fired on nodes, by resource.");
+    for resource in ["memory", "cpu", "io"] {
+        pressure.sample(&[("resource", resource)], c.pressure_events.get(resource).copied().unwrap_or(0));
+    }
+    let mut actions = x.family("nsgroup_pressure_actions", Kind::Counter, "", "[[pressure]] actions done on the nodes whose trigger fired, by action.");
+    for action in ["freeze", "kill"] {
+        actions.sample(&[("action", action)], c.pressure_actions.get(action).copied().unwrap_or(0));
+    }
+    x.family("nsgroup_triggers_skipped", Kind::Gauge, "", "PSI triggers not written: beyond watch.max_pressure_triggers.")
+        .sample(&[], c.triggers_skipped);
     x.family("nsgroup_nodes", Kind::Gauge, "", "Live nodes.").sample(&[], c.live_nodes);
     // Every node's task list is read here, in the metrics thread, never by the loop.
     let tasks: Vec<u64> = nodes.iter().map(|(_, l)| tasks_in(&l.path)).collect();

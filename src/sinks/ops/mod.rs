@@ -59,8 +59,9 @@ pub struct Gauges {
     pub live_nodes: u64,
     /// Namespaces held open for nodes.
     pub pinned: u64,
-    /// Nodes left unwatched by the bound.
+    /// Nodes left unwatched, and PSI triggers left unwritten, by the bounds.
     pub watches_skipped: u64,
+    pub triggers_skipped: u64,
 }
 
 /// What the daemon runs with, known once its source runs.
@@ -310,6 +311,7 @@ impl Ops {
         self.counters.ring_dropped = gauges.ring_dropped;
         self.counters.live_nodes = gauges.live_nodes;
         self.counters.watches_skipped = gauges.watches_skipped;
+        self.counters.triggers_skipped = gauges.triggers_skipped;
         self.counters.history_dropped = self.history.as_ref().map_or(0, Writer::dropped);
     }
 
@@ -406,6 +408,23 @@ impl Sink for Ops {
                         detail.insert("memory_max".into(), m.clone().into());
                     }
                     h.send(Msg::Happened { cgroup_id: k.node.id, happening: happening("oom_kill", "kernel", None, detail) });
+                }
+            }
+            Outcome::Pressure(p) => {
+                *c.pressure_events.entry(p.resource.to_string()).or_default() += 1;
+                if let Some((action, done)) = &p.action {
+                    *c.pressure_actions.entry(action.to_string()).or_default() += u64::from(done.is_ok());
+                }
+                if let Some(h) = &self.history {
+                    let mut detail = BTreeMap::from([
+                        ("resource".to_string(), p.resource.into()),
+                        ("trigger".to_string(), p.trigger.clone().into()),
+                    ]);
+                    if let Some((action, done)) = &p.action {
+                        detail.insert("action".into(), (*action).into());
+                        detail.insert("done".into(), done.as_ref().map_or_else(|e| format!("failed: {e}"), |m| m.to_string()).into());
+                    }
+                    h.send(Msg::Happened { cgroup_id: p.node.id, happening: happening("pressure", "kernel", None, detail) });
                 }
             }
             Outcome::Overflow { .. } | Outcome::Failed { .. } => {}

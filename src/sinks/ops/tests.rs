@@ -135,7 +135,7 @@ fn oom_kills_are_counted_by_node_kind() {
 #[test]
 fn the_status_is_written_at_start_then_at_most_every_5_s_and_only_after_a_change() {
     let mut f = fixture(0);
-    let gauges = Gauges { ring_dropped: 3, ring_emitted: 40, live_nodes: 2, pinned: 2, watches_skipped: 1 };
+    let gauges = Gauges { ring_dropped: 3, ring_emitted: 40, live_nodes: 2, pinned: 2, watches_skipped: 1, triggers_skipped: 0 };
     assert_eq!(start(&mut f.ops, &gauges), []);
     let s = read_status(&f.status);
     assert_eq!(s.counters.watches_skipped, 1);
