@@ -475,6 +475,42 @@ fn an_oom_kill_in_a_node_is_an_event_naming_the_node_its_victim_and_limit() {
 }
 
 #[test]
+fn a_pressure_rule_kills_the_thrashing_node_only_not_its_parent_or_sibling() {
+    if !privileged() {
+        return;
+    }
+    // memory.high far below what the hog writes: the kernel throttles it,
+    // and the throttling is memory stall (PSI "some").
+    let rules = "[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = { \"memory.high\" = \"8M\" }\n\
+                 [[pressure]]\ncomm = [\"nsgroup-workloa\"]\nresource = \"memory\"\nthreshold_us = 100000\nwindow_us = 1000000\naction = \"kill\"\n";
+    let Some(bed) = LimitBed::with(rules) else { return };
+    let (mut events, rx) = subscribe(&bed.socket);
+    // The parent: a node of its own (made by `unshare`: no rule), whose shell
+    // starts the hog (a node below it) and then lives on.
+    let script = format!("{WORKLOAD} contained --hog-mb 192 </dev/null; exec sleep 600");
+    let (mut parent, _pout) = spawn_everywhere(&bed.h, &[], &["unshare", "--uts", "sh", "-c", &script]);
+    let (mut sibling, _sout) = spawn_everywhere(&bed.h, &[], &["unshare", "--uts", "sleep", "600"]);
+    let parent_node = bed.h.path(&format!("node_{}", parent.id()));
+    let sibling_node = bed.h.path(&format!("node_{}", sibling.id()));
+    let v = event_named(&rx, "pressure");
+    let d = &v["data"];
+    let path = d["path"].as_str().unwrap_or_default().to_string();
+    assert!(path.starts_with(&format!("{parent_node}/node_")), "the hog's node, below its parent: {v}\n{}", bed.d.log_text());
+    assert_eq!((d["resource"].as_str(), d["trigger"].as_str()), (Some("memory"), Some("some 100000 1000000")), "{v}");
+    assert_eq!(d["creator"]["comm"], "nsgroup-workloa", "{v}");
+    assert_eq!(d["action"], "kill", "{v}");
+    assert!(d["done"].is_string() && d.get("error").is_none(), "{v}");
+    wait_for("the hog's node gone", || !bed.h.dir(&path).exists());
+    // Only the culprit: its parent and a sibling live on.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(parent.try_wait().unwrap().is_none() && sibling.try_wait().unwrap().is_none(), "{}", bed.d.log_text());
+    assert!(bed.h.dir(&parent_node).is_dir() && bed.h.dir(&sibling_node).is_dir());
+    let _ = events.kill();
+    let _ = events.wait();
+    finish(vec![parent, sibling]);
+}
+
+#[test]
 fn a_cgroup2_pids_limit_stops_a_fork_loop_inside_the_set_only() {
     if !privileged() {
         return;
