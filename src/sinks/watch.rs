@@ -90,6 +90,9 @@ impl Watch {
         if !v2 && !config.pressure.is_empty() {
             warn!("[[pressure]] rules need cgroup2 (PSI triggers): ignored on this v1 hierarchy");
         }
+        if !pressure.is_empty() && !crate::sys::watch::psi_enabled() {
+            warn!("the kernel accounts no pressure (no /proc/pressure: boot it with psi=1): [[pressure]] rules write no triggers");
+        }
         let mut off = Watch {
             watcher: None,
             memory: None,

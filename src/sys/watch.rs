@@ -96,6 +96,12 @@ pub enum Fired {
     Pressure(usize),
 }
 
+/// Whether the kernel accounts pressure (PSI): Debian's kernels, among
+/// others, keep it off unless booted with `psi=1`.
+pub fn psi_enabled() -> bool {
+    Path::new("/proc/pressure/memory").exists()
+}
+
 /// A node's memory files, as watched.
 struct Watched {
     /// What to read: `memory.events(.local)` or `memory.oom_control`.
