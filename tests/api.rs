@@ -503,6 +503,17 @@ impl Drop for FreezerRoot {
     }
 }
 
+/// A configuration with the freezer mirror (through the [[mirror]] table),
+/// an API socket every user may reach in its directory, and `extra` tables.
+fn freezer_config(f: &FreezerRoot, extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (socket, config) = (dir.path().join("api.sock"), dir.path().join("nsgroup.toml"));
+    let text = format!("[[mirror]]\ncontrollers = \"freezer\"\nroot = \"{}\"\n\n[api]\nsocket = \"{}\"\n{extra}", f.root, socket.display());
+    std::fs::write(&config, text).unwrap();
+    (dir, config)
+}
+
 /// Starts `cmd` in the tracked root and in the freezer root.
 fn spawn_frozen_able(h: &Hier, f: &FreezerRoot, cmd: &str) -> Child {
     Command::new("sh")
@@ -527,12 +538,8 @@ fn freeze_thaw_and_kill_a_forking_subtree_on_v1_with_a_freezer_mirror() {
     }
     let h = Hier::new(Kind::V1);
     let Some(f) = FreezerRoot::new(&h) else { return };
-    // The freezer mirror, through the [[mirror]] table.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (dir, config) = freezer_config(&f, "");
     let socket = dir.path().join("api.sock");
-    let config = dir.path().join("nsgroup.toml");
-    std::fs::write(&config, format!("[[mirror]]\ncontrollers = \"freezer\"\nroot = \"{}\"\n\n[api]\nsocket = \"{}\"\n", f.root, socket.display())).unwrap();
     let _d = Daemon::start(&h, &["--config", config.to_str().unwrap()]);
     let s = socket.to_str().unwrap().to_string();
     // A loop that forks as fast as it can, in a node of its own.
@@ -569,16 +576,10 @@ fn the_timeline_shows_a_node_created_frozen_thawed_killed_and_removed() {
     }
     let h = Hier::new(Kind::V1);
     let Some(f) = FreezerRoot::new(&h) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (socket, db, config) = (dir.path().join("api.sock"), dir.path().join("history.sqlite"), dir.path().join("nsgroup.toml"));
-    let text_config = format!(
-        "[[mirror]]\ncontrollers = \"freezer\"\nroot = \"{}\"\n\n[api]\nsocket = \"{}\"\n[history]\ndatabase = \"{}\"\n",
-        f.root,
-        socket.display(),
-        db.display()
-    );
-    std::fs::write(&config, text_config).unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = db_dir.path().join("history.sqlite");
+    let (dir, config) = freezer_config(&f, &format!("[history]\ndatabase = \"{}\"\n", db.display()));
+    let socket = dir.path().join("api.sock");
     let _d = Daemon::start(&h, &["--config", config.to_str().unwrap()]);
     let (s, db) = (socket.to_str().unwrap().to_string(), db.to_str().unwrap().to_string());
     let mut sleeper = spawn_frozen_able(&h, &f, "unshare --uts sleep 600");
