@@ -294,9 +294,15 @@ fn apply(tx: &Connection, hierarchy: &str, root: &str, msg: Msg) -> rusqlite::Re
                 params![hierarchy, root, minute_unix as i64, entries as i64],
             )?;
         }
-        // A node not (or no longer) recorded has no timeline to add to.
+        // The live node's row; else one removed since (a kill's record,
+        // from an API worker, may come after the removal it caused); a node
+        // never recorded has no timeline to add to.
         Msg::Happened { cgroup_id, happening } => {
-            if let Some(row) = open_row(tx, hierarchy, root, cgroup_id)? {
+            let row = match open_row(tx, hierarchy, root, cgroup_id)? {
+                Some(row) => Some(row),
+                None => timeline::removed_since(tx, hierarchy, root, cgroup_id, happening.at_unix)?,
+            };
+            if let Some(row) = row {
                 timeline::record(tx, row, &happening)?;
             }
         }

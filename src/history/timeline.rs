@@ -70,6 +70,20 @@ pub(super) fn record(tx: &Connection, row: i64, h: &Happening) -> rusqlite::Resu
     Ok(())
 }
 
+/// How long after its removal a node's row still takes what happened to it
+/// before (seconds).
+const LATE_S: u64 = 10;
+
+/// The row of node `cgroup_id` removed at or after `at_unix` (less [`LATE_S`]).
+pub(super) fn removed_since(tx: &Connection, hierarchy: &str, root: &str, cgroup_id: u64, at_unix: u64) -> rusqlite::Result<Option<i64>> {
+    tx.query_row(
+        "SELECT id FROM nodes WHERE hierarchy = ?1 AND root = ?2 AND cgroup_id = ?3 AND removed_unix >= ?4 ORDER BY id DESC LIMIT 1",
+        params![hierarchy, root, cgroup_id as i64, at_unix.saturating_sub(LATE_S) as i64],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 /// Deletes the events of nodes no longer recorded (after retention).
 pub(super) fn orphans(tx: &Connection) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM events WHERE node NOT IN (SELECT id FROM nodes)", [])?;
@@ -162,6 +176,9 @@ mod tests {
         apply(&conn, "/m", "/t", happened(2, 5, "kill")).unwrap();
         // Not recorded: no timeline to add to.
         apply(&conn, "/m", "/t", happened(9, 5, "kill")).unwrap();
+        // Told after the removal it caused (an API worker's kill): still the node's.
+        apply(&conn, "/m", "/t", Msg::Removed { node: node(2, "/t/node_2", 2), removed_unix: 6, usage: Default::default() }).unwrap();
+        apply(&conn, "/m", "/t", happened(2, 6, "kill")).unwrap();
         let ro = open_ro(&db).unwrap();
         let t = timeline(&ro, &Which::Path("/t/node_1".into())).unwrap().unwrap();
         assert_eq!(t.events.len() as u64, MAX_PER_NODE);
@@ -169,13 +186,13 @@ mod tests {
         assert_eq!(t.events[0].at_unix, 10, "the oldest go first");
         assert_eq!(t.events[0].uid, Some(1000));
         let t2 = timeline(&ro, &Which::Path("/t/node_2".into())).unwrap().unwrap();
-        assert_eq!((t2.events.len(), t2.events[0].what.as_str(), t2.events_dropped), (1, "kill", 0));
+        assert_eq!((t2.events.len(), t2.events[1].what.as_str(), t2.events_dropped), (2, "kill", 0));
         assert!(timeline(&ro, &Which::Path("/t/node_9".into())).unwrap().is_none());
         // Retention takes a node's events with it.
         apply(&conn, "/m", "/t", Msg::Removed { node: node(1, "/t/node_1", 1), removed_unix: 200, usage: Default::default() }).unwrap();
         apply_retention(&conn, Retention { days: 1, rows: 0 }, 200 + 86_400 * 2).unwrap();
         let left: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap();
-        assert_eq!(left, 1);
+        assert_eq!(left, 0, "both nodes' events went with them");
     }
 
     #[test]
