@@ -308,17 +308,22 @@ impl Daemon {
             let more = self.sinks.watch.pending().then_some(Duration::ZERO);
             let timeout = [self.timers.next_due(), self.pace.held_until(), tick, more].into_iter().flatten().min();
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
+            let mut triggered = Vec::new();
             let watches_fired = {
                 // In the high-rate mode the ring is not polled at all: a
                 // poller sits on its wait queue, and every event would wake it.
                 let ring = self.source.fd();
                 let watches = self.sinks.watch.fd();
-                let mut fds = Vec::with_capacity(3);
+                let tokens: Vec<u64> = self.sinks.watch.triggers().map(|(t, _)| t).collect();
+                let mut fds = Vec::with_capacity(3 + tokens.len());
                 fds.push(PollFd::new(signals, PollFlags::IN));
                 fds.extend(watches.as_ref().map(|w| PollFd::new(w, PollFlags::IN)));
                 if !coalescing {
                     fds.push(PollFd::new(&ring, PollFlags::IN));
                 }
+                // PSI triggers, polled here (an epoll set's poll would take their events).
+                let first_trigger = fds.len();
+                fds.extend(self.sinks.watch.triggers().map(|(_, fd)| PollFd::from_borrowed_fd(fd, PollFlags::PRI)));
                 match poll(&mut fds, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(IoError::new("poll", "the ring buffer", e).into()),
@@ -327,8 +332,16 @@ impl Daemon {
                     let mut buf = [0u8; 16];
                     let _ = (&*signals).read(&mut buf);
                 }
+                for (token, fd) in tokens.iter().zip(&fds[first_trigger..]) {
+                    if !fd.revents().is_empty() {
+                        triggered.push((*token, fd.revents()));
+                    }
+                }
                 watches.is_some() && fds[1].revents().contains(PollFlags::IN)
             };
+            for (token, revents) in triggered.drain(..) {
+                self.sinks.watch.trigger_polled(token, revents);
+            }
             if watches_fired || self.sinks.watch.pending() {
                 self.handle_watches();
             }

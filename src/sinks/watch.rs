@@ -135,6 +135,18 @@ impl Watch {
         self.watcher.as_ref().map(Watcher::fd)
     }
 
+    /// The PSI triggers the loop polls for POLLPRI itself (tokens, fds).
+    pub fn triggers(&self) -> impl Iterator<Item = (u64, BorrowedFd<'_>)> {
+        self.watcher.iter().flat_map(Watcher::triggers)
+    }
+
+    /// The loop's poll said `revents` of trigger `token`.
+    pub fn trigger_polled(&mut self, token: u64, revents: rustix::event::PollFlags) {
+        if let Some(w) = &mut self.watcher {
+            w.trigger_polled(token, revents, &mut self.ready);
+        }
+    }
+
     /// Nodes left unwatched, and triggers left unwritten, by the bounds.
     pub fn skipped(&self) -> (u64, u64) {
         self.watcher.as_ref().map_or((0, 0), |w| (w.skipped(), w.triggers_skipped()))

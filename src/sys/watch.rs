@@ -4,9 +4,12 @@
 //! through kernfs, as IN_MODIFY), one eventfd per v1 node
 //! (`memory.oom_control`, registered through `cgroup.event_control`), and
 //! the PSI triggers (cgroup2: `some 150000 1000000` written into the node's
-//! `<resource>.pressure`, the file kept open, EPOLLPRI when it fires). At
-//! most `max` nodes are watched and `max_triggers` triggers written; the
-//! rest are counted, not watched.
+//! `<resource>.pressure`, the file kept open, POLLPRI when it fires). The
+//! triggers are polled by the loop itself ([`Watcher::triggers`]), not
+//! through the epoll set: the kernel hands a trigger's event to the first
+//! poll that asks, and a poll of the epoll set would take it. At most `max`
+//! nodes are watched and `max_triggers` triggers written; the rest are
+//! counted, not watched.
 //!
 //! Also what the notifications are about: the counts (`oom`, `oom_kill`,
 //! `oom_group_kill`), the limit in force, and the victims the kernel logs
@@ -218,13 +221,8 @@ impl Watcher {
             .map_err(|e| IoError::new("open", &file, e))?;
         // One write, the trigger's text and its terminating NUL as the kernel's example does.
         rustix::io::write(&f, format!("{trigger}\0").as_bytes()).map_err(io("write a PSI trigger to", &file))?;
-        let fd = OwnedFd::from(f);
         let token = self.token(node, Fired::Pressure(rule));
-        if let Err(e) = epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(token), epoll::EventFlags::PRI) {
-            self.by_token.remove(&token);
-            return Err(io("epoll_ctl", &file)(e));
-        }
-        self.triggers.entry(node).or_default().push((token, fd));
+        self.triggers.entry(node).or_default().push((token, OwnedFd::from(f)));
         self.trigger_count += 1;
         Ok(Armed::Yes)
     }
@@ -305,7 +303,7 @@ impl Watcher {
             Err(e) => return Err(io("epoll_wait", "the watches")(e)),
         }
         for ev in events.iter().copied() {
-            let (token, flags) = (ev.data.u64(), ev.flags);
+            let token = ev.data.u64();
             if token == INOTIFY {
                 self.read_inotify(out)?;
                 continue;
@@ -319,14 +317,30 @@ impl Watcher {
                     }
                     out.push((node, fired));
                 }
-                // A trigger whose cgroup went reports errors for ever: dropped.
-                Fired::Pressure(_) if flags.contains(epoll::EventFlags::ERR) => self.drop_trigger(node, token),
-                Fired::Pressure(_) => out.push((node, fired)),
+                Fired::Pressure(_) => {}
             }
         }
         out.sort_unstable();
         out.dedup();
         Ok(())
+    }
+
+    /// The triggers, for the loop to poll for POLLPRI: their tokens and fds.
+    pub fn triggers(&self) -> impl Iterator<Item = (u64, BorrowedFd<'_>)> {
+        self.triggers.values().flatten().map(|(token, fd)| (*token, fd.as_fd()))
+    }
+
+    /// The loop's poll of trigger `token` said `revents`: a firing is
+    /// queued for [`Watcher::ready`]; a trigger whose cgroup went (POLLERR)
+    /// is dropped.
+    pub fn trigger_polled(&mut self, token: u64, revents: rustix::event::PollFlags, out: &mut Vec<(CgroupId, Fired)>) {
+        use rustix::event::PollFlags;
+        let Some(&(node, fired)) = self.by_token.get(&token) else { return };
+        if revents.intersects(PollFlags::ERR | PollFlags::NVAL) {
+            self.drop_trigger(node, token);
+        } else if revents.contains(PollFlags::PRI) {
+            out.push((node, fired));
+        }
     }
 
     fn drop_trigger(&mut self, node: CgroupId, token: u64) {
@@ -514,6 +528,13 @@ mod tests {
         let mut out = Vec::new();
         w.ready(&mut out).unwrap();
         assert!(out.is_empty(), "nothing fired: {out:?}");
+        let triggers: Vec<u64> = w.triggers().map(|(t, _)| t).collect();
+        assert_eq!(triggers.len(), 1);
+        use rustix::event::PollFlags;
+        w.trigger_polled(triggers[0], PollFlags::PRI, &mut out);
+        assert_eq!(out, [(1, Fired::Pressure(3))]);
+        w.trigger_polled(triggers[0], PollFlags::ERR, &mut out);
+        assert_eq!(w.triggers().count(), 0, "a trigger whose cgroup went is dropped");
         w.forget(1);
         assert_eq!(w.add_trigger(2, dir.path(), "memory", "some 1 500000", 0).unwrap(), Armed::Yes, "room again");
     }
