@@ -88,6 +88,9 @@ pub enum Msg {
     Coalesced { minute_unix: u64, entries: u64 },
     /// Something happened to the live node `cgroup_id` (its timeline).
     Happened { cgroup_id: u64, happening: Happening },
+    /// The writer stops after what came before (other threads' [`Recorder`]s
+    /// may outlive the daemon's [`Writer`]).
+    Stop,
 }
 
 /// A handle that queues records for the writer from other threads (the
@@ -179,7 +182,9 @@ impl Writer {
 impl Drop for Writer {
     /// Lets the writer finish what is queued (at exit).
     fn drop(&mut self) {
-        self.tx.take();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -188,7 +193,9 @@ impl Drop for Writer {
 
 fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &str, retention: Retention) {
     let mut since_prune = 0u64;
-    while let Ok(first) = rx.recv() {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
         // What has queued up meanwhile goes in one transaction.
         let mut batch = vec![first];
         while batch.len() < 1024 {
@@ -196,6 +203,10 @@ fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &st
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
+        }
+        if let Some(at) = batch.iter().position(|m| matches!(m, Msg::Stop)) {
+            batch.truncate(at);
+            stopping = true;
         }
         since_prune += batch.len() as u64;
         let prune = batch.iter().any(|m| matches!(m, Msg::Start { .. })) || since_prune >= 1000;
@@ -297,6 +308,7 @@ fn apply(tx: &Connection, hierarchy: &str, root: &str, msg: Msg) -> rusqlite::Re
         // The live node's row; else one removed since (a kill's record,
         // from an API worker, may come after the removal it caused); a node
         // never recorded has no timeline to add to.
+        Msg::Stop => {}
         Msg::Happened { cgroup_id, happening } => {
             let row = match open_row(tx, hierarchy, root, cgroup_id)? {
                 Some(row) => Some(row),
@@ -543,6 +555,18 @@ mod tests {
         assert_eq!(parse_since("2h", 10_000), Ok(10_000 - 7200));
         assert_eq!(parse_since("7d", 1_000_000), Ok(1_000_000 - 7 * 86_400));
         assert!(parse_since("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn the_writer_stops_while_a_recorder_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        let w = Writer::start(&db, "/m".into(), "/t".into(), Retention { days: 0, rows: 0 }).unwrap();
+        let recorder = w.recorder().unwrap();
+        w.send(Msg::Created(row(1, "x")));
+        drop(w);
+        assert_eq!(query(&open_ro(&db).unwrap(), &Query::default()).unwrap().len(), 1, "what came before is written");
+        recorder.send(Msg::Created(row(2, "x")));
     }
 
     #[test]
