@@ -438,12 +438,8 @@ fn freeze_thaw_and_kill_a_forking_subtree_on_v1_with_a_freezer_mirror() {
     }
     let h = Hier::new(Kind::V1);
     let Some(f) = FreezerRoot::new(&h) else { return };
-    // The freezer mirror, through the [[mirror]] table.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (dir, config) = freezer_config(&f, "");
     let socket = dir.path().join("api.sock");
-    let config = dir.path().join("nsgroup.toml");
-    std::fs::write(&config, format!("[[mirror]]\ncontrollers = \"freezer\"\nroot = \"{}\"\n\n[api]\nsocket = \"{}\"\n", f.root, socket.display())).unwrap();
     let _d = Daemon::start(&h, &["--config", config.to_str().unwrap()]);
     let s = socket.to_str().unwrap().to_string();
     // A loop that forks as fast as it can, in a node of its own.
@@ -471,6 +467,61 @@ fn freeze_thaw_and_kill_a_forking_subtree_on_v1_with_a_freezer_mirror() {
     assert!(v["data"].get("warning").is_none());
     let _ = looper.wait();
     wait_for("the node removed", || !h.dir(&node).exists());
+}
+
+#[test]
+fn the_timeline_shows_a_node_created_frozen_thawed_killed_and_removed() {
+    if !privileged() {
+        return;
+    }
+    let h = Hier::new(Kind::V1);
+    let Some(f) = FreezerRoot::new(&h) else { return };
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = db_dir.path().join("history.sqlite");
+    let (dir, config) = freezer_config(&f, &format!("[history]\ndatabase = \"{}\"\n", db.display()));
+    let socket = dir.path().join("api.sock");
+    let _d = Daemon::start(&h, &["--config", config.to_str().unwrap()]);
+    let (s, db) = (socket.to_str().unwrap().to_string(), db.to_str().unwrap().to_string());
+    let mut sleeper = spawn_frozen_able(&h, &f, "unshare --uts sleep 600");
+    let pid = sleeper.id();
+    let node = node_of(&h, pid, &h.root);
+    wait_for("the node's freezer mirror", || f.dir.join(node.trim_start_matches(&format!("{}/", h.root))).join("freezer.state").exists());
+    let run = |args: &[&str]| Command::new(NSGROUP).args(args).output().unwrap();
+    let timeline = |target: &str| -> Value {
+        let out = run(&["history", "--json", "--database", &db, target]);
+        assert!(out.status.success(), "history {target}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let whats = |t: &Value| -> Vec<String> { t["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect() };
+    for verb in ["freeze", "thaw"] {
+        let out = run(&[verb, "--socket", &s, &node]);
+        assert!(out.status.success(), "{verb}: {}", text(&out.stderr));
+    }
+    // A live pid names the node it is in.
+    wait_for("freeze and thaw in the timeline", || whats(&timeline(&pid.to_string())) == ["freeze", "thaw"]);
+    let out = run(&["kill", "--socket", &s, &node]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = sleeper.wait();
+    wait_for("the node removed", || !h.dir(&node).exists());
+    let mut t = Value::Null;
+    wait_for("the removal in the timeline", || {
+        t = timeline(&node);
+        !t["node"]["removed_unix"].is_null()
+    });
+    assert_eq!(whats(&t), ["freeze", "thaw", "kill"], "{t}");
+    let events = t["events"].as_array().unwrap();
+    assert!(events.iter().all(|e| e["by"] == "api" && e["uid"] == 0), "{t}");
+    assert_eq!(events[0]["detail"]["method"], "freezer.state", "{t}");
+    assert_eq!(t["node"]["creator_comm"], "unshare", "{t}");
+    assert_eq!(t["events_dropped"], 0);
+    // The text form: created, the verbs, removed, in order; a gone pid names the last node it created.
+    let out = run(&["history", "--database", &db, &pid.to_string()]);
+    let lines = text(&out.stdout);
+    let order: Vec<usize> = ["created", "freeze", "thaw", "kill", "removed"].iter().map(|w| lines.find(&format!("  {w} ")).unwrap_or(usize::MAX)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]) && order[4] != usize::MAX, "{lines}");
+    assert!(lines.contains(&node), "{lines}");
+    let out = run(&["history", "--database", &db, "/no/such/node"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no node"), "{}", text(&out.stderr));
 }
 
 #[test]

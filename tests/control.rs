@@ -407,6 +407,112 @@ fn a_cgroup2_memory_limit_oom_kills_inside_the_set_only() {
     finish(vec![outside]);
 }
 
+/// `nsgroup events` on `socket`, its lines handed over as they come.
+fn subscribe(socket: &str) -> (Child, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let mut child = Command::new(NSGROUP).args(["events", "--socket", socket]).stdout(Stdio::piped()).spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&line).unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    // The subscription's first line: the daemon publishes to it from now on.
+    rx.recv_timeout(Duration::from_secs(30)).expect("the subscription's answer");
+    (child, rx)
+}
+
+/// The first event named `name` within a minute.
+fn event_named(rx: &std::sync::mpsc::Receiver<serde_json::Value>, name: &str) -> serde_json::Value {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(v) if v["event"] == name => return v,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("no {name} event within a minute")
+}
+
+#[test]
+fn an_oom_kill_in_a_node_is_an_event_naming_the_node_its_victim_and_limit() {
+    if !privileged() {
+        return;
+    }
+    let history = tempfile::tempdir().unwrap();
+    let db = history.path().join("history.sqlite").display().to_string();
+    let rule = format!("[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = {{ \"memory.max\" = \"64M\" }}\n[history]\ndatabase = \"{db}\"\n");
+    let Some(bed) = LimitBed::with(&rule) else { return };
+    let (mut events, rx) = subscribe(&bed.socket);
+    let (mut inside, _out) = spawn_everywhere(&bed.h, &[], &[WORKLOAD, "contained", "--forks", "1", "--hog-mb", "192"]);
+    let hog = inside.id();
+    let node = bed.h.path(&format!("node_{hog}"));
+    let v = event_named(&rx, "oom_kill");
+    let d = &v["data"];
+    assert_eq!(d["path"], node.as_str(), "{v}\n{}", bed.d.log_text());
+    assert!(d["kills"].as_u64() >= Some(1) && d["oom_kill"].as_u64() >= Some(1), "{v}");
+    assert_eq!(d["memory_max"], (64u64 << 20).to_string(), "{v}");
+    assert_eq!((d["creator"]["pid"].as_u64(), d["owner"].as_u64()), (Some(u64::from(hog)), Some(0)), "{v}");
+    assert!(d["set"]["uts"].as_u64().is_some_and(|i| i > 0), "{v}");
+    // Root reads the kernel's log: the victim is the hog itself.
+    assert_eq!((d["victim"]["pid"].as_u64(), d["victim"]["comm"].as_str()), (Some(u64::from(hog)), Some("nsgroup-workloa")), "{v}");
+    let _ = inside.wait();
+    // The node's timeline has it too.
+    wait_for("the OOM kill in the timeline", || {
+        let out = Command::new(NSGROUP).args(["history", "--json", "--database", &db, &node]).output().unwrap();
+        let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let has = |what: &str, key: &str, value: serde_json::Value| {
+            t["events"].as_array().is_some_and(|e| e.iter().any(|e| e["what"] == what && e["detail"][key] == value))
+        };
+        has("oom_kill", "victim_pid", hog.into()) && has("limit", "file", "memory.max".into())
+    });
+    assert!(bed.d.log_text().contains("the OOM killer killed in a node"), "{}", bed.d.log_text());
+    let _ = events.kill();
+    let _ = events.wait();
+}
+
+#[test]
+fn a_pressure_rule_kills_the_thrashing_node_only_not_its_parent_or_sibling() {
+    if !privileged() {
+        return;
+    }
+    // memory.high far below what the hog writes: the kernel throttles it,
+    // and the throttling is memory stall (PSI "some").
+    let rules = "[[limit]]\ncomm = [\"nsgroup-workloa\"]\nset = { \"memory.high\" = \"8M\" }\n\
+                 [[pressure]]\ncomm = [\"nsgroup-workloa\"]\nresource = \"memory\"\nthreshold_us = 100000\nwindow_us = 1000000\naction = \"kill\"\n";
+    if !std::path::Path::new("/proc/pressure/memory").exists() {
+        return skip("the kernel accounts no pressure (PSI off: boot with psi=1)");
+    }
+    let Some(bed) = LimitBed::with(rules) else { return };
+    let (mut events, rx) = subscribe(&bed.socket);
+    // The parent: a node of its own (made by `unshare`: no rule), whose shell
+    // starts the hog (a node below it) and then lives on.
+    let script = format!("{WORKLOAD} contained --hog-mb 192 </dev/null; exec sleep 600");
+    let (mut parent, _pout) = spawn_everywhere(&bed.h, &[], &["unshare", "--uts", "sh", "-c", &script]);
+    let (mut sibling, _sout) = spawn_everywhere(&bed.h, &[], &["unshare", "--uts", "sleep", "600"]);
+    let parent_node = bed.h.path(&format!("node_{}", parent.id()));
+    let sibling_node = bed.h.path(&format!("node_{}", sibling.id()));
+    let v = event_named(&rx, "pressure");
+    let d = &v["data"];
+    let path = d["path"].as_str().unwrap_or_default().to_string();
+    assert!(path.starts_with(&format!("{parent_node}/node_")), "the hog's node, below its parent: {v}\n{}", bed.d.log_text());
+    assert_eq!((d["resource"].as_str(), d["trigger"].as_str()), (Some("memory"), Some("some 100000 1000000")), "{v}");
+    assert_eq!(d["creator"]["comm"], "nsgroup-workloa", "{v}");
+    assert_eq!(d["action"], "kill", "{v}");
+    assert!(d["done"].is_string() && d.get("error").is_none(), "{v}");
+    wait_for("the hog's node gone", || !bed.h.dir(&path).exists());
+    // Only the culprit: its parent and a sibling live on.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(parent.try_wait().unwrap().is_none() && sibling.try_wait().unwrap().is_none(), "{}", bed.d.log_text());
+    assert!(bed.h.dir(&parent_node).is_dir() && bed.h.dir(&sibling_node).is_dir());
+    let _ = events.kill();
+    let _ = events.wait();
+    finish(vec![parent, sibling]);
+}
+
 #[test]
 fn a_cgroup2_pids_limit_stops_a_fork_loop_inside_the_set_only() {
     if !privileged() {

@@ -61,6 +61,22 @@ pub(super) fn queued_cost(event: &ApiEvent) -> usize {
             ApiEvent::TaskPlaced { comm, path, .. } => comm.len() + path.len(),
             ApiEvent::LimitsApplied { path, file, value, .. } => path.len() + file.len() + value.len(),
             ApiEvent::Reconcile { why, .. } => why.len(),
+            ApiEvent::Pressure(p) => {
+                std::mem::size_of::<super::proto::PressureView>()
+                    + p.path.len()
+                    + p.creator.comm.len()
+                    + p.trigger.len()
+                    + p.done.as_ref().map_or(0, String::len)
+                    + p.error.as_ref().map_or(0, String::len)
+            }
+            ApiEvent::OomKill(k) => {
+                std::mem::size_of::<super::proto::OomKillView>()
+                    + k.path.len()
+                    + k.creator.comm.len()
+                    + MAP
+                    + k.victim.as_ref().map_or(0, |v| v.comm.len())
+                    + k.memory_max.as_ref().map_or(0, String::len)
+            }
             ApiEvent::Overflow { .. } | ApiEvent::Lost { .. } => 0,
         }
 }

@@ -18,6 +18,7 @@ use crate::core::limit::{self, Limit};
 use crate::core::naming;
 use crate::core::node::NodeRecord;
 use crate::core::nsset::NsSet;
+use crate::history::{Happening, Msg, Recorder};
 use crate::model::{self, Units};
 use crate::policy::perm::{self, Refusal};
 use crate::policy::territory::Host;
@@ -46,6 +47,9 @@ pub struct Context {
     /// hundred clients polling the list cost one read of the hierarchy per
     /// interval, not a hundred.
     pub list_cache: std::sync::Mutex<[Option<(std::time::Instant, Value)>; 2]>,
+    /// Where the verbs and `limit` are recorded in the nodes' timelines
+    /// (the daemon's history, when it keeps one).
+    pub history: Option<Recorder>,
 }
 
 /// The limits the policy gives a node — the `[[limit]]` rules that match its
@@ -272,6 +276,8 @@ impl Context {
         let caller = self.caller(peer)?;
         perm::may_control(&caller, &node.path, node.record.owner(), &self.root)?;
         let s = subtree(&self.hierarchy, &node);
+        // Before the act: a killed node may be gone after it.
+        let id = self.hierarchy.id(&node.path).ok();
         let outcome = match verb {
             "freeze" => verbs::freeze(&s, self.timing)?,
             "thaw" => verbs::thaw(&s, self.timing)?,
@@ -280,6 +286,8 @@ impl Context {
                 verbs::kill(&s, &mut sig, self.timing)?
             }
         };
+        let detail = [("method".to_string(), Value::from(outcome.method))].into();
+        self.record(id, verb, caller.uid, detail);
         let mut data = serde_json::to_value(&outcome).expect("an outcome serializes");
         data["path"] = node.path.into();
         Ok(data)
@@ -304,6 +312,8 @@ impl Context {
             tighten::tightened(file, value, &self.limits.files_of(&node), &tighten::reader(&dir))?
         };
         let written = verbs::write_limit(&dir, file, &value)?;
+        let detail = [("file".to_string(), Value::from(file)), ("value".to_string(), Value::from(value.as_str()))].into();
+        self.record(self.hierarchy.id(&node.path).ok(), "limit", caller.uid, detail);
         if let Some(events) = &self.events {
             events.publish(ApiEvent::LimitsApplied {
                 path: node.path.clone(),
@@ -315,6 +325,13 @@ impl Context {
             events.flush();
         }
         Ok(json!({ "path": node.path, "file": file, "value": value, "written": written }))
+    }
+
+    /// Adds `what`, done by `uid` through the API, to node `id`'s timeline.
+    fn record(&self, id: Option<u64>, what: &str, uid: u32, detail: std::collections::BTreeMap<String, Value>) {
+        let (Some(history), Some(cgroup_id)) = (&self.history, id) else { return };
+        let happening = Happening { at_unix: crate::sys::clock::unix_now(), what: what.into(), by: "api".into(), uid: Some(uid), detail };
+        history.send(Msg::Happened { cgroup_id, happening });
     }
 
     fn attach(&self, peer: &Peer, tid: u32, target: &str) -> Result<Value, ErrorBody> {

@@ -233,6 +233,54 @@ pub struct CreatorView {
     pub owner: u32,
 }
 
+/// A task the OOM killer killed, as the kernel's log named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VictimView {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// An `oom_kill` event: `kills` since the last one, the counts now, the
+/// victim when the kernel's log named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OomKillView {
+    pub path: String,
+    pub cgroup_id: u64,
+    pub creator: CreatorView,
+    pub owner: u32,
+    pub set: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub victim: Option<VictimView>,
+    /// The node's memory limit in force (`max` or bytes), when readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<String>,
+    pub kills: u64,
+    pub oom: u64,
+    pub oom_kill: u64,
+    pub oom_group_kill: u64,
+}
+
+/// A `pressure` event: the node whose trigger fired, the trigger, and the
+/// rule's action with how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PressureView {
+    pub path: String,
+    pub cgroup_id: u64,
+    pub creator: CreatorView,
+    pub owner: u32,
+    pub resource: &'static str,
+    /// As written into `<resource>.pressure` (`some 150000 1000000`).
+    pub trigger: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// How the action was done (`cgroup.kill`, `cgroup.freeze`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done: Option<String>,
+    /// Why the action failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What the daemon (and the API itself, for `limit`) publishes to
 /// subscribers. Serialized as `"event": <name>, "data": {…}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -283,6 +331,10 @@ pub enum ApiEvent {
     Overflow { lost: u64 },
     /// A reconcile ran (`why`: start, overflow, rescan).
     Reconcile { why: String, examined: u64, moved: u64, created: u64, elapsed_ms: u64 },
+    /// The OOM killer killed in a node (boxed: the other events stay small).
+    OomKill(Box<OomKillView>),
+    /// A node's pressure crossed a `[[pressure]]` rule's threshold.
+    Pressure(Box<PressureView>),
     /// Events that never reached this subscriber (the daemon's queue to the
     /// API was full); `seq` numbers go on without a gap, this says how many are missing.
     Lost { events: u64 },

@@ -503,6 +503,7 @@ mod tests {
             events: None,
             limits: Default::default(),
             list_cache: Default::default(),
+            history: None,
         };
         let server = Server::start(listener, ctx).unwrap();
         (tmp, socket, server)

@@ -1,4 +1,5 @@
-//! `nsgroup history`: every node that existed, from the history database.
+//! `nsgroup history`: every node that existed, from the history database;
+//! `nsgroup history NODE|PID`: one node's timeline.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -9,13 +10,18 @@ use anyhow::{bail, Context};
 use nsgroup::config::Config;
 use nsgroup::core::cgpath::canonical;
 use nsgroup::core::escape::Escaped;
+use nsgroup::history::{coalesced, open_ro, parse_since, query, timeline, HistoryRow, Query, Timeline, Which};
 use nsgroup::sys::locate::locate;
-use nsgroup::history::{coalesced, open_ro, parse_since, query, HistoryRow, Query};
+use nsgroup::sys::procfs::ProcFs;
 use nsgroup::sys::clock::unix_now;
 
 /// `nsgroup history`: every node that existed, from the history database.
 #[derive(clap::Args, Debug)]
 pub struct HistoryArgs {
+    /// One node's timeline: a node's path (`/…`), or a PID (the node it is
+    /// in now, else the last node it created).
+    #[arg(value_name = "NODE|PID")]
+    target: Option<String>,
     /// Nodes that existed at or after T: seconds since the epoch, or a
     /// duration ago (90s, 15m, 2h, 7d).
     #[arg(long, value_name = "T")]
@@ -91,6 +97,13 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let now = unix_now();
     let since = args.since.as_deref().map(|s| parse_since(s, now)).transpose().map_err(|e| anyhow::anyhow!("--since {e}"))?;
     let conn = open_ro(&db).with_context(|| format!("opening {}", db.display()))?;
+    if let Some(target) = &args.target {
+        let which = which(target)?;
+        let Some(t) = timeline::timeline(&conn, &which).with_context(|| format!("reading {}", db.display()))? else {
+            bail!("no node {} in the history {}", Escaped(target), db.display());
+        };
+        return print_timeline(&t, args.json).map(|()| ExitCode::SUCCESS);
+    }
     let scope = if args.all {
         None
     } else {
@@ -149,6 +162,56 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     drop(out);
     write().context("writing the history to stdout")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `NODE|PID` names: a path, or a process and the cgroups it is in now.
+fn which(target: &str) -> anyhow::Result<Which> {
+    if target.starts_with('/') {
+        return Ok(Which::Path(target.to_string()));
+    }
+    let pid: u32 = target.parse().map_err(|_| anyhow::anyhow!("{}: want a node's path (/…) or a PID", Escaped(target)))?;
+    let cgroups = ProcFs::new("/proc").cgroup_paths(pid)?;
+    Ok(Which::Pid { pid, cgroups })
+}
+
+/// The timeline's lines: created, what happened, removed (with final usage).
+fn timeline_lines(t: &Timeline) -> Vec<(u64, String, String)> {
+    let n = &t.node;
+    let mut lines = vec![(n.created_unix, "created".to_string(), format!("by pid {} ({}) uid {}", n.creator_pid, Escaped(&n.creator_comm), n.creator_uid))];
+    for e in &t.events {
+        let by = match e.uid {
+            Some(uid) => format!("by {} uid {uid}", e.by),
+            None => format!("by {}", e.by),
+        };
+        let detail: Vec<String> = e.detail.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), |s| Escaped(s).to_string()))).collect();
+        lines.push((e.at_unix, e.what.clone(), format!("{by} {}", detail.join(" ")).trim_end().to_string()));
+    }
+    if let Some(at) = n.removed_unix {
+        let usage: Vec<String> = n.usage.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        let how = if n.closed_at_start { "while no daemon ran (closed at the next start)".to_string() } else { usage.join(" ") };
+        lines.push((at, "removed".to_string(), how));
+    }
+    lines
+}
+
+fn print_timeline(t: &Timeline, json: bool) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, t).context("writing the timeline (JSON) to stdout")?;
+        writeln!(out).context("writing the timeline to stdout")?;
+        return Ok(());
+    }
+    let write = |out: &mut io::StdoutLock<'_>| -> io::Result<()> {
+        writeln!(out, "{}  (cgroup id {})", Escaped(&t.node.path), t.node.cgroup_id)?;
+        if t.events_dropped > 0 {
+            writeln!(out, "({} older events dropped: at most {} are kept per node)", t.events_dropped, timeline::MAX_PER_NODE)?;
+        }
+        for (at, what, detail) in timeline_lines(t) {
+            writeln!(out, "{}  {:<9} {}", time(at), what, detail)?;
+        }
+        Ok(())
+    };
+    write(&mut out).context("writing the timeline to stdout")
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Which tasks are tracked (the include and exclude filters) and which
-//! limits a new node gets (the limit rules that match its creation).
+//! limits a new node gets (the limit rules that match its creation); the
+//! pressure rules match the same keys.
 
 use super::{Config, Filter, LimitRule};
 use crate::core::limit::Limit;
@@ -45,12 +46,18 @@ impl Config {
 
 impl LimitRule {
     fn matches(&self, c: Creation<'_>) -> bool {
-        let entered = NsMask::parse_names(&self.entered).unwrap_or(NsMask::ALL);
-        (self.comm.is_empty() || self.comm.iter().any(|x| x == c.comm))
-            && (self.uid.is_empty() || self.uid.contains(&c.uid))
-            && (self.cgroup.is_empty() || self.cgroup.iter().any(|x| within(c.cgroup, x)))
-            && (self.entered.is_empty() || entered.intersects(c.entered))
+        keys_match(&self.comm, &self.uid, &self.cgroup, &self.entered, c)
     }
+}
+
+/// The match keys of `[[limit]]` and `[[pressure]]`: every non-empty list
+/// matches the creation.
+pub(super) fn keys_match(comm: &[String], uid: &[u32], cgroup: &[String], entered_names: &[String], c: Creation<'_>) -> bool {
+    let entered = NsMask::parse_names(entered_names).unwrap_or(NsMask::ALL);
+    (comm.is_empty() || comm.iter().any(|x| x == c.comm))
+        && (uid.is_empty() || uid.contains(&c.uid))
+        && (cgroup.is_empty() || cgroup.iter().any(|x| within(c.cgroup, x)))
+        && (entered_names.is_empty() || entered.intersects(c.entered))
 }
 
 /// What a filter decision looks at.

@@ -14,6 +14,7 @@ use crate::sys::subtree::LeafPolicy;
 
 mod load;
 mod matching;
+pub mod pressure;
 mod validate;
 
 pub use load::ConfigError;
@@ -108,6 +109,11 @@ pub struct Config {
     pub history: HistoryConfig,
     /// The status file and periodic counters (`[status]`; `nsgroup status`).
     pub status: StatusConfig,
+    /// What the kernel does to nodes: OOM kills (`[watch]`; docs/semantics.md).
+    pub watch: WatchConfig,
+    /// Pressure rules (`[[pressure]]` tables): a PSI trigger on every node
+    /// whose creation matches, and what is done to it when it fires (cgroup2).
+    pub pressure: Vec<pressure::PressureRule>,
 }
 
 /// One mirrored v1 hierarchy.
@@ -253,6 +259,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             history: HistoryConfig::default(),
             status: StatusConfig::default(),
+            watch: WatchConfig::default(),
+            pressure: Vec::new(),
         }
     }
 }
@@ -344,6 +352,30 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> HistoryConfig {
         HistoryConfig { database: PathBuf::from(DEFAULT_HISTORY_DB), retention_days: 30, retention_rows: 1_000_000 }
+    }
+}
+
+/// `[watch]`: the kernel's notifications about nodes.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Watch nodes' memory events for OOM kills (cgroup2: the node's
+    /// `memory.events`; v1: its memory mirror's `memory.oom_control`).
+    pub oom: bool,
+    /// At most this many nodes are watched; the rest are counted
+    /// (`nsgroup_watches_skipped`), not watched.
+    pub max_watches: usize,
+    /// Name the victim of an OOM kill from the kernel's log (`/dev/kmsg`,
+    /// read only after a kill, at most 512 records at a time).
+    pub kmsg: bool,
+    /// At most this many PSI triggers (`[[pressure]]`) in all; the rest
+    /// are counted (`nsgroup_triggers_skipped`), not written.
+    pub max_pressure_triggers: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> WatchConfig {
+        WatchConfig { oom: true, max_watches: 4096, kmsg: true, max_pressure_triggers: 256 }
     }
 }
 

@@ -60,7 +60,7 @@ impl Config {
 }
 
 /// Whether a command name can match a task's `comm` at all.
-fn comm_fits(comm: &str) -> Result<(), String> {
+pub(super) fn comm_fits(comm: &str) -> Result<(), String> {
     if comm.is_empty() {
         return Err("an empty command name matches no task".into());
     }
@@ -99,6 +99,9 @@ impl Config {
                 .map(|(file, v)| Limit::new(file, &v.get_ref().text()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| ("limit.set", e.to_string()))?;
+        }
+        for rule in &mut self.pressure {
+            rule.check()?;
         }
         Ok(())
     }

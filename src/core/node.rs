@@ -74,11 +74,25 @@ impl NodeRecord {
         self.owner.unwrap_or(self.creator_uid)
     }
 
-    /// The inode of the set's network namespace when it is its own (differs
-    /// from the parent set's): its traffic is the node's.
+    /// Whether the set has a namespace of kind `k` of its own (one that
+    /// differs from the parent set's).
+    pub fn has_own(&self, k: crate::core::nsset::NsKind) -> bool {
+        self.set.get(k) != 0 && self.set.get(k) != self.parent_set.get(k)
+    }
+
+    /// The inode of the set's network namespace when it is its own: its
+    /// traffic is the node's.
     pub fn own_net(&self) -> Option<u64> {
-        let net = self.set.get(crate::core::nsset::NsKind::Net);
-        (net != 0 && net != self.parent_set.get(crate::core::nsset::NsKind::Net)).then_some(net)
+        use crate::core::nsset::NsKind::Net;
+        self.has_own(Net).then(|| self.set.get(Net))
+    }
+
+    /// The node's kind, for bounded metric labels: the outermost namespace
+    /// kind its set has of its own (`user`, `pid`, `net`, `mnt`, `cgroup`,
+    /// `ipc`, `uts`, `time`), else `other`.
+    pub fn kind(&self) -> &'static str {
+        use crate::core::nsset::NsKind::*;
+        [User, Pid, Net, Mnt, Cgroup, Ipc, Uts, Time].into_iter().find(|&k| self.has_own(k)).map_or("other", |k| k.proc_name())
     }
 
     /// The xattr value.
@@ -114,5 +128,25 @@ mod tests {
         let mut old: serde_json::Value = serde_json::from_slice(&r.to_bytes()).unwrap();
         old.as_object_mut().unwrap().remove("owner");
         assert_eq!(NodeRecord::from_bytes(old.to_string().as_bytes()).unwrap().owner(), 200_005);
+    }
+
+    #[test]
+    fn a_nodes_kind_is_its_outermost_namespace_of_its_own() {
+        // Slots: cgroup ipc mnt net pid pid_for_children time time_for_children user uts.
+        let of = |set: [u64; 10]| NodeRecord {
+            set: NsSet::new(set),
+            parent_set: NsSet::new([1; 10]),
+            creator_pid: 1,
+            creator_comm: String::new(),
+            creator_uid: 0,
+            owner: None,
+            created_unix: 0,
+            mirrors: vec![],
+        }
+        .kind();
+        assert_eq!(of([1, 1, 2, 1, 1, 1, 1, 1, 1, 2]), "mnt");
+        assert_eq!(of([1, 1, 2, 2, 2, 2, 1, 1, 2, 2]), "user");
+        assert_eq!(of([1, 1, 1, 1, 1, 1, 1, 1, 1, 2]), "uts");
+        assert_eq!(of([1; 10]), "other");
     }
 }

@@ -32,6 +32,7 @@ use crate::sys::clock::unix_now;
 use crate::pipeline::{Around, Job, Parts, Pipeline};
 use crate::policy::gate::Gate;
 use crate::sinks::ops::{Gauges, OpsJob, Started};
+use crate::sinks::watch::Told;
 use crate::sinks::Sinks;
 use crate::source::{ProcSource, Source};
 use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
@@ -210,15 +211,16 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         }
     }
 
-    let api = crate::sinks::api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set)?;
     let ops = crate::sinks::ops::Ops::start(&config, &hierarchy, &root, &sig_write)?;
+    let api = crate::sinks::api::ApiHost::start(&config, &hierarchy, &root, &proc, &own_set, ops.recorder())?;
+    let watch = crate::sinks::watch::Watch::start(&config, &hierarchy, &proc, pipeline.mirrors().memory());
     let pace = Pace::new(config.batch_window_us, config.coalesce_above_per_second, config.realtime_priority);
     let mut d = Daemon {
         pipeline,
         source,
         timers: Timers::default(),
         pace,
-        sinks: Sinks::new(api, ops),
+        sinks: Sinks::new(api, ops, watch),
         config,
         hierarchy,
         root,
@@ -252,6 +254,10 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         own_hierarchy: d.own_hierarchy,
         mirrors: d.pipeline.mirrors().controllers().map(str::to_string).collect(),
     };
+    let (tracker, backend) = d.pipeline.placer().parts();
+    for node in tracker.nodes() {
+        d.sinks.watch.arm(node, &backend.path_of(node.id).ok().flatten().unwrap_or_default());
+    }
     let gauges = d.gauges();
     let (tracker, backend) = d.pipeline.placer().parts();
     let nodes = tracker.nodes().map(|n| (n, backend.path_of(n.id).ok().flatten().unwrap_or_default()));
@@ -288,15 +294,27 @@ impl Daemon {
             // looks at the ring once per batch window.
             let coalescing = self.pace.coalescing();
             let tick = coalescing.then(|| Duration::from_micros(self.config.batch_window_us));
-            let timeout = [self.timers.next_due(), self.pace.held_until(), tick].into_iter().flatten().min();
+            // More fired watches than a turn takes: look again at once.
+            let more = self.sinks.watch.pending().then_some(Duration::ZERO);
+            let timeout = [self.timers.next_due(), self.pace.held_until(), tick, more].into_iter().flatten().min();
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
-            {
+            let mut triggered = Vec::new();
+            let watches_fired = {
                 // In the high-rate mode the ring is not polled at all: a
                 // poller sits on its wait queue, and every event would wake it.
                 let ring = self.source.fd();
-                let mut fds = [PollFd::new(signals, PollFlags::IN), PollFd::new(&ring, PollFlags::IN)];
-                let watched = if coalescing { &mut fds[..1] } else { &mut fds[..] };
-                match poll(watched, ts.as_ref()) {
+                let watches = self.sinks.watch.fd();
+                let tokens: Vec<u64> = self.sinks.watch.triggers().map(|(t, _)| t).collect();
+                let mut fds = Vec::with_capacity(3 + tokens.len());
+                fds.push(PollFd::new(signals, PollFlags::IN));
+                fds.extend(watches.as_ref().map(|w| PollFd::new(w, PollFlags::IN)));
+                if !coalescing {
+                    fds.push(PollFd::new(&ring, PollFlags::IN));
+                }
+                // PSI triggers, polled here (an epoll set's poll would take their events).
+                let first_trigger = fds.len();
+                fds.extend(self.sinks.watch.triggers().map(|(_, fd)| PollFd::from_borrowed_fd(fd, PollFlags::PRI)));
+                match poll(&mut fds, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(IoError::new("poll", "the ring buffer", e).into()),
                 }
@@ -304,6 +322,18 @@ impl Daemon {
                     let mut buf = [0u8; 16];
                     let _ = (&*signals).read(&mut buf);
                 }
+                for (token, fd) in tokens.iter().zip(&fds[first_trigger..]) {
+                    if !fd.revents().is_empty() {
+                        triggered.push((*token, fd.revents()));
+                    }
+                }
+                watches.is_some() && fds[1].revents().contains(PollFlags::IN)
+            };
+            for (token, revents) in triggered.drain(..) {
+                self.sinks.watch.trigger_polled(token, revents);
+            }
+            if watches_fired || self.sinks.watch.pending() {
+                self.handle_watches();
             }
             self.handle_events(&mut batch, &mut now)?;
             let dropped = self.source.dropped();
@@ -319,6 +349,16 @@ impl Daemon {
             self.sinks.ops.turn(&gauges, &mut ops_timers(&mut self.timers));
         }
         Ok(())
+    }
+
+    /// What the kernel told about nodes (OOM kills, pressure), to every sink.
+    fn handle_watches(&mut self) {
+        for told in self.sinks.watch.fired() {
+            match &told {
+                Told::Oom(kill) => self.sinks.publish(Outcome::OomKill(kill)),
+                Told::Pressure(crossed) => self.sinks.publish(Outcome::Pressure(crossed)),
+            }
+        }
     }
 
     /// Takes and handles events until the source is empty, for at most [`TURN_BUDGET`].
@@ -461,6 +501,8 @@ impl Daemon {
             ring_emitted: self.source.emitted(),
             live_nodes: self.pipeline.tracker().node_count() as u64,
             pinned: self.pipeline.pinned() as u64,
+            watches_skipped: self.sinks.watch.skipped().0,
+            triggers_skipped: self.sinks.watch.skipped().1,
         }
     }
 }

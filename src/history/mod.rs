@@ -16,6 +16,9 @@
 //! ([`crate::sys::mounts::node_gone`]: its hierarchy is mounted and the
 //! node's directory is not there). `nsgroup history` shows one hierarchy
 //! and root's rows unless asked for all ([`Query::scope`]).
+//!
+//! Each node also has a bounded timeline of what happened to it
+//! ([`timeline`]): limits, freezes, kills, OOM kills, pressure crossings.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +29,10 @@ use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
+
+pub mod timeline;
+
+pub use timeline::{Happening, Timeline, Which};
 
 /// How many records may wait for the writer before new ones are dropped.
 pub const QUEUE: usize = 8192;
@@ -83,6 +90,28 @@ pub enum Msg {
     Removed { node: NodeRow, removed_unix: u64, usage: BTreeMap<String, u64> },
     /// Entries coalesced away (no node made) in the minute starting at `minute_unix`.
     Coalesced { minute_unix: u64, entries: u64 },
+    /// Something happened to the live node `cgroup_id` (its timeline).
+    Happened { cgroup_id: u64, happening: Happening },
+    /// The writer stops after what came before (other threads' [`Recorder`]s
+    /// may outlive the daemon's [`Writer`]).
+    Stop,
+}
+
+/// A handle that queues records for the writer from other threads (the
+/// API's workers); never blocks, like [`Writer::send`].
+#[derive(Clone)]
+pub struct Recorder {
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// Queues `msg`; a full queue drops it and counts it.
+    pub fn send(&self, msg: Msg) {
+        if self.tx.try_send(msg).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The writer thread and its channel.
@@ -111,6 +140,7 @@ pub fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
     add_owner_column(&conn)?;
+    timeline::migrate(&conn)?;
     // Creator names and uids: root's and its group's only.
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640));
@@ -142,6 +172,11 @@ impl Writer {
         }
     }
 
+    /// A handle for other threads, counted with this writer's drops.
+    pub fn recorder(&self) -> Option<Recorder> {
+        self.tx.as_ref().map(|tx| Recorder { tx: tx.clone(), dropped: Arc::clone(&self.dropped) })
+    }
+
     /// Records dropped because the queue was full (or the writer had failed).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -151,7 +186,9 @@ impl Writer {
 impl Drop for Writer {
     /// Lets the writer finish what is queued (at exit).
     fn drop(&mut self) {
-        self.tx.take();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -160,7 +197,9 @@ impl Drop for Writer {
 
 fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &str, retention: Retention) {
     let mut since_prune = 0u64;
-    while let Ok(first) = rx.recv() {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
         // What has queued up meanwhile goes in one transaction.
         let mut batch = vec![first];
         while batch.len() < 1024 {
@@ -168,6 +207,10 @@ fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &st
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
+        }
+        if let Some(at) = batch.iter().position(|m| matches!(m, Msg::Stop)) {
+            batch.truncate(at);
+            stopping = true;
         }
         since_prune += batch.len() as u64;
         let start = batch.iter().find_map(|m| match m {
@@ -274,6 +317,19 @@ fn apply(tx: &Connection, hierarchy: &str, root: &str, msg: Msg) -> rusqlite::Re
                 params![hierarchy, root, minute_unix as i64, entries as i64],
             )?;
         }
+        // The live node's row; else one removed since (a kill's record,
+        // from an API worker, may come after the removal it caused); a node
+        // never recorded has no timeline to add to.
+        Msg::Stop => {}
+        Msg::Happened { cgroup_id, happening } => {
+            let row = match open_row(tx, hierarchy, root, cgroup_id)? {
+                Some(row) => Some(row),
+                None => timeline::removed_since(tx, hierarchy, root, cgroup_id, happening.at_unix)?,
+            };
+            if let Some(row) = row {
+                timeline::record(tx, row, &happening)?;
+            }
+        }
     }
     Ok(())
 }
@@ -313,6 +369,7 @@ pub fn apply_retention(tx: &Connection, r: Retention, now_unix: u64) -> rusqlite
             )?;
         }
     }
+    timeline::orphans(tx)?;
     Ok(())
 }
 
@@ -365,39 +422,49 @@ pub fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The columns [`history_row`] reads.
+const ROW_COLUMNS: &str = "hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
+                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid)";
+
+fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
+    let set: String = r.get(4)?;
+    let usage: Option<String> = r.get(11)?;
+    Ok(HistoryRow {
+        hierarchy: r.get(0)?,
+        root: r.get(1)?,
+        cgroup_id: r.get::<_, i64>(2)? as u64,
+        path: r.get(3)?,
+        set: serde_json::from_str(&set).unwrap_or_default(),
+        creator_pid: r.get(5)?,
+        creator_comm: r.get(6)?,
+        creator_uid: r.get(7)?,
+        owner_uid: r.get(12)?,
+        created_unix: r.get::<_, i64>(8)? as u64,
+        removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        closed_at_start: r.get::<_, i64>(10)? != 0,
+        usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+    })
+}
+
+/// The node in row `id`.
+fn row_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<HistoryRow>> {
+    conn.query_row(&format!("SELECT {ROW_COLUMNS} FROM nodes WHERE id = ?1"), params![id], history_row).optional()
+}
+
 /// The nodes matching `q`, oldest first.
 pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> {
     let since = q.since_unix.map(|s| s as i64);
     let limit = q.limit.map_or(-1, |l| l as i64);
-    let mut st = conn.prepare(
-        "SELECT hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
-                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid)
+    let mut st = conn.prepare(&format!(
+        "SELECT {ROW_COLUMNS}
          FROM nodes
          WHERE (?1 IS NULL OR created_unix >= ?1 OR removed_unix IS NULL OR removed_unix >= ?1)
            AND (?2 IS NULL OR creator_comm = ?2)
            AND (?4 IS NULL OR (hierarchy = ?4 AND root = ?5))
-         ORDER BY created_unix, id LIMIT ?3",
-    )?;
+         ORDER BY created_unix, id LIMIT ?3"
+    ))?;
     let (h, root) = q.scope.as_ref().map(|(h, r)| (h.as_str(), r.as_str())).unzip();
-    let rows = st.query_map(params![since, q.comm, limit, h, root], |r| {
-        let set: String = r.get(4)?;
-        let usage: Option<String> = r.get(11)?;
-        Ok(HistoryRow {
-            hierarchy: r.get(0)?,
-            root: r.get(1)?,
-            cgroup_id: r.get::<_, i64>(2)? as u64,
-            path: r.get(3)?,
-            set: serde_json::from_str(&set).unwrap_or_default(),
-            creator_pid: r.get(5)?,
-            creator_comm: r.get(6)?,
-            creator_uid: r.get(7)?,
-            owner_uid: r.get(12)?,
-            created_unix: r.get::<_, i64>(8)? as u64,
-            removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-            closed_at_start: r.get::<_, i64>(10)? != 0,
-            usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
-        })
-    })?;
+    let rows = st.query_map(params![since, q.comm, limit, h, root], history_row)?;
     rows.collect()
 }
 
@@ -557,6 +624,18 @@ mod tests {
         assert_eq!(parse_since("2h", 10_000), Ok(10_000 - 7200));
         assert_eq!(parse_since("7d", 1_000_000), Ok(1_000_000 - 7 * 86_400));
         assert!(parse_since("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn the_writer_stops_while_a_recorder_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        let w = Writer::start(&db, "/m".into(), "/t".into(), Retention { days: 0, rows: 0 }).unwrap();
+        let recorder = w.recorder().unwrap();
+        w.send(Msg::Created(row(1, "x")));
+        drop(w);
+        assert_eq!(query(&open_ro(&db).unwrap(), &Query::default()).unwrap().len(), 1, "what came before is written");
+        recorder.send(Msg::Created(row(2, "x")));
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Mirrors {
                         around.publish(Outcome::Failed { what: Failure::MirrorLimit { mirror: &path, controllers: mirror.controllers() }, error: r });
                     }
                     for (file, value) in applied(&files, &refused) {
-                        around.publish(Outcome::LimitApplied { path: &path, file, value });
+                        around.publish(Outcome::LimitApplied { node: node.id, path: &path, file, value });
                     }
                     created.push(MirrorPath { controllers: mirror.controllers().to_string(), path });
                 }
@@ -95,6 +95,11 @@ impl Mirrors {
     }
 
     /// Whether there are none (nothing to follow).
+    /// The mirror carrying the memory controller: its mount and controllers.
+    pub fn memory(&self) -> Option<(std::path::PathBuf, String)> {
+        self.all.iter().find(|m| m.controllers().split(',').any(|c| c == "memory")).map(|m| (m.mount().to_path_buf(), m.controllers().to_string()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.all.is_empty()
     }

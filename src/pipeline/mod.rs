@@ -222,7 +222,7 @@ impl<B: CgroupBackend> Pipeline<B> {
                 if let Some(node) = created.then(|| self.placer.tracker().node(to)).flatten() {
                     around.publish(Outcome::Created { node, path: &path, cause: Cause::Event });
                     for (file, value) in rules::applied(&files, &refused) {
-                        around.publish(Outcome::LimitApplied { path: &path, file, value });
+                        around.publish(Outcome::LimitApplied { node: to, path: &path, file, value });
                     }
                 }
                 around.publish(Outcome::Placed { task: ev, to, path: &path, created, latency_us });

@@ -12,6 +12,7 @@ use crate::bpf::Event;
 use crate::core::node::{CgroupId, Node};
 use crate::core::tracker::Refusal;
 pub use crate::policy::gate::Dropped;
+use crate::sys::watch::{MemCounts, Victim};
 use super::placer::Removal;
 use super::reconcile::Report;
 
@@ -61,6 +62,33 @@ impl<'a> Task<'a> {
 }
 
 
+/// Tasks of a node killed by the OOM killer, as the kernel counted them.
+#[derive(Clone, Debug)]
+pub struct OomKill {
+    pub node: Node,
+    pub path: String,
+    /// The counts now (`memory.events.local`, `memory.events` or v1 `memory.oom_control`).
+    pub counts: MemCounts,
+    /// Kills (task and group) since the last look.
+    pub kills: u64,
+    /// The victim, from the kernel's log (when it could be read and matched).
+    pub victim: Option<Victim>,
+    /// The node's memory limit in force (`memory.max`, v1 `memory.limit_in_bytes`).
+    pub memory_max: Option<String>,
+}
+
+/// A node's PSI trigger fired (a `[[pressure]]` rule), and what was done.
+#[derive(Clone, Debug)]
+pub struct PressureCrossed {
+    pub node: Node,
+    pub path: String,
+    pub resource: &'static str,
+    /// The trigger as written (`some 150000 1000000`).
+    pub trigger: String,
+    /// The rule's action, and how it went: the method (`cgroup.kill`, …) or why it failed.
+    pub action: Option<(&'static str, Result<&'static str, String>)>,
+}
+
 /// One thing that happened.
 pub enum Outcome<'a> {
     /// `count` events were handed to the pipeline (not those held back or
@@ -75,8 +103,9 @@ pub enum Outcome<'a> {
     Removed { removal: &'a Removal, mirrored: &'a [(String, u64)] },
     /// A reconcile ended (the nodes it made were published before).
     Reconciled { why: &'a str, report: &'a Report, elapsed: Duration },
-    /// The policy wrote `file` = `value` on the new node at `path`.
-    LimitApplied { path: &'a str, file: &'a str, value: &'a str },
+    /// The policy wrote `file` = `value` on node `node`, at `path` (the
+    /// node itself, or its mirror: published before the node's `Created`).
+    LimitApplied { node: CgroupId, path: &'a str, file: &'a str, value: &'a str },
     /// Entries coalesced away in the high-rate mode (no node made).
     Coalesced { entries: u64 },
     /// `lost` events were lost (the ring overflowed).
@@ -89,6 +118,10 @@ pub enum Outcome<'a> {
     /// A task of node `node` was placed outside the root of the mirror of
     /// `controllers`, so not mirrored.
     NotMirrored { node: CgroupId, controllers: &'a str },
+    /// The OOM killer killed in a node.
+    OomKill(&'a OomKill),
+    /// A node's pressure crossed a rule's threshold.
+    Pressure(&'a PressureCrossed),
     /// A step failed; the daemon goes on.
     Failed { what: Failure<'a>, error: &'a dyn Display },
 }

@@ -28,6 +28,17 @@ pub fn limits_for(config: &Config, record: &NodeRecord, parent_path: &str) -> Ve
     config.limits_for(Creation { comm: &record.creator_comm, uid: record.owner(), cgroup: parent_path, entered })
 }
 
+/// The pressure rules (their indices) that match a node's record, made in
+/// the cgroup at `parent_path`: the same keys as [`limits_for`].
+pub fn pressure_for(config: &Config, record: &NodeRecord, parent_path: &str) -> Vec<usize> {
+    if config.pressure.is_empty() {
+        return Vec::new();
+    }
+    let entered = NsMask::of(record.set.differing(&record.parent_set).map(|(k, _)| k));
+    let c = Creation { comm: &record.creator_comm, uid: record.owner(), cgroup: parent_path, entered };
+    config.pressure.iter().enumerate().filter(|(_, r)| r.matches(c)).map(|(i, _)| i).collect()
+}
+
 /// The files of `files` that `refused` (`file=value: error` each) does not name.
 pub fn applied<'a>(files: &'a [(&'static str, String)], refused: &'a [String]) -> impl Iterator<Item = &'a (&'static str, String)> {
     files.iter().filter(move |(file, value)| !refused.iter().any(|r| r.starts_with(&format!("{file}={value}:"))))

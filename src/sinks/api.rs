@@ -13,7 +13,7 @@ use crate::pipeline::outcome::{Outcome, Sink};
 use super::error::SinkError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
-use crate::api::proto::{set_map, ApiEvent, CreatorView};
+use crate::api::proto::{set_map, ApiEvent, CreatorView, OomKillView, PressureView, VictimView};
 use crate::api::events::Publisher;
 use crate::api::server::Server;
 use crate::api::strict::{Strict, StrictScope};
@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::control::verbs::Timing;
 use crate::core::node::Node;
 use crate::core::nsset::NsSet;
+use crate::history::Recorder;
 use crate::sys::clock::unix_now;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
@@ -37,7 +38,15 @@ pub struct ApiHost {
 impl ApiHost {
     /// Loads strict mode (when configured: failing says exactly why), binds
     /// the socket and starts serving it.
-    pub fn start(config: &Config, hierarchy: &Hierarchy, root: &str, proc: &ProcFs, own_set: &NsSet) -> Result<ApiHost, SinkError> {
+    /// `history` records the verbs and limits requests carry out.
+    pub fn start(
+        config: &Config,
+        hierarchy: &Hierarchy,
+        root: &str,
+        proc: &ProcFs,
+        own_set: &NsSet,
+        history: Option<Recorder>,
+    ) -> Result<ApiHost, SinkError> {
         let user_ns = own_set.get(crate::core::nsset::NsKind::User);
         let strict = if config.api.strict {
             let scope = StrictScope::of(hierarchy, root, user_ns).map_err(|e| SinkError::Config(format!("api.strict: {e}")))?;
@@ -83,6 +92,7 @@ impl ApiHost {
                 LimitPolicy::new(move |record, parent| crate::policy::rules::limits_for(&config, record, parent))
             },
             list_cache: Default::default(),
+            history,
         };
         let server = Server::start(listener, ctx).map_err(|e| SinkError::Config(format!("api.socket: starting the server: {e}")))?;
         info!(socket = %socket.path().display(), mode = format!("{:04o}", api.socket_mode), "serving the API");
@@ -122,7 +132,7 @@ impl Sink for ApiHost {
     }
 
     /// `node_created`, `task_placed`, `node_removed`, `reconcile`,
-    /// `limits_applied` and `overflow`, built only while somebody subscribes.
+    /// `limits_applied`, `overflow`, `oom_kill` and `pressure`, built only while somebody subscribes.
     fn take(&mut self, outcome: &Outcome<'_>) {
         if !self.wants_events() {
             return;
@@ -164,10 +174,34 @@ impl Sink for ApiHost {
                 created: report.created as u64,
                 elapsed_ms: elapsed.as_millis() as u64,
             },
-            Outcome::LimitApplied { path, file, value } => {
+            Outcome::LimitApplied { path, file, value, .. } => {
                 ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
             Outcome::Overflow { lost } => ApiEvent::Overflow { lost },
+            Outcome::Pressure(p) => ApiEvent::Pressure(Box::new(PressureView {
+                path: p.path.clone(),
+                cgroup_id: p.node.id,
+                creator: creator(&p.node),
+                owner: p.node.record.owner(),
+                resource: p.resource,
+                trigger: p.trigger.clone(),
+                action: p.action.as_ref().map(|(a, _)| *a),
+                done: p.action.as_ref().and_then(|(_, d)| d.as_ref().ok().map(|m| m.to_string())),
+                error: p.action.as_ref().and_then(|(_, d)| d.as_ref().err().cloned()),
+            })),
+            Outcome::OomKill(k) => ApiEvent::OomKill(Box::new(OomKillView {
+                path: k.path.clone(),
+                cgroup_id: k.node.id,
+                creator: creator(&k.node),
+                owner: k.node.record.owner(),
+                set: set_map(&k.node.record.set),
+                victim: k.victim.as_ref().map(|v| VictimView { pid: v.pid, comm: v.comm.clone() }),
+                memory_max: k.memory_max.clone(),
+                kills: k.kills,
+                oom: k.counts.oom,
+                oom_kill: k.counts.oom_kill,
+                oom_group_kill: k.counts.oom_group_kill,
+            })),
             Outcome::Coalesced { .. }
             | Outcome::Events { .. }
             | Outcome::Refused { .. }

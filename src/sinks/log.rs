@@ -5,6 +5,7 @@
 
 use tracing::{debug, info, warn};
 
+use super::rate::Rate;
 use super::reports::{Kind, Reports, REPORT_INTERVAL};
 use crate::core::escape::Escaped;
 use crate::core::tracker::Refusal;
@@ -12,9 +13,21 @@ use crate::pipeline::outcome::{Cause, Dropped, Failure, Outcome, Sink};
 use crate::sys::clock::unix_now;
 
 /// The log's lines for outcomes.
-#[derive(Default)]
 pub struct Log {
     reports: Reports,
+    /// The kernel's kills and pressure, per owner.
+    per_owner: Rate<u32>,
+}
+
+/// Lines about one owner's nodes (OOM kills) per interval.
+const OWNER_LINES: u32 = 5;
+/// Owners followed at once for it.
+const OWNERS: usize = 1024;
+
+impl Default for Log {
+    fn default() -> Log {
+        Log { reports: Reports::default(), per_owner: Rate::new(REPORT_INTERVAL, OWNER_LINES, OWNERS) }
+    }
 }
 
 impl Log {
@@ -148,6 +161,45 @@ impl Sink for Log {
                 vanished = report.vanished,
                 "reconciled"
             ),
+            Outcome::OomKill(k) => {
+                let r = &k.node.record;
+                if self.per_owner.allow(r.owner(), std::time::Instant::now()) {
+                    warn!(
+                        event = "oom_kill",
+                        path = %Escaped(&k.path),
+                        owner_uid = r.owner(),
+                        creator_comm = %Escaped(&r.creator_comm),
+                        victim_pid = k.victim.as_ref().map(|v| v.pid),
+                        victim_comm = k.victim.as_ref().map(|v| Escaped(&v.comm).to_string()),
+                        memory_max = k.memory_max.as_deref(),
+                        kills = k.kills,
+                        oom_kill = k.counts.oom_kill,
+                        oom_group_kill = k.counts.oom_group_kill,
+                        "the OOM killer killed in a node"
+                    );
+                }
+            }
+            Outcome::Pressure(p) => {
+                let r = &p.node.record;
+                if self.per_owner.allow(r.owner(), std::time::Instant::now()) {
+                    let (action, done) = match &p.action {
+                        Some((a, Ok(method))) => (Some(*a), Some(method.to_string())),
+                        Some((a, Err(e))) => (Some(*a), Some(format!("failed: {e}"))),
+                        None => (None, None),
+                    };
+                    warn!(
+                        event = "pressure",
+                        path = %Escaped(&p.path),
+                        owner_uid = r.owner(),
+                        creator_comm = %Escaped(&r.creator_comm),
+                        resource = p.resource,
+                        trigger = %p.trigger,
+                        action,
+                        done,
+                        "a node's pressure crossed its rule's threshold"
+                    );
+                }
+            }
             Outcome::Created { cause: Cause::Reconcile, .. }
             | Outcome::Events { .. }
             | Outcome::Reconciled { .. }

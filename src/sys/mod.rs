@@ -17,3 +17,4 @@ pub mod readings;
 pub mod scan;
 pub mod status_file;
 pub mod subtree;
+pub mod watch;

@@ -206,6 +206,23 @@ impl ProcFs {
         Ok(text.and_then(|t| cgroup_path_in(&t, key)))
     }
 
+    /// A process's cgroup paths in every hierarchy it is in (unified first,
+    /// then by hierarchy id); empty when it is gone.
+    pub fn cgroup_paths(&self, pid: u32) -> Result<Vec<String>, IoError> {
+        let path = self.root.join(format!("{pid}/cgroup"));
+        let text = or_vanished(fs::read_to_string(&path).map_err(|e| IoError::new("read", &path, e)))?.unwrap_or_default();
+        let mut lines: Vec<(u32, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let id = parts.next()?.parse().ok()?;
+                Some((id, parts.nth(1)?.to_string()))
+            })
+            .collect();
+        lines.sort();
+        Ok(lines.into_iter().map(|(_, p)| p).collect())
+    }
+
     /// The children a thread forked; empty when it is gone.
     pub fn children(&self, pid: u32, tid: u32) -> Result<Vec<u32>, IoError> {
         let path = self.task_dir(pid, tid).join("children");

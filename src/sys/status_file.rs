@@ -33,6 +33,21 @@ pub struct Counters {
     pub coalesced_entries: u64,
     pub history_dropped: u64,
     pub live_nodes: u64,
+    /// Tasks the OOM killer killed in nodes, by node kind (`NodeRecord::kind`).
+    #[serde(default)]
+    pub oom_kills: BTreeMap<String, u64>,
+    /// Nodes left unwatched by `watch.max_watches`.
+    #[serde(default)]
+    pub watches_skipped: u64,
+    /// `[[pressure]]` triggers that fired, by resource.
+    #[serde(default)]
+    pub pressure_events: BTreeMap<String, u64>,
+    /// Their actions done, by action (`freeze`, `kill`).
+    #[serde(default)]
+    pub pressure_actions: BTreeMap<String, u64>,
+    /// PSI triggers left unwritten by `watch.max_pressure_triggers`.
+    #[serde(default)]
+    pub triggers_skipped: u64,
     /// Per bucket of the latency histogram's buckets (not cumulative), then
     /// above them.
     pub latency_buckets: Vec<u64>,
@@ -60,6 +75,11 @@ impl Default for Counters {
             coalesced_entries: 0,
             history_dropped: 0,
             live_nodes: 0,
+            oom_kills: BTreeMap::new(),
+            watches_skipped: 0,
+            pressure_events: BTreeMap::new(),
+            pressure_actions: BTreeMap::new(),
+            triggers_skipped: 0,
             latency_buckets: vec![0; LATENCY_BUCKETS.len() + 1],
             latency_sum_us: 0,
             latency_count: 0,

@@ -56,6 +56,18 @@ impl Drop for FreezerRoot {
     }
 }
 
+/// A configuration with the freezer mirror (through the [[mirror]] table),
+/// an API socket every user may reach in its directory, and `extra` tables.
+pub fn freezer_config(f: &FreezerRoot, extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (socket, config) = (dir.path().join("api.sock"), dir.path().join("nsgroup.toml"));
+    let text = format!("[[mirror]]\ncontrollers = \"freezer\"\nroot = \"{}\"\n\n[api]\nsocket = \"{}\"\n{extra}", f.root, socket.display());
+    std::fs::write(&config, text).unwrap();
+    (dir, config)
+}
+
 /// Starts `cmd` in the tracked root and in the freezer root.
 pub fn spawn_frozen_able(h: &Hier, f: &FreezerRoot, cmd: &str) -> Child {
     Command::new("sh")

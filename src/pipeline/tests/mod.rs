@@ -63,13 +63,15 @@ fn line(o: &Outcome<'_>) -> String {
         Outcome::Placed { task, path, created, .. } => format!("placed {} {path}{}", task.tid, if *created { " new" } else { "" }),
         Outcome::Removed { removal, .. } => format!("removed {}", removal.path),
         Outcome::Reconciled { why, report, .. } => format!("reconciled {why} moved {} created {}", report.moved, report.created),
-        Outcome::LimitApplied { path, file, value } => format!("limit {path} {file}={value}"),
+        Outcome::LimitApplied { path, file, value, .. } => format!("limit {path} {file}={value}"),
         Outcome::Coalesced { entries } => format!("coalesced {entries}"),
         Outcome::Overflow { lost } => format!("overflow {lost}"),
         Outcome::Refused { task, why } => format!("refused {} {why:?}", task.tid),
         Outcome::Dropped { tid, why, .. } => format!("dropped {tid} {why:?}"),
         Outcome::NotMirrored { controllers, .. } => format!("not mirrored {controllers}"),
         Outcome::Failed { what, .. } => format!("failed {what:?}"),
+        Outcome::OomKill(k) => format!("oom_kill {} {}", k.path, k.kills),
+        Outcome::Pressure(p) => format!("pressure {} {}", p.path, p.trigger),
     }
 }
 

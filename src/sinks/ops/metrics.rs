@@ -10,6 +10,9 @@ use crate::render::metrics::{write_readings, ReadingRow};
 use crate::sys::readings::{Network, Pressures};
 use crate::sys::status_file::{Counters, LATENCY_BUCKETS};
 
+/// Every node kind (`NodeRecord::kind`): the OOM kill series' labels.
+const NODE_KINDS: [&str; 9] = ["user", "pid", "net", "mnt", "cgroup", "ipc", "uts", "time", "other"];
+
 /// A node as the metrics show it.
 #[derive(Clone, Debug)]
 pub(super) struct NodeLabel {
@@ -96,6 +99,22 @@ pub(super) fn render(
         .part("_sum", &[], c.latency_sum_us as f64 / 1e6)
         .part("_count", &[], cumulative);
 
+    let mut oom = x.family("nsgroup_oom_kills", Kind::Counter, "", "Tasks the OOM killer killed in nodes, by node kind (its outermost namespace of its own).");
+    for kind in NODE_KINDS {
+        oom.sample(&[("kind", kind)], c.oom_kills.get(kind).copied().unwrap_or(0));
+    }
+    x.family("nsgroup_watches_skipped", Kind::Gauge, "", "Nodes not watched for OOM kills: beyond watch.max_watches.")
+        .sample(&[], c.watches_skipped);
+    let mut pressure = x.family("nsgroup_pressure_events", Kind::Counter, "", "[[pressure]] triggers that fired on nodes, by resource.");
+    for resource in ["memory", "cpu", "io"] {
+        pressure.sample(&[("resource", resource)], c.pressure_events.get(resource).copied().unwrap_or(0));
+    }
+    let mut actions = x.family("nsgroup_pressure_actions", Kind::Counter, "", "[[pressure]] actions done on the nodes whose trigger fired, by action.");
+    for action in ["freeze", "kill"] {
+        actions.sample(&[("action", action)], c.pressure_actions.get(action).copied().unwrap_or(0));
+    }
+    x.family("nsgroup_triggers_skipped", Kind::Gauge, "", "PSI triggers not written: beyond watch.max_pressure_triggers.")
+        .sample(&[], c.triggers_skipped);
     x.family("nsgroup_nodes", Kind::Gauge, "", "Live nodes.").sample(&[], c.live_nodes);
     // Every node's task list is read here, in the metrics thread, never by the loop.
     let cap = bounds.max_node_series.min(nodes.len());

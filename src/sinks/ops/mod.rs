@@ -16,6 +16,7 @@ mod on_change;
 mod serve;
 mod status;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,8 @@ use crate::config::Config;
 use crate::core::histogram::Histogram;
 use crate::core::node::Node;
 use crate::core::nsset::NsKind;
-use crate::history::{Msg, NodeRow, Retention, Writer};
+use crate::core::node::CgroupId;
+use crate::history::{Happening, Msg, NodeRow, Retention, Writer};
 use crate::pipeline::outcome::{Dropped, Outcome, Sink};
 use crate::sys::clock::unix_now;
 use crate::sys::hierarchy::Hierarchy;
@@ -57,6 +59,9 @@ pub struct Gauges {
     pub live_nodes: u64,
     /// Namespaces held open for nodes.
     pub pinned: u64,
+    /// Nodes left unwatched, and PSI triggers left unwritten, by the bounds.
+    pub watches_skipped: u64,
+    pub triggers_skipped: u64,
 }
 
 /// What the daemon runs with, known once its source runs.
@@ -87,6 +92,16 @@ pub struct Ops {
     logged: OnChange,
     mirrors: Vec<String>,
     hup: Arc<AtomicBool>,
+    /// Happenings of nodes whose `Created` comes later in the turn.
+    early: Vec<(CgroupId, Happening)>,
+}
+
+/// Happenings held for a node not yet recorded, at most (per turn).
+const MAX_EARLY: usize = 256;
+
+/// `what`, done by `by` now, for a timeline.
+fn happening(what: &str, by: &str, uid: Option<u32>, detail: BTreeMap<String, serde_json::Value>) -> Happening {
+    Happening { at_unix: unix_now(), what: what.into(), by: by.into(), uid, detail }
 }
 
 fn node_row(node: &Node, path: String) -> NodeRow {
@@ -169,7 +184,13 @@ impl Ops {
             logged: OnChange::default(),
             mirrors: Vec::new(),
             hup,
+            early: Vec::new(),
         })
+    }
+
+    /// A handle on the history for other threads (the API's workers).
+    pub fn recorder(&self) -> Option<crate::history::Recorder> {
+        self.history.as_ref().and_then(Writer::recorder)
     }
 
     /// What was counted so far.
@@ -221,6 +242,7 @@ impl Ops {
                 "ignored: the configuration is read at start only (restart nsgroup to apply a change; nodes stay)"
             );
         }
+        self.send_early(None);
         let unsent = self.counters.coalesced_entries - self.coalesced_sent;
         if unsent > 0 {
             if let Some(h) = &self.history {
@@ -274,10 +296,22 @@ impl Ops {
         self.history.take();
     }
 
+    /// The held happenings of node `of` (all, when `None`) to the history.
+    fn send_early(&mut self, of: Option<CgroupId>) {
+        let Some(h) = &self.history else { return };
+        let (now, later) = std::mem::take(&mut self.early).into_iter().partition(|(id, _)| of.is_none_or(|of| of == *id));
+        self.early = later;
+        for (cgroup_id, happening) in now {
+            h.send(Msg::Happened { cgroup_id, happening });
+        }
+    }
+
     /// The gauges into the counters.
     fn refresh(&mut self, gauges: &Gauges) {
         self.counters.ring_dropped = gauges.ring_dropped;
         self.counters.live_nodes = gauges.live_nodes;
+        self.counters.watches_skipped = gauges.watches_skipped;
+        self.counters.triggers_skipped = gauges.triggers_skipped;
         self.counters.history_dropped = self.history.as_ref().map_or(0, Writer::dropped);
     }
 
@@ -338,6 +372,7 @@ impl Sink for Ops {
                 if let Some(h) = &self.history {
                     h.send(Msg::Created(node_row(node, path.to_string())));
                 }
+                self.send_early(Some(node.id));
             }
             Outcome::Removed { removal, .. } => {
                 c.nodes_removed += 1;
@@ -350,7 +385,49 @@ impl Sink for Ops {
                 }
             }
             Outcome::Coalesced { entries } => c.coalesced_entries += entries,
-            Outcome::LimitApplied { .. } | Outcome::Overflow { .. } | Outcome::Failed { .. } => {}
+            Outcome::LimitApplied { node, path, file, value } => {
+                let detail = [("file".into(), file.into()), ("value".into(), value.into()), ("path".into(), path.into())].into();
+                // A new node's limits come before it: held until it is recorded.
+                if self.history.is_some() && self.early.len() < MAX_EARLY {
+                    self.early.push((node, happening("limit", "policy", None, detail)));
+                }
+            }
+            Outcome::OomKill(k) => {
+                *c.oom_kills.entry(k.node.record.kind().to_string()).or_default() += k.kills;
+                if let Some(h) = &self.history {
+                    let mut detail = BTreeMap::from([
+                        ("kills".to_string(), k.kills.into()),
+                        ("oom_kill".to_string(), k.counts.oom_kill.into()),
+                        ("oom_group_kill".to_string(), k.counts.oom_group_kill.into()),
+                    ]);
+                    if let Some(v) = &k.victim {
+                        detail.insert("victim_pid".into(), v.pid.into());
+                        detail.insert("victim_comm".into(), v.comm.clone().into());
+                    }
+                    if let Some(m) = &k.memory_max {
+                        detail.insert("memory_max".into(), m.clone().into());
+                    }
+                    h.send(Msg::Happened { cgroup_id: k.node.id, happening: happening("oom_kill", "kernel", None, detail) });
+                }
+            }
+            Outcome::Pressure(p) => {
+                *c.pressure_events.entry(p.resource.to_string()).or_default() += 1;
+                if let Some((action, done)) = &p.action {
+                    *c.pressure_actions.entry(action.to_string()).or_default() += u64::from(done.is_ok());
+                }
+                if let Some(h) = &self.history {
+                    let mut detail = BTreeMap::from([
+                        ("resource".to_string(), p.resource.into()),
+                        ("trigger".to_string(), p.trigger.clone().into()),
+                    ]);
+                    if let Some((action, done)) = &p.action {
+                        detail.insert("action".into(), (*action).into());
+                        detail.insert("done".into(), done.as_ref().map_or_else(|e| format!("failed: {e}"), |m| m.to_string()).into());
+                    }
+                    h.send(Msg::Happened { cgroup_id: p.node.id, happening: happening("pressure", "kernel", None, detail) });
+                }
+            }
+            Outcome::Overflow { .. } | Outcome::Failed { .. } => {}
         }
     }
 }

@@ -119,11 +119,26 @@ fn each_outcome_is_counted_once() {
 }
 
 #[test]
+fn oom_kills_are_counted_by_node_kind() {
+    let mut f = fixture(0);
+    let mut uts = node(4, 0);
+    uts.record.set = NsSet::new([1, 1, 1, 1, 1, 1, 1, 1, 1, 2]);
+    uts.record.parent_set = NsSet::new([1; 10]);
+    let counts = crate::sys::watch::MemCounts { oom: 3, oom_kill: 2, oom_group_kill: 0 };
+    let kill = crate::pipeline::outcome::OomKill { node: uts, path: "/node_4".into(), counts, kills: 2, victim: None, memory_max: None };
+    f.ops.take(&Outcome::OomKill(&kill));
+    f.ops.take(&Outcome::OomKill(&crate::pipeline::outcome::OomKill { node: node(5, 0), kills: 1, ..kill.clone() }));
+    let c = f.ops.counters();
+    assert_eq!((c.oom_kills.get("uts"), c.oom_kills.get("other")), (Some(&2), Some(&1)));
+}
+
+#[test]
 fn the_status_is_written_at_start_and_at_the_first_change_then_at_most_every_5_s_and_only_after_a_change() {
     let mut f = fixture(0);
-    let gauges = Gauges { ring_dropped: 3, ring_emitted: 40, live_nodes: 2, pinned: 2 };
+    let gauges = Gauges { ring_dropped: 3, ring_emitted: 40, live_nodes: 2, pinned: 2, watches_skipped: 1, triggers_skipped: 0 };
     assert_eq!(start(&mut f.ops, &gauges), []);
     let s = read_status(&f.status);
+    assert_eq!(s.counters.watches_skipped, 1);
     assert!(s.own_hierarchy && s.syscall_tracepoints && s.costs.iter().any(|c| c.contains("getppid")), "{s:?}");
     assert_eq!((s.source.as_str(), s.counters.ring_dropped, s.counters.live_nodes), ("bpf: tracepoint/syscalls", 3, 2));
     assert_eq!(turn(&mut f.ops, &gauges), [], "idle: no timer");
