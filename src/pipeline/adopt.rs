@@ -128,7 +128,10 @@ pub fn exec_node<B: CgroupBackend>(placer: &mut Placer<B>, proc: &ProcFs, key: &
     for path in inside.into_iter().chain([child]) {
         let Ok(Some((owner, bytes))) = placer.backend().record_at(&path) else { continue };
         let Some(mut record) = NodeRecord::from_bytes(&bytes) else { continue };
-        if owner != 0 || record.creator_pid != entry.tid {
+        // A node `nsgroup restore` makes is CRIU's to fill: every task born
+        // in it belongs to it, whatever its pid (docs/semantics.md
+        // "Checkpoint and restore").
+        if owner != 0 || (record.creator_pid != entry.tid && record.restored.is_none()) {
             continue;
         }
         if record.set.is_empty() {
@@ -169,6 +172,7 @@ mod tests {
             owner: None,
             created_unix: 0,
             mirrors: vec![],
+            restored: None,
         }
         .to_bytes()
     }

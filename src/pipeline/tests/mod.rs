@@ -129,6 +129,7 @@ impl Bed {
             owner: None,
             created_unix: 1,
             mirrors: vec![],
+            restored: None,
         }
     }
 
