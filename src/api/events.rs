@@ -61,6 +61,8 @@ pub(super) fn queued_cost(event: &ApiEvent) -> usize {
             ApiEvent::TaskPlaced { comm, path, .. } => comm.len() + path.len(),
             ApiEvent::LimitsApplied { path, file, value, .. } => path.len() + file.len() + value.len(),
             ApiEvent::Reconcile { why, .. } => why.len(),
+            ApiEvent::Checkpointed { path, dir, .. } => path.len() + dir.len(),
+            ApiEvent::Restored { path, dir, from_path, .. } => path.len() + dir.len() + from_path.len(),
             ApiEvent::Overflow { .. } | ApiEvent::Lost { .. } => 0,
         }
 }
