@@ -13,7 +13,7 @@ use crate::core::escape::Escaped;
 /// and `--cgroup-root` on cgroup2 work from 3.15; bookworm ships 3.17.1.
 pub const MIN_CRIU: Version = Version(3, 15, 0);
 
-/// How many of the log's last lines a failure carries, and at most how many bytes.
+/// How many lines of the log a failure carries, and at most how many bytes.
 pub const EXCERPT_LINES: usize = 12;
 pub const EXCERPT_BYTES: usize = 4096;
 
@@ -61,7 +61,7 @@ pub enum CriuError {
     TooOld { found: Version, kernel: Version, needed: Version },
     #[error("opening {} to move criu into its cgroup: {source}", path.display())]
     Cgroup { path: PathBuf, source: std::io::Error },
-    #[error("criu {what} failed ({status}); the end of {}:\n{excerpt}", log.display())]
+    #[error("criu {what} failed ({status}); from {}:\n{excerpt}", log.display())]
     Failed { what: &'static str, status: String, log: PathBuf, excerpt: String },
 }
 
@@ -117,18 +117,28 @@ pub fn check(found: Version, kernel: Version) -> Result<(), CriuError> {
     Ok(())
 }
 
-/// The last [`EXCERPT_LINES`] lines of a log, each escaped, at most
-/// [`EXCERPT_BYTES`] in all (the latest lines kept).
+/// CRIU's reasons in a log: its `Error (` and `Warn  (` lines (the last
+/// line is only "Dumping FAILED."), the latest of them and the log's last
+/// lines, [`EXCERPT_LINES`] in all, each escaped, at most [`EXCERPT_BYTES`].
 pub fn excerpt(log: &str) -> String {
-    let lines: Vec<String> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(EXCERPT_LINES).map(|l| format!("  {}", Escaped(l))).collect();
-    let mut out: Vec<&str> = Vec::new();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail_from = lines.len().saturating_sub(3);
+    let reasons: Vec<usize> = (0..tail_from).filter(|&i| lines[i].contains("Error (") || lines[i].contains("Warn  (")).collect();
+    let keep_reasons = EXCERPT_LINES.saturating_sub(lines.len() - tail_from);
+    let mut picked: Vec<usize> = reasons[reasons.len().saturating_sub(keep_reasons)..].to_vec();
+    if picked.is_empty() {
+        picked = (lines.len().saturating_sub(EXCERPT_LINES)..tail_from).collect();
+    }
+    picked.extend(tail_from..lines.len());
+    let mut out: Vec<String> = Vec::new();
     let mut size = 0;
-    for line in &lines {
-        let mut cut = line.len().min(EXCERPT_BYTES);
+    for &i in picked.iter().rev() {
+        let mut line = format!("  {}", Escaped(lines[i]));
+        let mut cut = line.len().min(EXCERPT_BYTES / 4);
         while !line.is_char_boundary(cut) {
             cut -= 1;
         }
-        let line = &line[..cut];
+        line.truncate(cut);
         if size + line.len() + 1 > EXCERPT_BYTES {
             break;
         }
@@ -311,16 +321,25 @@ mod tests {
     }
 
     #[test]
-    fn the_excerpt_is_the_escaped_bounded_end_of_the_log() {
+    fn the_excerpt_is_criu_s_reasons_and_the_end_of_its_log_escaped_and_bounded() {
         let log: String = (0..100).map(|i| format!("(00.{i:03}) line {i}\n")).collect();
         let e = excerpt(&log);
         assert_eq!(e.lines().count(), EXCERPT_LINES);
         assert!(e.starts_with("  (00.088) line 88") && e.ends_with("line 99"), "{e}");
+        // As CRIU writes it: the reason well before the end.
+        let mut dump: String = (0..50).map(|i| format!("(00.{i:03}) mnt: info {i}\n")).collect();
+        dump.push_str("(00.050) Error (criu/mount.c:1142): mnt: FS mnt ./work/repo dev 0x27 root / unsupported id 40\n");
+        dump.extend((51..90).map(|i| format!("(00.{i:03}) Unseizing {i} into 1\n")));
+        dump.push_str("(00.091) Error (criu/cr-dump.c:2053): Dumping FAILED.\n");
+        let e = excerpt(&dump);
+        assert!(e.lines().next().unwrap().contains("unsupported id 40"), "{e}");
+        assert!(e.ends_with("Dumping FAILED."), "{e}");
+        assert!(e.lines().count() <= EXCERPT_LINES);
         let hostile = format!("Error (mnt.c:1): \x1b[31mred\r\n{}\n", "x".repeat(10_000));
         let e = excerpt(&hostile);
         assert!(!e.contains('\x1b') && !e.contains('\r') && e.len() <= EXCERPT_BYTES, "{}", e.len());
         assert!(excerpt("").is_empty());
         let failed = CriuError::Failed { what: "dump", status: "exit status: 1".into(), log: "/img/dump.log".into(), excerpt: excerpt("Error (criu/mount.c:1): mnt: unsupported\n") };
-        assert_eq!(failed.to_string(), "criu dump failed (exit status: 1); the end of /img/dump.log:\n  Error (criu/mount.c:1): mnt: unsupported");
+        assert_eq!(failed.to_string(), "criu dump failed (exit status: 1); from /img/dump.log:\n  Error (criu/mount.c:1): mnt: unsupported");
     }
 }
