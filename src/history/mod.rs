@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::core::node::Restored;
 use serde::Serialize;
 
 /// How many records may wait for the writer before new ones are dropped.
@@ -67,6 +69,8 @@ pub struct NodeRow {
     /// Who owns the node (docs/semantics.md §13 "Owners").
     pub owner_uid: u32,
     pub created_unix: u64,
+    /// A node `nsgroup restore` made: the checkpoint and the node it came from.
+    pub restored_from: Option<Restored>,
 }
 
 /// What the daemon hands the writer.
@@ -106,7 +110,8 @@ pub fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
-    add_owner_column(&conn)?;
+    add_column(&conn, "owner_uid", "INTEGER")?;
+    add_column(&conn, "restored_from", "TEXT")?;
     // Creator names and uids: root's and its group's only.
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640));
@@ -186,12 +191,12 @@ fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &st
     }
 }
 
-/// Databases written before owners get the column (their rows read as
-/// their creator's: `COALESCE(owner_uid, creator_uid)`).
-fn add_owner_column(conn: &Connection) -> rusqlite::Result<()> {
-    let has = conn.prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name = 'owner_uid'")?.exists([])?;
+/// Databases written before a column get it: owners (their rows read as
+/// their creator's: `COALESCE(owner_uid, creator_uid)`), restores (none).
+fn add_column(conn: &Connection, name: &str, kind: &str) -> rusqlite::Result<()> {
+    let has = conn.prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name = ?1")?.exists([name])?;
     if !has {
-        conn.execute_batch("ALTER TABLE nodes ADD COLUMN owner_uid INTEGER")?;
+        conn.execute_batch(&format!("ALTER TABLE nodes ADD COLUMN {name} {kind}"))?;
     }
     Ok(())
 }
@@ -202,9 +207,21 @@ fn set_json(set: &BTreeMap<String, u64>) -> String {
 
 fn insert(tx: &Connection, hierarchy: &str, root: &str, n: &NodeRow) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, owner_uid, created_unix)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![hierarchy, root, n.cgroup_id as i64, n.path, set_json(&n.set), n.creator_pid, n.creator_comm, n.creator_uid, n.owner_uid, n.created_unix as i64],
+        "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, owner_uid, created_unix, restored_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            hierarchy,
+            root,
+            n.cgroup_id as i64,
+            n.path,
+            set_json(&n.set),
+            n.creator_pid,
+            n.creator_comm,
+            n.creator_uid,
+            n.owner_uid,
+            n.created_unix as i64,
+            n.restored_from.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default())
+        ],
     )?;
     Ok(())
 }
@@ -307,6 +324,9 @@ pub struct HistoryRow {
     pub closed_at_start: bool,
     /// Final usage (controller file key → value), when removed by the daemon.
     pub usage: Option<BTreeMap<String, u64>>,
+    /// A restored node: the checkpoint and the node it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<Restored>,
 }
 
 /// Entries coalesced away in a minute.
@@ -340,7 +360,7 @@ pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> 
     let limit = q.limit.map_or(-1, |l| l as i64);
     let mut st = conn.prepare(
         "SELECT hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
-                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid)
+                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid), restored_from
          FROM nodes
          WHERE (?1 IS NULL OR created_unix >= ?1 OR removed_unix IS NULL OR removed_unix >= ?1)
            AND (?2 IS NULL OR creator_comm = ?2)
@@ -363,6 +383,7 @@ pub fn query(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<HistoryRow>> 
             removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
             closed_at_start: r.get::<_, i64>(10)? != 0,
             usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+            restored_from: r.get::<_, Option<String>>(13)?.and_then(|t| serde_json::from_str(&t).ok()),
         })
     })?;
     rows.collect()
@@ -422,6 +443,7 @@ mod tests {
             creator_uid: 200_000 + id as u32,
             owner_uid: 1000,
             created_unix: 1000 + id,
+            restored_from: None,
         }
     }
 
@@ -480,6 +502,23 @@ mod tests {
         // And by age.
         apply_retention(&conn, Retention { days: 1, rows: 0 }, 3000 + 86_400 * 2).unwrap();
         assert!(query(&ro, &Query::default()).unwrap().iter().all(|r| r.removed_unix.is_none()));
+    }
+
+    #[test]
+    fn a_restored_node_names_the_node_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        let conn = open_rw(&db).unwrap();
+        apply(&conn, "/m", "/t", Msg::Removed { node: row(1, "unshare"), removed_unix: 2000, usage: BTreeMap::new() }).unwrap();
+        let from = Restored { dir: "/var/lib/img".into(), restored_unix: 2100, from_path: "/t/node_1".into(), from_cgroup_id: 1 };
+        apply(&conn, "/m", "/t", Msg::Created(NodeRow { restored_from: Some(from.clone()), ..row(2, "sh") })).unwrap();
+        let rows = query(&open_ro(&db).unwrap(), &Query::default()).unwrap();
+        assert_eq!(rows[0].restored_from, None);
+        assert_eq!(rows[1].restored_from.as_ref(), Some(&from));
+        assert_eq!(rows[1].restored_from.as_ref().map(|f| f.from_cgroup_id), Some(rows[0].cgroup_id));
+        let v = serde_json::to_value(&rows[1]).unwrap();
+        assert_eq!(v["restored_from"]["from_path"], "/t/node_1");
+        assert!(serde_json::to_value(&rows[0]).unwrap().get("restored_from").is_none());
     }
 
     #[test]
