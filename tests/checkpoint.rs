@@ -1,5 +1,5 @@
 //! Checkpoint and restore, end to end (docs/semantics.md §17): a sandbox
-//! made by `nsgroup exec --unshare pid,uts,ipc,mnt` with a counter, its node
+//! made by `unshare --pid --fork --mount-proc --uts --ipc --mount` with a counter, its node
 //! limited, checkpointed and restored into a fresh node with the same
 //! limits; a user refused; a dump CRIU refuses leaving the sandbox running.
 //! Needs CRIU and a cgroup2 subtree with memory and pids (the guest bed);
@@ -57,32 +57,28 @@ impl Bed {
         (out.status.code(), answer, String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
-    /// Starts a sandbox from the tracked root: `nsgroup exec --unshare
-    /// pid,uts,ipc,mnt` running `prepare`, then a counter appending to
-    /// `count`; its stdio is /dev/null (a pipe to the test would be outside
-    /// the tree). The exec process and the sandbox's init.
+    /// Starts a sandbox in the tracked root (its leaf once the daemon made
+    /// one): `unshare --pid --fork --mount-proc --uts --ipc --mount` running
+    /// `prepare`, then a counter appending to `count`; its stdio is
+    /// /dev/null (a pipe to the test would lie outside the tree). The
+    /// daemon gives its set a node. The unshare process and the sandbox's init.
     fn sandbox(&self, prepare: &str, count: &Path) -> (Child, u32) {
-        let procs = self.h.dir(&self.h.root).join("cgroup.procs");
-        let script = format!(
-            "umount -l /proc && mount -t proc proc /proc; {prepare}; i=0; while :; do echo $i >> {}; i=$((i+1)); sleep 0.1; done",
-            count.display()
-        );
+        let root = self.h.dir(&self.h.root);
+        let script = format!("{prepare}; i=0; while :; do echo $i >> {}; i=$((i+1)); sleep 0.1; done", count.display());
         let child = Command::new("sh")
             .arg("-c")
-            .arg("echo $$ > \"$0\" && exec \"$@\"")
-            .arg(&procs)
-            .args([NSGROUP, "exec", "--hierarchy"])
-            .arg(&self.h.mount)
-            .args(["--unshare", "pid,uts,ipc,mnt", "--", "setsid", "sh", "-c", &script])
+            .arg("{ echo $$ > \"$0/cgroup.procs\" || echo $$ > \"$0/leaf/cgroup.procs\"; } 2>/dev/null && exec \"$@\"")
+            .arg(&root)
+            .args(["setsid", "unshare", "--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--mount", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         wait_for("the counter to count", || numbers(count).len() >= 3);
-        // The init: exec's child (pid 1 inside; setsid execs in place).
-        let init = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
-        let init: u32 = init.split_whitespace().next().expect("exec has its child").parse().unwrap();
+        let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
+        let init: u32 = children.split_whitespace().next().expect("unshare has its child").parse().unwrap();
+        wait_for("the sandbox's own node", || self.h.cgroup_of(init).is_some_and(|c| c.contains("/node_")));
         (child, init)
     }
 

@@ -172,9 +172,21 @@ pub struct Dump {
     pub external_mounts: Vec<String>,
 }
 
-/// The key an external mount is known by in the image.
-fn mount_key(index: usize) -> String {
-    format!("nsgroup-ext-{index}")
+/// The flags a dump and its restore share: `--tcp-established`,
+/// `--shell-job`, and each external mount as `--ext-mount-map` (`map` joins
+/// the mount point and its key in the image, `nsgroup-ext-N`, in the order
+/// the verb wants).
+fn shared_flags(a: &mut Vec<OsString>, tcp: bool, shell_job: bool, mounts: &[String], map: impl Fn(&str, &str) -> String) {
+    if tcp {
+        a.push("--tcp-established".into());
+    }
+    if shell_job {
+        a.push("--shell-job".into());
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        a.push("--ext-mount-map".into());
+        a.push(map(m, &format!("nsgroup-ext-{i}")).into());
+    }
 }
 
 impl Dump {
@@ -190,16 +202,7 @@ impl Dump {
         if self.leave_running {
             a.push("--leave-running".into());
         }
-        if self.tcp_established {
-            a.push("--tcp-established".into());
-        }
-        if self.shell_job {
-            a.push("--shell-job".into());
-        }
-        for (i, m) in self.external_mounts.iter().enumerate() {
-            a.push("--ext-mount-map".into());
-            a.push(format!("{m}:{}", mount_key(i)).into());
-        }
+        shared_flags(&mut a, self.tcp_established, self.shell_job, &self.external_mounts, |m, key| format!("{m}:{key}"));
         a
     }
 }
@@ -230,16 +233,7 @@ impl Restore {
             a.push("--cgroup-root".into());
             a.push(root.into());
         }
-        if self.tcp_established {
-            a.push("--tcp-established".into());
-        }
-        if self.shell_job {
-            a.push("--shell-job".into());
-        }
-        for (i, m) in self.external_mounts.iter().enumerate() {
-            a.push("--ext-mount-map".into());
-            a.push(format!("{}:{m}", mount_key(i)).into());
-        }
+        shared_flags(&mut a, self.tcp_established, self.shell_job, &self.external_mounts, |m, key| format!("{key}:{m}"));
         a
     }
 }
