@@ -21,16 +21,19 @@ fn criu_missing() -> Option<String> {
     }
 }
 
-/// A daemon on a delegated cgroup2 subtree with memory and pids, with its API.
+/// A daemon with its API on a cgroup2 subtree: in the guest a delegated
+/// one with memory and pids and the real CRIU; anywhere a plain one with a
+/// stand-in for CRIU.
 struct Bed {
     d: Daemon,
     h: Hier,
     socket: String,
     config: tempfile::TempDir,
-    _scope: DelegatedScope,
+    _scope: Option<DelegatedScope>,
 }
 
 impl Bed {
+    /// The guest's bed with the real CRIU; `None` (saying why) elsewhere.
     fn new() -> Option<Bed> {
         if !privileged() {
             return None;
@@ -41,13 +44,23 @@ impl Bed {
         }
         let scope = DelegatedScope::start(&["memory", "pids"]).map_err(|why| skip(&why)).ok()?;
         let h = Hier::v2_in(&scope.cgroup);
+        Some(Bed::start(h, "controllers = [\"memory\", \"pids\"]\nleaf = \"everywhere\"\n", "criu", Some(scope)))
+    }
+
+    /// A plain cgroup2 subtree whose daemon runs `criu` instead of CRIU.
+    fn with_criu(criu: &Path) -> Option<Bed> {
+        let h = Hier::try_new(Kind::V2)?;
+        Some(Bed::start(h, "", criu.to_str().unwrap(), None))
+    }
+
+    fn start(h: Hier, top: &str, criu: &str, scope: Option<DelegatedScope>) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).unwrap();
-        let top = format!("controllers = [\"memory\", \"pids\"]\nleaf = \"everywhere\"\n[history]\ndatabase = \"{}\"\n", dir.path().join("history.sqlite").display());
-        let (config, socket) = api_config(dir.path(), &top, "").unwrap();
+        let top = format!("{top}[history]\ndatabase = \"{}\"\n", dir.path().join("history.sqlite").display());
+        let (config, socket) = api_config(dir.path(), &top, &format!("criu = \"{criu}\"")).unwrap();
         let d = Daemon::start(&h, &["--config", config.to_str().unwrap()]);
         wait_for("the API socket", || socket.exists());
-        Some(Bed { d, h, socket: socket.display().to_string(), config: dir, _scope: scope })
+        Bed { d, h, socket: socket.display().to_string(), config: dir, _scope: scope }
     }
 
     /// `nsgroup ARGS --socket S --json`: exit code, the answer, stderr.
@@ -220,5 +233,107 @@ fn a_dump_criu_refuses_leaves_the_sandbox_running_and_says_why() {
     let (code, answer, _) = bed.nsgroup(&["kill", &node]);
     assert_eq!(code, Some(0), "{answer}");
     let _ = exec.wait();
+    bed.h.kill_all();
+}
+
+/// A stand-in for CRIU: says the version in the file `version` beside it;
+/// a dump writes a log as CRIU does (the reason well before its end) and fails.
+fn fake_criu(dir: &Path, version: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("criu");
+    std::fs::write(dir.join("version"), version).unwrap();
+    let script = r#"#!/bin/sh
+here=$(dirname "$0")
+case "$1" in
+--version) echo "Version: $(cat "$here/version")"; exit 0 ;;
+dump)
+    while [ $# -gt 0 ]; do [ "$1" = -D ] && d=$2; shift; done
+    {
+        echo "(00.001) Dumping mounts"
+        printf '(00.002) Error (criu/mount.c:1142): mnt: FS mnt ./elsewhere dev 0x27 root / unsupported \033[2J\n'
+        for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do echo "(00.0$i) Unseizing $i into 1"; done
+        echo "(00.099) Error (criu/cr-dump.c:2053): Dumping FAILED."
+    } > "$d/dump.log"
+    exit 1 ;;
+esac
+exit 1
+"#;
+    std::fs::write(&bin, script).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn a_failing_criu_leaves_the_node_running_and_bad_input_is_refused() {
+    let tools = tempfile::tempdir().unwrap();
+    let criu = fake_criu(tools.path(), "4.2.0");
+    let Some(mut bed) = Bed::with_criu(&criu) else { return };
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let (mut unshare, init) = bed.sandbox(":", &count);
+    let node = bed.node_of(init);
+    let (_keep, img) = image_dir();
+    let img_s = img.to_str().unwrap();
+
+    // A user: refused before anything is made.
+    let out = as_nobody_command(NSGROUP).args(["checkpoint", &node, "--dir", img_s, "--socket", &bed.socket]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("checkpoint.needs_cap_sys_admin"), "{err}");
+    assert!(!img.exists(), "nothing made for a refused request");
+
+    // CRIU fails: its reason comes back escaped, the node runs on, thawed.
+    let (code, answer, _) = bed.nsgroup(&["checkpoint", &node, "--dir", img_s]);
+    assert_ne!(code, Some(0), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("criu dump failed") && message.contains("mnt: FS mnt ./elsewhere dev 0x27 root / unsupported"), "{message}");
+    assert!(message.ends_with("Dumping FAILED.") && !message.contains('\u{1b}'), "{message}");
+    assert_eq!(answer["error"]["code"], "failed");
+    assert_eq!(bed.file(&node, "cgroup.events").lines().find(|l| l.starts_with("frozen")), Some("frozen 0"));
+    assert_eq!(bed.node_of(init), node);
+    let n = numbers(&count).len();
+    wait_for("the sandbox to count on", || numbers(&count).len() >= n + 3);
+    // A frozen node stays frozen after a failure.
+    let (code, _, err) = bed.nsgroup(&["freeze", &node]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_keep2, img2) = image_dir();
+    let (code, _, _) = bed.nsgroup(&["checkpoint", &node, "--dir", img2.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert_eq!(bed.file(&node, "cgroup.events").lines().find(|l| l.starts_with("frozen")), Some("frozen 1"));
+    let (code, _, err) = bed.nsgroup(&["thaw", &node]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // Bad input: not a node, a directory not empty, one another user may
+    // write, a symlink, a manifest of another version, a CRIU too old.
+    let (code, answer, _) = bed.nsgroup(&["checkpoint", &bed.h.root, "--dir", "/var/tmp/nsgroup-no-such-img"]);
+    assert_ne!(code, Some(0));
+    assert_eq!(answer["error"]["code"], "not_found", "{answer}");
+    let (code, answer, _) = bed.nsgroup(&["checkpoint", &node, "--dir", img_s]);
+    assert_ne!(code, Some(0));
+    assert!(answer["error"]["message"].as_str().unwrap().contains("not empty"), "{answer}");
+    let (open_base, open) = image_dir();
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777)).unwrap();
+    let (code, answer, _) = bed.nsgroup(&["checkpoint", &node, "--dir", open.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert_eq!(answer["error"]["code"], "invalid", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("another user can write it"), "{answer}");
+    let link = open_base.path().join("link");
+    std::os::unix::fs::symlink(&img, &link).unwrap();
+    let (_, answer, _) = bed.nsgroup(&["restore", link.to_str().unwrap()]);
+    assert!(answer["error"]["message"].as_str().unwrap().contains("is a symlink"), "{answer}");
+    std::fs::write(img.join("nsgroup-checkpoint.json"), r#"{"version":2}"#).unwrap();
+    let (_, answer, _) = bed.nsgroup(&["restore", img_s]);
+    assert!(answer["error"]["message"].as_str().unwrap().contains("version 2"), "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid");
+    std::fs::write(tools.path().join("version"), "3.14.0").unwrap();
+    let (_, answer, _) = bed.nsgroup(&["checkpoint", &node, "--dir", img2.to_str().unwrap()]);
+    assert!(answer["error"]["message"].as_str().unwrap().contains("criu 3.14.0 is too old"), "{answer}");
+    assert_eq!(answer["error"]["code"], "unsupported");
+    // Nothing was lost: the sandbox counts on in its node.
+    let n = numbers(&count).len();
+    wait_for("the sandbox to count on at the end", || numbers(&count).len() >= n + 3);
+    assert_eq!(bed.node_of(init), node);
+    let _ = unshare.kill();
     bed.h.kill_all();
 }

@@ -48,6 +48,8 @@ pub struct Context {
     /// hundred clients polling the list cost one read of the hierarchy per
     /// interval, not a hundred.
     pub list_cache: std::sync::Mutex<[Option<(std::time::Instant, Value)>; 2]>,
+    /// The CRIU `checkpoint` and `restore` run (`[api] criu`).
+    pub criu: PathBuf,
 }
 
 /// The limits the policy gives a node — the `[[limit]]` rules that match its
@@ -74,9 +76,6 @@ impl LimitPolicy {
         self.rules.as_ref().map(|rules| limit::files(&rules(&node.record, parent))).unwrap_or_default()
     }
 }
-
-/// The CRIU the daemon runs (found on its PATH).
-pub const CRIU: &str = "criu";
 
 /// How long a `list` answer is served again to other callers.
 pub const LIST_FRESH: std::time::Duration = std::time::Duration::from_millis(100);
@@ -369,7 +368,7 @@ impl Context {
         let node = self.node(target)?;
         let caller = self.caller(peer)?;
         perm::may_checkpoint(&caller, &node.path, "checkpoint", &self.root)?;
-        let criu = Criu::detect(std::path::Path::new(CRIU)).map_err(CheckpointError::from)?;
+        let criu = Criu::detect(&self.criu).map_err(CheckpointError::from)?;
         let s = subtree(&self.hierarchy, &node);
         let cgroup_id = self.hierarchy.id(&node.path)?;
         let src = Source { path: &node.path, cgroup_id, record: &node.record, subtree: &s };
@@ -387,7 +386,7 @@ impl Context {
     fn restore(&self, peer: &Peer, dir: &str) -> Result<Value, ErrorBody> {
         let caller = self.caller(peer)?;
         perm::may_checkpoint(&caller, &self.root, "restore", &self.root)?;
-        let criu = Criu::detect(std::path::Path::new(CRIU)).map_err(CheckpointError::from)?;
+        let criu = Criu::detect(&self.criu).map_err(CheckpointError::from)?;
         let dir = PathBuf::from(dir);
         let manifest = checkpoint::read_manifest(&dir)?;
         let parent = perm::parent_of(&manifest.source_path)

@@ -503,6 +503,7 @@ mod tests {
             events: None,
             limits: Default::default(),
             list_cache: Default::default(),
+            criu: "criu".into(),
         };
         let server = Server::start(listener, ctx).unwrap();
         (tmp, socket, server)

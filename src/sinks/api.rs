@@ -83,6 +83,7 @@ impl ApiHost {
                 LimitPolicy::new(move |record, parent| crate::policy::rules::limits_for(&config, record, parent))
             },
             list_cache: Default::default(),
+            criu: api.criu.clone(),
         };
         let server = Server::start(listener, ctx).map_err(|e| SinkError::Config(format!("api.socket: starting the server: {e}")))?;
         info!(socket = %socket.path().display(), mode = format!("{:04o}", api.socket_mode), "serving the API");
