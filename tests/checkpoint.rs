@@ -89,10 +89,22 @@ impl Bed {
             .spawn()
             .unwrap();
         wait_for("the counter to count", || numbers(count).len() >= 3);
-        let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
-        let init: u32 = children.split_whitespace().next().expect("unshare has its child").parse().unwrap();
+        let init = self.newest_init();
         wait_for("the sandbox's own node", || self.h.cgroup_of(init).is_some_and(|c| c.contains("/node_")));
         (child, init)
+    }
+
+    /// The newest pid-namespace init in the tracked subtree (`NSpid: N 1`).
+    fn newest_init(&self) -> u32 {
+        let start = |pid: u32| -> u64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(19)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        let is_init = |pid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("NSpid:").is_some_and(|v| v.split_whitespace().count() == 2 && v.split_whitespace().last() == Some("1"))))
+        };
+        self.h.processes().into_iter().filter(is_init).max_by_key(|&p| start(p)).expect("a sandbox's init in the tracked subtree")
     }
 
     /// The node a task is in.

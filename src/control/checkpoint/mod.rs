@@ -26,10 +26,10 @@ use crate::sys::procfs::ProcFs;
 use image_dir::DirError;
 use manifest::{Manifest, ManifestError};
 
-/// Filesystems CRIU cannot dump the contents of; mounted in a sandbox at
-/// the same point as on the host, they are handed to CRIU as external and
-/// bound back from the host on restore.
-pub const EXTERNAL_FSTYPES: [&str; 7] = ["9p", "virtiofs", "nfs", "nfs4", "cifs", "fuse", "fuse.sshfs"];
+/// Filesystems CRIU mounts anew for the tree itself (they belong to its
+/// namespaces, or CRIU needs its own instance); every other mount the tree
+/// shares with the host is handed to CRIU as external.
+pub const CRIU_MOUNTS_ANEW: [&str; 5] = ["proc", "sysfs", "cgroup", "cgroup2", "devpts"];
 
 /// Why a checkpoint or restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +79,17 @@ pub fn find_init(proc: &ProcFs, record: &NodeRecord, tasks: &[u32]) -> Result<u3
     Err(CheckpointError::NoInit)
 }
 
-/// The mounts of the tree that CRIU is told are external: of a kind in
-/// [`EXTERNAL_FSTYPES`], at a point where the host has the same kind too.
+/// The mounts of the tree that CRIU is told are external: the host's own
+/// (the same filesystem, root and point as a mount of the daemon's mount
+/// namespace, copied in when the tree's mount namespace was made), bound
+/// back from the host on restore, but its root and [`CRIU_MOUNTS_ANEW`].
+/// CRIU cannot dump most of them (9p, configfs, …), and binding the host's
+/// keeps them the host's (a tmpfs is not copied into the image).
 pub fn external_mounts(tree: &[Mount], host: &[Mount]) -> Vec<String> {
     let mut out: Vec<String> = tree
         .iter()
-        .filter(|m| EXTERNAL_FSTYPES.contains(&m.fstype.as_str()))
-        .filter(|m| host.iter().any(|h| h.mount_point == m.mount_point && h.fstype == m.fstype))
+        .filter(|m| m.mount_point != Path::new("/") && !CRIU_MOUNTS_ANEW.contains(&m.fstype.as_str()))
+        .filter(|m| host.iter().any(|h| h.mount_point == m.mount_point && h.fstype == m.fstype && h.dev == m.dev && h.root == m.root))
         .filter_map(|m| m.mount_point.to_str().map(str::to_string))
         .collect();
     out.sort();
@@ -288,12 +292,14 @@ mod tests {
     use crate::sys::mounts::parse_mountinfo;
 
     #[test]
-    fn only_network_and_host_shares_the_host_has_too_are_external() {
-        let host = parse_mountinfo("1 0 0:27 / /work/repo ro - 9p repo rw\n2 0 0:28 / /mnt/host0 rw - 9p host0 rw\n3 0 0:5 / /proc rw - proc proc rw\n");
-        let tree = parse_mountinfo(
-            "10 0 0:27 / /work/repo ro - 9p repo rw\n11 0 0:29 / /proc rw - proc proc rw\n12 0 0:30 / /srv/private rw - 9p other rw\n13 0 0:31 / /tmp rw - tmpfs tmpfs rw\n",
+    fn the_host_s_own_mounts_are_external_but_the_root_and_what_criu_mounts_anew() {
+        let host = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/vda rw\n2 1 0:27 / /work/repo ro - 9p repo rw\n3 1 0:5 / /proc rw - proc proc rw\n4 1 0:31 / /sys/kernel/config rw - configfs configfs rw\n5 1 0:40 / /run rw - tmpfs tmpfs rw\n6 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
         );
-        assert_eq!(external_mounts(&tree, &host), ["/work/repo"]);
+        let tree = parse_mountinfo(
+            "10 0 8:1 / / rw - ext4 /dev/vda rw\n11 10 0:27 / /work/repo ro - 9p repo rw\n12 10 0:59 / /proc rw - proc proc rw\n13 10 0:31 / /sys/kernel/config rw - configfs configfs rw\n14 10 0:40 / /run rw - tmpfs tmpfs rw\n15 10 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n16 10 0:27 / /srv/elsewhere rw - 9p repo rw\n17 10 0:41 / /tmp/own rw - tmpfs tmpfs rw\n18 10 0:27 /sub /work/repo2 ro - 9p repo rw\n",
+        );
+        assert_eq!(external_mounts(&tree, &host), ["/run", "/sys/kernel/config", "/work/repo"]);
         assert!(external_mounts(&[], &host).is_empty());
     }
 
