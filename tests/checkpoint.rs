@@ -94,6 +94,18 @@ impl Bed {
         (child, init)
     }
 
+    /// Checks that uid 65534 may neither checkpoint `node` into `img` nor
+    /// restore from it, and that nothing was made.
+    fn users_are_refused(&self, node: &str, img: &Path) {
+        let img_s = img.to_str().unwrap();
+        for args in [&["checkpoint", node, "--dir", img_s][..], &["restore", img_s]] {
+            let out = as_nobody_command(NSGROUP).args(args).args(["--socket", &self.socket]).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains("checkpoint.needs_cap_sys_admin"), "{args:?}: {err}");
+        }
+        assert!(!img.exists(), "nothing made for a refused request");
+    }
+
     /// The newest pid-namespace init in the tracked subtree (`NSpid: N 1`).
     fn newest_init(&self) -> u32 {
         let start = |pid: u32| -> u64 {
@@ -146,13 +158,7 @@ fn a_sandbox_is_checkpointed_and_restored_into_a_fresh_node_with_its_limits() {
     let (_keep, img) = image_dir();
     let img_s = img.to_str().unwrap();
 
-    // A user is refused both, before anything is done.
-    let out = as_nobody_command(NSGROUP).args(["checkpoint", &node, "--dir", img_s, "--socket", &bed.socket]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("checkpoint.needs_cap_sys_admin"), "{err}");
-    assert!(!img.exists(), "nothing made for a refused request");
-    let out = as_nobody_command(NSGROUP).args(["restore", img_s, "--socket", &bed.socket]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint.needs_cap_sys_admin"));
+    bed.users_are_refused(&node, &img);
 
     // The checkpoint ends the tasks; the node goes as usual.
     let (code, answer, err) = bed.nsgroup(&["checkpoint", &node, "--dir", img_s]);
@@ -288,11 +294,7 @@ fn a_failing_criu_leaves_the_node_running_and_bad_input_is_refused() {
     let (_keep, img) = image_dir();
     let img_s = img.to_str().unwrap();
 
-    // A user: refused before anything is made.
-    let out = as_nobody_command(NSGROUP).args(["checkpoint", &node, "--dir", img_s, "--socket", &bed.socket]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("checkpoint.needs_cap_sys_admin"), "{err}");
-    assert!(!img.exists(), "nothing made for a refused request");
+    bed.users_are_refused(&node, &img);
 
     // CRIU fails: its reason comes back escaped, the node runs on, thawed.
     let (code, answer, _) = bed.nsgroup(&["checkpoint", &node, "--dir", img_s]);
