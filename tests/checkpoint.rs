@@ -188,7 +188,10 @@ fn a_sandbox_is_checkpointed_and_restored_into_a_fresh_node_with_its_limits() {
     wait_for("the restored node adopted", || bed.d.log_text().contains("node_adopted") && bed.h.node_paths().contains(&fresh));
     let check = Command::new(NSGROUP).args(["check", "--hierarchy"]).arg(&bed.h.mount).args(["--root", &bed.h.root]).output().unwrap();
     assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    // The history links the two nodes.
+    // Once both are gone, the history links the two nodes.
+    let (code, _, err) = bed.nsgroup(&["kill", &fresh]);
+    assert_eq!(code, Some(0), "{err}");
+    wait_for("the restored node removed", || !bed.h.dir(&fresh).exists());
     let db = bed.config.path().join("history.sqlite");
     wait_for("the history to link the restored node", || {
         let out = Command::new(NSGROUP).args(["history", "--json", "--database"]).arg(&db).output().unwrap();
@@ -200,8 +203,6 @@ fn a_sandbox_is_checkpointed_and_restored_into_a_fresh_node_with_its_limits() {
     });
     let text = Command::new(NSGROUP).args(["history", "--database"]).arg(&db).output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("(restored from {node}, cgroup id ")));
-    let (code, _, err) = bed.nsgroup(&["kill", &fresh]);
-    assert_eq!(code, Some(0), "{err}");
     bed.h.kill_all();
 }
 
