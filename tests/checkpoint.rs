@@ -116,7 +116,13 @@ impl Bed {
             std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("NSpid:").is_some_and(|v| v.split_whitespace().count() == 2 && v.split_whitespace().last() == Some("1"))))
         };
-        self.h.processes().into_iter().filter(is_init).max_by_key(|&p| start(p)).expect("a sandbox's init in the tracked subtree")
+        // The daemon moves tasks while the subtree is read: look until one is seen.
+        let mut found = None;
+        wait_for("a sandbox's init in the tracked subtree", || {
+            found = self.h.processes().into_iter().filter(is_init).max_by_key(|&p| start(p));
+            found.is_some()
+        });
+        found.unwrap()
     }
 
     /// The node a task is in.

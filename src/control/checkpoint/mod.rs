@@ -98,6 +98,14 @@ pub fn external_mounts(tree: &[Mount], host: &[Mount]) -> Vec<String> {
     out
 }
 
+/// Whether the tree is a shell job to CRIU (`--shell-job`): its root has a
+/// controlling terminal, or its session is led from outside the tree (CRIU
+/// refuses otherwise: "A session leader of N(1) is outside of its pid
+/// namespace", measured in the guest with `setsid unshare --pid --fork`).
+pub fn shell_job(root: u32, stat: &crate::sys::procfs::TaskStat) -> bool {
+    stat.tty_nr != 0 || stat.session != root
+}
+
 /// The node's cgroup2 limit values, as they are now (files it lacks are left out).
 pub fn read_limits(dir: &Path, version: Version) -> BTreeMap<String, String> {
     if version != Version::V2 {
@@ -168,7 +176,7 @@ fn dump_frozen(criu: &Criu, proc: &ProcFs, src: &Source, spec: &CheckpointSpec, 
         freezer,
         leave_running: spec.leave_running,
         tcp_established: spec.tcp_established,
-        shell_job: stat.tty_nr != 0,
+        shell_job: shell_job(init, &stat),
         external_mounts: external_mounts(&tree_mounts, &host_mounts),
     };
     let manifest = Manifest {
@@ -301,6 +309,14 @@ mod tests {
         );
         assert_eq!(external_mounts(&tree, &host), ["/run", "/sys/kernel/config", "/work/repo"]);
         assert!(external_mounts(&[], &host).is_empty());
+    }
+
+    #[test]
+    fn a_tree_with_a_terminal_or_led_from_outside_is_a_shell_job() {
+        let stat = |session: u32, tty_nr: u64| crate::sys::procfs::TaskStat::parse(format!("7 (sh) S 6 7 {session} {tty_nr} -1 4194560 1 0 0 0 1 2 0 0 20 0 1 0 100 1 2").as_bytes()).unwrap();
+        assert!(!shell_job(7, &stat(7, 0)), "its own session, no terminal");
+        assert!(shell_job(7, &stat(6, 0)), "setsid unshare: the session is unshare's");
+        assert!(shell_job(7, &stat(7, 34816)), "a terminal");
     }
 
     #[test]
