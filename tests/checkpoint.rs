@@ -71,7 +71,8 @@ impl Bed {
     }
 
     /// Starts a sandbox in the tracked root (its leaf once the daemon made
-    /// one): `unshare --pid --fork --mount-proc --uts --ipc --mount` running
+    /// one): `unshare --pid --fork --mount-proc --uts --ipc --mount setsid`
+    /// (the init leads its own session, as CRIU wants) running
     /// `prepare`, then a counter appending to `count`; its stdio is
     /// /dev/null (a pipe to the test would lie outside the tree). The
     /// daemon gives its set a node. The unshare process and the sandbox's init.
@@ -82,7 +83,7 @@ impl Bed {
             .arg("-c")
             .arg("{ echo $$ > \"$0/cgroup.procs\" || echo $$ > \"$0/leaf/cgroup.procs\"; } 2>/dev/null && exec \"$@\"")
             .arg(&root)
-            .args(["setsid", "unshare", "--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--mount", "sh", "-c", &script])
+            .args(["unshare", "--pid", "--fork", "--mount-proc", "--uts", "--ipc", "--mount", "setsid", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -48,6 +48,8 @@ pub enum CheckpointError {
     NoPidNs,
     #[error("no task of the node is its set's pid-namespace init (the init exited, or lives outside the node)")]
     NoInit,
+    #[error("the set's init (pid {init}) is in session {session}, led from outside its pid namespace, which CRIU cannot dump: start the tree as its own session inside the namespace (`unshare --pid --fork setsid …`)")]
+    SessionOutside { init: u32, session: u32 },
     #[error("no free node name below {}", crate::core::escape::Escaped(.0))]
     NoName(String),
 }
@@ -99,11 +101,17 @@ pub fn external_mounts(tree: &[Mount], host: &[Mount]) -> Vec<String> {
 }
 
 /// Whether the tree is a shell job to CRIU (`--shell-job`): its root has a
-/// controlling terminal, or its session is led from outside the tree (CRIU
-/// refuses otherwise: "A session leader of N(1) is outside of its pid
-/// namespace", measured in the guest with `setsid unshare --pid --fork`).
-pub fn shell_job(root: u32, stat: &crate::sys::procfs::TaskStat) -> bool {
-    stat.tty_nr != 0 || stat.session != root
+/// controlling terminal.
+pub fn shell_job(stat: &crate::sys::procfs::TaskStat) -> bool {
+    stat.tty_nr != 0
+}
+
+/// Whether the root leads its own session or its session is led inside the
+/// tree (CRIU refuses a session led from outside the pid namespace even as a
+/// shell job: "A session leader of N(1) is outside of its pid namespace",
+/// measured in the guest with `setsid unshare --pid --fork`).
+fn session_inside(proc: &ProcFs, root: u32, stat: &crate::sys::procfs::TaskStat, pid_ns: u64) -> Result<bool, IoError> {
+    Ok(stat.session == root || (stat.session != 0 && proc.ns_inode(stat.session, stat.session, NsKind::Pid)? == Some(pid_ns)))
 }
 
 /// The node's cgroup2 limit values, as they are now (files it lacks are left out).
@@ -168,6 +176,9 @@ fn dump_frozen(criu: &Criu, proc: &ProcFs, src: &Source, spec: &CheckpointSpec, 
     let tasks = verbs::tasks(&src.subtree.dir, src.subtree.version)?;
     let init = find_init(proc, src.record, &tasks)?;
     let stat = proc.stat(init, init)?.ok_or(CheckpointError::NoInit)?;
+    if !session_inside(proc, init, &stat, src.record.set.get(NsKind::Pid))? {
+        return Err(CheckpointError::SessionOutside { init, session: stat.session });
+    }
     let tree_mounts = read_mountinfo(&proc.root().join(format!("{init}/mountinfo"))).unwrap_or_default();
     let host_mounts = read_mountinfo(&proc.root().join("self/mountinfo")).unwrap_or_default();
     let dump = Dump {
@@ -176,7 +187,7 @@ fn dump_frozen(criu: &Criu, proc: &ProcFs, src: &Source, spec: &CheckpointSpec, 
         freezer,
         leave_running: spec.leave_running,
         tcp_established: spec.tcp_established,
-        shell_job: shell_job(init, &stat),
+        shell_job: shell_job(&stat),
         external_mounts: external_mounts(&tree_mounts, &host_mounts),
     };
     let manifest = Manifest {
@@ -312,11 +323,16 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_with_a_terminal_or_led_from_outside_is_a_shell_job() {
+    fn a_tree_with_a_terminal_is_a_shell_job_and_one_led_from_outside_is_refused() {
         let stat = |session: u32, tty_nr: u64| crate::sys::procfs::TaskStat::parse(format!("7 (sh) S 6 7 {session} {tty_nr} -1 4194560 1 0 0 0 1 2 0 0 20 0 1 0 100 1 2").as_bytes()).unwrap();
-        assert!(!shell_job(7, &stat(7, 0)), "its own session, no terminal");
-        assert!(shell_job(7, &stat(6, 0)), "setsid unshare: the session is unshare's");
-        assert!(shell_job(7, &stat(7, 34816)), "a terminal");
+        assert!(!shell_job(&stat(7, 0)));
+        assert!(shell_job(&stat(7, 34816)), "a terminal");
+        let proc = ProcFs::new("/nonexistent");
+        assert!(session_inside(&proc, 7, &stat(7, 0), 99).unwrap(), "its own session");
+        assert!(!session_inside(&proc, 7, &stat(6, 0), 99).unwrap(), "setsid unshare: the session is unshare's, outside");
+        assert!(!session_inside(&proc, 7, &stat(0, 0), 99).unwrap());
+        let e = CheckpointError::SessionOutside { init: 7, session: 6 }.to_string();
+        assert!(e.contains("session 6") && e.contains("setsid"), "{e}");
     }
 
     #[test]
