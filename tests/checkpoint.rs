@@ -78,7 +78,10 @@ impl Bed {
     /// daemon gives its set a node. The unshare process and the sandbox's init.
     fn sandbox(&self, prepare: &str, count: &Path) -> (Child, u32) {
         let root = self.h.dir(&self.h.root);
-        let script = format!("{prepare}; i=0; while :; do echo $i >> {}; i=$((i+1)); sleep 0.1; done", count.display());
+        // Its stdio opened again inside its own mount namespace: a file
+        // opened through the host's mounts is refused by CRIU ("Can't lookup
+        // mount=22 for fd=0 path=/dev/null", measured in the guest).
+        let script = format!("exec </dev/null >/dev/null 2>&1; {prepare}; i=0; while :; do echo $i >> {}; i=$((i+1)); sleep 0.1; done", count.display());
         let child = Command::new("sh")
             .arg("-c")
             .arg("{ echo $$ > \"$0/cgroup.procs\" || echo $$ > \"$0/leaf/cgroup.procs\"; } 2>/dev/null && exec \"$@\"")
