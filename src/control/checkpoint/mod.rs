@@ -165,7 +165,9 @@ pub fn checkpoint(criu: &Criu, proc: &ProcFs, src: &Source, spec: &CheckpointSpe
     // it as it was, a dump that ended the tasks lets them die.
     if !(was_frozen && (spec.leave_running || result.is_err())) {
         let thawed = verbs::thaw(s, timing);
-        if result.is_ok() {
+        // Tasks that run on must run; ended ones may have taken their node
+        // with them already (the daemon's cleanup).
+        if result.is_ok() && spec.leave_running {
             thawed?;
         }
     }
