@@ -182,6 +182,11 @@ fn a_sandbox_is_checkpointed_and_restored_into_a_fresh_node_with_its_limits() {
     assert_eq!(numbers(&count).len(), before.len(), "nothing counts while checkpointed");
 
     // Restored: a fresh node, the same limits, the counter goes on.
+    let version = Command::new("criu").arg("--version").output().unwrap();
+    if String::from_utf8_lossy(&version.stdout).contains("Version: 3.") {
+        bed.h.kill_all();
+        return skip("CRIU 3.x (bookworm's 3.17.1) fails this restore inside itself, measured in the guest: \"mnt: BUG at criu/mount.c:48\", then a segfault (issue 21: a trixie guest with CRIU 4.1.1)");
+    }
     let (code, answer, err) = bed.nsgroup(&["restore", img_s]);
     assert_eq!(code, Some(0), "{err}\n{answer}\n{}", bed.d.log_text());
     let fresh = answer["data"]["path"].as_str().unwrap().to_string();
