@@ -163,3 +163,17 @@ pub fn user_ns_owner(ns: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
         _ => Ok(uid),
     }
 }
+
+/// Makes `cmd` move itself into the cgroup whose `cgroup.procs` is `procs`
+/// (opened now) between fork and exec: every task it forks is born there.
+pub fn spawn_into_cgroup(cmd: &mut std::process::Command, procs: std::fs::File) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls write(2) on a
+    // descriptor opened before the fork; no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::io::Write;
+            (&procs).write_all(b"0\n")
+        });
+    }
+}

@@ -77,6 +77,8 @@ pub(super) fn queued_cost(event: &ApiEvent) -> usize {
                     + k.victim.as_ref().map_or(0, |v| v.comm.len())
                     + k.memory_max.as_ref().map_or(0, String::len)
             }
+            ApiEvent::Checkpointed { path, dir, .. } => path.len() + dir.len(),
+            ApiEvent::Restored { path, dir, from_path, .. } => path.len() + dir.len() + from_path.len(),
             ApiEvent::Overflow { .. } | ApiEvent::Lost { .. } => 0,
         }
 }

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use super::events::Publisher;
 use super::peer::Peer;
 use super::proto::{ApiEvent, Code, ErrorBody, Request, Target};
+use crate::control::checkpoint::{self, CheckpointError, CheckpointSpec, Source};
 use crate::control::tighten::{self, TightenError};
+use crate::sys::criu::{Criu, CriuError};
 use crate::control::verbs::{self, PidfdSignaller, Subtree, Timing, VerbError};
 use crate::core::cgpath::{canonical, join, within};
 use crate::core::escape::Escaped;
@@ -50,6 +52,8 @@ pub struct Context {
     /// Where the verbs and `limit` are recorded in the nodes' timelines
     /// (the daemon's history, when it keeps one).
     pub history: Option<Recorder>,
+    /// The CRIU `checkpoint` and `restore` run (`[api] criu`).
+    pub criu: PathBuf,
 }
 
 /// The limits the policy gives a node — the `[[limit]]` rules that match its
@@ -101,6 +105,19 @@ impl From<VerbError> for ErrorBody {
         let code = match &e {
             VerbError::NoFreezer(_) => Code::Unsupported,
             VerbError::NotALimit { .. } | VerbError::BadValue { .. } => Code::Invalid,
+            _ => Code::Failed,
+        };
+        error(code, e.to_string())
+    }
+}
+
+impl From<CheckpointError> for ErrorBody {
+    fn from(e: CheckpointError) -> ErrorBody {
+        let code = match &e {
+            CheckpointError::Dir(_) | CheckpointError::Manifest(_) => Code::Invalid,
+            CheckpointError::NoPidNs | CheckpointError::SessionOutside { .. } => Code::Unsupported,
+            CheckpointError::Criu(CriuError::Missing { .. } | CriuError::TooOld { .. } | CriuError::NoVersion { .. }) => Code::Unsupported,
+            CheckpointError::Verb(VerbError::NoFreezer(_)) => Code::Unsupported,
             _ => Code::Failed,
         };
         error(code, e.to_string())
@@ -220,6 +237,11 @@ impl Context {
             Request::Limit { target, file, value } => self.limit(peer, target, file, value),
             Request::Attach { pid, target } => self.attach(peer, *pid, target),
             Request::Create { parent, name } => self.create(peer, parent, name.as_deref()),
+            Request::Checkpoint { target, dir, leave_running, tcp_established } => {
+                let spec = CheckpointSpec { dir: PathBuf::from(dir), leave_running: *leave_running, tcp_established: *tcp_established };
+                self.checkpoint(peer, target, &spec)
+            }
+            Request::Restore { dir } => self.restore(peer, dir),
             Request::Subscribe {} => Err(error(Code::Invalid, "subscribe is handled by the server")),
         }
     }
@@ -356,6 +378,53 @@ impl Context {
         }
         cgroup_dir::move_task(&self.hierarchy.dir(&dest), self.hierarchy.version(), tgid, tid)?;
         Ok(json!({ "pid": tid, "path": dest, "cgroup_id": self.hierarchy.id(&dest)? }))
+    }
+
+    /// Checkpoints a node: CAP_SYS_ADMIN only (§15), CRIU checked first.
+    fn checkpoint(&self, peer: &Peer, target: &Target, spec: &CheckpointSpec) -> Result<Value, ErrorBody> {
+        let node = self.node(target)?;
+        let caller = self.caller(peer)?;
+        perm::may_checkpoint(&caller, &node.path, "checkpoint", &self.root)?;
+        let criu = Criu::detect(&self.criu).map_err(CheckpointError::from)?;
+        let s = subtree(&self.hierarchy, &node);
+        let cgroup_id = self.hierarchy.id(&node.path)?;
+        let src = Source { path: &node.path, cgroup_id, record: &node.record, subtree: &s };
+        let manifest = checkpoint::checkpoint(&criu, &self.proc, &src, spec, self.timing)?;
+        let dir = spec.dir.display().to_string();
+        if let Some(events) = &self.events {
+            events.publish(ApiEvent::Checkpointed { path: node.path.clone(), cgroup_id, dir: dir.clone(), root_pid: manifest.root_pid, leave_running: spec.leave_running, uid: caller.uid });
+            events.flush();
+        }
+        Ok(json!({ "path": node.path, "cgroup_id": cgroup_id, "dir": dir, "root_pid": manifest.root_pid, "leave_running": spec.leave_running, "external_mounts": manifest.external_mounts, "criu": criu.version.to_string() }))
+    }
+
+    /// Restores a checkpoint into a fresh node below the source's parent
+    /// (the tracked root when that is gone): CAP_SYS_ADMIN only.
+    fn restore(&self, peer: &Peer, dir: &str) -> Result<Value, ErrorBody> {
+        let caller = self.caller(peer)?;
+        perm::may_checkpoint(&caller, &self.root, "restore", &self.root)?;
+        let criu = Criu::detect(&self.criu).map_err(CheckpointError::from)?;
+        let dir = PathBuf::from(dir);
+        let manifest = checkpoint::read_manifest(&dir)?;
+        let parent = perm::parent_of(&manifest.source_path)
+            .filter(|p| within(p, &self.root) && self.hierarchy.dir(p).is_dir())
+            .unwrap_or(&self.root)
+            .to_string();
+        let made = checkpoint::restore(&criu, &self.hierarchy, &self.proc, &dir, &manifest, &parent, caller.pid)?;
+        let shown = dir.display().to_string();
+        if let Some(events) = &self.events {
+            events.publish(ApiEvent::Restored {
+                path: made.path.clone(),
+                cgroup_id: made.cgroup_id,
+                dir: shown.clone(),
+                root_pid: made.root_pid,
+                from_path: manifest.source_path.clone(),
+                from_cgroup_id: manifest.source_cgroup_id,
+                uid: caller.uid,
+            });
+            events.flush();
+        }
+        Ok(json!({ "path": made.path, "cgroup_id": made.cgroup_id, "root_pid": made.root_pid, "from_path": manifest.source_path, "from_cgroup_id": manifest.source_cgroup_id, "refused": made.refused }))
     }
 
     fn create(&self, peer: &Peer, parent: &str, name: Option<&str>) -> Result<Value, ErrorBody> {

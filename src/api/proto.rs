@@ -17,7 +17,7 @@ pub const VERSION: u64 = 1;
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// The request types, as `type` names them.
-pub const REQUEST_TYPES: [&str; 9] = ["list", "show", "freeze", "thaw", "kill", "limit", "attach", "create", "subscribe"];
+pub const REQUEST_TYPES: [&str; 11] = ["list", "show", "freeze", "thaw", "kill", "limit", "attach", "create", "checkpoint", "restore", "subscribe"];
 
 /// What a request acts on: a node's cgroup path, or a pid (the node it is in).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -74,6 +74,17 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// Checkpoints the node with CRIU into the root-only directory `dir`.
+    Checkpoint {
+        target: Target,
+        dir: String,
+        #[serde(default)]
+        leave_running: bool,
+        #[serde(default)]
+        tcp_established: bool,
+    },
+    /// Restores the checkpoint in `dir` into a fresh node.
+    Restore { dir: String },
     /// Streams events until the connection closes.
     Subscribe {},
 }
@@ -90,6 +101,8 @@ impl Request {
             Request::Limit { .. } => "limit",
             Request::Attach { .. } => "attach",
             Request::Create { .. } => "create",
+            Request::Checkpoint { .. } => "checkpoint",
+            Request::Restore { .. } => "restore",
             Request::Subscribe {} => "subscribe",
         }
     }
@@ -327,6 +340,10 @@ pub enum ApiEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         uid: Option<u32>,
     },
+    /// A node was checkpointed into `dir` (its tasks ended unless `leave_running`).
+    Checkpointed { path: String, cgroup_id: u64, dir: String, root_pid: u32, leave_running: bool, uid: u32 },
+    /// A checkpoint was restored into the fresh node `path`, from the node `from_path`.
+    Restored { path: String, cgroup_id: u64, dir: String, root_pid: u32, from_path: String, from_cgroup_id: u64, uid: u32 },
     /// The kernel's ring buffer overflowed: `lost` events were lost; a reconcile follows.
     Overflow { lost: u64 },
     /// A reconcile ran (`why`: start, overflow, rescan).

@@ -504,6 +504,7 @@ mod tests {
             limits: Default::default(),
             list_cache: Default::default(),
             history: None,
+            criu: "criu".into(),
         };
         let server = Server::start(listener, ctx).unwrap();
         (tmp, socket, server)

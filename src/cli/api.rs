@@ -67,6 +67,30 @@ pub enum ApiCommand {
         #[arg(value_name = "FILE=VALUE")]
         setting: String,
     },
+    /// Checkpoint a node with CRIU into DIR (root's, mode 0700, new or empty;
+    /// CAP_SYS_ADMIN only): its tasks end unless --leave-running.
+    Checkpoint {
+        #[command(flatten)]
+        reach: ReachFlags,
+        #[arg(value_name = "TARGET")]
+        target: String,
+        /// The image directory (absolute).
+        #[arg(long, value_name = "DIR")]
+        dir: String,
+        /// Leave the tasks running after the dump.
+        #[arg(long)]
+        leave_running: bool,
+        /// Dump established TCP connections too (CRIU's --tcp-established).
+        #[arg(long)]
+        tcp_established: bool,
+    },
+    /// Restore a checkpoint from DIR into a fresh node with the same limits (CAP_SYS_ADMIN only).
+    Restore {
+        #[command(flatten)]
+        reach: ReachFlags,
+        #[arg(value_name = "DIR")]
+        dir: String,
+    },
     /// Move task PID into cgroup CGROUP; or, with `-- CMD…`, move this
     /// command itself there and run CMD (the seed's rules: only into an
     /// empty child of one's own cgroup; moving another task needs CAP_SYS_ADMIN).
@@ -146,6 +170,10 @@ pub fn run(cmd: ApiCommand) -> u8 {
         }
         ApiCommand::Attach { reach, cgroup, pid, command } => attach(&reach, &cgroup, pid, &command),
         ApiCommand::Create { reach, parent, name } => act(&reach, Request::Create { parent, name }),
+        ApiCommand::Checkpoint { reach, target, dir, leave_running, tcp_established } => {
+            act(&reach, Request::Checkpoint { target: Target::from_arg(&target), dir, leave_running, tcp_established })
+        }
+        ApiCommand::Restore { reach, dir } => act(&reach, Request::Restore { dir }),
         ApiCommand::Events { socket } => events(&socket_path(socket.as_deref())),
         ApiCommand::Api { socket, lines } => raw(&socket_path(socket.as_deref()), &lines),
     }
@@ -196,6 +224,10 @@ fn report(json: bool, request: &Request, answer: &Value) -> u8 {
             ),
             Request::Limit { file, value, .. } => format!("{path}: {file} = {}", Escaped(value)),
             Request::Attach { pid, .. } => format!("moved {pid} into {path}"),
+            Request::Checkpoint { dir, leave_running, .. } => {
+                format!("checkpointed {path} into {}{}", Escaped(dir), if *leave_running { " (left running)" } else { "" })
+            }
+            Request::Restore { .. } => format!("restored {} into {path}", d["from_path"].as_str().map(|p| Escaped(p).to_string()).unwrap_or_default()),
             _ => path,
         };
         let _ = writeln!(out, "{line}");

@@ -142,6 +142,9 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
                 r.creator_uid,
                 Escaped(&if args.all { format!("{}{}", r.hierarchy.trim_end_matches('/'), r.path) } else { r.path.clone() })
             )?;
+            if let Some(from) = &r.restored_from {
+                write!(out, "  (restored from {}, cgroup id {}, via {})", Escaped(&from.from_path), from.from_cgroup_id, Escaped(&from.dir))?;
+            }
             if let Some(u) = &r.usage {
                 let figures: Vec<String> = u.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 if !figures.is_empty() {

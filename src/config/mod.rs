@@ -292,11 +292,14 @@ pub struct ApiConfig {
     /// `tasks` and `mkdir`s too. Needs `bpf` among the kernel's LSMs; the
     /// daemon refuses to start, saying why, where it cannot load.
     pub strict: bool,
+    /// The CRIU that `checkpoint` and `restore` run (default `criu`, found
+    /// on the daemon's PATH; docs/semantics.md §18).
+    pub criu: PathBuf,
 }
 
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
-        ApiConfig { socket: PathBuf::from(DEFAULT_API_SOCKET), socket_mode: 0o666, socket_group: String::new(), strict: false }
+        ApiConfig { socket: PathBuf::from(DEFAULT_API_SOCKET), socket_mode: 0o666, socket_group: String::new(), strict: false, criu: PathBuf::from("criu") }
     }
 }
 

@@ -101,6 +101,7 @@ pub fn exec(spec: ExecSpec, hierarchy: &Hierarchy, mirrors: &mut [Mirror], proc:
             owner: None,
             created_unix: unix_now(),
             mirrors: Vec::new(),
+            restored: None,
         };
         writer.store_record(id, &record)?;
         let v2_files: Vec<_> = spec.limits.iter().map(Limit::v2).collect();

@@ -3,6 +3,7 @@
 //! kill) on a node's subtree, and what `limit` may write without
 //! CAP_SYS_ADMIN (only tighter values).
 
+pub mod checkpoint;
 pub mod exec;
 pub mod mirror;
 pub mod tighten;

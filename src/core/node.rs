@@ -44,6 +44,21 @@ pub struct NodeRecord {
     /// docs/semantics.md "Control"): where the same set lives there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPath>,
+    /// Set on a node `nsgroup restore` made: where its tasks came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Restored>,
+}
+
+/// Where a restored node's tasks were checkpointed (docs/semantics.md
+/// "Checkpoint and restore").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The image directory.
+    pub dir: String,
+    pub restored_unix: u64,
+    /// The node they were checkpointed from: its path and cgroup id.
+    pub from_path: String,
+    pub from_cgroup_id: u64,
 }
 
 /// One mirror of a node: its cgroup in another hierarchy.
@@ -121,6 +136,7 @@ mod tests {
             owner: Some(65534),
             created_unix: 1_800_000_000,
             mirrors: vec![MirrorPath { controllers: "pids".into(), path: "/j/node_77".into() }],
+            restored: None,
         };
         assert_eq!(NodeRecord::from_bytes(&r.to_bytes()).as_ref(), Some(&r));
         assert_eq!(NodeRecord::from_bytes(b"garbage"), None);
@@ -142,6 +158,7 @@ mod tests {
             owner: None,
             created_unix: 0,
             mirrors: vec![],
+            restored: None,
         }
         .kind();
         assert_eq!(of([1, 1, 2, 1, 1, 1, 1, 1, 1, 2]), "mnt");

@@ -66,6 +66,7 @@ impl NewNode {
             owner: Some(self.owner),
             created_unix,
             mirrors: Vec::new(),
+            restored: None,
         }
     }
 
@@ -322,6 +323,7 @@ mod tests {
                 owner: None,
                 created_unix: 0,
                 mirrors: vec![],
+                restored: None,
             },
         }
     }

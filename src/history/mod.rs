@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::core::node::Restored;
 use serde::Serialize;
 
 pub mod timeline;
@@ -78,6 +80,8 @@ pub struct NodeRow {
     /// Who owns the node (docs/semantics.md §13 "Owners").
     pub owner_uid: u32,
     pub created_unix: u64,
+    /// A node `nsgroup restore` made: the checkpoint and the node it came from.
+    pub restored_from: Option<Restored>,
 }
 
 /// What the daemon hands the writer.
@@ -139,7 +143,8 @@ pub fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
-    add_owner_column(&conn)?;
+    add_column(&conn, "owner_uid", "INTEGER")?;
+    add_column(&conn, "restored_from", "TEXT")?;
     timeline::migrate(&conn)?;
     // Creator names and uids: root's and its group's only.
     use std::os::unix::fs::PermissionsExt;
@@ -241,12 +246,12 @@ fn write_all(mut conn: Connection, rx: Receiver<Msg>, hierarchy: &str, root: &st
     }
 }
 
-/// Databases written before owners get the column (their rows read as
-/// their creator's: `COALESCE(owner_uid, creator_uid)`).
-fn add_owner_column(conn: &Connection) -> rusqlite::Result<()> {
-    let has = conn.prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name = 'owner_uid'")?.exists([])?;
+/// Databases written before a column get it: owners (their rows read as
+/// their creator's: `COALESCE(owner_uid, creator_uid)`), restores (none).
+fn add_column(conn: &Connection, name: &str, kind: &str) -> rusqlite::Result<()> {
+    let has = conn.prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name = ?1")?.exists([name])?;
     if !has {
-        conn.execute_batch("ALTER TABLE nodes ADD COLUMN owner_uid INTEGER")?;
+        conn.execute_batch(&format!("ALTER TABLE nodes ADD COLUMN {name} {kind}"))?;
     }
     Ok(())
 }
@@ -257,9 +262,21 @@ fn set_json(set: &BTreeMap<String, u64>) -> String {
 
 fn insert(tx: &Connection, hierarchy: &str, root: &str, n: &NodeRow) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, owner_uid, created_unix)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![hierarchy, root, n.cgroup_id as i64, n.path, set_json(&n.set), n.creator_pid, n.creator_comm, n.creator_uid, n.owner_uid, n.created_unix as i64],
+        "INSERT INTO nodes (hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, owner_uid, created_unix, restored_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            hierarchy,
+            root,
+            n.cgroup_id as i64,
+            n.path,
+            set_json(&n.set),
+            n.creator_pid,
+            n.creator_comm,
+            n.creator_uid,
+            n.owner_uid,
+            n.created_unix as i64,
+            n.restored_from.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default())
+        ],
     )?;
     Ok(())
 }
@@ -393,6 +410,9 @@ pub struct HistoryRow {
     pub closed_at_start: bool,
     /// Final usage (controller file key → value), when removed by the daemon.
     pub usage: Option<BTreeMap<String, u64>>,
+    /// A restored node: the checkpoint and the node it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<Restored>,
 }
 
 /// Entries coalesced away in a minute.
@@ -424,7 +444,7 @@ pub fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
 
 /// The columns [`history_row`] reads.
 const ROW_COLUMNS: &str = "hierarchy, root, cgroup_id, path, ns_set, creator_pid, creator_comm, creator_uid, created_unix,
-                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid)";
+                removed_unix, closed_at_start, usage, COALESCE(owner_uid, creator_uid), restored_from";
 
 fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
     let set: String = r.get(4)?;
@@ -443,6 +463,7 @@ fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
         removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
         closed_at_start: r.get::<_, i64>(10)? != 0,
         usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+        restored_from: r.get::<_, Option<String>>(13)?.and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -524,6 +545,7 @@ mod tests {
             creator_uid: 200_000 + id as u32,
             owner_uid: 1000,
             created_unix: 1000 + id,
+            restored_from: None,
         }
     }
 
@@ -616,6 +638,23 @@ mod tests {
         assert!(node_gone(&mounts, &at, "/node_5", ino + 1), "another cgroup at its path");
         assert!(node_gone(&mounts, &at, "/node_6", 9));
         assert!(!node_gone(&[], &at, "/node_6", 9), "an unmounted hierarchy proves nothing");
+    }
+
+    #[test]
+    fn a_restored_node_names_the_node_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        let conn = open_rw(&db).unwrap();
+        apply(&conn, "/m", "/t", Msg::Removed { node: row(1, "unshare"), removed_unix: 2000, usage: BTreeMap::new() }).unwrap();
+        let from = Restored { dir: "/var/lib/img".into(), restored_unix: 2100, from_path: "/t/node_1".into(), from_cgroup_id: 1 };
+        apply(&conn, "/m", "/t", Msg::Created(NodeRow { restored_from: Some(from.clone()), ..row(2, "sh") })).unwrap();
+        let rows = query(&open_ro(&db).unwrap(), &Query::default()).unwrap();
+        assert_eq!(rows[0].restored_from, None);
+        assert_eq!(rows[1].restored_from.as_ref(), Some(&from));
+        assert_eq!(rows[1].restored_from.as_ref().map(|f| f.from_cgroup_id), Some(rows[0].cgroup_id));
+        let v = serde_json::to_value(&rows[1]).unwrap();
+        assert_eq!(v["restored_from"]["from_path"], "/t/node_1");
+        assert!(serde_json::to_value(&rows[0]).unwrap().get("restored_from").is_none());
     }
 
     #[test]

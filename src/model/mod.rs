@@ -233,7 +233,7 @@ mod tests {
     }
 
     fn rec(s: u64, parent: u64) -> Option<NodeRecord> {
-        Some(NodeRecord { set: set(s), parent_set: set(parent), creator_pid: 5, creator_comm: "unshare".into(), creator_uid: 0, owner: None, created_unix: 9, mirrors: vec![] })
+        Some(NodeRecord { set: set(s), parent_set: set(parent), creator_pid: 5, creator_comm: "unshare".into(), creator_uid: 0, owner: None, created_unix: 9, mirrors: vec![], restored: None })
     }
 
     #[test]

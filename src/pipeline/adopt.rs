@@ -102,9 +102,15 @@ pub enum ExecNode {
     /// Its record is not complete yet (exec is still setting it up; the
     /// task runs only once it is): leave the task pending.
     Pending,
+    /// `nsgroup restore` is filling it (CRIU still runs): looked at again
+    /// shortly, as the restored tasks need not exec.
+    Restoring,
     /// Adopted as the task's node.
     Adopted(CgroupId),
 }
+
+/// How long after a restore began its tasks wait for its record to name their set.
+pub const RESTORE_WAIT_S: u64 = 120;
 
 /// Whether a task about to get a node of its own has one `nsgroup exec`
 /// made for it: the cgroup it is in (cgroup2: born there), or its
@@ -128,11 +134,19 @@ pub fn exec_node<B: CgroupBackend>(placer: &mut Placer<B>, proc: &ProcFs, key: &
     for path in inside.into_iter().chain([child]) {
         let Ok(Some((owner, bytes))) = placer.backend().record_at(&path) else { continue };
         let Some(mut record) = NodeRecord::from_bytes(&bytes) else { continue };
-        if owner != 0 || record.creator_pid != entry.tid {
+        // A node `nsgroup restore` makes is CRIU's to fill: every task born
+        // in it belongs to it, whatever its pid (docs/semantics.md
+        // "Checkpoint and restore").
+        if owner != 0 || (record.creator_pid != entry.tid && record.restored.is_none()) {
             continue;
         }
         if record.set.is_empty() {
-            return ExecNode::Pending;
+            return match &record.restored {
+                Some(r) if crate::sys::clock::unix_now().saturating_sub(r.restored_unix) <= RESTORE_WAIT_S => ExecNode::Restoring,
+                // A restore that never finished: placed as usual.
+                Some(_) => continue,
+                None => ExecNode::Pending,
+            };
         }
         // A node of an earlier task with this pid names another set.
         if record.set.masked(mask) != entry.set {
@@ -169,6 +183,7 @@ mod tests {
             owner: None,
             created_unix: 0,
             mirrors: vec![],
+            restored: None,
         }
         .to_bytes()
     }

@@ -59,6 +59,9 @@ const FOLLOW_DEPTH: u32 = 16;
 /// between its entry and its move costs bounded work; reconcile finds the rest).
 const MAX_CHILDREN: usize = 256;
 
+/// How often a task born in a node `nsgroup restore` is filling looks again.
+const RESTORE_RETRY: Duration = Duration::from_millis(50);
+
 /// Whether the event source may forget a task's entry now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settle {
@@ -283,6 +286,13 @@ impl<B: CgroupBackend> Pipeline<B> {
             ExecNode::No => None,
             ExecNode::Pending => {
                 self.pending.await_exec(ev.tid, entry.prev);
+                Some(Settle::Later)
+            }
+            ExecNode::Restoring => {
+                // Placed again once the retry comes, as a settling setns is.
+                if self.pending.setns(ev) {
+                    around.schedule(RESTORE_RETRY, Job::Settle(ev.tid));
+                }
                 Some(Settle::Later)
             }
             ExecNode::Adopted(node) => {

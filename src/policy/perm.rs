@@ -43,6 +43,9 @@ pub enum Rule {
     /// `limit` without CAP_SYS_ADMIN: a value never above the policy's for
     /// the node nor above the value in force (a delegatee only tightens).
     LimitTightenOnly,
+    /// nsgroup's rule: checkpoint and restore need CAP_SYS_ADMIN (restoring
+    /// an image runs whatever it holds as root).
+    CheckpointNeedsCap,
     /// Everyone: requests act inside the daemon's tracked subtree only.
     ScopeTrackedRoot,
     /// Everyone: the connecting process must still be the one that connected.
@@ -66,13 +69,14 @@ impl Rule {
             Rule::LimitNoProtection => "limit.no_protection",
             Rule::LimitWeightDefault => "limit.weight_default",
             Rule::LimitTightenOnly => "limit.tighten_only",
+            Rule::CheckpointNeedsCap => "checkpoint.needs_cap_sys_admin",
             Rule::ScopeTrackedRoot => "scope.tracked_root",
             Rule::PeerIdentity => "peer.identity",
         }
     }
 
     /// Every rule, in the order of the table.
-    pub const ALL: [Rule; 15] = [
+    pub const ALL: [Rule; 16] = [
         Rule::AttachOtherNeedsCap,
         Rule::AttachOtherBelowMover,
         Rule::AttachEmptyOnly,
@@ -86,6 +90,7 @@ impl Rule {
         Rule::LimitNoProtection,
         Rule::LimitWeightDefault,
         Rule::LimitTightenOnly,
+        Rule::CheckpointNeedsCap,
         Rule::ScopeTrackedRoot,
         Rule::PeerIdentity,
     ];
@@ -210,6 +215,19 @@ pub fn may_control(caller: &Caller, node: &str, owner: u32, root: &str) -> Resul
     Ok(())
 }
 
+/// Whether `caller` may checkpoint node `node` or restore below `node`:
+/// CAP_SYS_ADMIN only, whoever owns it.
+pub fn may_checkpoint(caller: &Caller, node: &str, verb: &str, root: &str) -> Result<(), Refusal> {
+    in_scope(node, root)?;
+    if !caller.cap_sys_admin {
+        return Err(Refusal::new(
+            Rule::CheckpointNeedsCap,
+            format!("{verb} needs CAP_SYS_ADMIN, which the caller (pid {}) lacks: an image restored runs as root whatever it holds", caller.pid),
+        ));
+    }
+    Ok(())
+}
+
 /// A refusal of a `limit` value for a caller without CAP_SYS_ADMIN
 /// ([`crate::control::tighten`] decides), under its rule.
 pub fn limit_refused(bound: Bound, message: String) -> Refusal {
@@ -313,6 +331,13 @@ mod tests {
         assert_eq!(rule(may_control(&admin, "/system.slice/x.service/node_9", 0, "/")), None);
         let e = may_control(&shell, "/system.slice/x.service/node_9", 65534, "/").unwrap_err();
         assert!(e.message.contains("nor in the user slice of its owner (uid 65534), /user.slice/user-65534.slice"), "{}", e.message);
+    }
+
+    #[test]
+    fn checkpoint_and_restore_are_root_only_even_on_ones_own_node() {
+        assert_eq!(rule(may_checkpoint(&caller(false), "/t/a/node_5", "checkpoint", "/t")), Some("checkpoint.needs_cap_sys_admin"));
+        assert_eq!(rule(may_checkpoint(&caller(true), "/t/b/node_5", "restore", "/t")), None);
+        assert_eq!(rule(may_checkpoint(&caller(true), "/u/node_5", "checkpoint", "/t")), Some("scope.tracked_root"));
     }
 
     #[test]

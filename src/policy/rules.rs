@@ -79,6 +79,7 @@ mod tests {
             owner: Some(65534),
             created_unix: 0,
             mirrors: vec![],
+            restored: None,
         };
         assert_eq!(limits_for(&config, &subordinate, "/t").len(), 1, "a subordinate uid's node is its owner's");
         let other = NodeRecord { owner: Some(1000), ..subordinate };

@@ -93,6 +93,7 @@ impl ApiHost {
             },
             list_cache: Default::default(),
             history,
+            criu: api.criu.clone(),
         };
         let server = Server::start(listener, ctx).map_err(|e| SinkError::Config(format!("api.socket: starting the server: {e}")))?;
         info!(socket = %socket.path().display(), mode = format!("{:04o}", api.socket_mode), "serving the API");

@@ -4,6 +4,7 @@ pub mod cgroup_dir;
 pub mod clock;
 pub mod cgroupfs;
 pub mod connector;
+pub mod criu;
 pub mod delegation;
 pub mod error;
 pub mod hierarchy;

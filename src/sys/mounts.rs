@@ -12,6 +12,8 @@ pub struct Mount {
     pub root: String,
     pub fstype: String,
     pub super_opts: Vec<String>,
+    /// The filesystem's device, `major:minor`: the same on two mounts of one superblock.
+    pub dev: String,
 }
 
 impl Mount {
@@ -54,6 +56,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
                 mount_point: PathBuf::from(unescape(l.get(4)?)),
                 fstype: r.first()?.to_string(),
                 super_opts: r.get(2)?.split(',').map(str::to_string).collect(),
+                dev: l.get(2)?.to_string(),
             })
         })
         .collect()

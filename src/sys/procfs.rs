@@ -22,6 +22,10 @@ pub struct TaskStat {
     /// The state letter (`R`, `S`, `Z` for a zombie, …).
     pub state: char,
     pub ppid: u32,
+    /// The session's id: its leader's pid, as this /proc sees it.
+    pub session: u32,
+    /// The controlling terminal's device number (0: none).
+    pub tty_nr: u64,
     /// PF_* flags; [`TaskStat::is_kernel_thread`].
     pub flags: u64,
     /// User + system CPU time, in clock ticks.
@@ -76,6 +80,8 @@ impl TaskStat {
             comm,
             state: f.first()?.chars().next()?,
             ppid: num(4)? as u32,
+            session: num(6)? as u32,
+            tty_nr: num(7)?,
             flags: num(9)?,
             cpu_ticks: num(14)? + num(15)?,
             start_ticks: num(22)?,

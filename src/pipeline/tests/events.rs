@@ -277,6 +277,47 @@ fn a_node_nsgroup_exec_is_setting_up_waits_for_the_exec_then_is_adopted() {
 }
 
 #[test]
+fn a_node_restore_is_filling_holds_the_tasks_born_in_it_and_looks_again_until_it_is_adopted() {
+    let mut b = Bed::new();
+    // `nsgroup restore` made node_900 (its record restored, its set empty);
+    // CRIU, inside it, clones the tree's root with new namespaces.
+    b.backend().add_cgroup(50, "/t/node_900");
+    let mut record = b.record("", "base");
+    record.creator_pid = 0;
+    let now = crate::sys::clock::unix_now();
+    record.restored = Some(crate::core::node::Restored { dir: "/img".into(), restored_unix: now, from_path: "/t/node_7".into(), from_cgroup_id: 7 });
+    b.backend().records.insert(50, record.clone());
+    b.spawn(300, "/t/node_900", "base");
+    b.enter(Unshare, 300, "base", "a");
+    assert!(b.out.settled.is_empty(), "left pending while CRIU restores");
+    assert!(!b.log().iter().any(|l| l.starts_with("mkdir") || l.starts_with("move")), "no node made, nothing moved");
+    assert_eq!(b.out.scheduled.len(), 1, "looked at again shortly");
+    b.run_jobs();
+    assert!(b.pipeline.tracker().node_of_set(&b.set("a")).is_none(), "still filling");
+    // CRIU is done: the record names the restored set (and its root, which
+    // need not be the task that looks).
+    record.set = b.set("a");
+    record.creator_pid = 299;
+    b.backend().records.insert(50, record.clone());
+    b.run_jobs();
+    assert_eq!(b.pipeline.tracker().node_of_set(&b.set("a")).map(|n| n.id), Some(50), "adopted, not made anew");
+    assert!(!b.log().iter().any(|l| l.starts_with("mkdir")));
+    assert_eq!(b.at(300), "/t/node_900");
+    assert!(b.out.tracked.contains(&(300, 50)));
+
+    // A restore that never finished holds nobody: placed as usual.
+    let mut b = Bed::new();
+    b.backend().add_cgroup(50, "/t/node_900");
+    record.set = NsSet::default();
+    record.restored.as_mut().unwrap().restored_unix = now - crate::pipeline::adopt::RESTORE_WAIT_S - 1;
+    b.backend().records.insert(50, record);
+    b.spawn(300, "/t/node_900", "base");
+    b.enter(Unshare, 300, "base", "a");
+    assert_eq!(b.out.settled, [300]);
+    assert!(b.log().iter().any(|l| l.starts_with("mkdir")), "{:?}", b.outcomes());
+}
+
+#[test]
 fn a_record_on_a_directory_another_uid_owns_is_not_an_exec_node() {
     let mut b = Bed::new();
     b.spawn(100, "/t", "base");

@@ -124,6 +124,7 @@ impl Bed {
             owner: None,
             created_unix: 1,
             mirrors: vec![],
+            restored: None,
         }
     }
 

@@ -115,6 +115,7 @@ fn node_row(node: &Node, path: String) -> NodeRow {
         creator_uid: r.creator_uid,
         owner_uid: r.owner(),
         created_unix: r.created_unix,
+        restored_from: r.restored.clone(),
     }
 }
 

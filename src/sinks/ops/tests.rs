@@ -29,6 +29,7 @@ fn node(id: CgroupId, owner: u32) -> Node {
         owner: None,
         created_unix: 9,
         mirrors: vec![],
+        restored: None,
     };
     Node { id, parent: 1, name: format!("node_{id}"), record }
 }
