@@ -75,7 +75,7 @@ fn civil(z: i64) -> (i64, u32, u32) {
 }
 
 fn lifetime(r: &HistoryRow, now: u64) -> String {
-    let s = r.removed_unix.unwrap_or(now).saturating_sub(r.created_unix);
+    let s = r.removed_unix.unwrap_or(now).saturating_sub(r.node.created_unix);
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{}s", s / 60, s % 60),
@@ -134,15 +134,15 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
             write!(
                 out,
                 "{:<19}  {:<20} {:>8}  {:>7}  {:<15}  {:>5}  {}",
-                time(r.created_unix),
+                time(r.node.created_unix),
                 removed,
                 lifetime(r, now),
-                r.creator_pid,
-                Escaped(&r.creator_comm).to_string(),
-                r.creator_uid,
-                Escaped(&if args.all { format!("{}{}", r.hierarchy.trim_end_matches('/'), r.path) } else { r.path.clone() })
+                r.node.creator_pid,
+                Escaped(&r.node.creator_comm).to_string(),
+                r.node.creator_uid,
+                Escaped(&if args.all { format!("{}{}", r.hierarchy.trim_end_matches('/'), r.node.path) } else { r.node.path.clone() })
             )?;
-            if let Some(from) = &r.restored_from {
+            if let Some(from) = &r.node.restored_from {
                 write!(out, "  (restored from {}, cgroup id {}, via {})", Escaped(&from.from_path), from.from_cgroup_id, Escaped(&from.dir))?;
             }
             if let Some(u) = &r.usage {
@@ -179,7 +179,7 @@ fn which(target: &str) -> anyhow::Result<Which> {
 
 /// The timeline's lines: created, what happened, removed (with final usage).
 fn timeline_lines(t: &Timeline) -> Vec<(u64, String, String)> {
-    let n = &t.node;
+    let n = &t.node.node;
     let mut lines = vec![(n.created_unix, "created".to_string(), format!("by pid {} ({}) uid {}", n.creator_pid, Escaped(&n.creator_comm), n.creator_uid))];
     for e in &t.events {
         let by = match e.uid {
@@ -189,9 +189,9 @@ fn timeline_lines(t: &Timeline) -> Vec<(u64, String, String)> {
         let detail: Vec<String> = e.detail.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), |s| Escaped(s).to_string()))).collect();
         lines.push((e.at_unix, e.what.clone(), format!("{by} {}", detail.join(" ")).trim_end().to_string()));
     }
-    if let Some(at) = n.removed_unix {
-        let usage: Vec<String> = n.usage.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
-        let how = if n.closed_at_start { "while no daemon ran (closed at the next start)".to_string() } else { usage.join(" ") };
+    if let Some(at) = t.node.removed_unix {
+        let usage: Vec<String> = t.node.usage.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        let how = if t.node.closed_at_start { "while no daemon ran (closed at the next start)".to_string() } else { usage.join(" ") };
         lines.push((at, "removed".to_string(), how));
     }
     lines
@@ -205,7 +205,7 @@ fn print_timeline(t: &Timeline, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let write = |out: &mut io::StdoutLock<'_>| -> io::Result<()> {
-        writeln!(out, "{}  (cgroup id {})", Escaped(&t.node.path), t.node.cgroup_id)?;
+        writeln!(out, "{}  (cgroup id {})", Escaped(&t.node.node.path), t.node.node.cgroup_id)?;
         if t.events_dropped > 0 {
             writeln!(out, "({} older events dropped: at most {} are kept per node)", t.events_dropped, timeline::MAX_PER_NODE)?;
         }

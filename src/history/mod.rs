@@ -81,6 +81,7 @@ pub struct NodeRow {
     pub owner_uid: u32,
     pub created_unix: u64,
     /// A node `nsgroup restore` made: the checkpoint and the node it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<Restored>,
 }
 
@@ -395,14 +396,9 @@ pub fn apply_retention(tx: &Connection, r: Retention, now_unix: u64) -> rusqlite
 pub struct HistoryRow {
     pub hierarchy: String,
     pub root: String,
-    pub cgroup_id: u64,
-    pub path: String,
-    pub set: BTreeMap<String, u64>,
-    pub creator_pid: u32,
-    pub creator_comm: String,
-    pub creator_uid: u32,
-    pub owner_uid: u32,
-    pub created_unix: u64,
+    /// The node as recorded at its creation.
+    #[serde(flatten)]
+    pub node: NodeRow,
     /// None while the node exists (or existed when its daemon stopped).
     pub removed_unix: Option<u64>,
     /// Removed while no daemon watched: closed when the next one started
@@ -410,9 +406,6 @@ pub struct HistoryRow {
     pub closed_at_start: bool,
     /// Final usage (controller file key → value), when removed by the daemon.
     pub usage: Option<BTreeMap<String, u64>>,
-    /// A restored node: the checkpoint and the node it came from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub restored_from: Option<Restored>,
 }
 
 /// Entries coalesced away in a minute.
@@ -452,18 +445,20 @@ fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
     Ok(HistoryRow {
         hierarchy: r.get(0)?,
         root: r.get(1)?,
-        cgroup_id: r.get::<_, i64>(2)? as u64,
-        path: r.get(3)?,
-        set: serde_json::from_str(&set).unwrap_or_default(),
-        creator_pid: r.get(5)?,
-        creator_comm: r.get(6)?,
-        creator_uid: r.get(7)?,
-        owner_uid: r.get(12)?,
-        created_unix: r.get::<_, i64>(8)? as u64,
+        node: NodeRow {
+            cgroup_id: r.get::<_, i64>(2)? as u64,
+            path: r.get(3)?,
+            set: serde_json::from_str(&set).unwrap_or_default(),
+            creator_pid: r.get(5)?,
+            creator_comm: r.get(6)?,
+            creator_uid: r.get(7)?,
+            owner_uid: r.get(12)?,
+            created_unix: r.get::<_, i64>(8)? as u64,
+            restored_from: r.get::<_, Option<String>>(13)?.and_then(|t| serde_json::from_str(&t).ok()),
+        },
         removed_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
         closed_at_start: r.get::<_, i64>(10)? != 0,
         usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
-        restored_from: r.get::<_, Option<String>>(13)?.and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -564,7 +559,7 @@ mod tests {
         let conn = open_rw(&db).unwrap();
         apply(&conn, "/m", "/t", Msg::Created(row(1, "new"))).unwrap();
         let rows = query(&open_ro(&db).unwrap(), &Query::default()).unwrap();
-        let owners: Vec<(u32, u32)> = rows.iter().map(|r| (r.creator_uid, r.owner_uid)).collect();
+        let owners: Vec<(u32, u32)> = rows.iter().map(|r| (r.node.creator_uid, r.node.owner_uid)).collect();
         assert_eq!(owners, vec![(1234, 1234), (200_001, 1000)]);
     }
 
@@ -592,7 +587,7 @@ mod tests {
         assert_eq!(mine[0].usage.as_ref().unwrap()["pids.peak"], 3);
         assert_eq!((mine[1].removed_unix, mine[1].closed_at_start), (Some(3000), true));
         assert_eq!(mine[2].removed_unix, None);
-        assert_eq!(mine[3].creator_comm, "sh");
+        assert_eq!(mine[3].node.creator_comm, "sh");
         assert!(all.iter().any(|r| r.hierarchy == "/other" && r.removed_unix.is_none()));
         let q = Query { comm: Some("unshare".into()), ..Query::default() };
         assert_eq!(query(&ro, &q).unwrap().len(), 1);
@@ -600,11 +595,11 @@ mod tests {
         let scope = Some(("/other".to_string(), "/t".to_string()));
         assert!(coalesced(&ro, None, scope.as_ref()).unwrap().is_empty());
         let theirs = query(&ro, &Query { scope, ..Query::default() }).unwrap();
-        assert_eq!(theirs.iter().map(|r| r.creator_comm.as_str()).collect::<Vec<_>>(), ["x"], "one daemon's rows");
+        assert_eq!(theirs.iter().map(|r| r.node.creator_comm.as_str()).collect::<Vec<_>>(), ["x"], "one daemon's rows");
         // Retention by rows drops the oldest removed first.
         apply_retention(&conn, Retention { days: 0, rows: 4 }, 4000).unwrap();
         assert_eq!(query(&ro, &Query::default()).unwrap().len(), 4);
-        assert!(query(&ro, &Query::default()).unwrap().iter().all(|r| r.creator_comm != "unshare"));
+        assert!(query(&ro, &Query::default()).unwrap().iter().all(|r| r.node.creator_comm != "unshare"));
         // And by age.
         apply_retention(&conn, Retention { days: 1, rows: 0 }, 3000 + 86_400 * 2).unwrap();
         assert!(query(&ro, &Query::default()).unwrap().iter().all(|r| r.removed_unix.is_none()));
@@ -620,7 +615,7 @@ mod tests {
         let gone = |h: &str, _: &str, id: u64| h == "/gone" && id == 1;
         close_gone_elsewhere(&conn, "/m", "/t", 3000, &gone).unwrap();
         let rows = query(&conn, &Query::default()).unwrap();
-        let state: Vec<(&str, Option<u64>, bool)> = rows.iter().map(|r| (r.creator_comm.as_str(), r.removed_unix, r.closed_at_start)).collect();
+        let state: Vec<(&str, Option<u64>, bool)> = rows.iter().map(|r| (r.node.creator_comm.as_str(), r.removed_unix, r.closed_at_start)).collect();
         assert_eq!(state, [("a", Some(3000), true), ("b", None, false), ("mine", None, false)]);
     }
 
@@ -649,9 +644,9 @@ mod tests {
         let from = Restored { dir: "/var/lib/img".into(), restored_unix: 2100, from_path: "/t/node_1".into(), from_cgroup_id: 1 };
         apply(&conn, "/m", "/t", Msg::Created(NodeRow { restored_from: Some(from.clone()), ..row(2, "sh") })).unwrap();
         let rows = query(&open_ro(&db).unwrap(), &Query::default()).unwrap();
-        assert_eq!(rows[0].restored_from, None);
-        assert_eq!(rows[1].restored_from.as_ref(), Some(&from));
-        assert_eq!(rows[1].restored_from.as_ref().map(|f| f.from_cgroup_id), Some(rows[0].cgroup_id));
+        assert_eq!(rows[0].node.restored_from, None);
+        assert_eq!(rows[1].node.restored_from.as_ref(), Some(&from));
+        assert_eq!(rows[1].node.restored_from.as_ref().map(|f| f.from_cgroup_id), Some(rows[0].node.cgroup_id));
         let v = serde_json::to_value(&rows[1]).unwrap();
         assert_eq!(v["restored_from"]["from_path"], "/t/node_1");
         assert!(serde_json::to_value(&rows[0]).unwrap().get("restored_from").is_none());

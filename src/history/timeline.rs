@@ -205,7 +205,7 @@ mod tests {
         apply(&conn, "/m", "/t", Msg::Created(node(2, "/t/node_7", 7))).unwrap();
         apply(&conn, "/m", "/t", Msg::Created(node(3, "/t/node_8", 8))).unwrap();
         let ro = open_ro(&db).unwrap();
-        let id = |w: Which| timeline(&ro, &w).unwrap().map(|t| t.node.cgroup_id);
+        let id = |w: Which| timeline(&ro, &w).unwrap().map(|t| t.node.node.cgroup_id);
         // Pid 7 now lives in node_8 (its live node), or nowhere we know (the last it made).
         assert_eq!(id(Which::Pid { pid: 7, cgroups: vec!["/".into(), "/t/node_8".into()] }), Some(3));
         assert_eq!(id(Which::Pid { pid: 7, cgroups: vec!["/elsewhere".into()] }), Some(2));
