@@ -131,7 +131,7 @@ fn find(conn: &Connection, which: &Which) -> rusqlite::Result<Option<i64>> {
 /// The timeline of the node `which` names, if the history has one.
 pub fn timeline(conn: &Connection, which: &Which) -> rusqlite::Result<Option<Timeline>> {
     let Some(id) = find(conn, which)? else { return Ok(None) };
-    let Some(node) = super::row_by_id(conn, id)? else { return Ok(None) };
+    let Some(node) = super::read::row_by_id(conn, id)? else { return Ok(None) };
     let dropped: i64 = conn.query_row("SELECT events_dropped FROM nodes WHERE id = ?1", params![id], |r| r.get(0))?;
     let mut st = conn.prepare("SELECT at_unix, what, by, uid, detail FROM events WHERE node = ?1 ORDER BY id")?;
     let events = st
