@@ -82,12 +82,12 @@ struct Key(SortKey);
 flag_value!(Key, SortKey::ALL);
 
 /// Where the daemon's state is read, and the rate of its placements.
-struct Daemon {
+struct StatusReader {
     status: Option<PathBuf>,
     last: Option<(Instant, u64)>,
 }
 
-impl Daemon {
+impl StatusReader {
     /// The daemon's state from its status file; `None` when none runs.
     fn read(&mut self) -> Option<DaemonState> {
         let text = std::fs::read_to_string(self.status.as_ref()?).ok()?;
@@ -106,7 +106,7 @@ impl Daemon {
 /// One interval's sample and what the view adds to it.
 struct State {
     sampler: Sampler,
-    daemon: Daemon,
+    daemon: StatusReader,
     started: Instant,
     rows: Rows,
     header: Header,
@@ -149,7 +149,7 @@ pub fn top(args: TopArgs) -> anyhow::Result<ExitCode> {
     };
     let mut state = State {
         sampler: Sampler::new(located.hierarchy.clone(), root, proc, base, units),
-        daemon: Daemon { status, last: None },
+        daemon: StatusReader { status, last: None },
         started: Instant::now(),
         rows: Rows::default(),
         header,
