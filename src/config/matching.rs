@@ -2,7 +2,7 @@
 //! limits a new node gets (the limit rules that match its creation); the
 //! pressure rules match the same keys.
 
-use super::{Config, Filter, LimitRule};
+use super::{Config, Filter};
 use crate::core::limit::Limit;
 use crate::core::cgpath::within;
 use crate::core::nsset::NsMask;
@@ -41,12 +41,6 @@ impl Config {
         }
         out.sort_by_key(|l| l.key);
         out
-    }
-}
-
-impl LimitRule {
-    fn matches(&self, c: Creation<'_>) -> bool {
-        keys_match(&self.comm, &self.uid, &self.cgroup, &self.entered, c)
     }
 }
 

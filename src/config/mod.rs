@@ -12,6 +12,51 @@ use crate::core::limit::Limit;
 use crate::core::nsset::NsKind;
 use crate::sys::subtree::LeafPolicy;
 
+/// A rule table (`[[limit]]`, `[[pressure]]`) with the match keys they share
+/// before its own fields: one declaration of the keys (serde's `flatten`
+/// does not go with `deny_unknown_fields`, nor with the spans of `set`).
+macro_rules! rule_with_match_keys {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            /// The creator's command names (any of them).
+            #[serde(default)]
+            pub comm: Vec<String>,
+            /// The node owner's uids (any of them; a user's subordinate uids are hers).
+            #[serde(default)]
+            pub uid: Vec<u32>,
+            /// The cgroups the node is made in (a path matches itself and below).
+            #[serde(default)]
+            pub cgroup: Vec<String>,
+            /// Namespace kinds (`/proc/<pid>/ns` names) of which the node's
+            /// set has at least one of its own.
+            #[serde(default)]
+            pub entered: Vec<String>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// Whether the rule matches a node's creation: every non-empty
+            /// list of keys does.
+            pub fn matches(&self, c: $crate::config::Creation<'_>) -> bool {
+                $crate::config::matching::keys_match(&self.comm, &self.uid, &self.cgroup, &self.entered, c)
+            }
+
+            /// Checks the match keys (command names that fit, cgroup paths
+            /// made canonical, known kinds); errors name `names`' key.
+            fn check_match_keys(&mut self, names: [&'static str; 3]) -> Result<(), (&'static str, String)> {
+                let [comm, cgroup, entered] = names;
+                self.comm.iter().try_for_each(|c| $crate::config::validate::comm_fits(c)).map_err(|why| (comm, why))?;
+                for c in &mut self.cgroup {
+                    *c = $crate::core::cgpath::canonical(c).map_err(|e| (cgroup, e.to_string()))?;
+                }
+                $crate::core::nsset::NsMask::parse_names(&self.entered).map_err(|why| (entered, why))?;
+                Ok(())
+            }
+        }
+    };
+}
+
 mod load;
 mod matching;
 pub mod pressure;
@@ -133,28 +178,17 @@ fn slash() -> String {
     "/".into()
 }
 
-/// A limit rule: which entries it matches, and the values their nodes get.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitRule {
-    /// The creator's command names (any of them).
-    #[serde(default)]
-    pub comm: Vec<String>,
-    /// The creator's real uids (any of them).
-    #[serde(default)]
-    pub uid: Vec<u32>,
-    /// The cgroups the creator is in (a path matches itself and below).
-    #[serde(default)]
-    pub cgroup: Vec<String>,
-    /// Namespace kinds (`/proc/<pid>/ns` names) of which the entry made at
-    /// least one new.
-    #[serde(default)]
-    pub entered: Vec<String>,
-    /// cgroup2 file name → value (`"pids.max" = 64`, `"memory.max" = "512M"`).
-    pub set: std::collections::BTreeMap<String, toml::Spanned<LimitValue>>,
-    /// `set`, checked.
-    #[serde(skip)]
-    pub checked: Vec<Limit>,
+rule_with_match_keys! {
+    /// A limit rule: which entries it matches, and the values their nodes get.
+    #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LimitRule {
+        /// cgroup2 file name → value (`"pids.max" = 64`, `"memory.max" = "512M"`).
+        pub set: std::collections::BTreeMap<String, toml::Spanned<LimitValue>>,
+        /// `set`, checked.
+        #[serde(skip)]
+        pub checked: Vec<Limit>,
+    }
 }
 
 /// A limit value as written in TOML: a number or a string.

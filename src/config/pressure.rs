@@ -4,44 +4,30 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::matching::Creation;
-use super::validate::comm_fits;
-use crate::core::cgpath::canonical;
-use crate::core::nsset::NsMask;
 
 /// The shortest window the kernel takes for a trigger (µs).
 pub const WINDOW_MIN_US: u64 = 500_000;
 /// The longest (µs).
 pub const WINDOW_MAX_US: u64 = 10_000_000;
 
-/// A pressure rule.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PressureRule {
-    /// The creator's command names (any of them).
-    #[serde(default)]
-    pub comm: Vec<String>,
-    /// The node owner's uids (any of them).
-    #[serde(default)]
-    pub uid: Vec<u32>,
-    /// The cgroups the node was made in (a path matches itself and below).
-    #[serde(default)]
-    pub cgroup: Vec<String>,
-    /// Namespace kinds of which the node's set has at least one of its own.
-    #[serde(default)]
-    pub entered: Vec<String>,
-    /// `memory`, `cpu` or `io`: the node's `<resource>.pressure`.
-    pub resource: Resource,
-    /// `some` (a task stalled) or `full` (all stalled).
-    #[serde(default = "some")]
-    pub kind: StallKind,
-    /// Stalled this long (µs) within `window_us` fires the trigger.
-    pub threshold_us: u64,
-    /// The window (µs): 500 ms to 10 s.
-    pub window_us: u64,
-    /// What is done to the node when it fires (none by default).
-    #[serde(default)]
-    pub action: Option<Action>,
+rule_with_match_keys! {
+    /// A pressure rule.
+    #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PressureRule {
+        /// `memory`, `cpu` or `io`: the node's `<resource>.pressure`.
+        pub resource: Resource,
+        /// `some` (a task stalled) or `full` (all stalled).
+        #[serde(default = "some")]
+        pub kind: StallKind,
+        /// Stalled this long (µs) within `window_us` fires the trigger.
+        pub threshold_us: u64,
+        /// The window (µs): 500 ms to 10 s.
+        pub window_us: u64,
+        /// What is done to the node when it fires (none by default).
+        #[serde(default)]
+        pub action: Option<Action>,
+    }
 }
 
 /// A PSI resource.
@@ -104,11 +90,7 @@ impl PressureRule {
 
     /// The kernel's rules for a trigger, and the match keys'.
     pub(super) fn check(&mut self) -> Result<(), (&'static str, String)> {
-        self.comm.iter().try_for_each(|c| comm_fits(c)).map_err(|why| ("pressure.comm", why))?;
-        for c in &mut self.cgroup {
-            *c = canonical(c).map_err(|e| ("pressure.cgroup", e.to_string()))?;
-        }
-        NsMask::parse_names(&self.entered).map_err(|why| ("pressure.entered", why))?;
+        self.check_match_keys(["pressure.comm", "pressure.cgroup", "pressure.entered"])?;
         if !(WINDOW_MIN_US..=WINDOW_MAX_US).contains(&self.window_us) {
             let w = self.window_us;
             return Err(("pressure.window_us", format!("{w} µs: the kernel takes windows of {WINDOW_MIN_US} to {WINDOW_MAX_US} µs (500 ms to 10 s)")));
@@ -119,18 +101,14 @@ impl PressureRule {
         }
         Ok(())
     }
-
-    /// Whether the rule matches a node's creation (the keys of `[[limit]]`).
-    pub fn matches(&self, c: Creation<'_>) -> bool {
-        super::matching::keys_match(&self.comm, &self.uid, &self.cgroup, &self.entered, c)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::tests::parse;
     use super::*;
-    use crate::core::nsset::NsKind;
+    use crate::config::Creation;
+    use crate::core::nsset::{NsKind, NsMask};
 
     #[test]
     fn a_rule_parses_to_its_trigger_and_matches_like_a_limit_rule() {

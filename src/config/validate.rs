@@ -88,11 +88,7 @@ impl Config {
             return Err(("controllers", format!("unknown cgroup2 controller {bad:?} (known: {})", KNOWN.join(", "))));
         }
         for rule in &mut self.limit {
-            rule.comm.iter().try_for_each(|c| comm_fits(c)).map_err(|why| ("limit.comm", why))?;
-            for c in &mut rule.cgroup {
-                *c = canonical(c).map_err(|e| ("limit.cgroup", e.to_string()))?;
-            }
-            NsMask::parse_names(&rule.entered).map_err(|why| ("limit.entered", why))?;
+            rule.check_match_keys(["limit.comm", "limit.cgroup", "limit.entered"])?;
             rule.checked = rule
                 .set
                 .iter()
