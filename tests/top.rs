@@ -174,7 +174,8 @@ fn an_unprivileged_top_shows_roots_node_and_its_kill_key_is_refused() {
     let node = node_of(&h, p.pid);
     let as_nobody = format!("{} {}", harness::AS_NOBODY.join(" "), top_command(&bins.nsgroup(), &h, &api));
     let tmux = Tmux::start(&as_nobody);
-    tmux.wait_for("root's node", |s| s.contains(name_of(&node)));
+    // Its record is root's to read: who made it comes from the daemon's list.
+    tmux.wait_for("root's node with its command", |s| s.lines().any(|l| l.contains(name_of(&node)) && l.contains("unshare")));
     tmux.keys("k");
     let screen = tmux.wait_for("the refusal", |s| s.contains("refused: "));
     assert!(screen.contains("(rule control.creator_uid)"), "{screen}");

@@ -3,6 +3,7 @@
 //! prints plain-text frames, `--json` one JSON line per frame. Each interval
 //! samples cgroupfs and /proc once; keys only redraw.
 
+use std::collections::HashMap;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,9 +19,10 @@ use nsgroup::api::direct::{self, Reach};
 use nsgroup::api::proto::{Request, Target};
 use nsgroup::config::Config;
 use nsgroup::core::cgpath::canonical;
+use nsgroup::core::node::CgroupId;
 use nsgroup::core::escape::Escaped;
 use nsgroup::model::top::{Filter, Rows, Sampler, SortKey};
-use nsgroup::model::Units;
+use nsgroup::model::{Creator, Units};
 use nsgroup::render::top::{self as frame, DaemonState, Header};
 use nsgroup::sys::clock::unix_now;
 use nsgroup::sys::locate::locate;
@@ -106,6 +108,8 @@ impl StatusReader {
 /// One interval's sample and what the view adds to it.
 struct State {
     sampler: Sampler,
+    /// Where the daemon's API is (for the creators of others' nodes).
+    reach: Reach,
     daemon: StatusReader,
     started: Instant,
     rows: Rows,
@@ -122,8 +126,32 @@ impl State {
         self.header.now_unix = now;
         self.header.daemon = self.daemon.read();
         self.rows = rows;
+        // Another user's nodes' records are root's to read: the daemon's
+        // list tells who made them (a user sees everything).
+        if self.rows.lack_creators() {
+            if let Ok(answer) = direct::answer(&self.reach, &Request::List { all: false }) {
+                self.rows.fill_creators(&creators_in(&answer["data"]["tree"]));
+            }
+        }
         Ok(())
     }
+}
+
+/// The creators of the nodes in a `list` answer's tree, by cgroup id.
+fn creators_in(tree: &serde_json::Value) -> HashMap<CgroupId, Creator> {
+    let mut out = HashMap::new();
+    let mut stack = vec![tree];
+    while let Some(n) = stack.pop() {
+        let c = &n["creator"];
+        if let (Some(id), Some(pid), Some(comm), Some(uid), Some(owner)) =
+            (n["cgroup_id"].as_u64(), c["pid"].as_u64(), c["comm"].as_str(), c["uid"].as_u64(), c["owner"].as_u64())
+        {
+            let created_unix = c["created_unix"].as_u64().unwrap_or(0);
+            out.insert(id, Creator { pid: pid as u32, comm: comm.to_string(), uid: uid as u32, owner: owner as u32, created_unix });
+        }
+        stack.extend(n["children"].as_array().into_iter().flatten());
+    }
+    out
 }
 
 /// Runs `nsgroup top`.
@@ -149,6 +177,7 @@ pub fn top(args: TopArgs) -> anyhow::Result<ExitCode> {
     };
     let mut state = State {
         sampler: Sampler::new(located.hierarchy.clone(), root, proc, base, units),
+        reach: reach.clone(),
         daemon: StatusReader { status, last: None },
         started: Instant::now(),
         rows: Rows::default(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{TreeNode, Units};
+use super::{Creator, TreeNode, Units};
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsSet;
 use crate::sys::error::IoError;
@@ -263,6 +263,22 @@ impl Rows {
     }
 
     /// How many rows were sampled.
+    /// Whether some node's creator is unknown (a node whose record this
+    /// reader may not read: another user's, without root).
+    pub fn lack_creators(&self) -> bool {
+        self.rows.iter().any(|r| r.node && r.owner.is_none())
+    }
+
+    /// Fills in the creators this reader could not read from `creators`
+    /// (cgroup id → creator: the daemon's `list`); known ones stay.
+    pub fn fill_creators(&mut self, creators: &HashMap<CgroupId, Creator>) {
+        for r in self.rows.iter_mut().filter(|r| r.node && r.owner.is_none()) {
+            if let Some(c) = creators.get(&r.cgroup_id) {
+                (r.owner, r.creator_pid, r.command) = (Some(c.owner), Some(c.pid), Some(c.comm.clone()));
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -354,6 +370,20 @@ mod tests {
 
     fn names(rows: &[&Row]) -> Vec<String> {
         rows.iter().map(|r| format!("{}{}", " ".repeat(r.depth), r.name)).collect()
+    }
+
+    #[test]
+    fn creators_unknown_to_the_reader_are_filled_in_and_known_ones_stay() {
+        let mut hidden = node(3, "node_30", 0, "", 0, vec![]);
+        hidden.creator = None;
+        let tree = node(1, "t", 0, "sh", 0, vec![node(2, "node_20", 1000, "bwrap", 0, vec![]), hidden]);
+        let (mut rows, _) = Rows::of(&tree, &Previous::default(), 1.0, 100);
+        assert!(rows.lack_creators());
+        let other = |comm: &str| Creator { pid: 7, comm: comm.into(), uid: 0, owner: 0, created_unix: 1 };
+        rows.fill_creators(&HashMap::from([(2, other("forged")), (3, other("unshare"))]));
+        assert!(!rows.lack_creators());
+        let commands: Vec<_> = rows.rows.iter().map(|r| r.command.as_deref()).collect();
+        assert_eq!(commands, [Some("sh"), Some("bwrap"), Some("unshare")], "a known creator is not replaced");
     }
 
     #[test]
