@@ -83,6 +83,11 @@ impl Bed {
         // mount=22 for fd=0 path=/dev/null", measured in the guest).
         let script = format!("exec </dev/null >/dev/null 2>&1; {prepare}; i=0; while :; do echo $i >> {}; i=$((i+1)); sleep 0.1; done", count.display());
         let child = Command::new("sh")
+            // Kernels before 5.13 cannot tell CRIU a task's rseq area, and
+            // CRIU refuses to dump one glibc registered ("has rseq but kernel
+            // lacks get_rseq_conf feature", bookworm's CRIU on 5.10):
+            // sandboxes to be checkpointed there start without it.
+            .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
             .arg("-c")
             .arg("{ echo $$ > \"$0/cgroup.procs\" || echo $$ > \"$0/leaf/cgroup.procs\"; } 2>/dev/null && exec \"$@\"")
             .arg(&root)
