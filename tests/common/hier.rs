@@ -49,6 +49,8 @@ impl Hier {
                 if let Some(why) = v1_unavailable() {
                     return Err(why);
                 }
+                static SWEPT: std::sync::Once = std::sync::Once::new();
+                SWEPT.call_once(sweep_dead_runs_hierarchies);
                 let tmp = tempfile::Builder::new().prefix("nsgroup-test-").tempdir().unwrap();
                 mount_named_v1(&name, tmp.path(), "xattr")
                     .map_err(|e| format!("a named cgroup v1 hierarchy cannot be mounted here: {e:#}"))?;
@@ -174,6 +176,25 @@ impl Hier {
         for mut c in self.children.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// Unmounts the empty test hierarchies of test processes that are gone
+/// (`name=nsgroup-test-<pid in hex>-…`): a run killed before its drops ran
+/// left them. A live process's, or one still holding tasks, stays.
+fn sweep_dead_runs_hierarchies() {
+    let mounts = nsgroup::sys::mounts::read_mountinfo(std::path::Path::new("/proc/self/mountinfo")).unwrap_or_default();
+    for m in mounts.iter().filter(|m| m.fstype == "cgroup") {
+        let Some(name) = m.super_opts.iter().find_map(|o| o.strip_prefix("name=")).filter(|n| n.starts_with("nsgroup-test-")) else { continue };
+        let Some(pid) = name.split('-').nth(2).and_then(|p| u32::from_str_radix(p, 16).ok()) else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dirs = super::harness::cgroups_below(&m.mount_point);
+        if dirs.iter().all(|d| super::harness::remove_cgroup(d)) && nsgroup::sys::mounts::destroy_named_v1(name, &m.mount_point) {
+            let _ = std::fs::remove_dir(&m.mount_point);
+            eprintln!("removed the hierarchy {name} a killed test run left at {}", m.mount_point.display());
         }
     }
 }
