@@ -118,18 +118,43 @@ pub fn release_free_memory() {
     }
 }
 
-/// Puts the calling process under SCHED_FIFO at `priority` (1 = the lowest
-/// real-time priority), so that it runs as soon as an event wakes it; with
-/// `None`, back under the normal scheduler (SCHED_OTHER).
-pub fn set_realtime(priority: Option<i32>) -> io::Result<()> {
-    let (policy, sched_priority) = match priority {
-        Some(p) => (libc::SCHED_FIFO, p),
-        None => (libc::SCHED_OTHER, 0),
+/// A scheduling class for the calling process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduling {
+    /// SCHED_FIFO at this priority (1 = the lowest real-time priority): it
+    /// runs as soon as an event wakes it.
+    Fifo(u32),
+    /// The normal scheduler (SCHED_OTHER) at nice `nice`, asking for a time
+    /// slice of `slice_ns` (0: the kernel's default). From Linux 6.12 a
+    /// task with a shorter slice than the running one preempts it when it
+    /// wakes (EEVDF); earlier kernels ignore the request.
+    Fair { nice: i32, slice_ns: u64 },
+}
+
+/// `struct sched_attr` (include/uapi/linux/sched/types.h), its first
+/// version (48 bytes): the fields every kernel since 3.14 knows.
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// Puts the calling thread under `class` (sched_setattr(2)).
+pub fn set_scheduling(class: Scheduling) -> io::Result<()> {
+    let (policy, nice, priority, runtime) = match class {
+        Scheduling::Fifo(p) => (libc::SCHED_FIFO as u32, 0, p, 0),
+        Scheduling::Fair { nice, slice_ns } => (libc::SCHED_OTHER as u32, nice, 0, slice_ns),
     };
-    let param = libc::sched_param { sched_priority };
-    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is
-    // the calling process.
-    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
+    let attr = SchedAttr { size: std::mem::size_of::<SchedAttr>() as u32, policy, flags: 0, nice, priority, runtime, deadline: 0, period: 0 };
+    // SAFETY: `attr` is a valid sched_attr of the size it states that
+    // outlives the call; pid 0 is the calling thread; flags must be 0.
+    match unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) } {
         0 => Ok(()),
         _ => Err(io::Error::last_os_error()),
     }

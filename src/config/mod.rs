@@ -126,6 +126,11 @@ pub struct Config {
     pub realtime_priority: u8,
     /// The daemon's nice value (-20–19) when it does not run under SCHED_FIFO.
     pub nice: i8,
+    /// The time slice (µs) the daemon asks for when it does not run under
+    /// SCHED_FIFO: from Linux 6.12 a woken task with a shorter slice than
+    /// the running one preempts it, so that placements do not wait behind
+    /// the workload; 0 keeps the kernel's default (100–100,000 otherwise).
+    pub slice_us: u32,
     /// cgroup v1 controller hierarchies that carry a mirror of every node
     /// (`[[mirror]]` tables): controllers for nodes on hybrid and v1 hosts.
     pub mirror: Vec<MirrorConfig>,
@@ -284,6 +289,7 @@ impl Default for Config {
             snapshot_interval_ms: 2000,
             realtime_priority: 1,
             nice: 0,
+            slice_us: 100,
             mirror: Vec::new(),
             controllers: Vec::new(),
             leaf: LeafPolicy::Nodes,

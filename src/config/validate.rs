@@ -36,6 +36,9 @@ impl Config {
         if !(-20..=19).contains(&self.nice) {
             return Err(("nice", format!("{} is outside -20..19", self.nice)));
         }
+        if self.slice_us != 0 && !(100..=100_000).contains(&self.slice_us) {
+            return Err(("slice_us", format!("{} is outside 100..100000 (0: the kernel's default)", self.slice_us)));
+        }
         let at_least_one = [
             ("coalesce_above_per_second", self.coalesce_above_per_second == 0),
             ("snapshot_interval_ms", self.snapshot_interval_ms == 0),

@@ -25,6 +25,7 @@ use crate::config::{Config, Source as SourceChoice};
 use crate::core::node::CgroupId;
 use crate::core::nsset::NsKind;
 use crate::core::tracker::Tracker;
+use crate::ffi::Scheduling;
 use crate::pipeline::mirrors::Mirrors;
 use crate::pipeline::outcome::Outcome;
 use crate::pipeline::placer::Placer;
@@ -462,10 +463,20 @@ impl Daemon {
         if let Err(e) = self.source.set_wakeups(!self.pace.coalescing()) {
             warn!("could not switch the ring buffer's wakeups: {e}");
         }
-        if let Some(wanted) = self.pace.realtime() {
-            if let Err(e) = crate::ffi::set_realtime(wanted) {
-                warn!("could not change the scheduling policy (realtime_priority): {e}");
+        if let Some(priority) = self.pace.realtime() {
+            match crate::ffi::set_scheduling(Scheduling::Fifo(priority)) {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!("could not run under SCHED_FIFO (realtime_priority): {e}; the normal scheduler from now on");
+                    self.pace.realtime_refused();
+                }
             }
+        }
+        // The nice value set at start, or the one there was if that failed.
+        let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+        let slice_ns = u64::from(self.config.slice_us) * 1000;
+        if let Err(e) = crate::ffi::set_scheduling(Scheduling::Fair { nice, slice_ns }) {
+            warn!("could not set the time slice (slice_us): {e}");
         }
     }
 

@@ -178,9 +178,16 @@ impl Pace {
     /// rate: the normal scheduler, so that the daemon does not preempt the
     /// very tasks it places (a real-time wakeup stays on its CPU instead of
     /// taking an idle one), and no wakeups from the ring (it looks once per
-    /// window). `None` when no real-time priority is configured.
-    pub(super) fn realtime(&self) -> Option<Option<i32>> {
-        (self.realtime_priority != 0).then(|| (!self.busy && !self.heavy).then_some(i32::from(self.realtime_priority)))
+    /// window). `None`: the normal scheduler (also when no real-time
+    /// priority is configured).
+    pub(super) fn realtime(&self) -> Option<u32> {
+        (self.realtime_priority != 0 && !self.busy && !self.heavy).then_some(u32::from(self.realtime_priority))
+    }
+
+    /// SCHED_FIFO was refused (no CAP_SYS_NICE, RT group scheduling
+    /// without a budget): the normal scheduler from now on.
+    pub(super) fn realtime_refused(&mut self) {
+        self.realtime_priority = 0;
     }
 
     /// The mean gap between entries below which the rate is high, and
@@ -229,13 +236,13 @@ mod tests {
     fn under_a_high_rate_young_entries_are_held_with_what_follows_them() {
         let mut p = Pace::new(1_000_000, 1250, 1);
         let now = monotonic_ns();
-        assert_eq!(p.realtime(), Some(Some(1)), "idle: real-time");
+        assert_eq!(p.realtime(), Some(1), "idle: real-time");
         let mut changed = false;
         for i in 0..ENTER_OVER as u64 {
             changed |= p.note_entry(now + i * 1000);
         }
         assert!(changed && p.coalescing(), "1 µs apart: the high-rate mode");
-        assert_eq!(p.realtime(), Some(None), "busy: the normal scheduler");
+        assert_eq!(p.realtime(), None, "busy: the normal scheduler");
         let mut batch = vec![ev(EventKind::Unshare, 1, now), ev(EventKind::Fork { ptid: 1 }, 2, now - 5_000_000_000), ev(EventKind::Exit, 9, now)];
         let mut handle = Vec::new();
         p.split(&mut batch, &mut handle);
@@ -248,13 +255,15 @@ mod tests {
     }
 
     #[test]
-    fn heavy_work_never_runs_real_time_and_no_priority_means_no_change() {
+    fn heavy_work_a_refusal_or_no_priority_mean_the_normal_scheduler() {
         let mut p = Pace::new(1000, 1250, 5);
         p.set_heavy(true);
-        assert_eq!(p.realtime(), Some(None));
+        assert_eq!(p.realtime(), None);
         p.set_heavy(false);
-        assert_eq!(p.realtime(), Some(Some(5)));
-        assert_eq!(Pace::new(1000, 1250, 0).realtime(), None);
+        assert_eq!(p.realtime(), Some(5));
+        p.realtime_refused();
+        assert_eq!(p.realtime(), None, "refused once: not asked again");
+        assert_eq!(Pace::new(1000, 1250, 0).realtime(), None, "no real-time priority configured");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 use rustix::thread::UnshareFlags;
 
-use nsgroup::ffi::{fork, set_realtime, unshare_namespaces, Forked};
+use nsgroup::ffi::{fork, set_scheduling, unshare_namespaces, Forked, Scheduling};
 
 use crate::harness::mount_named_v1;
 use crate::hierarchy::Bench;
@@ -148,7 +148,7 @@ fn unshares(count: u32) -> Result<Samples> {
 /// SCHED_OTHER) sleeps on a socket; the suite wakes it `count` times, each
 /// after a pause long enough that it sleeps, and it reports how long it took
 /// from the write to its read returning.
-fn wakeups(priority: Option<i32>, count: u32) -> Result<Samples, String> {
+fn wakeups(priority: Option<u32>, count: u32) -> Result<Samples, String> {
     let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let mut kids = Kids::default();
     match fork().map_err(|e| format!("fork: {e}"))? {
@@ -180,8 +180,9 @@ fn wakeups(priority: Option<i32>, count: u32) -> Result<Samples, String> {
 }
 
 /// The wakee's side of [`wakeups`]: its exit code.
-fn wakee(mut s: UnixStream, priority: Option<i32>) -> i32 {
-    let status = set_realtime(priority).err().and_then(|e| e.raw_os_error()).unwrap_or(0) as u64;
+fn wakee(mut s: UnixStream, priority: Option<u32>) -> i32 {
+    let class = priority.map_or(Scheduling::Fair { nice: 0, slice_ns: 0 }, Scheduling::Fifo);
+    let status = set_scheduling(class).err().and_then(|e| e.raw_os_error()).unwrap_or(0) as u64;
     if s.write_all(&status.to_ne_bytes()).is_err() || status != 0 {
         return 1;
     }

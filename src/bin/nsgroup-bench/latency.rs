@@ -124,7 +124,8 @@ fn floor_samples(quick: bool) -> u32 {
 
 /// Part 1: the kernel's and the machine's floors, then placement latency
 /// side by side under the default scheduling (SCHED_FIFO at priority 1),
-/// under `realtime_priority = 0` (with nice 0 and -10), and where SCHED_FIFO
+/// under `realtime_priority = 0` (with the default short slice, the
+/// kernel's slice, and nice -10), and where SCHED_FIFO
 /// is refused, each as a ratio to its floor; its default round for the API
 /// and control parts.
 pub fn part(b: &Bench, r: &mut Report, ctl: Option<&Control>, quick: bool) -> Result<Latencies> {
@@ -140,7 +141,10 @@ pub fn part(b: &Bench, r: &mut Report, ctl: Option<&Control>, quick: bool) -> Re
     };
     let rt0 = config("realtime_priority_0.toml", "realtime_priority = 0\n")?;
     let normal = round(b, None, Start::With(&["--config", &rt0]), samples)?;
-    rows(r, &floors, &normal, samples, "realtime_priority = 0", false);
+    rows(r, &floors, &normal, samples, "realtime_priority = 0 (slice_us = 100)", false);
+    let long = config("slice_0.toml", "realtime_priority = 0\nslice_us = 0\n")?;
+    let long = round(b, None, Start::With(&["--config", &long]), samples)?;
+    rows(r, &floors, &long, samples, "realtime_priority = 0, slice_us = 0 (the kernel's slice)", false);
     let niced = config("nice_-10.toml", "realtime_priority = 0\nnice = -10\n")?;
     let niced = round(b, None, Start::With(&["--config", &niced]), samples)?;
     rows(r, &floors, &niced, samples, "realtime_priority = 0, nice = -10", false);
