@@ -128,18 +128,26 @@ impl ProcFs {
     /// A procfs file's bytes in one read where they fit a page (`fs::read`
     /// and `read_to_end` ask for the size, which procfs does not know, and
     /// read 32 bytes at first: nine syscalls for a task's stat, where open,
-    /// read, read and close do); `None` when the task is gone.
-    fn read(path: &Path) -> Result<Option<Vec<u8>>, IoError> {
+    /// read and close do); `None` when the task is gone. A seq file's read
+    /// stops before a record that does not fit, so a read that leaves room
+    /// for `longest_record` more bytes ended the file (0 for the files
+    /// written as one record: stat, status, cgroup; `usize::MAX` reads on
+    /// until a read returns nothing).
+    fn read(path: &Path, longest_record: usize) -> Result<Option<Vec<u8>>, IoError> {
         let read = || -> std::io::Result<Vec<u8>> {
             let mut file = fs::File::open(path)?;
             let (mut bytes, mut len) = (vec![0u8; 4096], 0);
+            // Each read asks for a page at least: a seq file's read into
+            // less than its next record returns nothing, as at its end.
             loop {
-                if len == bytes.len() {
-                    bytes.resize(len * 2, 0);
+                if bytes.len() - len < 4096 {
+                    bytes.resize((len * 2).max(len + 4096), 0);
                 }
-                match file.read(&mut bytes[len..])? {
-                    0 => break,
-                    n => len += n,
+                let room = bytes.len() - len;
+                let n = file.read(&mut bytes[len..])?;
+                len += n;
+                if n == 0 || room - n > longest_record {
+                    break;
                 }
             }
             bytes.truncate(len);
@@ -150,9 +158,9 @@ impl ProcFs {
 
     /// [`ProcFs::read`] as text: bytes that are not UTF-8 (a cgroup named
     /// so) are an error, as with `fs::read_to_string`, never a lookalike.
-    fn read_text(path: &Path) -> Result<Option<String>, IoError> {
+    fn read_text(path: &Path, longest_record: usize) -> Result<Option<String>, IoError> {
         let invalid = |e: std::string::FromUtf8Error| IoError::new("read", path, std::io::Error::new(std::io::ErrorKind::InvalidData, e));
-        ProcFs::read(path)?.map(|b| String::from_utf8(b).map_err(invalid)).transpose()
+        ProcFs::read(path, longest_record)?.map(|b| String::from_utf8(b).map_err(invalid)).transpose()
     }
 
     fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
@@ -201,14 +209,14 @@ impl ProcFs {
     /// A thread's stat fields; `None` when it is gone.
     pub fn stat(&self, pid: u32, tid: u32) -> Result<Option<TaskStat>, IoError> {
         let path = self.task_dir(pid, tid).join("stat");
-        let bytes = ProcFs::read(&path)?;
+        let bytes = ProcFs::read(&path, 0)?;
         Ok(bytes.and_then(|b| TaskStat::parse(&b)))
     }
 
     /// A thread's cgroup path in one hierarchy; `None` when it is gone.
     pub fn cgroup_path(&self, pid: u32, tid: u32, key: &HierarchyKey) -> Result<Option<String>, IoError> {
         let path = self.task_dir(pid, tid).join("cgroup");
-        let text = ProcFs::read_text(&path)?;
+        let text = ProcFs::read_text(&path, 0)?;
         Ok(text.and_then(|t| cgroup_path_in(&t, key)))
     }
 
@@ -232,7 +240,8 @@ impl ProcFs {
     /// The children a thread forked; empty when it is gone.
     pub fn children(&self, pid: u32, tid: u32) -> Result<Vec<u32>, IoError> {
         let path = self.task_dir(pid, tid).join("children");
-        let text = ProcFs::read_text(&path)?;
+        // A record is a pid and a space.
+        let text = ProcFs::read_text(&path, "4294967295 ".len())?;
         Ok(text.unwrap_or_default().split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
     }
 
@@ -242,7 +251,7 @@ impl ProcFs {
     pub fn has_sys_admin_in(&self, pid: u32, tid: u32, user_ns: u64) -> Result<bool, IoError> {
         const CAP_SYS_ADMIN: u64 = 1 << 21;
         let path = self.task_dir(pid, tid).join("status");
-        let text = ProcFs::read_text(&path)?;
+        let text = ProcFs::read_text(&path, 0)?;
         let caps = |l: &str| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok();
         let effective = text.and_then(|t| t.lines().find_map(caps)).unwrap_or(0);
         Ok(effective & CAP_SYS_ADMIN != 0 && self.ns_inode(pid, tid, NsKind::User)? == Some(user_ns))
@@ -273,7 +282,7 @@ impl ProcFs {
 
     fn status_field(&self, tid: u32, field: &str) -> Result<Option<u32>, IoError> {
         let path = self.root.join(format!("{tid}/status"));
-        let text = ProcFs::read_text(&path)?;
+        let text = ProcFs::read_text(&path, 0)?;
         let first = |l: &str| l.strip_prefix(field)?.split_ascii_whitespace().next()?.parse().ok();
         Ok(text.and_then(|t| t.lines().find_map(first)))
     }
@@ -304,4 +313,35 @@ mod tests {
         assert_eq!(cgroup_path_in(text, &HierarchyKey::V1(3)), None);
     }
 
+    #[test]
+    fn files_of_any_size_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [0, 1, 4095, 4096, 4097, 8192, 20_000] {
+            let path = dir.path().join(format!("f{size}"));
+            let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            fs::write(&path, &bytes).unwrap();
+            for longest in [0, 11, usize::MAX] {
+                assert_eq!(ProcFs::read(&path, longest).unwrap().as_ref(), Some(&bytes), "{size} bytes");
+            }
+        }
+        assert_eq!(ProcFs::read(&dir.path().join("gone"), 0).unwrap(), None, "a vanished file is not an error");
+    }
+
+    #[test]
+    fn seq_files_of_many_records_are_read_whole() {
+        // A task with more children than fit a page, its list read whole.
+        let mut kids: Vec<std::process::Child> = (0..1000).map(|_| std::process::Command::new("sleep").arg("30").spawn().unwrap()).collect();
+        let me = std::process::id();
+        let list = ProcFs::new("/proc").children(me, crate::sys::procfs::tests::gettid()).unwrap();
+        for k in &mut kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        let forked: Vec<u32> = kids.iter().map(std::process::Child::id).collect();
+        assert!(forked.iter().all(|p| list.contains(p)), "{} of {} children listed", list.len(), forked.len());
+    }
+
+    fn gettid() -> u32 {
+        rustix::thread::gettid().as_raw_nonzero().get() as u32
+    }
 }
