@@ -167,4 +167,15 @@ mod tests {
             assert!(e.contains(&format!("`{key}`")) && e.contains("at least 1"), "{e}");
         }
     }
+
+    #[test]
+    fn the_scheduling_keys_are_bounded() {
+        for bad in ["slice_us = 99", "slice_us = 100001", "realtime_priority = 100", "nice = -21"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{}`", bad.split(' ').next().unwrap())), "{bad}: {e}");
+        }
+        for good in ["slice_us = 0", "slice_us = 100", "slice_us = 100000"] {
+            assert!(parse(good).is_ok(), "{good}");
+        }
+    }
 }
