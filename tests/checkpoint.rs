@@ -190,7 +190,7 @@ fn a_sandbox_is_checkpointed_and_restored_into_a_fresh_node_with_its_limits() {
     let version = Command::new("criu").arg("--version").output().unwrap();
     if String::from_utf8_lossy(&version.stdout).contains("Version: 3.") {
         bed.h.kill_all();
-        return skip("CRIU 3.x (bookworm's 3.17.1) fails this restore inside itself, measured in the guest: \"mnt: BUG at criu/mount.c:48\", then a segfault (issue 21: a trixie guest with CRIU 4.1.1)");
+        return skip("CRIU 3.x (bookworm's 3.17.1) fails this restore inside itself, measured in the guest: \"mnt: BUG at criu/mount.c:48\", then a segfault (trixie's CRIU 4.1.1 on 6.12 fails the same way: issue 21)");
     }
     let (code, answer, err) = bed.nsgroup(&["restore", img_s]);
     assert_eq!(code, Some(0), "{err}\n{answer}\n{}", bed.d.log_text());
