@@ -107,7 +107,11 @@ fn setns_back_returns_to_the_root(h: &mut Hier) {
     assert_eq!(h.cgroup_of(back.pid), Some(node.clone()), "a new set entered from {root} gets its node there");
     back.poke();
     assert_eq!(back.read_json()["state"], "back");
-    never_leaves(h, back.pid, |c| c == root || c == node, || h.cgroup_of(back.pid).as_deref() == Some(root.as_str()));
+    // On its way back it may nest in its node for a moment: where its setns
+    // calls straddle the settle window (seen under TCG), the set it passes
+    // through gets a node of its own (docs/semantics.md §2). Never anywhere else.
+    let in_node = |c: &str| c == node || c.starts_with(&format!("{node}/"));
+    never_leaves(h, back.pid, |c| c == root || in_node(c), || h.cgroup_of(back.pid).as_deref() == Some(root.as_str()));
     let _marker = h.marker();
     assert_eq!(h.cgroup_of(back.pid), Some(root.clone()), "back in the host set, it belongs in {root}");
 }
