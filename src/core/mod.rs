@@ -7,3 +7,4 @@ pub mod naming;
 pub mod node;
 pub mod nsset;
 pub mod tracker;
+pub mod unit;

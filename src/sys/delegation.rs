@@ -13,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use super::hierarchy::Hierarchy;
+use crate::core::unit::{is_user_manager, user_manager_above};
 
 /// The xattrs systemd sets on delegated cgroups.
 const DELEGATE_XATTRS: [&str; 2] = ["trusted.delegate", "user.delegate"];
@@ -107,37 +108,6 @@ impl Delegation {
     }
 }
 
-/// The uid of a user manager's cgroup name, `user@<uid>.service`.
-fn manager_uid(name: &str) -> Option<u32> {
-    let uid = name.strip_prefix("user@")?.strip_suffix(".service")?;
-    if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    uid.parse().ok()
-}
-
-/// Whether the cgroup at `rel` is a user manager's: `user@<uid>.service`.
-fn is_user_manager(rel: &str) -> bool {
-    manager_uid(rel.rsplit('/').next().unwrap_or("")).is_some()
-}
-
-/// The nearest user manager's cgroup that `rel` lies strictly below: its
-/// uid, and the rest of `rel` below it.
-fn user_manager_above(rel: &str) -> Option<(u32, &str)> {
-    let mut at = 0;
-    let mut found = None;
-    for part in rel.split('/') {
-        at += part.len() + 1;
-        if let Some(uid) = manager_uid(part) {
-            found = Some((uid, at.min(rel.len())));
-        }
-    }
-    found.and_then(|(uid, end)| {
-        let below = &rel[end..];
-        (!below.is_empty()).then_some((uid, below))
-    })
-}
-
 /// Whether a unit file's text turns `Delegate=` on (the last assignment
 /// counts; `yes` or a list of controllers).
 fn delegates(unit_file: &str) -> bool {
@@ -194,7 +164,6 @@ mod tests {
         assert!(!d.delegated(&format!("{m}/app.slice/app-sandbox1.scope/inner")));
         assert!(d.delegated(&format!("{m}/app.slice/app-box.scope")), "Delegate=yes in a user unit");
         assert!(d.delegated(&format!("{m}/app.slice/app-box.scope/inner")));
-        assert!(is_user_manager("/user@0.service") && !is_user_manager("/user@.service") && !is_user_manager("/user@1x.service"));
     }
 
     #[test]
@@ -221,7 +190,5 @@ mod tests {
         assert!(!d.delegated(&format!("{m}/init.scope")));
         assert!(!d.delegated(&format!("{m}/app.slice")), "a slice is never delegated");
         assert!(!d.delegated(&m));
-        assert_eq!(user_manager_above(&format!("{m}/app.slice/x.scope")), Some((1000, "app.slice/x.scope")));
-        assert_eq!(user_manager_above(&m), None);
     }
 }

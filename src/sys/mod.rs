@@ -18,4 +18,5 @@ pub mod readings;
 pub mod scan;
 pub mod status_file;
 pub mod subtree;
+pub mod systemd;
 pub mod watch;

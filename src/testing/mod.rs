@@ -3,6 +3,7 @@
 //! procfs rooted at a directory ([`procfs`]). Neither needs root.
 
 mod backend;
+pub mod manager;
 pub mod procfs;
 
 pub use backend::FakeBackend;
