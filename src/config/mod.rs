@@ -148,6 +148,11 @@ pub struct Config {
     /// `Delegate=yes` units, marked with the `trusted.delegate` xattr).
     /// Unset: on when systemd manages the cgroup2 hierarchy at /sys/fs/cgroup.
     pub delegated_only: Option<bool>,
+    /// Where that rule applies: a sandbox started in an undelegated scope of
+    /// a user's manager becomes a scope of its own, which her manager makes
+    /// (delegated, bound to the scope it came from), and gets its node there.
+    /// Off: it stays where it was, counted.
+    pub user_units: bool,
     /// Limit rules (`[[limit]]` tables): the controller values a new node
     /// gets when its creator matches, written before its first task moves in.
     pub limit: Vec<LimitRule>,
@@ -294,6 +299,7 @@ impl Default for Config {
             controllers: Vec::new(),
             leaf: LeafPolicy::Nodes,
             delegated_only: None,
+            user_units: true,
             limit: Vec::new(),
             api: ApiConfig::default(),
             metrics: MetricsConfig::default(),

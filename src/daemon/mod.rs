@@ -40,6 +40,8 @@ use crate::sys::cgroupfs::{CgroupBackend, CgroupWriter};
 use crate::sys::error::IoError;
 use crate::sys::hierarchy::Hierarchy;
 use crate::sys::procfs::ProcFs;
+use crate::core::unit::UnitPlan;
+use crate::sys::systemd::worker::{Settings as UnitSettings, UnitWorker};
 
 use pace::Pace;
 use timers::Timers;
@@ -71,6 +73,22 @@ pub struct Setup {
     /// always converges; elsewhere it leaves tasks other writers placed.
     pub own_hierarchy: bool,
     pub proc: ProcFs,
+}
+
+/// Each step of a request to a user's manager (connect, handshake, call, the task's arrival) within this.
+const UNIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A user's manager that did not answer is not asked again for this long.
+const UNIT_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where users' managers are found, and how long they may take.
+fn units_settings(hierarchy: &Hierarchy, proc: &ProcFs) -> UnitSettings {
+    UnitSettings {
+        runtime: std::path::PathBuf::from("/run/user"),
+        hierarchy: hierarchy.clone(),
+        proc: proc.clone(),
+        timeout: UNIT_TIMEOUT,
+        backoff: UNIT_BACKOFF,
+    }
 }
 
 /// The longest stretch of event handling before timers and signals get a turn.
@@ -107,6 +125,8 @@ struct Daemon {
     timers: Timers<Timer>,
     pace: Pace,
     sinks: Sinks,
+    /// Asks users' managers for sandboxes' scopes (where `user_units` applies).
+    units: Option<UnitWorker>,
     config: Config,
     hierarchy: Hierarchy,
     root: String,
@@ -129,6 +149,7 @@ struct Ports<'a> {
     timers: &'a mut Timers<Timer>,
     source: &'a mut Source,
     sinks: &'a mut Sinks,
+    units: Option<&'a mut UnitWorker>,
 }
 
 impl Around for Ports<'_> {
@@ -146,6 +167,9 @@ impl Around for Ports<'_> {
     }
     fn follows_nodes(&mut self) -> bool {
         self.sinks.follow_nodes()
+    }
+    fn ask_unit(&mut self, plan: &UnitPlan) -> bool {
+        self.units.as_mut().is_some_and(|u| u.ask(plan.clone()).is_ok())
     }
 }
 
@@ -180,10 +204,16 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
     let mirrors = Mirrors::new(crate::control::mirror::open_all(&config, v2)?);
     let adopt_ms = started.elapsed().as_millis() as u64;
     let delegation = crate::policy::gate::delegation_rule(&config, &hierarchy);
+    // User managers exist on cgroup2 only, and matter only where the rule keeps nsgroup out of their units.
+    let user_units = config.user_units && v2 && delegation.is_some();
+    let units = match user_units {
+        true => Some(UnitWorker::start(units_settings(&hierarchy, &proc)).map_err(|e| IoError::new("start", "the user units' thread", e))?),
+        false => None,
+    };
     let key = hierarchy.key().clone();
     let user_ns = own_set.get(NsKind::User);
     let gate = Gate::new(&config, proc.clone(), key.clone(), user_ns, delegation);
-    let parts = Parts { placer, gate, mirrors, proc: proc.clone(), key, v2, own_hierarchy };
+    let parts = Parts { placer, gate, mirrors, proc: proc.clone(), key, v2, own_hierarchy, user_units };
     let pipeline = Pipeline::new(parts, config.clone()).map_err(DaemonError::Config)?;
 
     // Attach before the snapshot: what happens meanwhile queues up and is
@@ -222,6 +252,7 @@ pub fn run(setup: Setup) -> Result<(), DaemonError> {
         timers: Timers::default(),
         pace,
         sinks: Sinks::new(api, ops, watch),
+        units,
         config,
         hierarchy,
         root,
@@ -284,7 +315,8 @@ impl Daemon {
 
     /// The pipeline, with the loop around it.
     fn step(&mut self) -> (&mut Pipeline<CgroupWriter>, Ports<'_>) {
-        (&mut self.pipeline, Ports { timers: &mut self.timers, source: &mut self.source, sinks: &mut self.sinks })
+        let units = self.units.as_mut();
+        (&mut self.pipeline, Ports { timers: &mut self.timers, source: &mut self.source, sinks: &mut self.sinks, units })
     }
 
     fn event_loop(&mut self, signals: &UnixStream) -> Result<(), DaemonError> {
@@ -300,6 +332,7 @@ impl Daemon {
             let timeout = [self.timers.next_due(), self.pace.held_until(), tick, more].into_iter().flatten().min();
             let ts = timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as i64 });
             let mut triggered = Vec::new();
+            let units_answered;
             let watches_fired = {
                 // In the high-rate mode the ring is not polled at all: a
                 // poller sits on its wait queue, and every event would wake it.
@@ -315,6 +348,8 @@ impl Daemon {
                 // PSI triggers, polled here (an epoll set's poll would take their events).
                 let first_trigger = fds.len();
                 fds.extend(self.sinks.watch.triggers().map(|(_, fd)| PollFd::from_borrowed_fd(fd, PollFlags::PRI)));
+                let units_at = fds.len();
+                fds.extend(self.units.as_ref().map(|u| PollFd::from_borrowed_fd(u.fd(), PollFlags::IN)));
                 match poll(&mut fds, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(IoError::new("poll", "the ring buffer", e).into()),
@@ -328,8 +363,12 @@ impl Daemon {
                         triggered.push((*token, fd.revents()));
                     }
                 }
+                units_answered = fds.get(units_at).is_some_and(|fd| fd.revents().contains(PollFlags::IN));
                 watches.is_some() && fds[1].revents().contains(PollFlags::IN)
             };
+            if units_answered {
+                self.handle_units();
+            }
             for (token, revents) in triggered.drain(..) {
                 self.sinks.watch.trigger_polled(token, revents);
             }
@@ -350,6 +389,16 @@ impl Daemon {
             self.sinks.ops.turn(&gauges, &mut ops_timers(&mut self.timers));
         }
         Ok(())
+    }
+
+    /// What users' managers answered, to the pipeline.
+    fn handle_units(&mut self) {
+        let Some(worker) = self.units.as_mut() else { return };
+        let done = worker.finished();
+        let (pipeline, mut ports) = self.step();
+        for d in &done {
+            pipeline.unit_done(&d.plan, d.result.as_ref(), &mut ports);
+        }
     }
 
     /// What the kernel told about nodes (OOM kills, pressure), to every sink.

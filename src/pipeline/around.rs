@@ -26,6 +26,10 @@ pub trait Around {
     fn settled(&mut self, tid: u32);
     /// Hands an outcome to every sink.
     fn publish(&mut self, outcome: Outcome<'_>);
+    /// Asks a user's manager for the scope `plan` names (off the loop: the
+    /// answer comes back through [`super::Pipeline::unit_done`]); `false`
+    /// when it cannot be asked now (too many requests wait).
+    fn ask_unit(&mut self, plan: &crate::core::unit::UnitPlan) -> bool;
     /// Whether a sink follows nodes (a reconcile then publishes the nodes it made).
     fn follows_nodes(&mut self) -> bool;
 }

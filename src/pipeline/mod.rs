@@ -24,6 +24,7 @@ pub mod pending;
 pub mod pins;
 pub mod placer;
 pub mod reconcile;
+pub mod units;
 mod upkeep;
 #[cfg(test)]
 mod tests;
@@ -34,7 +35,9 @@ use crate::bpf::{Event, EventKind};
 use crate::config::Config;
 use crate::core::node::CgroupId;
 use crate::core::nsset::{NsMask, NsSet};
-use crate::core::tracker::{Entry, Placement};
+use crate::core::tracker::{Entry, Placement, Refusal};
+use crate::core::unit::UnitPlan;
+use crate::sys::systemd::worker::{Started, UnitError};
 use crate::policy::gate::{Checked, Gate};
 use crate::policy::rules;
 use crate::source::monotonic_ns;
@@ -50,6 +53,7 @@ use outcome::{Cause, Failure, Outcome, Task};
 use pending::Pending;
 use pins::Pins;
 use placer::{Outcome as CarriedOut, Placer};
+use units::Units;
 
 /// How many generations of children forked before a move follow it (a
 /// chain of forks that outruns the daemon is bounded work all the same;
@@ -83,6 +87,9 @@ pub struct Parts<B> {
     /// nsgroup's own named hierarchy: nobody else writes there, so reconcile
     /// converges; elsewhere it leaves tasks other writers placed.
     pub own_hierarchy: bool,
+    /// Whether a sandbox in an undelegated scope of a user's manager is
+    /// asked a scope of its own (`user_units`, where the delegation rule applies).
+    pub user_units: bool,
 }
 
 /// The pipeline and the state it keeps between events.
@@ -99,6 +106,7 @@ pub struct Pipeline<B> {
     pending: Pending,
     pins: Pins,
     cleanup: Cleanup,
+    units: Units,
 }
 
 impl<B: CgroupBackend> Pipeline<B> {
@@ -107,9 +115,9 @@ impl<B: CgroupBackend> Pipeline<B> {
     pub fn new(parts: Parts<B>, config: Config) -> Result<Pipeline<B>, String> {
         let mask = config.mask()?;
         let cleanup = Cleanup::new(config.cleanup, Duration::from_secs(config.linger_seconds));
-        let Parts { placer, gate, mirrors, proc, key, v2, own_hierarchy } = parts;
-        let mut pipeline =
-            Pipeline { placer, gate, mirrors, proc, key, v2, own_hierarchy, config, mask, pending: Pending::default(), pins: Pins::default(), cleanup };
+        let Parts { placer, gate, mirrors, proc, key, v2, own_hierarchy, user_units } = parts;
+        let (pending, pins, units) = (Pending::default(), Pins::default(), Units::new(user_units));
+        let mut pipeline = Pipeline { placer, gate, mirrors, proc, key, v2, own_hierarchy, config, mask, pending, pins, cleanup, units };
         let nodes: Vec<_> = pipeline.placer.tracker().nodes().cloned().collect();
         for node in &nodes {
             pipeline.mirrors.adopt(node);
@@ -240,11 +248,36 @@ impl<B: CgroupBackend> Pipeline<B> {
             }
             // Already in its node (forked there): its exit matters too.
             Ok(CarriedOut::Stayed) if self.placer.tracker().node(entry.cgroup).is_some() => around.track(ev.tid, entry.cgroup),
+            Ok(CarriedOut::Refused(Refusal::NotDelegated)) if self.ask_unit(ev, entry, around) => {}
             Ok(CarriedOut::Refused(why)) => around.publish(Outcome::Refused { task: Task::of(ev), why: &why }),
             Ok(CarriedOut::Stayed) | Ok(CarriedOut::Vanished) => {}
             Err(e) => around.publish(Outcome::Failed { what: Failure::Place { tid: ev.tid }, error: &e }),
         }
         Settle::Now
+    }
+
+    /// A sandbox refused where nsgroup may not write: its user's manager is
+    /// asked for a scope of its own, when it may be (`units`). Whether it was.
+    fn ask_unit(&mut self, ev: &Event, entry: &Entry, around: &mut dyn Around) -> bool {
+        let Ok(Some(origin)) = self.placer.backend().path_of(entry.cgroup) else { return false };
+        let Some(plan) = self.units.plan(ev, entry.set, &origin) else { return false };
+        if !around.ask_unit(&plan) {
+            return false;
+        }
+        self.units.asked(&plan, ev, entry.prev, entry.set);
+        true
+    }
+
+    /// A user's manager answered `plan`: published; a sandbox whose scope
+    /// now holds its first task is placed again from there (its node made
+    /// inside the scope, the tasks that followed it moved in after it).
+    pub fn unit_done(&mut self, plan: &UnitPlan, result: Result<&Started, &UnitError>, around: &mut dyn Around) {
+        around.publish(Outcome::Unit { plan, result });
+        let Some((mut ev, prev)) = self.units.ended(plan, result.is_ok()) else { return };
+        let Ok(started) = result else { return };
+        let Ok(Some(scope)) = self.placer.backend().id_at(&started.cgroup) else { return };
+        ev.cgroup = scope;
+        self.place(&ev, prev, around);
     }
 
     /// Step 2 and 3: the policy's checks, then the new node's limits. `None`

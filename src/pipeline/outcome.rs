@@ -11,6 +11,8 @@ use std::time::Duration;
 use crate::bpf::Event;
 use crate::core::node::{CgroupId, Node};
 use crate::core::tracker::Refusal;
+use crate::core::unit::UnitPlan;
+use crate::sys::systemd::worker::{Started, UnitError};
 pub use crate::policy::gate::Dropped;
 use crate::sys::watch::{MemCounts, Victim};
 use super::placer::Removal;
@@ -122,6 +124,10 @@ pub enum Outcome<'a> {
     OomKill(&'a OomKill),
     /// A node's pressure crossed a rule's threshold.
     Pressure(&'a PressureCrossed),
+    /// A user's manager was asked for a scope of its own for a sandbox
+    /// (`plan`): it made it, with the sandbox's first task in it, or the
+    /// sandbox stays where it was, for the reason given.
+    Unit { plan: &'a UnitPlan, result: Result<&'a Started, &'a UnitError> },
     /// A step failed; the daemon goes on.
     Failed { what: Failure<'a>, error: &'a dyn Display },
 }

@@ -179,6 +179,15 @@ impl Sink for ApiHost {
                 ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
             Outcome::Overflow { lost } => ApiEvent::Overflow { lost },
+            Outcome::Unit { plan, result } => ApiEvent::UserScope {
+                uid: plan.origin.uid,
+                origin: plan.origin.unit.clone(),
+                scope: plan.scope.clone(),
+                pid: plan.pid,
+                comm: plan.comm.clone(),
+                started: result.is_ok(),
+                error: result.err().map(|e| e.to_string()),
+            },
             Outcome::Pressure(p) => ApiEvent::Pressure(Box::new(PressureView {
                 path: p.path.clone(),
                 cgroup_id: p.node.id,

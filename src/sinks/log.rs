@@ -161,6 +161,27 @@ impl Sink for Log {
                 vanished = report.vanished,
                 "reconciled"
             ),
+            Outcome::Unit { plan, result: Ok(started) } => info!(
+                event = "user_scope",
+                uid = plan.origin.uid,
+                origin = %plan.origin.unit,
+                scope = %plan.scope,
+                pid = plan.pid,
+                followers = started.followers,
+                "a sandbox left its unit for a scope of its own"
+            ),
+            Outcome::Unit { plan, result: Err(e) } => {
+                if self.per_owner.allow(plan.origin.uid, std::time::Instant::now()) {
+                    warn!(
+                        event = "user_scope",
+                        uid = plan.origin.uid,
+                        origin = %plan.origin.unit,
+                        scope = %plan.scope,
+                        pid = plan.pid,
+                        "a sandbox stays in its unit, where nsgroup may not write: {e}"
+                    );
+                }
+            }
             Outcome::OomKill(k) => {
                 let r = &k.node.record;
                 if self.per_owner.allow(r.owner(), std::time::Instant::now()) {

@@ -45,6 +45,10 @@ pub struct Counters {
     /// Their actions done, by action (`freeze`, `kill`).
     #[serde(default)]
     pub pressure_actions: BTreeMap<String, u64>,
+    /// Sandboxes whose user's manager was asked for a scope of their own, by
+    /// result (`started`, `stayed`).
+    #[serde(default)]
+    pub user_scopes: BTreeMap<String, u64>,
     /// PSI triggers left unwritten by `watch.max_pressure_triggers`.
     #[serde(default)]
     pub triggers_skipped: u64,
@@ -80,6 +84,7 @@ impl Default for Counters {
             pressure_events: BTreeMap::new(),
             pressure_actions: BTreeMap::new(),
             triggers_skipped: 0,
+            user_scopes: BTreeMap::new(),
             latency_buckets: vec![0; LATENCY_BUCKETS.len() + 1],
             latency_sum_us: 0,
             latency_count: 0,

@@ -5,6 +5,7 @@
 mod checks;
 mod events;
 mod reconcile;
+mod units;
 mod upkeep;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,9 @@ struct Loop {
     settled: Vec<u32>,
     outcomes: Vec<String>,
     follows_nodes: bool,
+    /// Scopes asked of users' managers; `refuse_units`: the queue is full.
+    units: Vec<crate::core::unit::UnitPlan>,
+    refuse_units: bool,
 }
 
 impl Around for Loop {
@@ -52,6 +56,12 @@ impl Around for Loop {
     }
     fn follows_nodes(&mut self) -> bool {
         self.follows_nodes
+    }
+    fn ask_unit(&mut self, plan: &crate::core::unit::UnitPlan) -> bool {
+        if !self.refuse_units {
+            self.units.push(plan.clone());
+        }
+        !self.refuse_units
     }
 }
 
@@ -72,12 +82,14 @@ fn line(o: &Outcome<'_>) -> String {
         Outcome::Failed { what, .. } => format!("failed {what:?}"),
         Outcome::OomKill(k) => format!("oom_kill {} {}", k.path, k.kills),
         Outcome::Pressure(p) => format!("pressure {} {}", p.path, p.trigger),
+        Outcome::Unit { plan, result: Ok(s) } => format!("unit {} started, {} followed", plan.scope, s.followers),
+        Outcome::Unit { plan, result: Err(e) } => format!("unit {} stayed: {e}", plan.scope),
     }
 }
 
 /// A pipeline over fakes, with the tasks it knows.
 struct Bed {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     fake: FakeProc,
     pipeline: Pipeline<FakeBackend>,
     tasks: BTreeMap<u32, FakeTask>,
@@ -95,16 +107,30 @@ impl Bed {
     }
 
     fn build(toml: &str, granularity: Granularity, v2: bool) -> Bed {
+        Bed::rooted(toml, granularity, v2, ROOT_PATH, |_| None)
+    }
+
+    /// A bed tracking `root`, under the delegation rule `delegation` makes
+    /// from the bed's directory (none: no rule).
+    fn rooted(
+        toml: &str,
+        granularity: Granularity,
+        v2: bool,
+        root: &str,
+        delegation: impl FnOnce(&std::path::Path) -> Option<crate::sys::delegation::Delegation>,
+    ) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeProc::at(dir.path());
         let config = Config::parse(toml, std::path::Path::new("/test.toml")).unwrap();
         let base = fake.set("base").unwrap();
         let tracker = Tracker::new(base, granularity);
-        let placer = Placer::new(tracker, FakeBackend::with_root(ROOT, ROOT_PATH), || 42);
-        let gate = Gate::new(&config, fake.proc(), KEY, base.get(NsKind::User), None);
-        let parts = Parts { placer, gate, mirrors: Mirrors::new(Vec::new()), proc: fake.proc(), key: KEY, v2, own_hierarchy: true };
+        let placer = Placer::new(tracker, FakeBackend::with_root(ROOT, root), || 42);
+        let delegation = delegation(dir.path());
+        let user_units = config.user_units && delegation.is_some();
+        let gate = Gate::new(&config, fake.proc(), KEY, base.get(NsKind::User), delegation);
+        let parts = Parts { placer, gate, mirrors: Mirrors::new(Vec::new()), proc: fake.proc(), key: KEY, v2, own_hierarchy: true, user_units };
         let pipeline = Pipeline::new(parts, config).unwrap();
-        Bed { _dir: dir, fake, pipeline, tasks: BTreeMap::new(), out: Loop::default() }
+        Bed { dir, fake, pipeline, tasks: BTreeMap::new(), out: Loop::default() }
     }
 
     /// The set named `name`.

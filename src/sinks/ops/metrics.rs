@@ -113,6 +113,15 @@ pub(super) fn render(
     for action in ["freeze", "kill"] {
         actions.sample(&[("action", action)], c.pressure_actions.get(action).copied().unwrap_or(0));
     }
+    let mut scopes = x.family(
+        "nsgroup_user_scopes",
+        Kind::Counter,
+        "",
+        "Sandboxes in an undelegated scope of a user's manager for which it was asked a scope of their own, by result (started, stayed).",
+    );
+    for result in ["started", "stayed"] {
+        scopes.sample(&[("result", result)], c.user_scopes.get(result).copied().unwrap_or(0));
+    }
     x.family("nsgroup_triggers_skipped", Kind::Gauge, "", "PSI triggers not written: beyond watch.max_pressure_triggers.")
         .sample(&[], c.triggers_skipped);
     x.family("nsgroup_nodes", Kind::Gauge, "", "Live nodes.").sample(&[], c.live_nodes);

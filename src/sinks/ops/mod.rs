@@ -428,6 +428,7 @@ impl Sink for Ops {
                     h.send(Msg::Happened { cgroup_id: p.node.id, happening: happening("pressure", "kernel", None, detail) });
                 }
             }
+            Outcome::Unit { result, .. } => *c.user_scopes.entry(if result.is_ok() { "started" } else { "stayed" }.into()).or_default() += 1,
             Outcome::Overflow { .. } | Outcome::Failed { .. } => {}
         }
     }
