@@ -581,3 +581,84 @@ fn a_user_controls_her_sandbox_from_another_unit_of_her_manager() {
     wait_for("C gone", || !Path::new(&format!("/proc/{c}")).exists());
     assert!(d.log_lines_with(" ERROR ").is_empty(), "{}", d.log_text());
 }
+
+/// `systemctl --user show UNIT -p PROPS` of uid 65534's manager, as `key=value` lines.
+fn user_unit_show(manager: &UserManager, unit: &str, props: &str) -> String {
+    let out = manager.command(&["systemctl", "--user", "show", unit, "-p", props]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_sandbox_in_an_app_scope_becomes_a_scope_of_its_own_bound_to_it_and_nests_there() {
+    let Some(manager) = user_manager() else { return };
+    let slice = format!("{}/app.slice", manager.cgroup);
+    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{slice}\"]\n"));
+    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
+    wait_for("the daemon tracking", || d.log_text().contains("nsgroup is tracking"));
+    // The origin, as a desktop starts an app: an app scope of her manager
+    // (not delegated), with limits, whose shell S starts a sandbox: P
+    // (user and uts namespaces) and its child C (a pid namespace too).
+    let origin = format!("app-sandbox-{}.scope", unit_name());
+    let shell = manager
+        .command(&["systemd-run", "--user", "--scope", "--quiet", "-p", "TasksMax=40", "-p", "MemoryMax=256M", "--slice", "app.slice", "--unit", &origin, "--"])
+        .args(["sh", "-c", "unshare --user --map-root-user --uts --pid --fork sleep 600 & wait"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let s = shell.id();
+    let _shell = Started(shell);
+    let origin_cgroup = format!("{slice}/{origin}");
+    wait_for("S in its app scope", || cgroup_of(s).as_ref() == Some(&origin_cgroup));
+    let mut p = 0;
+    wait_for("P", || children_of(s).first().map(|&c| p = c).is_some());
+    let mut c = 0;
+    wait_for("C", || children_of(p).first().map(|&x| c = x).is_some());
+
+    // P's own scope beside the origin, made by her manager; the nodes inside.
+    let mut scope = String::new();
+    wait_for("P in a node of a scope of its own", || {
+        cgroup_of(p).is_some_and(|at| {
+            let name = at.strip_prefix(&format!("{slice}/")).and_then(|r| r.strip_suffix(&format!("/node_{p}")));
+            name.is_some_and(|n| n.starts_with(&format!("app-nsgroup-unshare-node_{p}-")) && n.ends_with(".scope") && !n.contains('/'))
+                && {
+                    scope = name.unwrap().to_string();
+                    true
+                }
+        })
+    });
+    let scope_cgroup = format!("{slice}/{scope}");
+    let node_p = format!("{scope_cgroup}/node_{p}");
+    wait_for("C nested in P's node", || cgroup_of(c).as_ref() == Some(&format!("{node_p}/node_{c}")));
+    assert!(subdirs(&dir(&origin_cgroup)).is_empty(), "nothing written in the origin: {}", d.log_text());
+    assert_eq!(cgroup_of(s).as_ref(), Some(&origin_cgroup), "S stays in the origin");
+    assert!(d.log_text().contains("a sandbox left its unit for a scope of its own"), "{}", d.log_text());
+
+    // A unit of her manager, as systemctl and systemd-cgtop show it:
+    // delegated, in the origin's slice, part of the origin, with its limits.
+    let shown = user_unit_show(&manager, &scope, "ActiveState,Delegate,PartOf,Slice,ControlGroup,Description");
+    for want in ["ActiveState=active", "Delegate=yes", &format!("PartOf={origin}"), "Slice=app.slice", &format!("ControlGroup={scope_cgroup}")] {
+        assert!(shown.lines().any(|l| l == want), "{want} in:\n{shown}");
+    }
+    assert!(shown.contains("Description=nsgroup sandbox of unshare"), "{shown}");
+    for file in ["pids.max", "memory.max"] {
+        let Ok(limit) = std::fs::read_to_string(dir(&origin_cgroup).join(file)) else { continue };
+        let kept = std::fs::read_to_string(dir(&scope_cgroup).join(file)).unwrap_or_default();
+        assert_eq!(kept, limit, "{file}: the origin's limit bounds the sandbox's scope too");
+    }
+
+    // A restart adopts both nodes in the scope: no second scope, nothing moved.
+    drop(d);
+    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
+    wait_for("the restarted daemon tracking", || d.log_text().contains("nsgroup is tracking"));
+    assert!(d.log_text().contains("adopted=2"), "{}", d.log_text());
+    let scopes: Vec<String> = subdirs(&dir(&slice)).into_iter().filter(|n| n.starts_with("app-nsgroup-") && !n.contains('/')).collect();
+    assert_eq!(scopes.len(), 1, "{scopes:?}");
+    assert_eq!(cgroup_of(p).as_ref(), Some(&node_p));
+
+    // Stopping the origin stops the sandbox's scope with it.
+    let out = manager.command(&["systemctl", "--user", "stop", &origin]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the sandbox ended", || !Path::new(&format!("/proc/{p}")).exists() && !Path::new(&format!("/proc/{c}")).exists());
+    wait_for("its scope gone", || !dir(&scope_cgroup).exists());
+    assert!(d.log_lines_with(" ERROR ").is_empty(), "{}", d.log_text());
+}
