@@ -12,12 +12,17 @@ use super::outcome::{Cause, Failure, Outcome};
 use super::reconcile::{reconcile, Report};
 use super::{Around, Pipeline};
 use crate::core::node::{CgroupId, Node};
-use crate::core::tracker::Placement;
+use crate::bpf::{Event, EventKind};
+use crate::core::tracker::{Entry, Placement, Refusal};
 use crate::policy::gate::Checked;
 use crate::policy::rules;
 use crate::sys::cgroupfs::CgroupBackend;
 use crate::sys::error::IoError;
 use crate::sys::scan::TaskSample;
+
+/// Sandboxes in users' scopes a reconcile asks their managers for, at most
+/// (the worker's queue is shorter still; the rest are asked at their next entry).
+const MAX_UNDELEGATED: usize = 1024;
 
 impl<B: CgroupBackend> Pipeline<B> {
     /// Removes `node` if empty, then its emptied parents; retries while the
@@ -85,12 +90,21 @@ impl<B: CgroupBackend> Pipeline<B> {
         let before: Option<HashSet<CgroupId>> = around.follows_nodes().then(|| self.placer.tracker().nodes().map(|n| n.id).collect());
         let (config, gate, v2) = (&self.config, &mut self.gate, self.v2);
         let admitted = |t: &TaskSample| rules::admits(config, &t.comm, t.owner, &t.cgroup_path);
-        let check = |placer: &mut super::placer::Placer<B>, entry: &_, t: &TaskSample, placement: Placement| {
+        // Sandboxes refused where nsgroup may not write: their managers are asked after.
+        let mut undelegated = Vec::new();
+        let check = |placer: &mut super::placer::Placer<B>, entry: &Entry, t: &TaskSample, placement: Placement| {
             if stop.load(Ordering::Relaxed) {
                 return Placement::Stay;
             }
             let (tracker, backend) = placer.parts();
             match gate.check(tracker, backend, placement, entry, t.start, t.cgroup) {
+                Ok(Checked::Go(p @ Placement::Refused(Refusal::NotDelegated))) => {
+                    let in_users_scope = t.tid == t.tgid && crate::core::unit::Origin::of(&t.cgroup_path).is_some();
+                    if in_users_scope && undelegated.len() < MAX_UNDELEGATED {
+                        undelegated.push((sampled_entry(entry, t), entry.clone()));
+                    }
+                    p
+                }
                 Ok(Checked::Go(p)) => rules::with_policy_limits(config, v2, backend, p, &t.comm),
                 Ok(Checked::Dropped(why)) => {
                     around.publish(Outcome::Dropped { tid: t.tid, comm: &t.comm, why });
@@ -103,6 +117,9 @@ impl<B: CgroupBackend> Pipeline<B> {
             }
         };
         let (report, placed) = reconcile(&mut self.placer, tasks, self.mask, !self.own_hierarchy, admitted, check)?;
+        for (ev, entry) in &undelegated {
+            self.ask_unit(ev, entry, around);
+        }
         self.pending.replace_placed(placed.iter().map(|p| (p.tid, p.start, p.cgroup)));
         let mut occupied = HashSet::new();
         for p in placed {
@@ -133,5 +150,23 @@ impl<B: CgroupBackend> Pipeline<B> {
         }
         around.publish(Outcome::Reconciled { why, report: &report, elapsed: started.elapsed() });
         Ok(report)
+    }
+}
+
+/// A sampled task's entry as the event of one that just entered its set
+/// (what a user's manager's answer places again).
+fn sampled_entry(entry: &Entry, t: &TaskSample) -> Event {
+    Event {
+        kind: EventKind::Unshare,
+        ktime_ns: crate::source::monotonic_ns(),
+        start_ns: t.start,
+        cgroup: t.cgroup,
+        tid: t.tid,
+        tgid: t.tgid,
+        set: entry.set,
+        prev: entry.prev,
+        comm: t.comm.clone(),
+        uid: t.uid,
+        owner: t.owner,
     }
 }

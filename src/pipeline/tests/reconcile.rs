@@ -6,7 +6,7 @@ use crate::sys::scan::TaskSample;
 use std::sync::atomic::AtomicBool;
 
 /// The snapshot the bed's tasks make.
-fn snapshot(b: &mut Bed) -> Vec<TaskSample> {
+pub(super) fn snapshot(b: &mut Bed) -> Vec<TaskSample> {
     b.sync();
     let tasks: Vec<FakeTask> = b.tasks.values().cloned().collect();
     tasks

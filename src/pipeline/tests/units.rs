@@ -122,3 +122,19 @@ fn no_scope_is_asked_when_off_for_threads_services_or_a_full_queue() {
     b.enter(EventKind::Unshare, 16, "base", "box3");
     assert_eq!(b.out.units.len(), 1);
 }
+
+#[test]
+fn a_sandbox_found_by_a_reconcile_is_asked_for_too_once() {
+    let mut b = bed("");
+    b.spawn(7, ORIGIN, "base");
+    b.change(7, |t| t.children = vec![8]);
+    b.spawn(8, ORIGIN, "base");
+    // Both entered the set while nobody watched: the sandbox and its child.
+    b.change(7, |t| t.set = "box".into());
+    b.change(8, |t| (t.set, t.ppid) = ("box".into(), 7));
+    let tasks = super::reconcile::snapshot(&mut b);
+    let report = b.pipeline.reconcile(tasks, "start", &std::sync::atomic::AtomicBool::new(false), &mut b.out).unwrap();
+    assert_eq!(report.refused, 2);
+    assert_eq!(b.out.units.iter().map(|p| p.pid).collect::<Vec<_>>(), [7]);
+    assert_eq!((b.at(7), b.at(8)), (ORIGIN.to_string(), ORIGIN.to_string()));
+}
