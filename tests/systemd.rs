@@ -662,3 +662,55 @@ fn a_sandbox_in_an_app_scope_becomes_a_scope_of_its_own_bound_to_it_and_nests_th
     wait_for("its scope gone", || !dir(&scope_cgroup).exists());
     assert!(d.log_lines_with(" ERROR ").is_empty(), "{}", d.log_text());
 }
+
+/// Starts `sh -c SCRIPT` in a new scope `unit` of uid 65534's manager's
+/// app.slice (with `props`), and returns the process and its cgroup.
+fn user_scope(manager: &UserManager, unit: &str, props: &[&str], script: &str) -> (Started, String) {
+    let mut args = vec!["systemd-run", "--user", "--scope", "--quiet", "--slice", "app.slice", "--unit", unit];
+    for p in props {
+        args.extend(["-p", p]);
+    }
+    args.extend(["--", "sh", "-c", script]);
+    let child = manager.command(&args).spawn().unwrap();
+    let pid = child.id();
+    let cgroup = format!("{}/app.slice/{unit}", manager.cgroup);
+    wait_for("the shell in its scope", || cgroup_of(pid).as_ref() == Some(&cgroup));
+    (Started(child), cgroup)
+}
+
+#[test]
+fn a_manager_that_does_not_answer_leaves_its_sandbox_where_it_was_and_the_daemon_goes_on() {
+    let Some(manager) = user_manager() else { return };
+    let slice = format!("{}/app.slice", manager.cgroup);
+    let (_c, config) = config_file(&format!("[include]\ncgroup = [\"{slice}\"]\n"));
+    let d = Daemon::start_at(Path::new(MOUNT), &manager.cgroup, &["--config", &config]);
+    wait_for("the daemon tracking", || d.log_text().contains("nsgroup is tracking"));
+    // Two sandboxes that start when the test says so: one in an app scope
+    // its manager must make a scope for, one in a delegated scope.
+    let go = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(go.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let script = format!("while [ ! -e {}/go ]; do sleep 0.1; done; exec unshare --user --map-root-user --uts sleep 600", go.path().display());
+    let (plain, plain_cgroup) = user_scope(&manager, &format!("app-plain-{}.scope", unit_name()), &[], &script);
+    let (delegated, delegated_cgroup) = user_scope(&manager, &format!("app-box-{}.scope", unit_name()), &["Delegate=yes"], &script);
+    // Her manager stops answering (the test started it; it continues below).
+    let main_pid: i32 = systemctl(&["show", "-p", "MainPID", "--value", &manager.unit]).unwrap().parse().unwrap();
+    assert!(main_pid > 1);
+    let manager_pid = rustix::process::Pid::from_raw(main_pid).unwrap();
+    rustix::process::kill_process(manager_pid, rustix::process::Signal::STOP).unwrap();
+    struct Continue(rustix::process::Pid);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process(self.0, rustix::process::Signal::CONT);
+        }
+    }
+    let _continue = Continue(manager_pid);
+    std::fs::write(go.path().join("go"), "").unwrap();
+    // The delegated sandbox is placed meanwhile; the other stays, said once.
+    let node = format!("{delegated_cgroup}/node_{}", delegated.0.id());
+    wait_for("the delegated sandbox in its node", || cgroup_of(delegated.0.id()).as_ref() == Some(&node));
+    wait_for("the request given up", || d.log_text().contains("a sandbox stays in its unit"));
+    assert!(d.log_text().contains("did not answer within"), "{}", d.log_text());
+    assert_eq!(cgroup_of(plain.0.id()).as_ref(), Some(&plain_cgroup));
+    assert!(subdirs(&dir(&plain_cgroup)).is_empty(), "nothing written in the undelegated scope: {}", d.log_text());
+    assert!(d.log_lines_with(" ERROR ").is_empty(), "{}", d.log_text());
+}

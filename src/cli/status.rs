@@ -95,6 +95,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "lost       {} ring drops, moves dropped {} gone / {} reused / {} other writer, {} coalesced away, {} history records dropped",
             c.ring_dropped, c.dropped_gone, c.dropped_reused, c.dropped_other_writer, c.coalesced_entries, c.history_dropped
         )?;
+        if !c.user_scopes.is_empty() {
+            let n = |k: &str| c.user_scopes.get(k).copied().unwrap_or(0);
+            writeln!(out, "units      {} sandboxes got a scope of their own from their user's manager, {} stayed in their unit", n("started"), n("stayed"))?;
+        }
         if let Some(m) = &s.metrics_listen {
             writeln!(out, "metrics    http://{m}/metrics")?;
         }

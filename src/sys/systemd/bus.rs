@@ -10,7 +10,6 @@
 //! manager, nor to the system's, on her behalf. Every step has a deadline;
 //! a manager that does not answer costs that much and no more.
 
-use std::future::Future;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -18,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, CWD};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use zbus::zvariant::Value;
+use zvariant::Value;
 
+use super::wire::{Conn, ERROR};
 use crate::core::unit::{Limits, UnitPlan};
 
 const DESTINATION: &str = "org.freedesktop.systemd1";
@@ -41,8 +41,8 @@ pub enum BusError {
     Timeout(Duration),
     #[error("the manager refused: {0}")]
     Refused(String),
-    #[error("D-Bus: {0}")]
-    Bus(#[from] zbus::Error),
+    #[error("D-Bus with the manager: {0}")]
+    Wire(std::io::Error),
 }
 
 impl BusError {
@@ -50,6 +50,10 @@ impl BusError {
     /// off from), rather than refusing one request.
     pub fn unreachable(&self) -> bool {
         !matches!(self, BusError::Refused(_))
+    }
+
+    fn wire(e: std::io::Error, timeout: Duration) -> BusError {
+        if e.kind() == std::io::ErrorKind::TimedOut { BusError::Timeout(timeout) } else { BusError::Wire(e) }
     }
 }
 
@@ -61,7 +65,7 @@ pub fn socket_path(runtime: &Path, uid: u32) -> PathBuf {
 
 /// A connection to one user's manager.
 pub struct ManagerBus {
-    conn: zbus::Connection,
+    conn: Conn,
     timeout: Duration,
 }
 
@@ -70,15 +74,16 @@ impl ManagerBus {
     pub fn connect(runtime: &Path, uid: u32, timeout: Duration) -> Result<ManagerBus, BusError> {
         let path = socket_path(runtime, uid);
         let stream = connect_owned_socket(&path, uid, timeout)?;
-        let conn = within(timeout, zbus::connection::Builder::async_io_unix_stream(stream).p2p().method_timeout(timeout).build())??;
+        let mut conn = Conn::new(stream, Instant::now() + timeout).map_err(|source| BusError::Connect { path: path.clone(), source })?;
+        conn.authenticate().map_err(|e| BusError::wire(e, timeout))?;
         Ok(ManagerBus { conn, timeout })
     }
 
     /// Asks for the scope `plan` names, holding the sandbox's first task:
     /// delegated, in the origin's slice, stopped with the origin
     /// (`PartOf=`, not `BindsTo=`: the origin may empty and go when its
-    /// only task leaves), with the origin's `limits`. Returns the job.
-    pub fn start_scope(&self, plan: &UnitPlan, limits: &Limits) -> Result<String, BusError> {
+    /// only task leaves), with the origin's `limits`.
+    pub fn start_scope(&mut self, plan: &UnitPlan, limits: &Limits) -> Result<(), BusError> {
         let origin = plan.origin.unit.as_str();
         let mut props: Vec<(&str, Value<'_>)> = vec![
             ("Description", Value::from(plan.description())),
@@ -93,38 +98,30 @@ impl ManagerBus {
         }
         props.extend(limits.properties().into_iter().map(|(name, v)| (name, Value::from(v))));
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-        let body = (plan.scope.as_str(), "fail", props, aux);
-        let reply = self.call("StartTransientUnit", &body)?;
-        let job: zbus::zvariant::OwnedObjectPath = reply.body().deserialize()?;
-        Ok(job.to_string())
+        self.call("StartTransientUnit", &(plan.scope.as_str(), "fail", props, aux))
     }
 
     /// Moves `pids` into `unit` (tasks forked before the scope was made).
-    pub fn attach(&self, unit: &str, pids: &[u32]) -> Result<(), BusError> {
-        self.call("AttachProcessesToUnit", &(unit, "", pids)).map(drop)
+    pub fn attach(&mut self, unit: &str, pids: &[u32]) -> Result<(), BusError> {
+        self.call("AttachProcessesToUnit", &(unit, "", pids))
     }
 
-    fn call<B>(&self, method: &'static str, body: &B) -> Result<zbus::Message, BusError>
+    fn call<B>(&mut self, method: &'static str, body: &B) -> Result<(), BusError>
     where
-        B: serde::Serialize + zbus::zvariant::DynamicType,
+        B: serde::Serialize + zvariant::DynamicType,
     {
-        match within(self.timeout, self.conn.call_method(Some(DESTINATION), PATH, Some(MANAGER), method, body))? {
-            Ok(reply) => Ok(reply),
-            Err(zbus::Error::MethodError(name, text, _)) => Err(BusError::Refused(format!("{name}: {}", text.unwrap_or_default()))),
-            Err(zbus::Error::InputOutput(e)) if e.kind() == std::io::ErrorKind::TimedOut => Err(BusError::Timeout(self.timeout)),
-            Err(e) => Err(e.into()),
+        let timeout = self.timeout;
+        self.conn.until(Instant::now() + timeout);
+        let serial = self.conn.call(DESTINATION, PATH, MANAGER, method, body).map_err(|e| BusError::wire(e, timeout))?;
+        let reply = self.conn.reply_to(serial).map_err(|e| BusError::wire(e, timeout))?;
+        if reply.kind == ERROR {
+            let text = reply.body::<(String,)>().map(|(t,)| t).unwrap_or_default();
+            let name = reply.error_name.unwrap_or_default();
+            let said: String = format!("{name}: {text}").chars().take(256).collect();
+            return Err(BusError::Refused(crate::core::escape::Escaped(&said).to_string()));
         }
+        Ok(())
     }
-}
-
-/// Runs `work` to its end or until `timeout`, whichever comes first.
-fn within<T>(timeout: Duration, work: impl Future<Output = T>) -> Result<T, BusError> {
-    let late = async {
-        async_io::Timer::after(timeout).await;
-        None
-    };
-    let work = async { Some(work.await) };
-    async_io::block_on(futures_lite::future::or(work, late)).ok_or(BusError::Timeout(timeout))
 }
 
 /// Opens the socket at `path` (no symlink on the way), checks that `uid`

@@ -168,8 +168,8 @@ fn serve(s: &Settings, backoff: &mut Backoff, plan: &UnitPlan) -> Result<Started
         return Err(UnitError::Gone);
     }
     let limits = Limits::read(|file| read_limit(&s.hierarchy, &plan.origin.cgroup, file))?;
-    let asked = ManagerBus::connect(&s.runtime, uid, s.timeout).and_then(|bus| bus.start_scope(plan, &limits).map(|_| bus));
-    let bus = match asked {
+    let asked = ManagerBus::connect(&s.runtime, uid, s.timeout).and_then(|mut bus| bus.start_scope(plan, &limits).map(|()| bus));
+    let mut bus = match asked {
         Ok(bus) => bus,
         Err(e) => {
             if e.unreachable() {

@@ -17,13 +17,13 @@ fn plan(slice: Option<&str>) -> UnitPlan {
 fn the_manager_is_asked_for_a_delegated_scope_bound_to_the_origin_with_its_limits() {
     let run = tempfile::tempdir().unwrap();
     let calls = serve(run.path(), me(), Answer::Accept);
-    let bus = ManagerBus::connect(run.path(), me(), Duration::from_secs(5)).unwrap();
+    let mut bus = ManagerBus::connect(run.path(), me(), Duration::from_secs(5)).unwrap();
     let limits = Limits { memory_max: Some(64 << 20), tasks_max: Some(50), ..Limits::default() };
-    assert_eq!(bus.start_scope(&plan(Some("app.slice")), &limits).unwrap(), "/org/freedesktop/systemd1/job/1");
+    bus.start_scope(&plan(Some("app.slice")), &limits).unwrap();
     bus.attach("app-nsgroup-unshare-node_7-1.scope", &[8, 9]).unwrap();
     let calls = calls.lock().unwrap();
     let start = &calls[0];
-    assert_eq!((start.method, start.unit.as_str(), start.pids.as_slice()), ("StartTransientUnit", "app-nsgroup-unshare-node_7-1.scope", &[7][..]));
+    assert_eq!((start.method.as_str(), start.unit.as_str(), start.pids.as_slice()), ("StartTransientUnit", "app-nsgroup-unshare-node_7-1.scope", &[7][..]));
     let prop = |k: &str| start.properties.get(k).unwrap_or_else(|| panic!("no {k}")).try_clone().unwrap();
     assert!(bool::try_from(prop("Delegate")).unwrap());
     assert_eq!(String::try_from(prop("Slice")).unwrap(), "app.slice");
@@ -32,7 +32,7 @@ fn the_manager_is_asked_for_a_delegated_scope_bound_to_the_origin_with_its_limit
     assert_eq!(u64::try_from(prop("MemoryMax")).unwrap(), 64 << 20);
     assert_eq!(u64::try_from(prop("TasksMax")).unwrap(), 50);
     assert!(!start.properties.contains_key("BindsTo") && !start.properties.contains_key("CPUQuotaPerSecUSec"));
-    assert_eq!((calls[1].method, calls[1].pids.as_slice()), ("AttachProcessesToUnit", &[8, 9][..]));
+    assert_eq!((calls[1].method.as_str(), calls[1].pids.as_slice()), ("AttachProcessesToUnit", &[8, 9][..]));
     drop(calls);
     // No slice of its own: none is asked for.
     bus.start_scope(&plan(None), &Limits::default()).unwrap();
@@ -42,14 +42,14 @@ fn the_manager_is_asked_for_a_delegated_scope_bound_to_the_origin_with_its_limit
 fn a_refusal_is_the_managers_words_and_a_hung_manager_costs_its_deadline() {
     let run = tempfile::tempdir().unwrap();
     serve(run.path(), me(), Answer::Refuse);
-    let bus = ManagerBus::connect(run.path(), me(), Duration::from_secs(5)).unwrap();
+    let mut bus = ManagerBus::connect(run.path(), me(), Duration::from_secs(5)).unwrap();
     let e = bus.start_scope(&plan(None), &Limits::default()).unwrap_err();
     assert!(matches!(&e, BusError::Refused(text) if text.contains("already exists")), "{e}");
     assert!(!e.unreachable());
 
     let hung = tempfile::tempdir().unwrap();
     serve(hung.path(), me(), Answer::Hang);
-    let bus = ManagerBus::connect(hung.path(), me(), SHORT).unwrap();
+    let mut bus = ManagerBus::connect(hung.path(), me(), SHORT).unwrap();
     let t = Instant::now();
     let e = bus.start_scope(&plan(None), &Limits::default()).unwrap_err();
     assert!(e.unreachable(), "{e}");

@@ -83,7 +83,7 @@ fn the_sandbox_gets_its_scope_with_its_units_limits_and_its_early_children_follo
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(u64::try_from(calls[0].properties["TasksMax"].try_clone().unwrap()).unwrap(), 50);
     assert!(!calls[0].properties.contains_key("MemoryMax"));
-    assert_eq!((calls[1].method, calls[1].unit.as_str(), calls[1].pids.as_slice()), ("AttachProcessesToUnit", p.scope.as_str(), &[8][..]));
+    assert_eq!((calls[1].method.as_str(), calls[1].unit.as_str(), calls[1].pids.as_slice()), ("AttachProcessesToUnit", p.scope.as_str(), &[8][..]));
 }
 
 fn serve_one(bed: &Bed, plan: &UnitPlan) -> Result<Started, UnitError> {
