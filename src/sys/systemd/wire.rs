@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use zvariant::serialized::{Context, Data};
-use zvariant::{DynamicType, ObjectPath, OwnedValue, Signature, Value, LE};
+use zvariant::{DynamicType, ObjectPath, OwnedValue, Signature, LE};
 
 /// A message's header and body together, at most (a hostile peer's lengths are checked against it).
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -161,12 +161,12 @@ impl Conn {
     where
         B: Serialize + DynamicType,
     {
-        let path = ObjectPath::try_from(path).map_err(invalid)?;
+        ObjectPath::try_from(path).map_err(invalid)?;
         let fields = vec![
-            (PATH, Value::from(path)),
-            (INTERFACE, Value::from(interface)),
-            (MEMBER, Value::from(member)),
-            (DESTINATION, Value::from(destination)),
+            Field::Text(PATH, b'o', path),
+            Field::Text(INTERFACE, b's', interface),
+            Field::Text(MEMBER, b's', member),
+            Field::Text(DESTINATION, b's', destination),
         ];
         self.send(METHOD_CALL, fields, body)
     }
@@ -178,10 +178,10 @@ impl Conn {
         B: Serialize + DynamicType,
     {
         // Sent the way systemd's private socket sends: from its well-known name.
-        let mut fields = vec![(REPLY_SERIAL, Value::from(serial)), (SENDER, Value::from("org.freedesktop.systemd1"))];
+        let mut fields = vec![Field::Number(REPLY_SERIAL, serial), Field::Text(SENDER, b's', "org.freedesktop.systemd1")];
         let kind = match error {
             Some(name) => {
-                fields.push((ERROR_NAME, Value::from(name)));
+                fields.push(Field::Text(ERROR_NAME, b's', name));
                 ERROR
             }
             None => METHOD_RETURN,
@@ -189,20 +189,27 @@ impl Conn {
         self.send(kind, fields, body)
     }
 
-    fn send<B>(&mut self, kind: u8, mut fields: Vec<(u8, Value<'_>)>, body: &B) -> io::Result<u32>
+    fn send<B>(&mut self, kind: u8, fields: Vec<Field<'_>>, body: &B) -> io::Result<u32>
     where
         B: Serialize + DynamicType,
     {
         self.serial = self.serial.wrapping_add(1).max(1);
-        let ctxt = Context::new_dbus(LE, 0);
         // A tuple marshalled at offset 0 is its fields one after another: the body.
-        let body_bytes = zvariant::to_bytes(ctxt, body).map_err(invalid)?;
-        let sig = body.signature().to_string_no_parens();
-        if !sig.is_empty() {
-            fields.push((SIGNATURE, Value::from(Signature::try_from(sig.as_str()).map_err(invalid)?)));
+        let body_bytes = zvariant::to_bytes(Context::new_dbus(LE, 0), body).map_err(invalid)?;
+        let sig = body.signature().to_string();
+        let sig = sig.strip_prefix('(').and_then(|s| s.strip_suffix(')')).unwrap_or(&sig);
+        let mut bytes = vec![b'l', kind, 0, 1];
+        bytes.extend_from_slice(&(body_bytes.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&self.serial.to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        for field in &fields {
+            field.marshal(&mut bytes);
         }
-        let header = (b'l', kind, 0u8, 1u8, body_bytes.len() as u32, self.serial, fields);
-        let mut bytes = zvariant::to_bytes(ctxt, &header).map_err(invalid)?.to_vec();
+        if !sig.is_empty() {
+            Field::Text(SIGNATURE, b'g', sig).marshal(&mut bytes);
+        }
+        let fields_len = (bytes.len() - 16) as u32;
+        bytes[12..16].copy_from_slice(&fields_len.to_le_bytes());
         bytes.resize(bytes.len().next_multiple_of(8), 0);
         bytes.extend_from_slice(&body_bytes);
         self.write_all(&bytes)?;
@@ -268,6 +275,35 @@ impl Conn {
     }
 }
 
+/// A header field sent: a string of type `s`, `o` or `g`, or a number.
+/// (Marshalled by hand: zvariant writes a signature of several types with
+/// parentheses, which makes it one struct's.)
+enum Field<'a> {
+    Text(u8, u8, &'a str),
+    Number(u8, u32),
+}
+
+impl Field<'_> {
+    /// Appends the field, a `(yv)` struct, little-endian.
+    fn marshal(&self, out: &mut Vec<u8>) {
+        out.resize(out.len().next_multiple_of(8), 0);
+        let (code, kind) = match *self {
+            Field::Text(code, kind, _) => (code, kind),
+            Field::Number(code, _) => (code, b'u'),
+        };
+        out.extend_from_slice(&[code, 1, kind, 0]);
+        match *self {
+            Field::Text(_, b'g', text) => out.push(text.len() as u8),
+            Field::Text(_, _, text) => out.extend_from_slice(&(text.len() as u32).to_le_bytes()),
+            Field::Number(_, n) => return out.extend_from_slice(&n.to_le_bytes()),
+        }
+        if let Field::Text(_, _, text) = *self {
+            out.extend_from_slice(text.as_bytes());
+            out.push(0);
+        }
+    }
+}
+
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -299,6 +335,16 @@ mod tests {
         let reply = client.reply_to(serial).unwrap();
         assert_eq!((reply.kind, reply.error_name.as_deref()), (ERROR, Some("org.x.Error.Nope")));
         assert_eq!(reply.body::<(String,)>().unwrap().0, "no");
+    }
+
+    #[test]
+    fn the_body_signature_is_its_arguments_not_one_struct() {
+        let (mut client, mut raw) = pair();
+        client.call("org.x", "/org/x", "org.x.M", "Start", &("a", 1u32)).unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = raw.read(&mut buf).unwrap();
+        let field = b"\x08\x01g\x00\x02su\x00";
+        assert!(buf[..n].windows(field.len()).any(|w| w == field), "{:?}", &buf[..n]);
     }
 
     #[test]
