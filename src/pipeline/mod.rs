@@ -268,15 +268,19 @@ impl<B: CgroupBackend> Pipeline<B> {
         true
     }
 
-    /// A user's manager answered `plan`: published; a sandbox whose scope
-    /// now holds its first task is placed again from there (its node made
-    /// inside the scope, the tasks that followed it moved in after it).
+    /// A user's manager answered `plan`: published; a sandbox whose first
+    /// task is no longer in its origin — in the scope made for it, or in
+    /// another's it followed there — is placed again from where it is (its
+    /// node made inside the scope, the tasks that followed it moved in after).
     pub fn unit_done(&mut self, plan: &UnitPlan, result: Result<&Started, &UnitError>, around: &mut dyn Around) {
         around.publish(Outcome::Unit { plan, result });
         let Some((mut ev, prev)) = self.units.ended(plan, result.is_ok()) else { return };
-        let Ok(started) = result else { return };
-        let Ok(Some(scope)) = self.placer.backend().id_at(&started.cgroup) else { return };
-        ev.cgroup = scope;
+        let Ok(Some(now)) = self.proc.cgroup_path(ev.tgid, ev.tid, &self.key) else { return };
+        if now == plan.origin.cgroup {
+            return;
+        }
+        let Ok(Some(id)) = self.placer.backend().id_at(&now) else { return };
+        ev.cgroup = id;
         self.place(&ev, prev, around);
     }
 

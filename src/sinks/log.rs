@@ -3,6 +3,7 @@
 //! set ([`Reports`]: a few lines per kind per interval, refusals summed per
 //! user in one report per interval).
 
+use crate::sys::systemd::worker::UnitError;
 use tracing::{debug, info, warn};
 
 use super::rate::Rate;
@@ -170,6 +171,9 @@ impl Sink for Log {
                 followers = started.followers,
                 "a sandbox left its unit for a scope of its own"
             ),
+            Outcome::Unit { plan, result: Err(e @ UnitError::Left { .. }) } => {
+                debug!(uid = plan.origin.uid, scope = %plan.scope, pid = plan.pid, "no scope asked: {e}")
+            }
             Outcome::Unit { plan, result: Err(e) } => {
                 if self.per_owner.allow(plan.origin.uid, std::time::Instant::now()) {
                     warn!(

@@ -46,7 +46,7 @@ pub struct Counters {
     #[serde(default)]
     pub pressure_actions: BTreeMap<String, u64>,
     /// Sandboxes whose user's manager was asked for a scope of their own, by
-    /// result (`started`, `stayed`).
+    /// result (`started`, `stayed`, `left`: it left its unit before its turn).
     #[serde(default)]
     pub user_scopes: BTreeMap<String, u64>,
     /// PSI triggers left unwritten by `watch.max_pressure_triggers`.

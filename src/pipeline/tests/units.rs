@@ -81,7 +81,7 @@ fn a_sandbox_whose_manager_did_not_make_its_scope_stays_counted_and_is_not_asked
     b.enter(EventKind::Unshare, 7, "base", "box");
     let plan = b.out.units.pop().unwrap();
     b.pipeline.unit_done(&plan, Err(&UnitError::Gone), &mut b.out);
-    assert_eq!(b.outcomes(), [format!("unit {} stayed: the task left its unit or ended first", plan.scope)]);
+    assert_eq!(b.outcomes(), [format!("unit {} stayed: the task ended first", plan.scope)]);
     assert_eq!(b.at(7), ORIGIN);
     // The sandbox's next entry is refused as before, and not asked for.
     b.spawn(9, ORIGIN, "base");
@@ -137,4 +137,25 @@ fn a_sandbox_found_by_a_reconcile_is_asked_for_too_once() {
     assert_eq!(report.refused, 2);
     assert_eq!(b.out.units.iter().map(|p| p.pid).collect::<Vec<_>>(), [7]);
     assert_eq!((b.at(7), b.at(8)), (ORIGIN.to_string(), ORIGIN.to_string()));
+}
+
+#[test]
+fn a_nested_sandbox_that_followed_its_parent_into_its_scope_gets_its_node_below_the_parents() {
+    let mut b = bed("");
+    // P enters a set; C, forked before P's move, enters one of its own (a pid namespace).
+    b.spawn(7, ORIGIN, "base");
+    b.change(7, |t| t.children = vec![8]);
+    b.enter(EventKind::Unshare, 7, "base", "box");
+    b.spawn(8, ORIGIN, "box");
+    b.change(8, |t| t.ppid = 7);
+    b.fake.derive("inner", "box", &[NsKind::Pid]).unwrap();
+    b.enter(EventKind::Fork { ptid: 7 }, 8, "box", "inner");
+    let (p, c) = (b.out.units[0].clone(), b.out.units[1].clone());
+    // P's scope holds both (C followed P); C's own request finds it gone there.
+    let started = make_scope(&mut b, &p, &[7, 8]);
+    b.pipeline.unit_done(&p, Ok(&started), &mut b.out);
+    let left = UnitError::Left { cgroup: p.scope_cgroup() };
+    b.pipeline.unit_done(&c, Err(&left), &mut b.out);
+    let node = format!("{}/node_7", p.scope_cgroup());
+    assert_eq!((b.at(7), b.at(8)), (node.clone(), format!("{node}/node_8")), "{:?}", b.outcomes());
 }

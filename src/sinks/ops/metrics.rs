@@ -117,9 +117,9 @@ pub(super) fn render(
         "nsgroup_user_scopes",
         Kind::Counter,
         "",
-        "Sandboxes in an undelegated scope of a user's manager for which it was asked a scope of their own, by result (started, stayed).",
+        "Sandboxes in an undelegated scope of a user's manager for which it was asked a scope of their own, by result (started; stayed where it was; left it before its turn, for another's scope).",
     );
-    for result in ["started", "stayed"] {
+    for result in ["started", "stayed", "left"] {
         scopes.sample(&[("result", result)], c.user_scopes.get(result).copied().unwrap_or(0));
     }
     x.family("nsgroup_triggers_skipped", Kind::Gauge, "", "PSI triggers not written: beyond watch.max_pressure_triggers.")

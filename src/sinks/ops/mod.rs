@@ -428,7 +428,14 @@ impl Sink for Ops {
                     h.send(Msg::Happened { cgroup_id: p.node.id, happening: happening("pressure", "kernel", None, detail) });
                 }
             }
-            Outcome::Unit { result, .. } => *c.user_scopes.entry(if result.is_ok() { "started" } else { "stayed" }.into()).or_default() += 1,
+            Outcome::Unit { result, .. } => {
+                let how = match result {
+                    Ok(_) => "started",
+                    Err(crate::sys::systemd::worker::UnitError::Left { .. }) => "left",
+                    Err(_) => "stayed",
+                };
+                *c.user_scopes.entry(how.into()).or_default() += 1;
+            }
             Outcome::Overflow { .. } | Outcome::Failed { .. } => {}
         }
     }

@@ -61,8 +61,12 @@ pub enum UnitError {
     Bus(#[from] BusError),
     #[error("the manager made {scope}, but the task was not in it within {within:?}")]
     NotMoved { scope: String, within: Duration },
-    #[error("the task left its unit or ended first")]
+    #[error("the task ended first")]
     Gone,
+    /// Moved before its turn came: as the follower of another sandbox
+    /// forked before that one's move, or by another cgroup writer.
+    #[error("the task left its unit first, for {cgroup}")]
+    Left { cgroup: String },
     #[error(transparent)]
     Io(#[from] IoError),
 }
@@ -164,8 +168,10 @@ fn serve(s: &Settings, backoff: &mut Backoff, plan: &UnitPlan) -> Result<Started
         }
         backoff.0.remove(&uid);
     }
-    if !still_in(s, plan.pid, Some(plan.start_ns), &plan.origin.cgroup)? {
-        return Err(UnitError::Gone);
+    match whereabouts(s, plan.pid, plan.start_ns)? {
+        None => return Err(UnitError::Gone),
+        Some(cgroup) if cgroup != plan.origin.cgroup => return Err(UnitError::Left { cgroup }),
+        Some(_) => {}
     }
     let limits = Limits::read(|file| read_limit(&s.hierarchy, &plan.origin.cgroup, file))?;
     let asked = ManagerBus::connect(&s.runtime, uid, s.timeout).and_then(|mut bus| bus.start_scope(plan, &limits).map(|()| bus));
@@ -180,7 +186,7 @@ fn serve(s: &Settings, backoff: &mut Backoff, plan: &UnitPlan) -> Result<Started
     };
     let scope = plan.scope_cgroup();
     let deadline = Instant::now() + s.timeout;
-    while !still_in(s, plan.pid, None, &scope)? {
+    while !still_in(s, plan.pid, &scope)? {
         if Instant::now() >= deadline {
             return Err(UnitError::NotMoved { scope, within: s.timeout });
         }
@@ -201,14 +207,16 @@ fn serve(s: &Settings, backoff: &mut Backoff, plan: &UnitPlan) -> Result<Started
     Ok(Started { cgroup: scope, followers: followed })
 }
 
-/// Whether `pid` (started at `start_ns`, when given) is alive in `cgroup`.
-fn still_in(s: &Settings, pid: u32, start_ns: Option<u64>, cgroup: &str) -> Result<bool, IoError> {
-    if let Some(start) = start_ns {
-        match s.proc.stat(pid, pid)? {
-            Some(stat) if stat.started_at(start) && !stat.is_dead() => {}
-            _ => return Ok(false),
-        }
+/// Where `pid`, started at `start_ns`, is: `None` when it ended.
+fn whereabouts(s: &Settings, pid: u32, start_ns: u64) -> Result<Option<String>, IoError> {
+    match s.proc.stat(pid, pid)? {
+        Some(stat) if stat.started_at(start_ns) && !stat.is_dead() => s.proc.cgroup_path(pid, pid, s.hierarchy.key()),
+        _ => Ok(None),
     }
+}
+
+/// Whether `pid` is in `cgroup`.
+fn still_in(s: &Settings, pid: u32, cgroup: &str) -> Result<bool, IoError> {
     Ok(s.proc.cgroup_path(pid, pid, s.hierarchy.key())?.as_deref() == Some(cgroup))
 }
 
@@ -235,7 +243,7 @@ fn forked_before(s: &Settings, pid: u32, cgroup: &str) -> Vec<u32> {
             if found.len() >= MAX_FOLLOWERS {
                 return found;
             }
-            if matches!(still_in(s, child, None, cgroup), Ok(true)) {
+            if matches!(still_in(s, child, cgroup), Ok(true)) {
                 found.push(child);
             }
             next.push(child);

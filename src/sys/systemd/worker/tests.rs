@@ -102,7 +102,7 @@ fn a_limit_that_cannot_be_handed_on_or_a_task_gone_keeps_the_sandbox_where_it_is
     reused.start_ns += 1_000_000_000;
     assert!(matches!(serve_one(&bed, &reused), Err(UnitError::Gone)));
     bed.task(8, "/elsewhere", &[]);
-    assert!(matches!(serve_one(&bed, &plan(8)), Err(UnitError::Gone)));
+    assert!(matches!(serve_one(&bed, &plan(8)), Err(UnitError::Left { cgroup }) if cgroup == "/elsewhere"));
     assert!(matches!(serve_one(&bed, &plan(99)), Err(UnitError::Gone)));
     assert!(calls.lock().unwrap().is_empty());
 }
