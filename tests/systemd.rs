@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const MOUNT: &str = "/sys/fs/cgroup";
 
@@ -659,7 +660,21 @@ fn a_sandbox_in_an_app_scope_becomes_a_scope_of_its_own_bound_to_it_and_nests_th
     let out = manager.command(&["systemctl", "--user", "stop", &origin]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the sandbox ended", || !Path::new(&format!("/proc/{p}")).exists() && !Path::new(&format!("/proc/{c}")).exists());
-    wait_for("its scope gone", || !dir(&scope_cgroup).exists());
+    let gone = std::time::Instant::now() + Duration::from_secs(30);
+    while dir(&scope_cgroup).exists() {
+        if std::time::Instant::now() > gone {
+            let journal = Command::new("journalctl").args(["-b", "--no-pager", "-n", "60", "_UID=65534"]).output().unwrap();
+            panic!(
+                "its scope's cgroup stays: {:?} events {:?}\n{}\njournal:\n{}\n{}",
+                subdirs(&dir(&scope_cgroup)),
+                std::fs::read_to_string(dir(&scope_cgroup).join("cgroup.events")),
+                user_unit_show(&manager, &scope, "ActiveState,SubState,LoadState"),
+                String::from_utf8_lossy(&journal.stdout),
+                d.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(d.log_lines_with(" ERROR ").is_empty(), "{}", d.log_text());
 }
 
