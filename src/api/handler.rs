@@ -115,7 +115,7 @@ impl From<CheckpointError> for ErrorBody {
     fn from(e: CheckpointError) -> ErrorBody {
         let code = match &e {
             CheckpointError::Dir(_) | CheckpointError::Manifest(_) => Code::Invalid,
-            CheckpointError::NoPidNs | CheckpointError::SessionOutside { .. } => Code::Unsupported,
+            CheckpointError::NoPidNs | CheckpointError::SessionOutside { .. } | CheckpointError::RootUnreachable { .. } => Code::Unsupported,
             CheckpointError::Criu(CriuError::Missing { .. } | CriuError::TooOld { .. } | CriuError::NoVersion { .. }) => Code::Unsupported,
             CheckpointError::Verb(VerbError::NoFreezer(_)) => Code::Unsupported,
             _ => Code::Failed,

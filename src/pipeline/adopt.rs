@@ -109,6 +109,14 @@ pub enum ExecNode {
     Adopted(CgroupId),
 }
 
+/// Whether `cgroup` is a node `nsgroup restore` made (a root-owned record
+/// saying so), not tracked yet.
+pub fn restoring_here<B: CgroupBackend>(placer: &mut Placer<B>, cgroup: CgroupId) -> bool {
+    let Ok(Some(path)) = placer.backend().path_of(cgroup) else { return false };
+    let Ok(Some((0, bytes))) = placer.backend().record_at(&path) else { return false };
+    NodeRecord::from_bytes(&bytes).is_some_and(|r| r.restored.is_some())
+}
+
 /// How long after a restore began its tasks wait for its record to name their set.
 pub const RESTORE_WAIT_S: u64 = 120;
 
@@ -141,6 +149,9 @@ pub fn exec_node<B: CgroupBackend>(placer: &mut Placer<B>, proc: &ProcFs, key: &
             continue;
         }
         if record.set.is_empty() {
+            if record.restored.is_some() {
+                tracing::debug!(path = %Escaped(&path), tid = entry.tid, "a task born in a node nsgroup restore is filling waits for its record");
+            }
             return match &record.restored {
                 Some(r) if crate::sys::clock::unix_now().saturating_sub(r.restored_unix) <= RESTORE_WAIT_S => ExecNode::Restoring,
                 // A restore that never finished: placed as usual.
@@ -148,15 +159,25 @@ pub fn exec_node<B: CgroupBackend>(placer: &mut Placer<B>, proc: &ProcFs, key: &
                 None => ExecNode::Pending,
             };
         }
+        // A restored task's set is read again: the event's is the one it was
+        // cloned with, and CRIU moves it into the restored mount namespace
+        // after that (with `--root` it builds that namespace apart).
+        let set = match &record.restored {
+            Some(_) => proc.ns_set(entry.tgid, entry.tid).ok().flatten().map(|s| s.masked(mask)).unwrap_or(entry.set),
+            None => entry.set,
+        };
         // A node of an earlier task with this pid names another set.
-        if record.set.masked(mask) != entry.set {
+        if record.set.masked(mask) != set {
+            if record.restored.is_some() {
+                tracing::debug!(path = %Escaped(&path), tid = entry.tid, recorded = ?record.set, task = ?set, "a task in a restored node is of another set than its record names");
+            }
             continue;
         }
         let Some((parent_path, name)) = path.rsplit_once('/') else { continue };
         let parent_path = if parent_path.is_empty() { "/" } else { parent_path };
         let writer = placer.backend();
         let (Ok(Some(parent)), Ok(Some(id))) = (writer.id_at(parent_path), writer.id_at(&path)) else { continue };
-        record.set = entry.set;
+        record.set = set;
         record.parent_set = record.parent_set.masked(mask);
         let node = Node { id, parent, name: name.to_string(), record };
         if placer.tracker_mut().add_node(node).is_err() {

@@ -216,6 +216,18 @@ impl<B: CgroupBackend> Pipeline<B> {
                 }
             }
         }
+        // A task in a node `nsgroup restore` fills waits for its record
+        // whatever its event: CRIU's unshare() and setns() calls each leave
+        // it in a set its last call came from, which decides nothing.
+        if decided == Placement::Stay
+            && ev.uid == 0
+            && self.placer.tracker().node(entry.cgroup).is_none()
+            && adopt::restoring_here(&mut self.placer, entry.cgroup)
+        {
+            if let Some(settle) = self.took_exec_node(ev, entry, around) {
+                return settle;
+            }
+        }
         let Some(placement) = self.check(ev, entry, decided, around) else { return Settle::Now };
         let files = match &placement {
             Placement::Create(new) => new.files.clone(),

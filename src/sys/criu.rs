@@ -216,6 +216,8 @@ pub struct Restore {
     pub cgroup_roots: Vec<String>,
     /// Where CRIU writes the restored root's pid.
     pub pidfile: PathBuf,
+    /// The host directory that becomes the tree's root (`--root`).
+    pub root: PathBuf,
     pub tcp_established: bool,
     pub shell_job: bool,
     /// The dump's external mounts, bound from the same host paths.
@@ -228,6 +230,11 @@ impl Restore {
     pub fn args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec!["restore".into(), "-D".into(), self.dir.clone().into_os_string(), "-o".into(), Restore::LOG.into(), "-v4".into()];
         a.extend(["--restore-detached".into(), "--pidfile".into(), self.pidfile.clone().into_os_string()]);
+        // Always a root: without one CRIU empties the copy of its own mount
+        // namespace the tree is born in, and on a host with tracefs mounted
+        // (every systemd host: /sys/kernel/tracing) CRIU 3.17 to 4.1 crash
+        // there ("mnt: BUG at criu/mount.c:48", docs/semantics.md §18).
+        a.extend(["--root".into(), self.root.clone().into_os_string()]);
         a.push(MANAGE_CGROUPS.into());
         for root in &self.cgroup_roots {
             a.push("--cgroup-root".into());
@@ -301,6 +308,7 @@ mod tests {
             dir: "/var/lib/img".into(),
             cgroup_roots: vec!["/t/node_9".into(), "pids:/j/node_9".into()],
             pidfile: "/var/lib/img/restored.pid".into(),
+            root: "/".into(),
             tcp_established: false,
             shell_job: true,
             external_mounts: vec!["/mnt/share".into()],
@@ -308,7 +316,7 @@ mod tests {
         let a = strings(r.args());
         assert_eq!(&a[..6], ["restore", "-D", "/var/lib/img", "-o", "restore.log", "-v4"]);
         let joined = a.join(" ");
-        assert!(joined.contains("--restore-detached --pidfile /var/lib/img/restored.pid --manage-cgroups=soft"), "{joined}");
+        assert!(joined.contains("--restore-detached --pidfile /var/lib/img/restored.pid --root / --manage-cgroups=soft"), "{joined}");
         assert!(joined.contains("--cgroup-root /t/node_9 --cgroup-root pids:/j/node_9"), "{joined}");
         assert!(joined.ends_with("--shell-job --ext-mount-map nsgroup-ext-0:/mnt/share"), "{joined}");
         assert!(!joined.contains("tcp"));

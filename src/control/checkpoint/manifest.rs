@@ -41,6 +41,8 @@ pub struct Manifest {
     pub tcp_established: bool,
     /// Mount points handed to CRIU as external (bound back from the host's same path).
     pub external_mounts: Vec<String>,
+    /// The host directory that was the tree's root, its root again on restore.
+    pub root: String,
 }
 
 /// Why a manifest is refused.
@@ -103,12 +105,21 @@ impl Manifest {
             return Err(bad("external_mounts", format!("more than {MAX_MOUNTS}")));
         }
         for m in &self.external_mounts {
-            if !m.starts_with('/') || m.len() > 4096 || m.chars().any(|c| c.is_control() || c == ':') || m.split('/').any(|p| p == "..") {
+            if !absolute_path(m) {
                 return Err(bad("external_mounts", format!("\"{}\" is no absolute mount point", crate::core::escape::Escaped(m))));
             }
         }
+        if !absolute_path(&self.root) {
+            return Err(bad("root", format!("\"{}\" is no absolute path", crate::core::escape::Escaped(&self.root))));
+        }
         Ok(())
     }
+}
+
+/// An absolute path CRIU can take in its arguments: no `..`, no control
+/// characters, no `:` (its separator), at most 4,096 bytes.
+fn absolute_path(p: &str) -> bool {
+    p.starts_with('/') && p.len() <= 4096 && !p.chars().any(|c| c.is_control() || c == ':') && !p.split('/').any(|c| c == "..")
 }
 
 #[cfg(test)]
@@ -139,6 +150,7 @@ pub(crate) mod tests {
             shell_job: false,
             tcp_established: false,
             external_mounts: vec!["/mnt/share".into()],
+            root: "/".into(),
         }
     }
 
@@ -174,6 +186,16 @@ pub(crate) mod tests {
             let r = with(|v| v["external_mounts"] = serde_json::json!([m]));
             assert!(matches!(r, Err(ManifestError::Bad { field: "external_mounts", .. })), "{m}: {r:?}");
         }
+        for r in ["", "relative", "/a:/b", "/a/../b"] {
+            let got = with(|v| v["root"] = r.into());
+            assert!(matches!(got, Err(ManifestError::Bad { field: "root", .. })), "{r}: {got:?}");
+        }
+        assert!(matches!(
+            with(|v| {
+                v.as_object_mut().unwrap().remove("root");
+            }),
+            Err(ManifestError::Malformed(_))
+        ));
         let huge = format!(r#"{{"version":1,"pad":"{}"}}"#, "x".repeat(MAX_BYTES));
         assert_eq!(Manifest::parse(huge.as_bytes()), Err(ManifestError::TooLarge));
         let e = with(|v| v["namespaces"] = serde_json::json!(["\u{1b}[2J"])).unwrap_err().to_string();

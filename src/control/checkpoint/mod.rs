@@ -52,6 +52,8 @@ pub enum CheckpointError {
     SessionOutside { init: u32, session: u32 },
     #[error("no free node name below {}", crate::core::escape::Escaped(.0))]
     NoName(String),
+    #[error("the tree's root (a {fstype} filesystem, device {dev}, directory {}) is no directory of the host's mounts, so a restore could not give it back to the tree: CRIU restores a tree onto a root it is given", crate::core::escape::Escaped(.root))]
+    RootUnreachable { fstype: String, dev: String, root: String },
 }
 
 /// What a checkpoint is asked for.
@@ -98,6 +100,29 @@ pub fn external_mounts(tree: &[Mount], host: &[Mount]) -> Vec<String> {
     out.dedup();
     out.truncate(manifest::MAX_MOUNTS);
     out
+}
+
+/// The host directory that is the tree's root: the directory of the
+/// tree's `/` mount (the visible one, listed last) reached through a host
+/// mount of the same filesystem whose root holds it, for CRIU's `--root`
+/// on restore. A sandbox on the host's root gets `/`; one that pivoted into
+/// a directory of a host filesystem (a container's root) gets that
+/// directory. `Err` with what the root is when no host mount reaches it.
+pub fn tree_root(tree: &[Mount], host: &[Mount]) -> Result<PathBuf, CheckpointError> {
+    let Some(root) = tree.iter().rev().find(|m| m.mount_point == Path::new("/")) else {
+        return Err(CheckpointError::RootUnreachable { fstype: "(none)".into(), dev: "(none)".into(), root: "(no / mount)".into() });
+    };
+    let within = |base: &str| -> Option<PathBuf> {
+        let rest = if base == "/" { root.root.strip_prefix('/') } else { root.root.strip_prefix(base).and_then(|r| if r.is_empty() { Some(r) } else { r.strip_prefix('/') }) }?;
+        Some(PathBuf::from(rest))
+    };
+    host.iter()
+        .filter(|h| h.dev == root.dev && h.fstype == root.fstype)
+        .filter_map(|h| within(&h.root).map(|rest| (h, rest)))
+        // The host mount nearest the tree's root: the shortest rest, then the shortest point.
+        .min_by_key(|(h, rest)| (rest.as_os_str().len(), h.mount_point.as_os_str().len()))
+        .map(|(h, rest)| if rest.as_os_str().is_empty() { h.mount_point.clone() } else { h.mount_point.join(rest) })
+        .ok_or_else(|| CheckpointError::RootUnreachable { fstype: root.fstype.clone(), dev: root.dev.clone(), root: root.root.clone() })
 }
 
 /// Whether the tree is a shell job to CRIU (`--shell-job`): its root has a
@@ -183,6 +208,7 @@ fn dump_frozen(criu: &Criu, proc: &ProcFs, src: &Source, spec: &CheckpointSpec, 
     }
     let tree_mounts = read_mountinfo(&proc.root().join(format!("{init}/mountinfo"))).unwrap_or_default();
     let host_mounts = read_mountinfo(&proc.root().join("self/mountinfo")).unwrap_or_default();
+    let root = tree_root(&tree_mounts, &host_mounts)?;
     let dump = Dump {
         pid: init,
         dir: spec.dir.clone(),
@@ -204,6 +230,7 @@ fn dump_frozen(criu: &Criu, proc: &ProcFs, src: &Source, spec: &CheckpointSpec, 
         shell_job: dump.shell_job,
         tcp_established: dump.tcp_established,
         external_mounts: dump.external_mounts.clone(),
+        root: root.display().to_string(),
     };
     criu.run("dump", &dump.args(), &spec.dir.join(Dump::LOG))?;
     let path = spec.dir.join(manifest::FILE);
@@ -287,6 +314,7 @@ pub fn restore(criu: &Criu, hierarchy: &Hierarchy, proc: &ProcFs, dir: &Path, ma
             dir: dir.to_path_buf(),
             cgroup_roots: vec![path.clone()],
             pidfile: pidfile.clone(),
+            root: PathBuf::from(&manifest.root),
             tcp_established: manifest.tcp_established,
             shell_job: manifest.shell_job,
             external_mounts: manifest.external_mounts.clone(),
@@ -322,6 +350,26 @@ mod tests {
         );
         assert_eq!(external_mounts(&tree, &host), ["/run", "/sys/kernel/config", "/work/repo"]);
         assert!(external_mounts(&[], &host).is_empty());
+    }
+
+    #[test]
+    fn the_tree_s_root_is_found_among_the_host_s_mounts() {
+        let host = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/vda rw\n2 1 0:27 / /work/repo ro - 9p repo rw\n3 1 8:2 /srv /data rw - xfs /dev/vdb rw\n4 1 0:50 / /var/lib/c/merged rw - overlay overlay rw\n",
+        );
+        let root = |line: &str| tree_root(&parse_mountinfo(line), &host).map(|p| p.display().to_string()).map_err(|e| e.to_string());
+        assert_eq!(root("10 0 8:1 / / rw - ext4 /dev/vda rw\n11 10 0:59 / /proc rw - proc proc rw\n").unwrap(), "/");
+        assert_eq!(root("10 0 8:1 /var/lib/machines/m / rw - ext4 /dev/vda rw\n").unwrap(), "/var/lib/machines/m");
+        assert_eq!(root("10 0 8:2 /srv/box / rw - xfs /dev/vdb rw\n").unwrap(), "/data/box");
+        assert_eq!(root("10 0 8:2 /srv / rw - xfs /dev/vdb rw\n").unwrap(), "/data");
+        assert_eq!(root("10 0 0:50 / / rw - overlay overlay rw\n").unwrap(), "/var/lib/c/merged");
+        // A root over a root: the visible one counts.
+        assert_eq!(root("10 0 8:1 / / rw - ext4 /dev/vda rw\n12 10 8:1 /var/lib/machines/m / rw - ext4 /dev/vda rw\n").unwrap(), "/var/lib/machines/m");
+        // /srvbox is not below /srv.
+        let e = root("10 0 8:2 /srvbox / rw - xfs /dev/vdb rw\n").unwrap_err();
+        assert!(e.contains("xfs filesystem, device 8:2, directory /srvbox"), "{e}");
+        assert!(root("10 0 0:77 / / rw - tmpfs tmpfs rw\n").is_err(), "a root of its own");
+        assert!(root("").is_err());
     }
 
     #[test]

@@ -305,6 +305,27 @@ fn a_node_restore_is_filling_holds_the_tasks_born_in_it_and_looks_again_until_it
     assert_eq!(b.at(300), "/t/node_900");
     assert!(b.out.tracked.contains(&(300, 50)));
 
+    // CRIU's unshare() and setns() calls, one after another: the last ends
+    // in the set the one before came from, which decides nothing; the task
+    // still waits for the record (measured in the guest).
+    let mut b = Bed::new();
+    b.backend().add_cgroup(50, "/t/node_900");
+    record.set = NsSet::default();
+    record.creator_pid = 0;
+    b.backend().records.insert(50, record.clone());
+    b.spawn(300, "/t/node_900", "base");
+    b.enter(Unshare, 300, "base", "a");
+    b.enter(Unshare, 300, "a", "b");
+    b.enter(Setns, 300, "b", "a");
+    b.run_jobs();
+    b.run_jobs();
+    assert!(!b.out.settled.contains(&300), "still waiting for the record");
+    record.set = b.set("a");
+    b.backend().records.insert(50, record.clone());
+    b.run_jobs();
+    assert_eq!(b.pipeline.tracker().node_of_set(&b.set("a")).map(|n| n.id), Some(50), "adopted after CRIU's calls");
+    assert!(!b.log().iter().any(|l| l.starts_with("mkdir")));
+
     // A restore that never finished holds nobody: placed as usual.
     let mut b = Bed::new();
     b.backend().add_cgroup(50, "/t/node_900");
