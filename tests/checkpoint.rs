@@ -233,15 +233,17 @@ fn a_sandbox_is_checkpointed_and_restored_into_a_fresh_node_with_its_limits() {
     assert_eq!(code, Some(0), "{err}");
     wait_for("the restored node removed", || !bed.h.dir(&fresh).exists());
     let db = bed.config.path().join("history.sqlite");
+    // The daemon's rows: its hierarchy and root.
+    let scope = [std::ffi::OsString::from("--hierarchy"), bed.h.mount.clone().into(), "--root".into(), bed.h.root.clone().into()];
     wait_for("the history to link the restored node", || {
-        let out = Command::new(NSGROUP).args(["history", "--json", "--database"]).arg(&db).output().unwrap();
+        let out = Command::new(NSGROUP).args(["history", "--json", "--database"]).arg(&db).args(&scope).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         v["nodes"].as_array().is_some_and(|rows| {
             rows.iter().any(|r| r["path"] == fresh.as_str() && r["restored_from"]["from_path"] == node.as_str())
                 && rows.iter().any(|r| r["path"] == node.as_str() && !r["removed_unix"].is_null())
         })
     });
-    let text = Command::new(NSGROUP).args(["history", "--database"]).arg(&db).output().unwrap();
+    let text = Command::new(NSGROUP).args(["history", "--database"]).arg(&db).args(&scope).output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("(restored from {node}, cgroup id ")));
     bed.h.kill_all();
 }

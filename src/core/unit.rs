@@ -70,6 +70,15 @@ impl Origin {
     }
 }
 
+/// Whether the cgroup at `rel` is a scope nsgroup asked a user's manager
+/// for: `app-nsgroup-….scope` below `user@<uid>.service`, through slices.
+pub fn is_own_scope(rel: &str) -> bool {
+    let Some((_, below)) = user_manager_above(rel) else { return false };
+    let mut parts: Vec<&str> = below.split('/').filter(|p| !p.is_empty()).collect();
+    let Some(unit) = parts.pop() else { return false };
+    unit.starts_with(SCOPE_PREFIX) && unit.ends_with(".scope") && parts.iter().all(|p| p.ends_with(".slice"))
+}
+
 /// Whether `name` is a unit name systemd takes as it is (its characters,
 /// its length).
 fn valid_unit_name(name: &str) -> bool {
@@ -218,6 +227,11 @@ mod tests {
             assert_eq!(Origin::of(&not), None, "{not}");
         }
         assert_eq!(user_manager_above(&format!("{M}/app.slice/x.scope")), Some((1000, "app.slice/x.scope")));
+        assert_eq!(user_manager_above(M), None);
+        assert!(is_own_scope(&format!("{M}/app.slice/{SCOPE_PREFIX}sh-node_5-a.scope")));
+        for not in [format!("{M}/app.slice/app-x.scope"), format!("{M}/app.slice/{SCOPE_PREFIX}x.scope/node_5"), format!("/system.slice/{SCOPE_PREFIX}x.scope")] {
+            assert!(!is_own_scope(&not), "{not}");
+        }
         assert!(is_user_manager(M) && !is_user_manager("/user@.service") && !is_user_manager("/user@1x.service"));
     }
 

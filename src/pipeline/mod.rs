@@ -217,9 +217,11 @@ impl<B: CgroupBackend> Pipeline<B> {
             }
         }
         // A task in a node `nsgroup restore` fills waits for its record
-        // whatever its event: CRIU's unshare() and setns() calls each leave
-        // it in a set its last call came from, which decides nothing.
+        // whatever its unshare or setns: CRIU's calls each leave it in a set
+        // its last call came from, which decides nothing. (Only those: a
+        // fork or exec that stays costs no record read.)
         if decided == Placement::Stay
+            && matches!(ev.kind, EventKind::Unshare | EventKind::Setns)
             && ev.uid == 0
             && self.placer.tracker().node(entry.cgroup).is_none()
             && adopt::restoring_here(&mut self.placer, entry.cgroup)

@@ -34,6 +34,11 @@ impl Units {
         Units { enabled, asked: HashMap::new(), sets: HashSet::new(), failed: HashMap::new() }
     }
 
+    /// Whether sandboxes are asked scopes of their own at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The request for the sandbox `ev`'s task (entering `set`, refused in
     /// the cgroup at `origin` because nsgroup may not write there), if one
     /// is to be made: not for a thread (a scope holds processes), a cgroup

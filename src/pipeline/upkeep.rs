@@ -39,6 +39,9 @@ impl<B: CgroupBackend> Pipeline<B> {
                     let mirrored = self.mirrors.remove(&removal.node, around);
                     around.publish(Outcome::Removed { removal: &removal, mirrored: &mirrored });
                     current = Some(parent).filter(|p| self.placer.tracker().node(*p).is_some());
+                    if current.is_none() {
+                        self.tidy_scope(parent);
+                    }
                 }
                 Ok(None) => {
                     // Busy: retry while only exiting tasks hold it (the node
@@ -53,6 +56,22 @@ impl<B: CgroupBackend> Pipeline<B> {
                     return;
                 }
             }
+        }
+    }
+
+    /// The scope a user's manager made for a sandbox (§16), emptied by the
+    /// removal of its last node, is removed too: its manager cannot remove
+    /// it when nested nodes were still there at its stop (they are root's,
+    /// and its user may not remove what lies in them), and would leave it
+    /// behind, empty. Busy (it holds tasks or cgroups of its user's) or gone
+    /// already (its manager removed it): left as it is.
+    fn tidy_scope(&mut self, cgroup: CgroupId) {
+        if !self.units.enabled() {
+            return;
+        }
+        let Ok(Some(path)) = self.placer.backend().path_of(cgroup) else { return };
+        if crate::core::unit::is_own_scope(&path) {
+            let _ = self.placer.backend().remove(cgroup);
         }
     }
 

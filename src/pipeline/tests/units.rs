@@ -158,4 +158,13 @@ fn a_nested_sandbox_that_followed_its_parent_into_its_scope_gets_its_node_below_
     b.pipeline.unit_done(&c, Err(&left), &mut b.out);
     let node = format!("{}/node_7", p.scope_cgroup());
     assert_eq!((b.at(7), b.at(8)), (node.clone(), format!("{node}/node_8")), "{:?}", b.outcomes());
+    // Both end: their nodes go, and the scope with them (its manager cannot
+    // remove what lies in root's nodes).
+    b.exit(8);
+    b.exit(7);
+    b.run_jobs();
+    b.run_jobs();
+    assert!(b.backend().id_of(&node).is_none(), "{:?}", b.outcomes());
+    assert!(b.backend().id_of(&p.scope_cgroup()).is_none(), "the emptied scope is removed too: {:?}", b.log());
+    assert!(b.backend().id_of(ORIGIN).is_some(), "the origin is its manager's");
 }
