@@ -61,8 +61,8 @@ pub(super) fn queued_cost(event: &ApiEvent) -> usize {
             ApiEvent::TaskPlaced { comm, path, .. } => comm.len() + path.len(),
             ApiEvent::LimitsApplied { path, file, value, .. } => path.len() + file.len() + value.len(),
             ApiEvent::Reconcile { why, .. } => why.len(),
-            ApiEvent::UserScope { origin, scope, comm, error, .. } => {
-                origin.len() + scope.len() + comm.len() + error.as_ref().map_or(0, String::len)
+            ApiEvent::UserScope(u) => {
+                std::mem::size_of::<super::proto::UserScopeView>() + u.origin.len() + u.scope.len() + u.comm.len() + u.error.as_ref().map_or(0, String::len)
             }
             ApiEvent::Pressure(p) => {
                 std::mem::size_of::<super::proto::PressureView>()

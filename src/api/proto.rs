@@ -253,6 +253,21 @@ pub struct VictimView {
     pub comm: String,
 }
 
+/// A `user_scope` event: uid `uid`'s manager was asked for the scope
+/// `scope` for the sandbox of `pid` started in its scope `origin`: made
+/// (`started`), or the sandbox stays there (`error` says why).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserScopeView {
+    pub uid: u32,
+    pub origin: String,
+    pub scope: String,
+    pub pid: u32,
+    pub comm: String,
+    pub started: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// An `oom_kill` event: `kills` since the last one, the counts now, the
 /// victim when the kernel's log named it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -346,19 +361,8 @@ pub enum ApiEvent {
     Restored { path: String, cgroup_id: u64, dir: String, root_pid: u32, from_path: String, from_cgroup_id: u64, uid: u32 },
     /// The kernel's ring buffer overflowed: `lost` events were lost; a reconcile follows.
     Overflow { lost: u64 },
-    /// uid `uid`'s manager was asked for the scope `scope` for the sandbox of
-    /// `pid` started in its scope `origin`: made (`started`), or the sandbox
-    /// stays there (`error` says why).
-    UserScope {
-        uid: u32,
-        origin: String,
-        scope: String,
-        pid: u32,
-        comm: String,
-        started: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
+    /// A user's manager was asked for a sandbox's scope (boxed: the other events stay small).
+    UserScope(Box<UserScopeView>),
     /// A reconcile ran (`why`: start, overflow, rescan).
     Reconcile { why: String, examined: u64, moved: u64, created: u64, elapsed_ms: u64 },
     /// The OOM killer killed in a node (boxed: the other events stay small).

@@ -13,7 +13,7 @@ use crate::pipeline::outcome::{Outcome, Sink};
 use super::error::SinkError;
 use crate::api::handler::{Context, LimitPolicy};
 use crate::api::listen::{self, Bound, Listening};
-use crate::api::proto::{set_map, ApiEvent, CreatorView, OomKillView, PressureView, VictimView};
+use crate::api::proto::{set_map, ApiEvent, CreatorView, OomKillView, PressureView, UserScopeView, VictimView};
 use crate::api::events::Publisher;
 use crate::api::server::Server;
 use crate::api::strict::{Strict, StrictScope};
@@ -179,7 +179,7 @@ impl Sink for ApiHost {
                 ApiEvent::LimitsApplied { path: path.to_string(), file: file.to_string(), value: value.to_string(), by: "policy", uid: None }
             }
             Outcome::Overflow { lost } => ApiEvent::Overflow { lost },
-            Outcome::Unit { plan, result } => ApiEvent::UserScope {
+            Outcome::Unit { plan, result } => ApiEvent::UserScope(Box::new(UserScopeView {
                 uid: plan.origin.uid,
                 origin: plan.origin.unit.clone(),
                 scope: plan.scope.clone(),
@@ -187,7 +187,7 @@ impl Sink for ApiHost {
                 comm: plan.comm.clone(),
                 started: result.is_ok(),
                 error: result.err().map(|e| e.to_string()),
-            },
+            })),
             Outcome::Pressure(p) => ApiEvent::Pressure(Box::new(PressureView {
                 path: p.path.clone(),
                 cgroup_id: p.node.id,
