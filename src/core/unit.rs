@@ -40,7 +40,23 @@ pub fn user_manager_above(rel: &str) -> Option<(u32, &str)> {
     })
 }
 
-/// An undelegated scope of a user manager that a sandbox was started in.
+/// The user manager whose unit the cgroup at `rel` is, by systemd's own
+/// layout only: `/user.slice/user-<uid>.slice/user@<uid>.service/…`, the
+/// same uid twice, and no other `user@<n>.service` below (a user may name
+/// her own cgroups so, inside her subtree, to pass for another manager's
+/// units: root's among them). Its uid, and the rest of `rel` below it.
+pub fn user_manager_of(rel: &str) -> Option<(u32, &str)> {
+    let rest = rel.strip_prefix("/user.slice/user-")?;
+    let (uid, rest) = rest.split_once(".slice/")?;
+    let (manager, below) = rest.split_once('/')?;
+    let uid: u32 = (!uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit())).then(|| uid.parse().ok()).flatten()?;
+    if manager_uid(manager) != Some(uid) || below.split('/').any(|p| manager_uid(p).is_some()) {
+        return None;
+    }
+    Some((uid, below))
+}
+
+/// An undelegated scope of a user's manager that a sandbox was started in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     /// The manager's uid (`user@<uid>.service`).
@@ -59,21 +75,24 @@ impl Origin {
     /// only, not the manager's own `init.scope` and not one of nsgroup's.
     /// A service is never left: its main process is the service.
     pub fn of(rel: &str) -> Option<Origin> {
-        let (uid, below) = user_manager_above(rel)?;
+        // systemd's layout only (not a name she gave a cgroup of hers), and
+        // in a slice of the manager (a scope is made beside it there).
+        let (uid, below) = user_manager_of(rel)?;
         let mut parts: Vec<&str> = below.split('/').filter(|p| !p.is_empty()).collect();
         let unit = parts.pop()?;
-        let nested_right = parts.iter().all(|p| p.ends_with(".slice"));
+        let slice = parts.last()?;
+        let nested_right = parts.iter().all(|p| p.ends_with(".slice") && valid_unit_name(p));
         if !nested_right || !unit.ends_with(".scope") || unit == "init.scope" || unit.starts_with(SCOPE_PREFIX) || !valid_unit_name(unit) {
             return None;
         }
-        Some(Origin { uid, unit: unit.to_string(), slice: parts.last().map(|s| s.to_string()), cgroup: rel.to_string() })
+        Some(Origin { uid, unit: unit.to_string(), slice: Some(slice.to_string()), cgroup: rel.to_string() })
     }
 }
 
 /// Whether the cgroup at `rel` is a scope nsgroup asked a user's manager
 /// for: `app-nsgroup-….scope` below `user@<uid>.service`, through slices.
 pub fn is_own_scope(rel: &str) -> bool {
-    let Some((_, below)) = user_manager_above(rel) else { return false };
+    let Some((_, below)) = user_manager_of(rel) else { return false };
     let mut parts: Vec<&str> = below.split('/').filter(|p| !p.is_empty()).collect();
     let Some(unit) = parts.pop() else { return false };
     unit.starts_with(SCOPE_PREFIX) && unit.ends_with(".scope") && parts.iter().all(|p| p.ends_with(".slice"))
@@ -212,8 +231,14 @@ mod tests {
     fn only_a_user_managers_own_scopes_are_left() {
         let o = Origin::of(&format!("{M}/app.slice/app-sandbox1.scope")).unwrap();
         assert_eq!((o.uid, o.unit.as_str(), o.slice.as_deref()), (1000, "app-sandbox1.scope", Some("app.slice")));
-        assert_eq!(Origin::of(&format!("{M}/x.scope")).unwrap().slice, None);
         for not in [
+            // Directly below the manager: no slice to put a scope beside it in.
+            format!("{M}/x.scope"),
+            // A cgroup she made in her subtree, named as another manager's (root's), is hers.
+            format!("{M}/app.slice/x.slice/user@0.service/app.slice/x.scope"),
+            "/user.slice/user-0.slice/user@1000.service/app.slice/x.scope".to_string(),
+            "/system.slice/user@0.service/app.slice/x.scope".to_string(),
+            format!("{M}/app.slice/bad name.slice/x.scope"),
             format!("{M}/init.scope"),
             format!("{M}/app.slice/run-u7.service"),
             format!("{M}/app.slice"),
@@ -229,6 +254,8 @@ mod tests {
         assert_eq!(user_manager_above(&format!("{M}/app.slice/x.scope")), Some((1000, "app.slice/x.scope")));
         assert_eq!(user_manager_above(M), None);
         assert!(is_own_scope(&format!("{M}/app.slice/{SCOPE_PREFIX}sh-node_5-a.scope")));
+        assert!(!is_own_scope(&format!("{M}/app.slice/y.slice/user@0.service/app.slice/{SCOPE_PREFIX}sh-node_5-a.scope")));
+        assert_eq!(user_manager_of(&format!("{M}/app.slice/x.scope")), Some((1000, "app.slice/x.scope")));
         for not in [format!("{M}/app.slice/app-x.scope"), format!("{M}/app.slice/{SCOPE_PREFIX}x.scope/node_5"), format!("/system.slice/{SCOPE_PREFIX}x.scope")] {
             assert!(!is_own_scope(&not), "{not}");
         }

@@ -42,9 +42,11 @@ impl Units {
     /// The request for the sandbox `ev`'s task (entering `set`, refused in
     /// the cgroup at `origin` because nsgroup may not write there), if one
     /// is to be made: not for a thread (a scope holds processes), a cgroup
-    /// that is no user's scope, a sandbox asked for already or lately.
+    /// that is no user's scope, a sandbox asked for already or lately, nor a
+    /// task whose request waits (one per task and per set: what waits is
+    /// bounded by the worker's queue).
     pub fn plan(&self, ev: &Event, set: NsSet, origin: &str) -> Option<UnitPlan> {
-        if !self.enabled || ev.tid != ev.tgid || self.sets.contains(&set) {
+        if !self.enabled || ev.tid != ev.tgid || self.sets.contains(&set) || self.asked.contains_key(&(ev.tgid, ev.start_ns)) {
             return None;
         }
         if self.failed.get(&set).is_some_and(|at| at.elapsed() < RETRY_AFTER) {

@@ -25,6 +25,8 @@ pub const QUEUE: usize = 64;
 pub const PER_USER: usize = 8;
 /// Tasks forked before the move that follow the sandbox into its scope, at most.
 const MAX_FOLLOWERS: usize = 256;
+/// Managers backed off from, remembered at most (then the expired are forgotten).
+const MAX_BACKED_OFF: usize = 1024;
 /// How much of a limit file is read.
 const MAX_LIMIT_FILE: u64 = 4096;
 
@@ -65,7 +67,7 @@ pub enum UnitError {
     Gone,
     /// Moved before its turn came: as the follower of another sandbox
     /// forked before that one's move, or by another cgroup writer.
-    #[error("the task left its unit first, for {cgroup}")]
+    #[error("the task left its unit first, for {}", crate::core::escape::Escaped(.cgroup))]
     Left { cgroup: String },
     #[error(transparent)]
     Io(#[from] IoError),
@@ -168,6 +170,9 @@ fn serve(s: &Settings, backoff: &mut Backoff, plan: &UnitPlan) -> Result<Started
         }
         backoff.0.remove(&uid);
     }
+    if backoff.0.len() >= MAX_BACKED_OFF {
+        backoff.0.retain(|_, until| *until > now);
+    }
     match whereabouts(s, plan.pid, plan.start_ns)? {
         None => return Err(UnitError::Gone),
         Some(cgroup) if cgroup != plan.origin.cgroup => return Err(UnitError::Left { cgroup }),
@@ -188,6 +193,8 @@ fn serve(s: &Settings, backoff: &mut Backoff, plan: &UnitPlan) -> Result<Started
     let deadline = Instant::now() + s.timeout;
     while !still_in(s, plan.pid, &scope)? {
         if Instant::now() >= deadline {
+            // An answer that did nothing costs a deadline: not again for a while.
+            backoff.0.insert(uid, Instant::now() + s.backoff);
             return Err(UnitError::NotMoved { scope, within: s.timeout });
         }
         std::thread::sleep(Duration::from_millis(2));
