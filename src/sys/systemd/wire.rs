@@ -230,6 +230,9 @@ impl Conn {
             if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
         };
         let (body_len, fields_len) = (u32_at(4) as usize, u32_at(12) as usize);
+        if body_len > MAX_MESSAGE || fields_len > MAX_MESSAGE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a message of {body_len} + {fields_len} bytes")));
+        }
         let header_len = (16 + fields_len).next_multiple_of(8);
         if header_len + body_len > MAX_MESSAGE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a message of {} bytes", header_len + body_len)));

@@ -71,6 +71,8 @@ pub enum UnitError {
     Left { cgroup: String },
     #[error(transparent)]
     Io(#[from] IoError),
+    #[error("the request failed inside nsgroup (a bug: the log has it)")]
+    Panicked,
 }
 
 /// One request's end.
@@ -107,7 +109,12 @@ impl UnitWorker {
         std::thread::Builder::new().name("nsgroup-units".into()).spawn(move || {
             let mut backoff = Backoff::default();
             for plan in incoming {
-                let result = serve(&settings, &mut backoff, &plan);
+                // A bug here must not end every later request silently.
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&settings, &mut backoff, &plan)));
+                let result = served.unwrap_or_else(|_| {
+                    tracing::error!(scope = %plan.scope, "asking a user's manager failed with a panic; the next request is served");
+                    Err(UnitError::Panicked)
+                });
                 if finished.send(UnitDone { plan, result }).is_err() {
                     return;
                 }
