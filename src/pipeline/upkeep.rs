@@ -120,7 +120,7 @@ impl<B: CgroupBackend> Pipeline<B> {
                 Ok(Checked::Go(p @ Placement::Refused(Refusal::NotDelegated))) => {
                     let in_users_scope = t.tid == t.tgid && crate::core::unit::Origin::of(&t.cgroup_path).is_some();
                     if in_users_scope && undelegated.len() < MAX_UNDELEGATED {
-                        undelegated.push((sampled_entry(entry, t), entry.clone()));
+                        undelegated.push((sampled_event(entry, t), entry.clone()));
                     }
                     p
                 }
@@ -174,7 +174,7 @@ impl<B: CgroupBackend> Pipeline<B> {
 
 /// A sampled task's entry as the event of one that just entered its set
 /// (what a user's manager's answer places again).
-fn sampled_entry(entry: &Entry, t: &TaskSample) -> Event {
+fn sampled_event(entry: &Entry, t: &TaskSample) -> Event {
     Event {
         kind: EventKind::Unshare,
         ktime_ns: crate::source::monotonic_ns(),
